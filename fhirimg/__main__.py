@@ -1,0 +1,3 @@
+from fhirimg.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""The exception tree of fhirimg.
+
+One root, :class:`FhirimgError`, with a few narrow children. Library code raises these; only the CLI
+maps them to exit codes (see :mod:`fhirimg.exitcodes`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FhirimgError(Exception):
+    """Root of every error fhirimg raises on purpose."""
+
+
+class InputError(FhirimgError):
+    """An input path or file cannot be used (does not exist, unreadable, not DICOM, ...)."""
+
+
+class ConfigError(FhirimgError):
+    """An option or setting is invalid (bad time zone, bad URL, ...)."""
+
+
+class ValidationError(FhirimgError):
+    """A resource or bundle fails validation; ``findings`` holds what was found."""
+
+    def __init__(self, message: str, findings: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.findings = findings or []
+
+
+class PushError(FhirimgError):
+    """A server refused or could not be reached.
+
+    ``status`` is the HTTP status (None for a connection failure) and ``outcome`` the server's
+    OperationOutcome as JSON, when it sent one.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, outcome: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome

@@ -1,0 +1,19 @@
+"""Exit codes of the ``fhirimg`` command, shared by every sub-command (documented in docs/cli.md)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    """Everything succeeded: all files converted, no validation errors, all bundles pushed."""
+    PARTIAL = 1
+    """The run finished but some items failed (files not converted, validation errors, bundles
+    refused). The report says which and why."""
+    USAGE = 2
+    """The command line is wrong (unknown option, missing argument, bad value)."""
+    CANNOT_START = 3
+    """Nothing could be done: no input found, output not writable, server unreachable."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C; re-running continues where it stopped."""
