@@ -271,9 +271,7 @@ def start_orthanc(
             stderr=subprocess.STDOUT,
             cwd=workdir,
         )
-    server = OrthancServer(
-        process, port, workdir, config_path, log_path, username, password, 0.0
-    )
+    server = OrthancServer(process, port, workdir, config_path, log_path, username, password, 0.0)
     auth = server.auth
     deadline = t0 + timeout
     last_error = "no attempt"
