@@ -1,0 +1,192 @@
+"""The push journal: what a server has confirmed, so that a re-run skips it.
+
+A JSON Lines file, one record a line, only ever appended; each line is written with one ``write``
+and fsynced before the work it records counts as done. A crash can at worst leave a torn last line,
+which is ignored on reading (the work it described is simply done again, harmlessly, since every
+push is idempotent). Records::
+
+    {"v": 1, "kind": "bundle", "server": "https://fhir.example/r4", "sha256": "<hex>",
+     "file": "study-1.json", "entries": 3, "at": "2026-11-27T17:30:00Z"}
+    {"v": 1, "kind": "binary", "server": "https://fhir.example/r4", "id": "<binary id>",
+     "sha256": "<hex>", "size": 524288, "at": "..."}
+
+A bundle is keyed by (server, sha256 of its JSON bytes): an edited bundle has another hash and is
+pushed again. A Binary is keyed by (server, id, sha256 of its bytes). The file also holds an
+exclusive ``flock`` while a push runs, so two overlapping cron runs cannot race each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from fhirimg.errors import FhirimgError
+
+try:  # POSIX only; elsewhere the journal is simply not locked.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_JOURNAL_NAME", "Journal", "JournalLockedError"]
+
+DEFAULT_JOURNAL_NAME = ".fhirimg-push-journal.jsonl"
+_VERSION = 1
+
+
+class JournalLockedError(FhirimgError):
+    """Another push holds the journal: two runs on one folder would race each other."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Journal:
+    """An append-only record of confirmed work.
+
+    ``Journal(None)`` keeps its records in memory only. ``ignore_existing`` (``--force``) reads
+    nothing but still appends; ``read_only`` (``--dry-run``) reads and never writes or locks.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "j.jsonl"
+    >>> with Journal(path) as j:
+    ...     j.record_bundle("http://s", "ab12", file="a.json", entries=3)
+    >>> with Journal(path) as j:
+    ...     j.bundle_done("http://s", "ab12"), j.bundle_done("http://other", "ab12")
+    (True, False)
+    """
+
+    def __init__(
+        self, path: Path | None, *, ignore_existing: bool = False, read_only: bool = False
+    ) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._bundles: set[tuple[str, str]] = set()
+        self._binaries: set[tuple[str, str, str]] = set()
+        self._fd: int | None = None
+        self.torn_lines = 0
+        if path is not None and path.exists() and not ignore_existing:
+            self._load(path)
+
+    # --- reading ---
+    def _load(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    # A torn write from a crash: the work it described is done again.
+                    self.torn_lines += 1
+                    log.warning("journal %s line %d is incomplete; ignored", path.name, number)
+                    continue
+                self._add(record)
+
+    def _add(self, record: Any) -> None:
+        if not isinstance(record, dict):
+            return
+        kind, server, sha = record.get("kind"), record.get("server"), record.get("sha256")
+        if not isinstance(server, str) or not isinstance(sha, str):
+            return
+        if kind == "bundle":
+            self._bundles.add((server, sha))
+        elif kind == "binary" and isinstance(record.get("id"), str):
+            self._binaries.add((server, record["id"], sha))
+
+    def bundle_done(self, server: str, sha256: str) -> bool:
+        with self._lock:
+            return (server, sha256) in self._bundles
+
+    def binary_done(self, server: str, binary_id: str, sha256: str) -> bool:
+        with self._lock:
+            return (server, binary_id, sha256) in self._binaries
+
+    # --- writing ---
+    def open(self) -> Journal:
+        """Open for appending and take the exclusive lock (raises :class:`JournalLockedError`)."""
+        if self.path is None or self.read_only or self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise JournalLockedError(
+                    f"another fhirimg push is using the journal {self.path}; try again later"
+                ) from None
+        # A torn last line without its newline would glue onto the next record: end it first.
+        size = os.fstat(fd).st_size
+        if size:
+            with self.path.open("rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    os.write(fd, b"\n")
+        self._fd = fd
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)  # also releases the flock
+                self._fd = None
+
+    def __enter__(self) -> Journal:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record) + b"\n"
+        with self._lock:
+            self._add(record)
+            if self._fd is None:
+                return
+            # One write of a whole line on an O_APPEND descriptor, then fsync: the record is on
+            # disk before the caller moves on.
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+
+    def record_bundle(self, server: str, sha256: str, *, file: str, entries: int) -> None:
+        self._append(
+            {
+                "v": _VERSION,
+                "kind": "bundle",
+                "server": server,
+                "sha256": sha256,
+                "file": file,
+                "entries": entries,
+                "at": _now(),
+            }
+        )
+
+    def record_binary(self, server: str, binary_id: str, sha256: str, *, size: int) -> None:
+        self._append(
+            {
+                "v": _VERSION,
+                "kind": "binary",
+                "server": server,
+                "id": binary_id,
+                "sha256": sha256,
+                "size": size,
+                "at": _now(),
+            }
+        )
