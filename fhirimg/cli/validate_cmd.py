@@ -1,0 +1,139 @@
+"""``fhirimg validate``: check Bundles and resources as a FHIR server will (docs/validate.md)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fhirimg.cli._app import (
+    JsonOpt,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    configure_logging,
+    err_console,
+    fail,
+)
+from fhirimg.errors import FhirimgError, InputError
+from fhirimg.exitcodes import ExitCode
+from fhirimg.validate import FileResult, Severity, iter_validate
+from fhirimg.validate.runner import default_jobs, findings_json
+from fhirimg.validate.server import ServerUnreachableError
+
+
+class FhirVersion(str, Enum):  # noqa: UP042 - typer choices
+    auto = "auto"
+    r4 = "r4"
+    r5 = "r5"
+
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFORMATION: "dim"}
+
+
+@app.command("validate")
+def validate_command(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Bundle or resource JSON files, folders to search for *.json, or - for stdin.",
+            metavar="FILE_OR_DIR...",
+        ),
+    ],
+    fhir_version: Annotated[
+        FhirVersion,
+        typer.Option(
+            "--fhir-version",
+            help="FHIR release to check against; auto looks at the content (default R4).",
+        ),
+    ] = FhirVersion.auto,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Treat warnings as errors (exit 1 on a warning).")
+    ] = False,
+    json_out: JsonOpt = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Also ask this FHIR server base URL's $validate and merge its OperationOutcome.",
+        ),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, help="Worker processes (0 = one per CPU)."),
+    ] = 0,
+    layers: Annotated[
+        str,
+        typer.Option(
+            "--layers",
+            help="fast (no FHIRPath invariants), all, or a list: json,model,schema,invariant,"
+            "bundle,imaging.",
+        ),
+    ] = "all",
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Check FHIR R4/R5 Bundles and resources: JSON, models, HL7 schema, invariants, bundle
+    integrity and imaging rules. Exit 0 when no errors, 1 when errors were found."""
+    configure_logging(verbose)
+    workers = jobs or default_jobs()
+    results: list[FileResult] = []
+    try:
+        for result in iter_validate(
+            paths,
+            fhir_version=fhir_version.value,
+            layers=layers,
+            jobs=workers,
+            server=server,
+        ):
+            results.append(result)
+    except ValueError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+    except ServerUnreachableError as exc:
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+    except InputError as exc:
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+    except FhirimgError as exc:
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+
+    bad = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
+    counts = {s: sum(1 for r in results for f in r.findings if f.severity is s) for s in Severity}
+    failed = sum(1 for r in results if any(f.severity in bad for f in r.findings))
+    if json_out:
+        sys.stdout.buffer.write(findings_json(results))
+        sys.stdout.flush()
+    else:
+        _print_tables(results, Console(highlight=False, soft_wrap=False), verbose)
+    if not quiet:
+        err_console.print(
+            f"{len(results)} file(s): {failed} with {'errors or warnings' if strict else 'errors'}"
+            f" ({counts[Severity.ERROR]} errors, {counts[Severity.WARNING]} warnings, "
+            f"{counts[Severity.INFORMATION]} information)"
+        )
+    raise typer.Exit(int(ExitCode.PARTIAL if failed else ExitCode.OK))
+
+
+def _print_tables(results: list[FileResult], console: Console, verbose: int) -> None:
+    for r in results:
+        shown = [f for f in r.findings if verbose or f.severity is not Severity.INFORMATION]
+        if not shown:
+            continue
+        version = f" ({r.release.upper()})" if r.release else ""
+        table = Table(title=f"{r.file}{version}", title_justify="left", expand=False)
+        table.add_column("severity")
+        table.add_column("layer")
+        table.add_column("location", overflow="fold")
+        table.add_column("message", overflow="fold")
+        for f in shown:
+            table.add_row(
+                Text(f.severity.value, style=_STYLE[f.severity]),
+                Text(f.layer),
+                Text(f.location),
+                Text(f.message),
+            )
+        console.print(table)

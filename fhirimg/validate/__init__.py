@@ -1,0 +1,28 @@
+"""Validate FHIR R4/R5 resources and transaction Bundles the way a server will judge them.
+
+Six local layers (JSON, fhir.resources models, HL7 JSON Schema, FHIRPath invariants, Bundle
+integrity, imaging rules) and optionally a server's ``$validate``; see docs/validate.md.
+
+>>> from fhirimg.validate import validate_resource
+>>> validate_resource({"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="})
+[]
+"""
+
+from __future__ import annotations
+
+from fhirimg.validate.findings import Finding, Layer, Severity, has_errors
+from fhirimg.validate.runner import FileResult, iter_validate, validate_bytes, validate_paths
+from fhirimg.validate.validator import detect_version, validate_resource
+
+__all__ = [
+    "FileResult",
+    "Finding",
+    "Layer",
+    "Severity",
+    "detect_version",
+    "has_errors",
+    "iter_validate",
+    "validate_bytes",
+    "validate_paths",
+    "validate_resource",
+]

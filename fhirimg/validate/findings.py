@@ -1,0 +1,97 @@
+"""What a validation layer reports: one :class:`Finding` per problem, with a precise location.
+
+Locations are FHIRPath-like paths from the root resource, with list indices:
+``Bundle.entry[3].resource.series[0].instance[2].uid``. The root is the ``resourceType`` of the
+validated object (``$`` when it has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Severity(str, Enum):  # noqa: UP042 - the public API names (str, Enum)
+    """How bad a finding is (the OperationOutcome.issue.severity values, less ``fatal``)."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFORMATION = "information"
+
+
+class Layer(str, Enum):  # noqa: UP042 - same shape as Severity
+    """Which layer found a finding (see docs/validate.md for what each checks)."""
+
+    JSON = "json"
+    MODEL = "model"
+    SCHEMA = "schema"
+    INVARIANT = "invariant"
+    BUNDLE = "bundle"
+    IMAGING = "imaging"
+    SERVER = "server"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in one file.
+
+    >>> f = Finding(Severity.ERROR, "a.json", "Bundle.entry[0]", "bad", "bundle")
+    >>> f.as_dict()["severity"]
+    'error'
+    """
+
+    severity: Severity
+    file: str
+    location: str
+    message: str
+    layer: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The finding as plain JSON-ready strings (the ``--json`` output shape)."""
+        return {
+            "severity": self.severity.value,
+            "file": self.file,
+            "location": self.location,
+            "message": self.message,
+            "layer": self.layer,
+        }
+
+
+def child(path: str, name: str | int) -> str:
+    """The location of element ``name`` (or list index) below ``path``.
+
+    >>> child(child("Bundle", "entry"), 3)
+    'Bundle.entry[3]'
+    """
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}"
+
+
+class Collector:
+    """Accumulates findings of one file for one layer (a small helper so layers stay terse)."""
+
+    __slots__ = ("file", "layer", "findings")
+
+    def __init__(self, file: str, layer: Layer) -> None:
+        self.file = file
+        self.layer = layer
+        self.findings: list[Finding] = []
+
+    def add(self, severity: Severity, location: str, message: str) -> None:
+        self.findings.append(Finding(severity, self.file, location, message, self.layer.value))
+
+    def error(self, location: str, message: str) -> None:
+        self.add(Severity.ERROR, location, message)
+
+    def warning(self, location: str, message: str) -> None:
+        self.add(Severity.WARNING, location, message)
+
+    def info(self, location: str, message: str) -> None:
+        self.add(Severity.INFORMATION, location, message)
+
+
+def has_errors(findings: list[Finding], *, strict: bool = False) -> bool:
+    """Whether ``findings`` hold an error (or, with ``strict``, a warning)."""
+    bad = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
+    return any(f.severity in bad for f in findings)

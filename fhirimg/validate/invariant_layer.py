@@ -1,0 +1,142 @@
+"""Layer 4, FHIR invariants: the ``constraint`` FHIRPath expressions of the core definitions.
+
+The constraints (``fhirimg/data/validate/<release>/invariants.json``, see its SOURCE.md) are keyed
+by the schema definition they apply to, so the schema walk hands over every typed node and the
+expressions run on exactly the nodes of their type: bdl-* on the Bundle and its entries, ref-1 on
+each Reference, per-1 on each Period, att-1 on each Attachment, ext-1 on each Extension, dom-* on
+each resource. Expressions are compiled once per process (fhirpathpy, with its R4/R5 model so that
+choice elements such as ``Extension.value[x]`` resolve). ``ele-1`` is checked natively by the JSON
+layer. Best-practice constraints (dom-6, "a resource should have narrative") are reported as
+information, as the HL7 validator does by default with ``-best-practice hint``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fhirimg.validate import _data
+from fhirimg.validate.findings import Collector, Finding, Layer, Severity
+from fhirimg.validate.schema_layer import TypedNode, schema_for
+
+log = logging.getLogger(__name__)
+
+# Functions fhirpathpy does not implement, or that need a terminology or profile server.
+_UNSUPPORTED = ("htmlChecks", "conformsTo", "memberOf", "resolve()")
+
+
+@dataclass(frozen=True)
+class Invariant:
+    key: str
+    severity: Severity
+    human: str
+    expression: str
+    prop: str | None
+    run: Callable[..., list[Any]] | None
+
+
+def _quiet(label: str, value: Any) -> None:
+    """trace() in an expression (dom-3, ref-1) must not print on stdout, which carries data."""
+
+
+def _has_value(inputs: list[Any]) -> list[bool]:
+    """FHIRPath hasValue(), which fhirpathpy lacks: one primitive with a value."""
+    return [len(inputs) == 1 and isinstance(inputs[0], str | int | float | bool)]
+
+
+@cache
+def invariants_for(release: str) -> dict[str, tuple[Invariant, ...]]:
+    """The compiled invariants of ``release`` by schema definition, built once per process."""
+    import fhirpathpy
+    from fhirpathpy.models import models
+
+    raw: dict[str, list[dict[str, Any]]] = _data.load(release, "invariants.json")
+    model = models[release]
+    options = {
+        "traceFn": _quiet,
+        "userInvocationTable": {"hasValue": {"fn": _has_value, "arity": {0: []}}},
+    }
+    out: dict[str, tuple[Invariant, ...]] = {}
+    for definition, items in raw.items():
+        compiled = []
+        for item in items:
+            expr = item["expression"]
+            run: Callable[..., list[Any]] | None = None
+            if not any(u in expr for u in _UNSUPPORTED):
+                try:
+                    run = fhirpathpy.compile(expr, model, options)
+                except Exception:  # noqa: BLE001 - a parser error means: not checkable here
+                    log.debug("cannot compile %s: %s", item["key"], expr)
+            severity = (
+                Severity.INFORMATION
+                if item.get("bestPractice")
+                else Severity.ERROR
+                if item["severity"] == "error"
+                else Severity.WARNING
+            )
+            compiled.append(
+                Invariant(item["key"], severity, item["human"], expr, item["property"], run)
+            )
+        out[definition] = tuple(compiled)
+    return out
+
+
+def _fhir_type(node: TypedNode, release: str) -> str:
+    """The FHIRPath type name of a node: a resource or datatype name, or a backbone element path."""
+    if "_" in node.definition:
+        return node.element_path
+    return node.definition
+
+
+def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
+    """Evaluate every invariant on every node of its type."""
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    out = Collector(file, Layer.INVARIANT)
+    table = invariants_for(release)
+    schema_for(release)  # the walk that produced `typed` used it already; keeps the cache warm
+    not_checked: set[str] = set()
+    for node in typed:
+        invariants = table.get(node.definition)
+        if not invariants:
+            continue
+        type_name = _fhir_type(node, release)
+        env = {"resource": node.resource, "rootResource": node.root_resource}
+        for inv in invariants:
+            if inv.run is None:
+                not_checked.add(inv.key)
+                continue
+            targets: list[tuple[str, Any, str]]
+            if inv.prop is None:
+                targets = [(node.location, node.node, type_name)]
+            else:
+                value = node.node.get(inv.prop)
+                if value is None:
+                    continue
+                values = value if isinstance(value, list) else [value]
+                targets = [
+                    (
+                        f"{node.location}.{inv.prop}"
+                        + (f"[{i}]" if isinstance(value, list) else ""),
+                        v,
+                        f"{type_name}.{inv.prop}",
+                    )
+                    for i, v in enumerate(values)
+                ]
+            for loc, data, tname in targets:
+                try:
+                    result = inv.run(ResourceNode.create_node(data, tname), env)  # type: ignore[no-untyped-call]
+                except Exception as exc:  # noqa: BLE001 - report, do not crash the run
+                    out.info(loc, f"{inv.key} could not be evaluated: {exc}")
+                    continue
+                if result != [True]:
+                    out.add(inv.severity, loc, f"{inv.key}: {inv.human}")
+    for key in sorted(not_checked):
+        out.info(
+            typed[0].location if typed else "$",
+            f"{key} not checked (needs a FHIRPath function fhirimg does not evaluate)",
+        )
+    return out.findings

@@ -1,0 +1,65 @@
+"""Layer 1, JSON itself: well-formed, and none of the shapes FHIR JSON forbids.
+
+FHIR JSON (http://hl7.org/fhir/R4/json.html): no ``null`` values (except inside the parallel
+arrays of primitive extensions, ``"given": ["a", null], "_given": [null, {...}]``), no empty
+arrays, objects or strings, and every element has a value or children (invariant ele-1). The
+type-aware part of this layer (a string ``"1"`` where an integer belongs, a whitespace-padded
+code) needs the element types and runs in the schema walker (:mod:`.schema_layer`), which reports
+those findings under this layer's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from fhirimg.validate.findings import Collector, Finding, Layer
+
+
+def parse(data: bytes | str, file: str) -> tuple[Any, Collector]:
+    """Parse JSON; on failure return ``None`` and one error with the line and column."""
+    out = Collector(file, Layer.JSON)
+    try:
+        return orjson.loads(data), out
+    except orjson.JSONDecodeError as exc:
+        out.error("$", f"not well-formed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+        return None, out
+
+
+def check(obj: Any, file: str, root: str) -> list[Finding]:
+    """Report nulls, empty arrays/objects/strings and id-only elements anywhere in ``obj``."""
+    out = Collector(file, Layer.JSON)
+    _walk(obj, root, out, nulls_ok=False)
+    return out.findings
+
+
+def _walk(node: Any, path: str, out: Collector, *, nulls_ok: bool) -> None:
+    if isinstance(node, dict):
+        if not node:
+            out.error(path, "empty object: every element needs a value or children (ele-1)")
+            return
+        if len(node) == 1 and "id" in node:
+            out.error(path, "element has only an id: it needs a value or children (ele-1)")
+        for key, value in node.items():
+            if value is None:
+                out.error(f"{path}.{key}", "null is not allowed in FHIR JSON: leave it out")
+                continue
+            # Arrays of primitives and their `_name` twins may hold nulls to keep positions aligned.
+            twin = key[1:] if key.startswith("_") else f"_{key}"
+            _walk(value, f"{path}.{key}", out, nulls_ok=twin in node)
+    elif isinstance(node, list):
+        if not node:
+            out.error(path, "empty array: leave the element out instead")
+            return
+        for i, item in enumerate(node):
+            if item is None:
+                if not nulls_ok:
+                    out.error(f"{path}[{i}]", "null is not allowed in FHIR JSON arrays")
+                continue
+            _walk(item, f"{path}[{i}]", out, nulls_ok=False)
+    elif isinstance(node, str):
+        if not node:
+            out.error(path, "empty string: leave the element out instead")
+        elif node.isspace():
+            out.warning(path, "string holds only whitespace (it reads as empty in FHIR XML)")

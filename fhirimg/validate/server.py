@@ -1,0 +1,101 @@
+"""Ask a FHIR server's ``$validate`` and turn its OperationOutcome into findings (layer ``server``).
+
+``POST [base]/[type]/$validate`` with the resource as the body (``Bundle/$validate`` for a bundle);
+the server answers with an OperationOutcome, with status 200 whether or not it found problems
+(FHIR R4 resource-operation-validate; some servers use 400/422 for an invalid resource, which is
+read the same way). ``issue.severity`` maps to the finding severity (``fatal`` counts as an error),
+``issue.expression`` (or the deprecated ``issue.location``) to the location and
+``issue.diagnostics`` (or ``issue.details.text``) to the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import orjson
+
+from fhirimg.errors import FhirimgError
+from fhirimg.validate.findings import Finding, Layer, Severity
+
+log = logging.getLogger(__name__)
+
+_SEVERITY = {
+    "fatal": Severity.ERROR,
+    "error": Severity.ERROR,
+    "warning": Severity.WARNING,
+    "information": Severity.INFORMATION,
+}
+
+
+class ServerUnreachableError(FhirimgError):
+    """The ``--server`` could not be reached, or did not answer with an OperationOutcome."""
+
+
+def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
+    """Findings from an OperationOutcome.
+
+    >>> oo = {"resourceType": "OperationOutcome", "issue": [
+    ...     {"severity": "fatal", "code": "invalid", "expression": ["Bundle.type"],
+    ...      "diagnostics": "bad"}]}
+    >>> outcome_findings(oo, "a.json")[0].location
+    'Bundle.type'
+    """
+    out: list[Finding] = []
+    for issue in outcome.get("issue", []) or []:
+        if not isinstance(issue, dict):
+            continue
+        severity = _SEVERITY.get(str(issue.get("severity")), Severity.ERROR)
+        where = issue.get("expression") or issue.get("location") or ["$"]
+        details = issue.get("details")
+        message = (
+            issue.get("diagnostics")
+            or (details.get("text") if isinstance(details, dict) else None)
+            or str(issue.get("code", "issue"))
+        )
+        location = str(where[0]) if isinstance(where, list) and where else "$"
+        out.append(
+            Finding(severity, file, location, " ".join(str(message).split()), Layer.SERVER.value)
+        )
+    return out
+
+
+def validate_on_server(
+    base: str,
+    obj: dict[str, Any],
+    *,
+    file: str,
+    client: httpx.Client | None = None,
+    timeout: float = 120.0,
+) -> list[Finding]:
+    """POST ``obj`` to ``[base]/[type]/$validate`` and return the server's findings.
+
+    Raises :class:`ServerUnreachableError` when the server cannot be reached or answers without an
+    OperationOutcome.
+    """
+    rtype = obj.get("resourceType", "Bundle")
+    url = f"{base.rstrip('/')}/{rtype}/$validate"
+    headers = {
+        "Content-Type": "application/fhir+json",
+        "Accept": "application/fhir+json",
+    }
+    own = client is None
+    http = client or httpx.Client(timeout=timeout)
+    try:
+        response = http.post(url, content=orjson.dumps(obj), headers=headers)
+    except httpx.HTTPError as exc:
+        raise ServerUnreachableError(f"cannot reach {base}: {exc}") from exc
+    finally:
+        if own:
+            http.close()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        raise ServerUnreachableError(
+            f"{url} answered HTTP {response.status_code} without an OperationOutcome"
+        )
+    log.debug("%s: HTTP %s, %d issues", url, response.status_code, len(body.get("issue", [])))
+    return outcome_findings(body, file)

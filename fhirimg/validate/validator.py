@@ -1,0 +1,152 @@
+"""One validator, two callers (``fhirimg validate`` and ``convert``): runs the layers on one object.
+
+Layers (see docs/validate.md): ``json`` (1), ``model`` (2), ``schema`` (3), ``invariant`` (4),
+``bundle`` (5), ``imaging`` (6) and, from the CLI only, ``server``. ``layers="fast"`` runs 1, 2, 3,
+5 and 6 (each linear in the size of the bundle); ``layers="all"`` adds the FHIRPath invariants.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fhirimg.validate import bundle_layer, imaging_layer, json_layer, model_layer, schema_layer
+from fhirimg.validate.findings import Finding, Layer, Severity
+
+log = logging.getLogger(__name__)
+
+RELEASES = ("r4", "r5")
+FAST_LAYERS = frozenset({Layer.JSON, Layer.MODEL, Layer.SCHEMA, Layer.BUNDLE, Layer.IMAGING})
+ALL_LAYERS = FAST_LAYERS | {Layer.INVARIANT}
+_R5_ONLY = frozenset({"ImagingSelection"})
+_R4_ONLY = frozenset({"Media"})
+
+
+def layer_set(layers: str) -> frozenset[Layer]:
+    """``"fast"``, ``"all"`` or a comma-separated list of layer names.
+
+    >>> sorted(x.value for x in layer_set("json,bundle"))
+    ['bundle', 'json']
+    """
+    if layers == "fast":
+        return FAST_LAYERS
+    if layers == "all":
+        return ALL_LAYERS
+    try:
+        return frozenset(Layer(name.strip()) for name in layers.split(",") if name.strip())
+    except ValueError as exc:
+        raise ValueError(f"unknown layer in {layers!r}: use fast, all or {_names()}") from exc
+
+
+def _names() -> str:
+    return ", ".join(x.value for x in Layer if x is not Layer.SERVER)
+
+
+def _resources(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    if obj.get("resourceType") == "Bundle":
+        return [
+            e["resource"]
+            for e in obj.get("entry", []) or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+    return [obj]
+
+
+def detect_version(obj: Any) -> str:
+    """Guess the FHIR release of a resource or Bundle: "r4" unless something is R5-only.
+
+    >>> detect_version({"resourceType": "ImagingSelection"})
+    'r5'
+    >>> detect_version({"resourceType": "Patient"})
+    'r4'
+    """
+    if not isinstance(obj, dict):
+        return "r4"
+    for res in _resources(obj):
+        rtype = res.get("resourceType")
+        if rtype in _R4_ONLY:
+            return "r4"
+        if rtype in _R5_ONLY:
+            return "r5"
+        meta = res.get("meta")
+        if isinstance(meta, dict):
+            for profile in meta.get("profile", []) or []:
+                if isinstance(profile, str) and ("/R5/" in profile or "/5.0" in profile):
+                    return "r5"
+                if isinstance(profile, str) and ("/R4/" in profile or "/4.0" in profile):
+                    return "r4"
+        if rtype == "ImagingStudy":
+            # R5 made ImagingStudy.modality and .series.modality CodeableConcepts (R4: Coding).
+            if "procedure" in res or "reason" in res or "partOf" in res:
+                return "r5"
+            if "interpreter" in res or "procedureCode" in res or "reasonCode" in res:
+                return "r4"
+            for m in res.get("modality", []) or []:
+                if isinstance(m, dict):
+                    return "r5" if "coding" in m else "r4"
+            for s in res.get("series", []) or []:
+                if isinstance(s, dict) and isinstance(s.get("modality"), dict):
+                    return "r5" if "coding" in s["modality"] else "r4"
+        if rtype == "Endpoint":
+            # R5: connectionType 1..* CodeableConcept and `payload`; R4: one Coding, payloadType.
+            if "payload" in res or isinstance(res.get("connectionType"), list):
+                return "r5"
+            if "payloadType" in res or isinstance(res.get("connectionType"), dict):
+                return "r4"
+    return "r4"
+
+
+def validate_resource(
+    obj: dict[str, Any],
+    *,
+    fhir_version: str = "r4",
+    layers: str = "fast",
+    source: str = "<memory>",
+    beside: Path | None = None,
+) -> list[Finding]:
+    """Validate one resource or Bundle (already parsed JSON) and return every finding.
+
+    ``fhir_version`` is "r4", "r5" or "auto"; ``layers`` "fast", "all" or a comma-separated list;
+    ``beside`` is the folder where a ``<stem>.binaries/`` folder may hold the Binaries (``stem``
+    taken from ``source``).
+
+    >>> found = validate_resource({"resourceType": "Patient", "id": "p1", "gender": "boy"})
+    >>> [(f.layer, f.location) for f in found if f.severity == "error"][:2]
+    [('model', 'Patient.gender'), ('schema', 'Patient.gender')]
+    """
+    wanted = layer_set(layers)
+    release = detect_version(obj) if fhir_version == "auto" else fhir_version.lower()
+    if release not in RELEASES:
+        raise ValueError(f"unknown FHIR version {fhir_version!r}: use r4, r5 or auto")
+    findings: list[Finding] = []
+    if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+        findings.append(
+            Finding(Severity.ERROR, source, "$", "not a FHIR resource: no resourceType", "json")
+        )
+        return findings
+    root = obj["resourceType"]
+    if Layer.JSON in wanted:
+        findings += json_layer.check(obj, source, root)
+    if Layer.MODEL in wanted:
+        findings += model_layer.check(obj, source, release)
+    visit = None
+    typed: list[schema_layer.TypedNode] = []
+    if Layer.INVARIANT in wanted:
+        visit = typed.append
+    if Layer.SCHEMA in wanted or Layer.JSON in wanted or visit is not None:
+        json_found, schema_found = schema_layer.check(obj, source, release, visit=visit)
+        if Layer.JSON in wanted:
+            findings += json_found
+        if Layer.SCHEMA in wanted:
+            findings += schema_found
+    if Layer.INVARIANT in wanted:
+        from fhirimg.validate import invariant_layer
+
+        findings += invariant_layer.check(typed, source, release)
+    if Layer.BUNDLE in wanted:
+        findings += bundle_layer.check(obj, source, release)
+    if Layer.IMAGING in wanted:
+        stem = Path(source).stem if source not in ("<memory>", "<stdin>") else None
+        findings += imaging_layer.check(obj, source, release, beside=beside, stem=stem)
+    return findings
