@@ -98,9 +98,7 @@ def start_fhir_server(
     do not resolve (HAPI's default); False accepts them.
     """
     if not NODE.exists():
-        raise FhirServerError(
-            f"{NODE} is missing: run tools/fhir-test-server/install.sh first"
-        )
+        raise FhirServerError(f"{NODE} is missing: run tools/fhir-test-server/install.sh first")
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="fhir-test-server-", suffix=".log")
         os.close(fd)
@@ -121,7 +119,9 @@ def start_fhir_server(
         )
     assert process.stdout is not None
     found: list[str] = []
-    reader = threading.Thread(target=_read_listening_line, args=(process.stdout, found), daemon=True)
+    reader = threading.Thread(
+        target=_read_listening_line, args=(process.stdout, found), daemon=True
+    )
     reader.start()
     deadline = time.monotonic() + START_TIMEOUT_S
     server = None
@@ -140,7 +140,7 @@ def start_fhir_server(
     else:
         process.kill()
         process.wait(timeout=10)
-    state = f"exited with code {code}" if code is not None else f"not ready in {START_TIMEOUT_S:.0f} s"
-    raise FhirServerError(
-        f"FHIR test server {state}; log {log_path}:\n{_tail(log_path)}"
+    state = (
+        f"exited with code {code}" if code is not None else f"not ready in {START_TIMEOUT_S:.0f} s"
     )
+    raise FhirServerError(f"FHIR test server {state}; log {log_path}:\n{_tail(log_path)}")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fhir_server import FhirTestServer, start_fhir_server
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhir_server import FhirTestServer, start_fhir_server  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -90,7 +93,9 @@ def transaction(*entries: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
 
 
-def post_entry(resource: dict[str, Any], full_url: str, if_none_exist: str | None = None) -> dict[str, Any]:
+def post_entry(
+    resource: dict[str, Any], full_url: str, if_none_exist: str | None = None
+) -> dict[str, Any]:
     request: dict[str, Any] = {"method": "POST", "url": resource["resourceType"]}
     if if_none_exist:
         request["ifNoneExist"] = if_none_exist
@@ -106,7 +111,7 @@ def total(client: httpx.Client, query: str) -> int:
 
 def assert_outcome(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
-    body = r.json()
+    body: dict[str, Any] = r.json()
     assert body["resourceType"] == "OperationOutcome"
     assert any(i["severity"] in ("error", "fatal") for i in body["issue"]), body
     return body
@@ -140,7 +145,9 @@ def test_create_then_read(client: httpx.Client) -> None:
 def test_search_by_identifier_with_total(client: httpx.Client) -> None:
     mrn = f"search-{uuid.uuid4()}"
     client.post("/Patient", json=patient(mrn)).raise_for_status()
-    r = client.get("/Patient", params={"identifier": f"urn:fhirimg:test:mrn|{mrn}", "_total": "accurate"})
+    r = client.get(
+        "/Patient", params={"identifier": f"urn:fhirimg:test:mrn|{mrn}", "_total": "accurate"}
+    )
     assert r.status_code == 200, r.text
     bundle = r.json()
     assert bundle["type"] == "searchset"
@@ -208,9 +215,14 @@ def test_transaction_links_urn_uuid_references(client: httpx.Client) -> None:
         {
             "fullUrl": urn(),
             "resource": study(uid, patient_urn),
-            "request": {"method": "PUT", "url": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{uid}"},
+            "request": {
+                "method": "PUT",
+                "url": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{uid}",
+            },
         },
-        post_entry(patient(mrn), patient_urn, if_none_exist=f"identifier=urn:fhirimg:test:mrn|{mrn}"),
+        post_entry(
+            patient(mrn), patient_urn, if_none_exist=f"identifier=urn:fhirimg:test:mrn|{mrn}"
+        ),
     )
     r = client.post("", json=bundle)
     assert r.status_code == 200, r.text
@@ -243,7 +255,11 @@ def test_transaction_rollback_restores_updated_resource(client: httpx.Client) ->
     url = f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{uid}"
     before = client.put(f"/{url}", json=study(uid, f"Patient/{pid}", "before")).json()
     bundle = transaction(
-        {"fullUrl": urn(), "resource": study(uid, f"Patient/{pid}", "after"), "request": {"method": "PUT", "url": url}},
+        {
+            "fullUrl": urn(),
+            "resource": study(uid, f"Patient/{pid}", "after"),
+            "request": {"method": "PUT", "url": url},
+        },
         post_entry({"resourceType": "Patient", "gender": "bogus"}, urn()),
     )
     assert_outcome(client.post("", json=bundle), 400)
@@ -252,20 +268,30 @@ def test_transaction_rollback_restores_updated_resource(client: httpx.Client) ->
 
 def test_dangling_urn_uuid_reference_is_rejected(client: httpx.Client) -> None:
     uid = new_uid()
-    body = assert_outcome(client.post("", json=transaction(post_entry(study(uid, urn()), urn()))), 400)
+    body = assert_outcome(
+        client.post("", json=transaction(post_entry(study(uid, urn()), urn()))), 400
+    )
     assert "urn:uuid:" in str(body)
     assert total(client, f"/ImagingStudy?identifier=urn:dicom:uid|urn:oid:{uid}") == 0
 
 
 def test_reference_to_missing_resource_is_rejected(client: httpx.Client) -> None:
-    assert_outcome(client.post("/ImagingStudy", json=study(new_uid(), f"Patient/{uuid.uuid4()}")), 400)
+    assert_outcome(
+        client.post("/ImagingStudy", json=study(new_uid(), f"Patient/{uuid.uuid4()}")), 400
+    )
 
 
 @pytest.mark.parametrize(
     ("resource", "expression"),
     [
-        pytest.param({"resourceType": "Patient", "gender": "bogus"}, "Patient.gender", id="gender-binding"),
-        pytest.param({"resourceType": "ImagingStudy", "status": "available"}, "ImagingStudy.subject", id="no-subject"),
+        pytest.param(
+            {"resourceType": "Patient", "gender": "bogus"}, "Patient.gender", id="gender-binding"
+        ),
+        pytest.param(
+            {"resourceType": "ImagingStudy", "status": "available"},
+            "ImagingStudy.subject",
+            id="no-subject",
+        ),
         pytest.param({"resourceType": "Patient", "name": []}, "Patient.name", id="empty-array"),
         pytest.param({"resourceType": "Patient", "foo": 1}, "Patient.foo", id="unknown-element"),
         pytest.param(
@@ -275,7 +301,9 @@ def test_reference_to_missing_resource_is_rejected(client: httpx.Client) -> None
         ),
     ],
 )
-def test_invalid_resource_is_rejected(client: httpx.Client, resource: dict[str, Any], expression: str) -> None:
+def test_invalid_resource_is_rejected(
+    client: httpx.Client, resource: dict[str, Any], expression: str
+) -> None:
     body = assert_outcome(client.post(f"/{resource['resourceType']}", json=resource), 400)
     assert expression in str(body)
 
@@ -291,7 +319,9 @@ def test_validate_operation(client: httpx.Client) -> None:
     ok = client.post("/Patient/$validate", json=patient("v"))
     assert ok.status_code == 200
     assert all(i["severity"] == "information" for i in ok.json()["issue"])
-    bad = client.post("/Bundle/$validate", json=transaction(post_entry(study(new_uid(), urn()), urn())))
+    bad = client.post(
+        "/Bundle/$validate", json=transaction(post_entry(study(new_uid(), urn()), urn()))
+    )
     assert bad.status_code == 200
     assert any(i["severity"] == "error" for i in bad.json()["issue"])
 
@@ -302,7 +332,7 @@ def test_raw_binary_round_trip(client: httpx.Client) -> None:
     binary_id = hashlib.sha1(data).hexdigest()
     headers = {"Content-Type": "application/dicom", "X-Security-Context": f"Patient/{pid}"}
     first = client.put(f"/Binary/{binary_id}", content=data, headers=headers)
-    assert first.status_code in (200, 201), first.text
+    assert first.status_code == 201, first.text  # update as create
     again = client.put(f"/Binary/{binary_id}", content=data, headers=headers)
     assert again.status_code == 200, again.text
     assert again.json()["meta"]["versionId"] == first.json()["meta"]["versionId"]
@@ -319,6 +349,25 @@ def test_raw_binary_round_trip(client: httpx.Client) -> None:
     assert "data" in as_json
 
 
+def test_put_with_new_id_in_transaction_is_created(client: httpx.Client) -> None:
+    binary_id = str(uuid.uuid4())
+    entry = {
+        "fullUrl": f"{base(client)}/Binary/{binary_id}",
+        "resource": {
+            "resourceType": "Binary",
+            "id": binary_id,
+            "contentType": "text/plain",
+            "data": "aGk=",
+        },
+        "request": {"method": "PUT", "url": f"Binary/{binary_id}"},
+    }
+    statuses = [
+        client.post("", json=transaction(entry)).json()["entry"][0]["response"]["status"]
+        for _ in range(2)
+    ]
+    assert statuses == ["201 Created", "200 OK"]
+
+
 def test_raw_binary_post_creates_resource(client: httpx.Client) -> None:
     r = client.post("/Binary", content=b"\x00DICM", headers={"Content-Type": "application/dicom"})
     assert r.status_code == 201, r.text
@@ -327,7 +376,11 @@ def test_raw_binary_post_creates_resource(client: httpx.Client) -> None:
 
 def test_long_strict_transaction_is_accepted_by_default(client: httpx.Client) -> None:
     entries = [
-        post_entry(patient(f"many-{i}-{uuid.uuid4()}"), urn(), if_none_exist=f"identifier=urn:x|{uuid.uuid4()}")
+        post_entry(
+            patient(f"many-{i}-{uuid.uuid4()}"),
+            urn(),
+            if_none_exist=f"identifier=urn:x|{uuid.uuid4()}",
+        )
         for i in range(60)
     ]
     r = client.post("", json=transaction(*entries))
@@ -338,7 +391,10 @@ def test_long_strict_transaction_is_accepted_by_default(client: httpx.Client) ->
 def strict_transaction(n: int) -> dict[str, Any]:
     mrns = [f"strict-{i}-{uuid.uuid4()}" for i in range(n)]
     return transaction(
-        *(post_entry(patient(m), urn(), if_none_exist=f"identifier=urn:fhirimg:test:mrn|{m}") for m in mrns)
+        *(
+            post_entry(patient(m), urn(), if_none_exist=f"identifier=urn:fhirimg:test:mrn|{m}")
+            for m in mrns
+        )
     )
 
 

@@ -228,6 +228,10 @@ export function startServer(settings) {
     if (rejected) {
       return rejected;
     }
+    const newTargets = bundle.entry.map((e) => {
+      const m = e.request.method === 'PUT' && /^([A-Za-z]+)\/([^/?]+)$/.exec(e.request.url);
+      return Boolean(m) && isNew(m[1], m[2]);
+    });
     const snap = repo.snapshot();
     repo.beginDeferredReferenceCheck();
     try {
@@ -245,6 +249,11 @@ export function startServer(settings) {
         }
       }
       await repo.endDeferredReferenceCheck();
+      result.entry?.forEach((e, i) => {
+        if (newTargets[i] && String(e.response.status) === '200') {
+          e.response.status = '201';
+        }
+      });
       return resourceResponse(fhirOutcome, result, req, query);
     } catch (err) {
       repo.cancelDeferredReferenceCheck();
@@ -290,6 +299,22 @@ export function startServer(settings) {
     return route('POST', 'Binary', resource, req);
   }
 
+  /** Update-as-create answers 201 (http.html#upsert); MemoryRepository reports it as a plain update. */
+  function isNew(type, id) {
+    return !repo.resources.get(type)?.has(id);
+  }
+
+  function markCreated(reply, wasNew) {
+    if (wasNew && reply.status === 200) {
+      reply.status = 201;
+      const r = reply.body;
+      if (r?.meta?.versionId) {
+        reply.headers = { ...reply.headers, Location: `${baseUrl}/${r.resourceType}/${r.id}/_history/${r.meta.versionId}` };
+      }
+    }
+    return reply;
+  }
+
   async function dispatch(req, body, url) {
     const rel = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '');
     const segments = rel.split('/').filter(Boolean).map(decodeURIComponent);
@@ -310,8 +335,9 @@ export function startServer(settings) {
     const contentType = req.headers['content-type'];
     if (segments[0] === 'Binary' && body.length && !isFhirJson(contentType)) {
       if ((method === 'POST' && segments.length === 1) || (method === 'PUT' && segments.length === 2)) {
+        const wasNew = method === 'PUT' && isNew('Binary', segments[1]);
         const [o, r] = await rawBinary(method, segments, body, req);
-        return resourceResponse(o, r, req, query);
+        return markCreated(resourceResponse(o, r, req, query), wasNew);
       }
     }
     if (segments[0] === 'Binary' && segments.length === 2 && method === 'GET' && !wantsFhirJson(req.headers.accept, query)) {
@@ -368,8 +394,9 @@ export function startServer(settings) {
         return outcome(400, 'invalid', `Bundle.type must be transaction or batch, not ${parsed.type}`, 'Bundle.type');
       }
     }
+    const wasNew = method === 'PUT' && segments.length === 2 && isNew(segments[0], segments[1]);
     const [o, r] = await route(method, relUrl, parsed, req);
-    return resourceResponse(o, r, req, query);
+    return markCreated(resourceResponse(o, r, req, query), wasNew);
   }
 
   function send(res, reply) {
