@@ -7,6 +7,7 @@ from fhirimg.cli._app import app
 # --- command registration: one import per command module (each registers itself on ``app``) ---
 # (kept sorted; add your command module here)
 from fhirimg.cli import validate_cmd  # noqa: F401
+from fhirimg.cli import convert_cmd  # noqa: F401
 # --- end of command registration ---
 
 

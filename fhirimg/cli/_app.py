@@ -35,7 +35,9 @@ err_console = Console(stderr=True, highlight=False)
 def configure_logging(verbose: int) -> None:
     """Configure logging once, from the number of ``-v`` flags (library modules add no handlers)."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:

@@ -1,0 +1,189 @@
+"""``fhirimg convert``: read options, call :func:`fhirimg.convert.convert`, print, exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from fhirimg import jsonio
+from fhirimg.cli._app import (
+    JsonOpt,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    configure_logging,
+    err_console,
+    fail,
+)
+from fhirimg.convert import DEFAULT_OUT, REPORT_NAME, ConvertOptions, ConvertReport, convert
+from fhirimg.exitcodes import ExitCode
+from fhirimg.mapping import MapOptions
+
+log = logging.getLogger(__name__)
+
+
+def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """``--patient-id-system`` values: a bare URI is the default system; ``NAME=URI`` maps an
+    Issuer of Patient ID (0010,0021) local name to a system.
+
+    >>> parse_patient_id_systems(["urn:oid:1.2.3", "HOSP=http://hosp.example/mrn"])
+    ('urn:oid:1.2.3', (('HOSP', 'http://hosp.example/mrn'),))
+    """
+    default: str | None = None
+    mapping: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, system = value.partition("=")
+        if sep and name and ":" not in name:
+            mapping.append((name, system))
+        else:
+            default = value
+    return default, tuple(mapping)
+
+
+@app.command("convert")
+def convert_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content).",
+            exists=True,
+            metavar="PATH...",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for the bundles and report.json.", file_okay=False
+        ),
+    ] = DEFAULT_OUT,
+    fhir_version: Annotated[
+        str, typer.Option("--fhir-version", help="FHIR release to write: r4 (4.0.1).")
+    ] = "r4",
+    dicomweb_url: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb-url",
+            help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
+            "that each ImagingStudy references.",
+        ),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
+            "Timezone Offset From UTC. Without it such times are left out (date kept).",
+        ),
+    ] = None,
+    patient_id_system: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--patient-id-system",
+            help="Identifier system for Patient IDs whose issuer gives none: a URI (default for "
+            "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
+        ),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
+    ] = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
+
+    Every input file ends up converted, skipped (not DICOM, DICOMDIR), duplicate or failed, with
+    the reason in report.json. Exit codes: 0 all converted, 1 some files or studies failed,
+    2 usage error, 3 output cannot be written.
+    """
+    configure_logging(verbose)
+    if fhir_version.lower() not in ("r4",):
+        raise fail(f"unsupported --fhir-version {fhir_version!r}: use r4", ExitCode.USAGE)
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise fail(
+                f"unknown time zone {timezone!r} (use an IANA name such as Europe/Berlin)",
+                ExitCode.USAGE,
+            ) from None
+    default_system, systems = parse_patient_id_systems(patient_id_system or [])
+    options = ConvertOptions(
+        out_dir=out,
+        fhir_version=fhir_version.lower(),
+        mapping=MapOptions(
+            timezone=timezone,
+            patient_id_system=default_system,
+            patient_id_systems=systems,
+            dicomweb_url=dicomweb_url,
+        ),
+        jobs=jobs or None,
+    )
+    show_progress = not quiet and sys.stderr.isatty()
+    try:
+        if show_progress:
+            report = _convert_with_progress(paths, options)
+        else:
+            report = convert(paths, options)
+    except OSError as exc:
+        raise fail(f"cannot write to {out}: {exc.strerror or exc}", ExitCode.CANNOT_START) from None
+    if json_out:
+        sys.stdout.write(jsonio.dumps(report.summary()).decode())
+    if not quiet:
+        _print_summary(report)
+    raise typer.Exit(int(report.exit_code))
+
+
+def _convert_with_progress(paths: list[Path], options: ConvertOptions) -> ConvertReport:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(stage: str, advance: int, total: int | None) -> None:
+            if stage not in tasks:
+                label = "reading headers" if stage == "read" else "writing bundles"
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], advance=advance)
+
+        return convert(paths, options, progress=on_progress)
+
+
+def _print_summary(report: ConvertReport) -> None:
+    s = report.summary()
+    files, studies = s["files"], s["studies"]
+    err_console.print(
+        f"Converted {files['converted']} of {files['total']} files into {studies['written']} "
+        f"bundle(s) in [bold]{report.out_dir}/[/] "
+        f"({files['skipped']} skipped, {files['duplicate']} duplicate, {files['failed']} failed; "
+        f"details in {report.out_dir / REPORT_NAME})"
+    )
+    failed_studies = [st for st in report.studies if not st.ok]
+    for st in failed_studies[:10]:
+        err_console.print(
+            f"  [red]study not written[/]: {escape(st.errors[0] if st.errors else '?')}"
+        )
+    for path, reason in report.failures[:10]:
+        err_console.print(f"  [yellow]failed[/] {escape(path)}: {escape(reason)}")
+    if files["failed"] > 10:
+        err_console.print(f"  ... and {files['failed'] - 10} more failed file(s): see report.json")

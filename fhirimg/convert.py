@@ -1,0 +1,270 @@
+"""``convert``: DICOM files and folders to one FHIR transaction Bundle per study, plus a report.
+
+The pipeline is scan -> group -> map -> bundle -> validate -> write:
+
+1. :func:`fhirimg.scan.iter_files` walks the inputs; :func:`fhirimg.scan.read_file` (pure, one
+   file) reads each header, in a process pool when ``jobs > 1``;
+2. :class:`fhirimg.group.StudyIndex` groups records by Study Instance UID, spilling to disk, and
+   settles duplicate SOP Instance UIDs;
+3. each study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is validated, and is written
+   atomically; a bundle that does not validate is never written;
+4. ``report.json`` accounts for every input file: converted, skipped, duplicate or failed.
+
+Nothing here prints: progress goes to an optional callback, results come back as a
+:class:`ConvertReport`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fhirimg import ids, jsonio
+from fhirimg.bundle import study_bundle
+from fhirimg.exitcodes import ExitCode
+from fhirimg.fhir import release as get_release
+from fhirimg.group import StudyIndex
+from fhirimg.mapping import MapOptions
+from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+from fhirimg.scan import iter_files, read_file
+
+DEFAULT_OUT = Path("fhirimg-out")
+REPORT_NAME = "report.json"
+_BATCH = 64  # files per task sent to a worker process
+
+Progress = Callable[[str, int, int | None], None]
+"""``progress(stage, advance, total)``: stage is "read" (files) or "write" (studies)."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Options of a conversion (the CLI's flags, as data)."""
+
+    out_dir: Path = DEFAULT_OUT
+    fhir_version: str = "r4"
+    mapping: MapOptions = field(default_factory=MapOptions)
+    jobs: int | None = None
+    """Worker processes; None = all cores, 1 = this process only (same output either way)."""
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What became of one study."""
+
+    study_instance_uid: str
+    bundle: str | None  # file name in out_dir, None when not written
+    series: int
+    instances: int
+    warnings: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.bundle is not None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "studyInstanceUid": self.study_instance_uid,
+            "status": "written" if self.ok else "failed",
+        }
+        if self.bundle:
+            out["bundle"] = self.bundle
+        out["series"] = self.series
+        out["instances"] = self.instances
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        if self.errors:
+            out["errors"] = list(self.errors)
+        return out
+
+
+@dataclass
+class ConvertReport:
+    """The result of :func:`convert`: counts per file status and the studies' outcomes."""
+
+    out_dir: Path
+    files: dict[str, int]
+    studies: list[StudyOutcome]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """The first failed files (path, reason); all of them are in report.json."""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        failed = self.files.get(FileStatus.FAILED.value, 0)
+        if failed or any(not s.ok for s in self.studies):
+            return ExitCode.PARTIAL
+        return ExitCode.OK
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": str(self.out_dir),
+            "files": {"total": sum(self.files.values()), **self.files},
+            "studies": {
+                "total": len(self.studies),
+                "written": sum(1 for s in self.studies if s.ok),
+                "failed": sum(1 for s in self.studies if not s.ok),
+            },
+            "exitCode": int(self.exit_code),
+        }
+
+
+def build_study(
+    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str
+) -> tuple[dict[str, Any], StudyOutcome]:
+    """Build and validate one study's bundle. Pure: returns the bundle and its outcome.
+
+    The outcome has ``errors`` (and the bundle must not be written) when validation fails.
+    """
+    release = get_release(fhir_version)
+    bundle, notes = study_bundle(records, mapping, release)
+    study = bundle["entry"][-1]["resource"]
+    errors = release.model_errors(bundle)
+    uid = records[0].study_instance_uid
+    outcome = StudyOutcome(
+        study_instance_uid=uid,
+        bundle=None if errors else ids.bundle_name(uid),
+        series=int(study["numberOfSeries"]),
+        instances=int(study["numberOfInstances"]),
+        warnings=tuple(notes.items),
+        errors=tuple(errors),
+    )
+    return bundle, outcome
+
+
+def _write_study(
+    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str, out_dir: str
+) -> StudyOutcome:
+    """Worker task: build, validate and (when valid) atomically write one study's bundle."""
+    try:
+        bundle, outcome = build_study(records, mapping, fhir_version)
+    except Exception as exc:  # a mapping bug must cost one study, not the run
+        uid = records[0].study_instance_uid
+        return StudyOutcome(
+            uid, None, 0, len(records), errors=(f"internal error: {type(exc).__name__}: {exc}",)
+        )
+    if outcome.bundle:
+        jsonio.atomic_write(Path(out_dir) / outcome.bundle, jsonio.dumps(bundle))
+    return outcome
+
+
+def _read_batch(paths: list[str]) -> list[InstanceRecord | FileProblem]:
+    return [read_file(p) for p in paths]
+
+
+T = TypeVar("T")
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _bounded(
+    executor: Executor | None, fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], window: int
+) -> Iterator[T]:
+    """Run ``fn(*args)`` for each args tuple, at most ``window`` in flight; results in order.
+
+    Without an executor, runs inline. Bounded submission keeps memory flat however many tasks.
+    """
+    if executor is None:
+        for args in jobs:
+            yield fn(*args)
+        return
+    pending: list[Future[T]] = []
+    for args in jobs:
+        pending.append(executor.submit(fn, *args))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
+
+
+def resolve_jobs(jobs: int | None) -> int:
+    """``None`` or 0 means all cores."""
+    return max(1, jobs or os.cpu_count() or 1)
+
+
+def convert(
+    paths: Iterable[str | Path],
+    options: ConvertOptions | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """Convert DICOM files/folders to per-study transaction Bundles in ``options.out_dir``.
+
+    Returns the report (also written as ``report.json``). Never raises for bad input files; raises
+    :class:`~fhirimg.errors.ConfigError` for bad options and ``OSError`` when the output folder
+    cannot be written.
+    """
+    opts = options or ConvertOptions()
+    get_release(opts.fhir_version)  # fail early on a bad release name
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in paths]
+    jobs = resolve_jobs(opts.jobs)
+    total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
+
+    executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    try:
+        with StudyIndex() as index:
+            batches = ((b,) for b in _batched(iter_files(inputs, exclude=[out_dir]), _BATCH))
+            for results in _bounded(executor, _read_batch, batches, window=jobs * 4):
+                for item in results:
+                    index.add(item)
+                if progress:
+                    progress("read", len(results), total)
+            index.resolve_duplicates()
+
+            outcomes: list[StudyOutcome] = []
+            uids = index.study_uids()
+            tasks = (
+                (index.records(uid), opts.mapping, opts.fhir_version, str(out_dir)) for uid in uids
+            )
+            for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
+                paths_of_study = index.study_paths(outcome.study_instance_uid)
+                if outcome.ok:
+                    index.set_outcome(paths_of_study, FileStatus.CONVERTED, str(outcome.bundle))
+                else:
+                    reason = "study not converted: " + "; ".join(outcome.errors[:3])
+                    index.set_outcome(paths_of_study, FileStatus.FAILED, reason)
+                outcomes.append(outcome)
+                if progress:
+                    progress("write", 1, len(uids))
+
+            report = ConvertReport(out_dir, index.counts(), outcomes, index.failures(100))
+            _write_report(out_dir / REPORT_NAME, report, index, opts)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return report
+
+
+def _write_report(
+    path: Path, report: ConvertReport, index: StudyIndex, opts: ConvertOptions
+) -> None:
+    """``report.json``: summary, studies, and every input file with its status (sorted by path).
+
+    Deterministic like the bundles: no timestamps, stable order.
+    """
+    files = []
+    for file_path, status, detail in index.file_outcomes():
+        item = {"path": file_path, "status": status}
+        key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
+        item[key] = detail
+        files.append(item)
+    doc = {
+        "fhirVersion": get_release(opts.fhir_version).fhir_version,
+        "summary": report.summary(),
+        "studies": [s.as_json() for s in report.studies],
+        "files": files,
+    }
+    jsonio.atomic_write(path, jsonio.dumps(doc))

@@ -1,0 +1,157 @@
+"""Group instance records by study: a keyed reduce that spills to disk.
+
+Records are appended to a temporary SQLite file keyed by Study Instance UID, then read back one study
+at a time, so memory follows the largest study, never the size of the corpus. On a cluster the same
+step is a ``groupby(study_instance_uid)`` of the engine; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+
+
+class StudyIndex:
+    """Instance records and file outcomes of one run, spilled to a temporary SQLite database."""
+
+    def __init__(self, workdir: str | Path | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="fhirimg-", dir=workdir)
+        self._db = sqlite3.connect(Path(self._dir.name) / "index.sqlite")
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE inst (study TEXT, series TEXT, sop TEXT, sop_class TEXT, path TEXT, rec BLOB);
+            CREATE TABLE problem (path TEXT PRIMARY KEY, status TEXT, reason TEXT);
+            CREATE TABLE outcome (path TEXT PRIMARY KEY, status TEXT, detail TEXT);
+            """
+        )
+
+    def close(self) -> None:
+        self._db.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> StudyIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, item: InstanceRecord | FileProblem) -> None:
+        """Add one reading result."""
+        if isinstance(item, FileProblem):
+            self.add_problem(item)
+            return
+        self._db.execute(
+            "INSERT INTO inst VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                item.study_instance_uid,
+                item.series_instance_uid,
+                item.sop_instance_uid,
+                item.sop_class_uid,
+                item.path,
+                pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL),
+            ),
+        )
+
+    def add_problem(self, problem: FileProblem) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO problem VALUES (?, ?, ?)",
+            (problem.path, problem.status.value, problem.reason),
+        )
+
+    def resolve_duplicates(self) -> int:
+        """Keep one record per SOP Instance UID; the others become problems. Returns their count.
+
+        The first file by path wins. Another file with the same SOP Instance UID, study, series and
+        SOP class is a DUPLICATE (counted once); one that differs is a FAILED conflict.
+        """
+        db = self._db
+        db.execute("CREATE INDEX IF NOT EXISTS inst_sop ON inst (sop, path)")
+        rows = db.execute(
+            """
+            SELECT sop, study, series, sop_class, path FROM inst
+            WHERE sop IN (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1)
+            ORDER BY sop, path
+            """
+        ).fetchall()
+        dropped = 0
+        keep: tuple[str, ...] | None = None
+        keep_path = ""
+        for sop, study, series, sop_class, path in rows:
+            if keep is None or keep[0] != sop:
+                keep, keep_path = (sop, study, series, sop_class), path
+                continue
+            if (sop, study, series, sop_class) == keep:
+                problem = FileProblem(
+                    path, FileStatus.DUPLICATE, f"same SOP Instance UID and content as {keep_path}"
+                )
+            else:
+                problem = FileProblem(
+                    path,
+                    FileStatus.FAILED,
+                    f"SOP Instance UID conflict: also in {keep_path} with a different "
+                    "study, series or SOP class",
+                )
+            db.execute("DELETE FROM inst WHERE path = ?", (path,))
+            self.add_problem(problem)
+            dropped += 1
+        return dropped
+
+    def study_uids(self) -> list[str]:
+        """All Study Instance UIDs, sorted (a list of strings: small next to the records)."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT study FROM inst ORDER BY study")]
+
+    def records(self, study_uid: str) -> list[InstanceRecord]:
+        """The records of one study (unsorted; the mapping sorts them)."""
+        return [
+            pickle.loads(r[0])
+            for r in self._db.execute(
+                "SELECT rec FROM inst WHERE study = ? ORDER BY path", (study_uid,)
+            )
+        ]
+
+    def study_paths(self, study_uid: str) -> list[str]:
+        return [
+            r[0] for r in self._db.execute("SELECT path FROM inst WHERE study = ?", (study_uid,))
+        ]
+
+    def set_outcome(self, paths: list[str], status: FileStatus, detail: str) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO outcome VALUES (?, ?, ?)",
+            [(p, status.value, detail) for p in paths],
+        )
+
+    def file_outcomes(self) -> Iterator[tuple[str, str, str]]:
+        """Every input file with its status and detail (bundle name or reason), sorted by path."""
+        yield from self._db.execute(
+            """
+            SELECT path, status, detail FROM outcome
+            UNION ALL SELECT path, status, reason FROM problem
+            ORDER BY 1
+            """
+        )
+
+    def failures(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` failed files (path, reason), sorted by path."""
+        return list(
+            self._db.execute(
+                "SELECT path, detail FROM (SELECT path, status, detail FROM outcome UNION ALL "
+                "SELECT path, status, reason FROM problem) WHERE status = ? ORDER BY path LIMIT ?",
+                (FileStatus.FAILED.value, limit),
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in FileStatus}
+        for status, n in self._db.execute(
+            "SELECT status, COUNT(*) FROM (SELECT status FROM outcome UNION ALL "
+            "SELECT status FROM problem) GROUP BY status"
+        ):
+            out[status] = n
+        return out

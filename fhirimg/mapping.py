@@ -1,0 +1,509 @@
+"""DICOM to FHIR: one study's instance records become Patient, Endpoint and ImagingStudy resources.
+
+Element by element this follows ``fhir-imaging-spec.md`` (the HL7 ``dicom`` mappings of the core
+StructureDefinitions); each element cites its DICOM tag. Release differences (R4 Coding vs R5
+CodeableConcept, accession placement, ...) come from :mod:`fhirimg.fhir`, never from ``if`` here.
+
+Values that cannot be converted leave their element out and add a warning; they never raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from pydicom.uid import UID
+
+from fhirimg import values
+from fhirimg.fhir import Release
+from fhirimg.fhir.base import StudyParts
+from fhirimg.model import Code, InstanceRecord, Issuer
+
+JSON = dict[str, Any]
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SNOMED = "http://snomed.info/sct"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+RFC3986 = "urn:ietf:rfc:3986"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+# DICOM coding scheme designators (0008,0102) -> FHIR code system URIs (DICOM PS3.16 Section 8,
+# "Coding Schemes", HL7 FHIR column). Unknown designators keep the code without a system.
+CODING_SCHEMES = {
+    "DCM": DCM,
+    "SCT": SNOMED,
+    "SRT": SNOMED,
+    "LN": "http://loinc.org",
+    "UCUM": "http://unitsofmeasure.org",
+    "RADLEX": "http://radlex.org",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
+    "C4": "http://www.ama-assn.org/go/cpt",
+    "NCIt": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+}
+
+# (0018,0015) Body Part Examined -> SNOMED CT, after DICOM PS3.16 Annex L (CID 4 correspondence)
+# for common values. Other values keep their text as Coding.display (no code is invented).
+BODY_PARTS: Mapping[str, tuple[str, str]] = {
+    "ABDOMEN": ("818981001", "Abdomen"),
+    "ABDOMENPELVIS": ("818982008", "Abdomen and Pelvis"),
+    "ANKLE": ("70258002", "Ankle joint"),
+    "BRAIN": ("12738006", "Brain"),
+    "BREAST": ("76752008", "Breast"),
+    "CHEST": ("43799004", "Chest"),
+    "CSPINE": ("122494005", "Cervical spine"),
+    "ELBOW": ("16953009", "Elbow joint"),
+    "FOOT": ("56459004", "Foot"),
+    "HAND": ("85562004", "Hand"),
+    "HEAD": ("69536005", "Head"),
+    "HEART": ("80891009", "Heart"),
+    "HIP": ("24136001", "Hip joint"),
+    "KIDNEY": ("64033007", "Kidney"),
+    "KNEE": ("72696002", "Knee"),
+    "LIVER": ("10200004", "Liver"),
+    "LSPINE": ("122496007", "Lumbar spine"),
+    "NECK": ("45048000", "Neck"),
+    "SHOULDER": ("16982005", "Shoulder"),
+    "TSPINE": ("122495006", "Thoracic spine"),
+    "WHOLEBODY": ("38266002", "Entire body"),
+}
+
+# (0020,0060) Laterality -> SNOMED CT (DICOM CID 244 Laterality).
+LATERALITY: Mapping[str, tuple[str, str]] = {
+    "L": ("7771000", "Left"),
+    "R": ("24028007", "Right"),
+    "B": ("51440002", "Right and left"),
+}
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How the mapping fills what DICOM does not say."""
+
+    timezone: str | None = None
+    """IANA zone for DA/TM without (0008,0201) Timezone Offset From UTC."""
+    patient_id_system: str | None = None
+    """Identifier.system for Patient IDs whose issuer gives no standard system."""
+    patient_id_systems: tuple[tuple[str, str], ...] = ()
+    """Issuer of Patient ID (0010,0021) local names -> Identifier.system."""
+    dicomweb_url: str | None = None
+    """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
+
+
+@dataclass
+class Notes:
+    """Warnings collected while mapping one study (no patient names or ids in them)."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        if message not in self.items:
+            self.items.append(message)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        for m in messages:
+            self.add(m)
+
+
+def coding(code: Code) -> JSON | None:
+    """A DICOM code item to a FHIR Coding (system from the scheme designator)."""
+    out: JSON = {}
+    system = CODING_SCHEMES.get(code.scheme or "")
+    if system:
+        out["system"] = system
+    if code.value:
+        out["code"] = code.value
+    if code.meaning:
+        out["display"] = code.meaning
+    return out or None
+
+
+def concept(codes: Sequence[Code], text: str | None = None) -> JSON | None:
+    """Code items and/or free text to one CodeableConcept."""
+    codings = [c for c in (coding(code) for code in codes) if c]
+    out: JSON = {}
+    if codings:
+        out["coding"] = codings
+    if text:
+        out["text"] = text
+    return out or None
+
+
+def issuer_system(issuer: Issuer | None, local_systems: Mapping[str, str]) -> str | None:
+    """Identifier.system from an HL7 v2 HD issuer (``fhir-imaging-spec.md``, Issuer rule):
+    Universal Entity ID Type (0040,0033) ISO -> ``urn:oid:``, UUID -> ``urn:uuid:``, URI as is;
+    a local namespace (0040,0031) only through the user's mapping.
+
+    >>> issuer_system(Issuer(universal="1.2.3", universal_type="ISO"), {})
+    'urn:oid:1.2.3'
+    >>> issuer_system(Issuer(local="HOSP"), {"HOSP": "http://hosp.example/mrn"})
+    'http://hosp.example/mrn'
+    """
+    if issuer is None:
+        return None
+    kind = (issuer.universal_type or "").upper()
+    if issuer.universal:
+        if kind == "ISO" and values.is_valid_uid(issuer.universal):
+            return "urn:oid:" + issuer.universal
+        if kind == "UUID":
+            return "urn:uuid:" + issuer.universal.lower()
+        if kind in ("URI", "URL"):
+            return issuer.universal
+    if issuer.local:
+        return local_systems.get(issuer.local)
+    return None
+
+
+def _identifier(value: str, type_code: str, issuer: Issuer | None, system: str | None) -> JSON:
+    ident: JSON = {"type": {"coding": [{"system": V2_0203, "code": type_code}]}}
+    if system:
+        ident["system"] = system
+    ident["value"] = value
+    if issuer and issuer.local:
+        ident["assigner"] = {"display": issuer.local}
+    return ident
+
+
+def search_token(system: str | None, value: str) -> str:
+    """``identifier`` search value ``system|value`` percent-encoded for a conditional URL.
+
+    >>> search_token("urn:dicom:uid", "urn:oid:1.2.3")
+    'identifier=urn:dicom:uid|urn:oid:1.2.3'
+    >>> search_token(None, "A B&C")
+    'identifier=A%20B%26C'
+    """
+    safe = ":/.-_~"
+    token = quote(value, safe=safe)
+    if system:
+        token = quote(system, safe=safe) + "|" + token
+    return "identifier=" + token
+
+
+def _first(records: Sequence[InstanceRecord], attr: str) -> Any:
+    """The first non-empty value of ``attr`` in the (sorted) records of a study."""
+    for rec in records:
+        value = getattr(rec, attr)
+        if value:
+            return value
+    return None
+
+
+def _unsigned(raw: str | None, what: str, notes: Notes) -> int | None:
+    """An IS for an unsignedInt element; malformed or negative values are left out with a note."""
+    if raw is None:
+        return None
+    number = values.parse_is(raw)
+    if number is None or number < 0:
+        notes.add(f"{what} {raw!r} is not a valid non-negative IS; left out")
+        return None
+    return number
+
+
+def patient(
+    records: Sequence[InstanceRecord], options: MapOptions, notes: Notes
+) -> tuple[JSON, JSON]:
+    """The Patient resource and its transaction request for one study.
+
+    Request: ``POST Patient`` with ``ifNoneExist`` on the identifier (``fhir-imaging-spec.md``,
+    Transaction Bundles). Without a Patient ID the caller uses a deterministic ``PUT`` instead.
+    """
+    resource: JSON = {"resourceType": "Patient"}
+    request: JSON = {"method": "POST", "url": "Patient"}
+    pid = _first(records, "patient_id")  # (0010,0020) Patient ID
+    ids = {r.patient_id for r in records if r.patient_id}
+    if len(ids) > 1:
+        notes.add(
+            f"{len(ids)} different Patient IDs in one study; the first (by series/instance) is used"
+        )
+    if pid:
+        rec = next(r for r in records if r.patient_id == pid)
+        issuer = rec.patient_id_issuer  # (0010,0024) Issuer of Patient ID Qualifiers Sequence
+        local = rec.issuer_of_patient_id  # (0010,0021) Issuer of Patient ID
+        if local and (issuer is None or not issuer.local):
+            issuer = Issuer(
+                local,
+                issuer.universal if issuer else None,
+                issuer.universal_type if issuer else None,
+            )
+        system = (
+            issuer_system(issuer, dict(options.patient_id_systems)) or options.patient_id_system
+        )
+        if not system:
+            notes.add(
+                "Patient ID has no issuer system: matching on the server uses the value alone; set --patient-id-system"
+            )
+        resource["identifier"] = [_identifier(pid, "MR", issuer, system)]
+        request["ifNoneExist"] = search_token(system, pid)
+    pn = _first(records, "patient_name")  # (0010,0010) Patient's Name
+    if pn:
+        names = values.human_names(pn)
+        if names:
+            resource["name"] = names
+    # (0010,0040) Patient's Sex -> gender; empty -> unknown (fhir-imaging-spec.md, Patient)
+    sex = _first(records, "patient_sex")
+    resource["gender"] = values.fhir_gender(sex)
+    if sex and sex.strip().upper() not in ("M", "F", "O"):
+        notes.add(f"Patient's Sex {sex!r} is not M, F or O; gender set to unknown")
+    birth = _first(records, "patient_birth_date")  # (0010,0030) Patient's Birth Date
+    if birth:
+        day = values.parse_da(birth)
+        if day:
+            resource["birthDate"] = day
+        else:
+            notes.add("Patient's Birth Date is not a valid DA; left out")
+    return resource, request
+
+
+def endpoint(url: str, release: Release) -> tuple[JSON, JSON]:
+    """The WADO-RS Endpoint and its idempotent request (``ifNoneExist`` on its identifier).
+
+    Endpoint has no ``address`` search parameter, so the address doubles as an identifier
+    (system ``urn:ietf:rfc:3986``) to make creation idempotent (``fhir-imaging-spec.md``).
+    """
+    address = url.rstrip("/")  # Endpoint.address: service base, no trailing slash
+    identifier = {"system": RFC3986, "value": address}
+    resource = release.endpoint(address, identifier, "DICOMweb WADO-RS")
+    request = {"method": "POST", "url": "Endpoint", "ifNoneExist": search_token(RFC3986, address)}
+    return resource, request
+
+
+def _sort_key_series(rec: InstanceRecord) -> tuple[int, int, str]:
+    number = values.parse_is(rec.series_number) if rec.series_number else None
+    return (0 if number is not None else 1, number or 0, rec.series_instance_uid)
+
+
+def _sort_key_instance(rec: InstanceRecord) -> tuple[int, int, str]:
+    number = values.parse_is(rec.instance_number) if rec.instance_number else None
+    return (0 if number is not None else 1, number or 0, rec.sop_instance_uid)
+
+
+def sort_records(records: Iterable[InstanceRecord]) -> list[InstanceRecord]:
+    """Instances in output order: by series number, series UID, instance number, SOP UID."""
+    return sorted(records, key=lambda r: (_sort_key_series(r), _sort_key_instance(r)))
+
+
+def _modality_coding(code: str) -> JSON:
+    # (0008,0060) Modality; system is the DCM URI, never "DCM" (a DICOMcast mistake, peers.md)
+    return {"system": DCM, "code": code}
+
+
+def _instance_title(rec: InstanceRecord) -> str | None:
+    """ImagingStudy.series.instance.title: (0042,0010) Document Title | (0040,A043)>(0008,0104)
+    Concept Name meaning | (0070,0080) Content Label | (0008,0008) Image Type."""
+    if rec.document_title:
+        return rec.document_title
+    if rec.concept_name:
+        return rec.concept_name
+    if rec.content_label:
+        return rec.content_label
+    if rec.image_type:
+        return "\\".join(rec.image_type)
+    return None
+
+
+def _performers(rec: InstanceRecord) -> list[JSON]:
+    out: list[JSON] = []
+    # (0008,1050) Performing Physician's Name -> performer, function PRF (performer)
+    for pn in rec.performing_physicians:
+        display = values.display_name(pn)
+        if display:
+            out.append(
+                {
+                    "function": {
+                        "coding": [{"system": PARTICIPATION, "code": "PRF", "display": "performer"}]
+                    },
+                    "actor": {"display": display},
+                }
+            )
+    # (0008,1070) Operators' Name -> performer, function SPRF (secondary performer), text Operator
+    for pn in rec.operators:
+        display = values.display_name(pn)
+        if display:
+            out.append(
+                {
+                    "function": {
+                        "coding": [
+                            {
+                                "system": PARTICIPATION,
+                                "code": "SPRF",
+                                "display": "secondary performer",
+                            }
+                        ],
+                        "text": "Operator",
+                    },
+                    "actor": {"display": display},
+                }
+            )
+    return out
+
+
+def _series(
+    records: Sequence[InstanceRecord],
+    release: Release,
+    options: MapOptions,
+    notes: Notes,
+    instance_extensions: Mapping[str, list[JSON]],
+) -> JSON:
+    first = records[0]
+    series: JSON = {"uid": first.series_instance_uid}  # (0020,000E) Series Instance UID, bare id
+    number = _unsigned(_first(records, "series_number"), "Series Number (0020,0011)", notes)
+    if number is not None:
+        series["number"] = number
+    modality = _first(records, "modality")  # (0008,0060) Modality
+    if not modality:
+        notes.add("a series has no Modality (0008,0060); modality set to OT (other)")
+        modality = "OT"
+    series["modality"] = release.modality(_modality_coding(modality))
+    description = _first(records, "series_description")  # (0008,103E)
+    if description:
+        series["description"] = description
+    series["numberOfInstances"] = len(records)
+    body = _first(records, "body_part_examined")  # (0018,0015) Body Part Examined
+    if body:
+        known = BODY_PARTS.get(body.upper())
+        site = (
+            {"system": SNOMED, "code": known[0], "display": known[1]}
+            if known
+            else {"display": body}
+        )
+        series["bodySite"] = release.body_site(site)
+    side = _first(records, "laterality")  # (0020,0060) Laterality
+    if side:
+        known = LATERALITY.get(side.upper())
+        if known:
+            series["laterality"] = release.laterality(
+                {"system": SNOMED, "code": known[0], "display": known[1]}
+            )
+        else:
+            notes.add(f"Laterality {side!r} is not L, R or B; left out")
+    started, warn = values.fhir_datetime(
+        _first(records, "series_date"),
+        _first(records, "series_time"),
+        _first(records, "timezone_offset"),
+        options.timezone,
+    )  # (0008,0021) Series Date + (0008,0031) Series Time, (0008,0201)
+    notes.extend(f"series started: {w}" for w in warn)
+    if started:
+        series["started"] = started
+    performers = _performers(first)
+    if performers:
+        series["performer"] = performers
+    instances = []
+    for rec in records:
+        inst: JSON = {}
+        ext = instance_extensions.get(rec.sop_instance_uid)
+        if ext:
+            inst["extension"] = ext
+        inst["uid"] = rec.sop_instance_uid  # (0008,0018) SOP Instance UID, bare id
+        sop_class: JSON = {"system": RFC3986, "code": "urn:oid:" + rec.sop_class_uid}
+        name = UID(rec.sop_class_uid).name
+        if name and name != rec.sop_class_uid:
+            sop_class["display"] = name
+        inst["sopClass"] = sop_class  # (0008,0016) SOP Class UID
+        inst_number = _unsigned(rec.instance_number, "Instance Number (0020,0013)", notes)
+        if inst_number is not None:
+            inst["number"] = inst_number
+        title = _instance_title(rec)
+        if title:
+            inst["title"] = title
+        instances.append(inst)
+    series["instance"] = instances
+    return series
+
+
+def imaging_study(
+    records: Sequence[InstanceRecord],
+    subject_ref: str,
+    endpoint_ref: str | None,
+    release: Release,
+    options: MapOptions,
+    notes: Notes,
+    instance_extensions: Mapping[str, list[JSON]] | None = None,
+) -> tuple[JSON, JSON]:
+    """The ImagingStudy (and its conditional-update request) for one study's sorted records."""
+    study_uid = records[0].study_instance_uid
+    for w in sorted({w for r in records for w in r.warnings}):
+        notes.add(w)
+    if not values.is_valid_uid(study_uid):
+        notes.add("Study Instance UID is not a valid DICOM UID")
+    identifiers: list[JSON] = [
+        # (0020,000D) Study Instance UID as urn:dicom:uid / urn:oid:
+        {"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + study_uid}
+    ]
+    accession_value = _first(records, "accession_number")  # (0008,0050) Accession Number
+    accession = None
+    if accession_value:
+        issuer = _first(records, "accession_issuer")  # (0008,0051) Issuer of Accession Number Seq.
+        system = issuer_system(issuer, {})
+        accession = _identifier(accession_value, "ACSN", issuer, system)
+    interpreters = tuple(
+        d
+        for d in (values.display_name(pn) for pn in (_first(records, "reading_physicians") or ()))
+        if d
+    )
+    procedures = tuple(
+        c for c in (concept([code]) for code in (_first(records, "procedure_codes") or ())) if c
+    )  # (0008,1032) Procedure Code Sequence
+    reason = concept(_first(records, "reason_codes") or (), _first(records, "reason_for_procedure"))
+    parts = StudyParts(accession, procedures, (reason,) if reason else (), interpreters)
+    extra = release.study_elements(parts)
+    identifiers += extra.pop("identifier", [])
+    study_id = _first(records, "study_id")  # (0020,0010) Study ID
+    if study_id:
+        identifiers.append({"use": "secondary", "value": study_id})
+
+    by_series: dict[str, list[InstanceRecord]] = {}
+    for rec in records:
+        by_series.setdefault(rec.series_instance_uid, []).append(rec)
+    series = [
+        _series(recs, release, options, notes, instance_extensions or {})
+        for recs in by_series.values()
+    ]
+
+    fields: JSON = {
+        "resourceType": "ImagingStudy",
+        "identifier": identifiers,
+        "status": "available",
+    }
+    # (0008,0061) Modalities in Study, else the union of the series modalities, in series order
+    modalities = list(_first(records, "modalities_in_study") or ())
+    if not modalities:
+        modalities = [
+            s["modality"]["code"] if "code" in s["modality"] else s["modality"]["coding"][0]["code"]
+            for s in series
+        ]
+    fields["modality"] = [release.modality(_modality_coding(m)) for m in dict.fromkeys(modalities)]
+    fields["subject"] = {"reference": subject_ref}
+    started, warn = values.fhir_datetime(
+        _first(records, "study_date"),
+        _first(records, "study_time"),
+        _first(records, "timezone_offset"),
+        options.timezone,
+    )  # (0008,0020) Study Date + (0008,0030) Study Time, (0008,0201)
+    notes.extend(f"study started: {w}" for w in warn)
+    if started:
+        fields["started"] = started
+    referrer = values.display_name(_first(records, "referring_physician") or "")  # (0008,0090)
+    if referrer:
+        fields["referrer"] = {"display": referrer}
+    if endpoint_ref:
+        fields["endpoint"] = [{"reference": endpoint_ref}]
+    fields["numberOfSeries"] = len(series)
+    fields["numberOfInstances"] = len(records)
+    department = _first(records, "department")  # (0008,1040) Institutional Department Name
+    if department:
+        fields["location"] = {"display": department}
+    description = _first(records, "study_description")  # (0008,1030) Study Description
+    if description:
+        fields["description"] = description
+    fields["series"] = series
+    fields.update(extra)
+    resource = {k: fields[k] for k in release.imaging_study_order if k in fields}
+    request = {
+        "method": "PUT",
+        "url": "ImagingStudy?" + search_token(DICOM_UID_SYSTEM, "urn:oid:" + study_uid),
+    }
+    return resource, request

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Quick start, second command: set up everything the tests need and run the whole suite.
+# Installs the Python environment, the FHIR test server (npm, tools/fhir-test-server) and Orthanc
+# with its DICOMweb plugin (Debian packages, needs root), then runs pytest inside a private network
+# namespace so that every test server listens on a loopback nobody else can reach.
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k convert -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+if [ -f tools/fhir-test-server/install.sh ]; then
+  bash tools/fhir-test-server/install.sh
+fi
+if [ -f tools/orthanc/install.sh ]; then
+  sh tools/orthanc/install.sh
+fi
+export FHIRIMG_REQUIRE_DICOMWEB=1
+exec bash tools/run-in-netns.sh .venv/bin/python -m pytest "$@"
