@@ -1,0 +1,392 @@
+"""``fhirimg push``: send converted bundles (and their Binary files) to a FHIR server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fhirimg import jsonio
+from fhirimg.cli._app import (
+    JsonOpt,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    configure_logging,
+    err_console,
+    fail,
+)
+from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
+from fhirimg.exitcodes import ExitCode
+from fhirimg.push import (
+    AuthError,
+    BasicAuth,
+    BearerAuth,
+    BundleResult,
+    ClientCredentialsAuth,
+    JournalLockedError,
+    PushObserver,
+    PushOptions,
+    PushReport,
+    RetryPolicy,
+    push_paths,
+)
+
+_AUTH = "Authentication"
+_NET = "Network and retries"
+_RUN = "What to send"
+
+
+class _RichProgress(PushObserver):
+    """A rich progress bar (bundles and bytes) on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._lock = threading.Lock()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.bytes_progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        from rich.console import Group
+        from rich.live import Live
+
+        self.live = Live(
+            Group(self.progress, self.bytes_progress), console=err_console, transient=True
+        )
+        self.bundles = self.progress.add_task("bundles", total=None)
+        self.bytes = self.bytes_progress.add_task("bytes  ", total=None)
+
+    def started(self, bundles: int, total_bytes: int) -> None:
+        self.progress.update(self.bundles, total=bundles)
+        self.bytes_progress.update(self.bytes, total=total_bytes)
+
+    def advanced(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_progress.advance(self.bytes, nbytes)
+
+    def finished(self, result: BundleResult) -> None:
+        with self._lock:
+            self.progress.advance(self.bundles, 1)
+        if result.status == "failed":
+            _print_failure(result)
+
+
+def _print_failure(result: BundleResult) -> None:
+    err_console.print(f"[bold red]refused:[/] {result.file}: {result.error}", markup=True)
+    for issue in result.issues:
+        err_console.print(f"    {issue}", markup=False, highlight=False)
+
+
+class _PlainObserver(PushObserver):
+    def finished(self, result: BundleResult) -> None:
+        if result.status == "failed":
+            _print_failure(result)
+
+
+def _secret(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _build_auth(
+    token: str | None,
+    user: str | None,
+    token_url: str | None,
+    client_id: str | None,
+    scope: str | None,
+) -> Any:
+    chosen = [n for n, v in (("--token", token), ("--user", user), ("--token-url", token_url)) if v]
+    if len(chosen) > 1:
+        raise fail(f"choose one way to authenticate, not {' and '.join(chosen)}", ExitCode.USAGE)
+    if token:
+        return BearerAuth(token)
+    if user:
+        password = _secret("FHIRIMG_PASSWORD")
+        if password is None:
+            if not sys.stdin.isatty():
+                raise fail(
+                    "--user needs a password: set FHIRIMG_PASSWORD (no terminal to ask on)",
+                    ExitCode.USAGE,
+                )
+            password = typer.prompt(f"Password for {user}", hide_input=True, err=True)
+        return BasicAuth(user, password)
+    if token_url:
+        secret = _secret("FHIRIMG_CLIENT_SECRET")
+        if not client_id or secret is None:
+            raise fail(
+                "--token-url needs --client-id and the secret in FHIRIMG_CLIENT_SECRET",
+                ExitCode.USAGE,
+            )
+        return ClientCredentialsAuth(token_url, client_id, secret, scope)
+    if client_id:
+        raise fail("--client-id needs --token-url", ExitCode.USAGE)
+    return None
+
+
+def _print_plan(report: PushReport) -> None:
+    for result in report.results:
+        if result.status == "skipped":
+            typer.echo(f"{result.file}: skip (the journal says this server confirmed it)")
+            continue
+        typer.echo(f"{result.file}: {result.entries} entries")
+        for req in result.planned:
+            url = req.url or "[base]"
+            what = f"{req.entries} entries, " if req.entries else ""
+            note = f"  ({req.note})" if req.note else ""
+            typer.echo(f"  {req.method} {url}  {what}{req.bytes} bytes{note}")
+
+
+def _summary(report: PushReport) -> str:
+    parts = [f"pushed {report.pushed}", f"skipped {report.skipped} (already confirmed)"]
+    parts.append(f"failed {report.failed}")
+    text = ", ".join(parts) + f" in {report.elapsed_s:.1f} s"
+    if report.retries:
+        text += f" ({report.retries} retried requests)"
+    return text
+
+
+@app.command("push")
+def push(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Bundle files or folders of them (convert output). Default: fhirimg-out/.",
+            show_default=False,
+        ),
+    ] = None,
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            "-s",
+            envvar="FHIRIMG_SERVER",
+            help="FHIR R4 server base URL, e.g. https://fhir.example/r4 (env FHIRIMG_SERVER).",
+            show_default=False,
+        ),
+    ] = "",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="FHIRIMG_TOKEN",
+            help="Bearer token; prefer the env var FHIRIMG_TOKEN (keeps it out of shell history).",
+            show_envvar=False,
+            rich_help_panel=_AUTH,
+        ),
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            help="HTTP basic auth user; password from env FHIRIMG_PASSWORD, else asked for.",
+            rich_help_panel=_AUTH,
+        ),
+    ] = None,
+    token_url: Annotated[
+        str | None,
+        typer.Option(
+            "--token-url",
+            help="OAuth2 token endpoint for the client-credentials grant (secret from env "
+            "FHIRIMG_CLIENT_SECRET); tokens are refreshed on expiry and on 401.",
+            rich_help_panel=_AUTH,
+        ),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id", help="OAuth2 client id (with --token-url).", rich_help_panel=_AUTH
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope", help="OAuth2 scope to ask for (with --token-url).", rich_help_panel=_AUTH
+        ),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle",
+            help="PEM file of CA certificates to trust instead of the system's (TLS is always "
+            "verified).",
+            rich_help_panel=_NET,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, help="Seconds to wait for each response.", rich_help_panel=_NET
+        ),
+    ] = 60.0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            min=0,
+            help="Retries per request on connection errors, timeouts, 429 and 5xx.",
+            rich_help_panel=_NET,
+        ),
+    ] = 5,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            "--backoff",
+            min=0.0,
+            help="First retry wait in seconds; doubles each retry (with jitter), at most 60 s.",
+            rich_help_panel=_NET,
+        ),
+    ] = 1.0,
+    max_retry_time: Annotated[
+        float,
+        typer.Option(
+            "--max-retry-time",
+            min=0.0,
+            help="Give a request up when retrying it would take longer than this (seconds).",
+            rich_help_panel=_NET,
+        ),
+    ] = 600.0,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, max=64, help="Bundles in flight at once.", rich_help_panel=_NET
+        ),
+    ] = 4,
+    max_entries: Annotated[
+        int | None,
+        typer.Option(
+            "--max-entries",
+            min=1,
+            help="Split transactions into pieces of at most N entries (e.g. 500 for Azure); "
+            "references between pieces are rewritten to server ids.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
+    auto_split: Annotated[
+        bool,
+        typer.Option(
+            "--auto-split/--no-auto-split",
+            help="When the server refuses a transaction as too large, send it again in pieces.",
+            rich_help_panel=_RUN,
+        ),
+    ] = True,
+    journal: Annotated[
+        Path | None,
+        typer.Option(
+            "--journal",
+            help="Journal of confirmed work, for resuming. Default: "
+            "<first folder>/.fhirimg-push-journal.jsonl.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Push everything again, ignoring what the journal says was confirmed.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be sent (method, url, entries, bytes); send nothing.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Push transaction Bundles (and the Binary files beside them) to a FHIR server.
+
+    Idempotent (conditional creates and updates, deterministic Binary ids), retried on transient
+    failures, and resumable: the journal records what the server confirmed, so running the same
+    command again after a crash or Ctrl-C continues where it stopped. Exit codes: 0 all pushed,
+    1 some bundles refused, 2 bad usage, 3 could not start (no bundles, server unreachable, bad
+    credentials), 130 interrupted.
+    """
+    configure_logging(verbose)
+    if verbose < 2:
+        # httpx logs every URL at INFO; search URLs can carry patient identifiers.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not server and not dry_run:
+        raise fail("--server is required (or set FHIRIMG_SERVER)", ExitCode.USAGE)
+    auth = _build_auth(token, user, token_url, client_id, scope)
+    options = PushOptions(
+        server=server or "http://dry-run.invalid",
+        auth=auth,
+        timeout=timeout,
+        retry=RetryPolicy(
+            max_attempts=retries + 1,
+            backoff_base=backoff,
+            backoff_max=max(60.0, backoff),
+            max_elapsed=max_retry_time,
+        ),
+        verify=ca_bundle if ca_bundle is not None else True,
+        jobs=jobs,
+        max_entries=max_entries,
+        auto_split=auto_split,
+        journal=journal,
+        force=force,
+        dry_run=dry_run,
+    )
+    show_bar = not quiet and not dry_run and err_console.is_terminal
+    observer: PushObserver = _RichProgress() if show_bar else _PlainObserver()
+    try:
+        if isinstance(observer, _RichProgress):
+            with observer.live:
+                report = push_paths(paths or [], options, observer)
+        else:
+            report = push_paths(paths or [], options, observer)
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: confirmed work is in the journal; run the same command to continue"
+        )
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except (AuthError, JournalLockedError, InputError, ConfigError) as exc:
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+    except PushError as exc:
+        raise fail(f"cannot use the server: {exc}", ExitCode.CANNOT_START) from None
+    except FhirimgError as exc:
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+
+    if json_out:
+        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
+        sys.stdout.flush()
+    elif dry_run:
+        _print_plan(report)
+    if report.aborted:
+        err_console.print(f"[bold red]stopped:[/] {report.aborted}")
+    if not quiet and not dry_run:
+        err_console.print(_summary(report), highlight=False)
+    if report.aborted and report.pushed == 0 and report.skipped == 0:
+        raise typer.Exit(int(ExitCode.CANNOT_START))
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.PARTIAL))
