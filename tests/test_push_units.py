@@ -201,7 +201,8 @@ def test_journal_ignores_a_torn_last_line_and_keeps_appending(tmp_path: Path) ->
     with journal:
         journal.record_bundle("http://a", "h3", file="y.json", entries=3)
     reread = Journal(path)
-    assert reread.bundle_done("http://a", "h1") and reread.bundle_done("http://a", "h3")
+    assert reread.bundle_done("http://a", "h1")
+    assert reread.bundle_done("http://a", "h3")
     assert reread.torn_lines == 1
 
 

@@ -8,6 +8,7 @@ from fhirimg.cli._app import app
 # (kept sorted; add your command module here)
 from fhirimg.cli import validate_cmd  # noqa: F401
 from fhirimg.cli import convert_cmd  # noqa: F401
+from fhirimg.cli import push_cmd  # noqa: F401
 # --- end of command registration ---
 
 
