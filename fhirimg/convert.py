@@ -206,22 +206,47 @@ def convert(
     cannot be written.
     """
     opts = options or ConvertOptions()
-    get_release(opts.fhir_version)  # fail early on a bad release name
     out_dir = Path(opts.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     inputs = [Path(p) for p in paths]
     jobs = resolve_jobs(opts.jobs)
     total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
 
+    def read_all(executor: Executor | None) -> Iterator[list[InstanceRecord | FileProblem]]:
+        batches = ((b,) for b in _batched(iter_files(inputs, exclude=[out_dir]), _BATCH))
+        for results in _bounded(executor, _read_batch, batches, window=jobs * 4):
+            if progress:
+                progress("read", len(results), total)
+            yield results
+
+    return convert_records(read_all, opts, progress)
+
+
+RecordSource = Callable[[Executor | None], Iterable[list[InstanceRecord | FileProblem]]]
+"""Gives batches of reading results; may use the executor it is handed to read in parallel."""
+
+
+def convert_records(
+    source: RecordSource,
+    options: ConvertOptions | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """The pipeline after reading: group the records ``source`` yields by study, build, validate
+    and write each study's bundle, and write ``report.json``.
+
+    :func:`convert` feeds it records read from files; other sources (a DICOMweb server's metadata)
+    feed it records built the same way, and get the same bundles.
+    """
+    opts = options or ConvertOptions()
+    get_release(opts.fhir_version)  # fail early on a bad release name
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = resolve_jobs(opts.jobs)
     executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     try:
         with StudyIndex() as index:
-            batches = ((b,) for b in _batched(iter_files(inputs, exclude=[out_dir]), _BATCH))
-            for results in _bounded(executor, _read_batch, batches, window=jobs * 4):
+            for results in source(executor):
                 for item in results:
                     index.add(item)
-                if progress:
-                    progress("read", len(results), total)
             index.resolve_duplicates()
 
             outcomes: list[StudyOutcome] = []
