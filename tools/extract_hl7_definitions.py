@@ -266,6 +266,22 @@ def extract(root: Path, release: str) -> None:
                     skipped.append(f"{path}: {binding.get('valueSet')}")
                 elif prop is not None and prop in defs[d].get("properties", {}):
                     defs[d]["properties"][prop]["enum"] = codes
+            # The schema types Resource.id as `string` because the StructureDefinition gives it the
+            # FHIRPath type System.String; its fhir-type extension says it is an `id` (1..64 chars).
+            for t in el.get("type", []):
+                for x in t.get("extension", []):
+                    fhir_type = x.get("valueUrl") or x.get("valueUri")
+                    if (
+                        x.get("url", "").endswith("structuredefinition-fhir-type")
+                        and fhir_type in defs
+                        and "properties" not in defs[fhir_type]
+                        and where
+                        and where[1] is not None
+                        and where[1] in defs[where[0]].get("properties", {})
+                    ):
+                        defs[where[0]]["properties"][where[1]]["$ref"] = (
+                            f"#/definitions/{fhir_type}"
+                        )
             # Reference targets.
             for t in el.get("type", []):
                 if t["code"] in ("Reference", "CodeableReference") and t.get("targetProfile"):
@@ -307,6 +323,10 @@ def extract(root: Path, release: str) -> None:
                         "bestPractice": best,
                     }
                 )
+    # Resource.id is an `id` (1..64 characters): R4 resource.html#Resource, and the fhir-type
+    # extension of R4B/R5; the R4 4.0.1 StructureDefinitions still say `string` there.
+    for rtype in RESOURCES[release]:
+        defs[rtype]["properties"]["id"]["$ref"] = "#/definitions/id"
     for d, items in invariants.items():
         # ext-1 shows up on Extension and again on Extension.extension: keep the owner's copy.
         at_root = {i["key"] for i in items if i["property"] is None}

@@ -348,6 +348,9 @@ def _attachment(att: dict[str, Any], loc: str, out: Collector, bundle: _Bundle) 
         if raw is None and isinstance(target.get("data"), str):
             raw = _decoded(target["data"])
     if raw is not None:
+        # Attachment.size is unsignedInt in R4, integer64 (a JSON string) in R5.
+        if isinstance(size, str) and size.isdigit():
+            size = int(size)
         if isinstance(size, int) and not isinstance(size, bool) and size != len(raw):
             out.error(f"{loc}.size", f"says {size} bytes but the data holds {len(raw)}")
         digest = att.get("hash")

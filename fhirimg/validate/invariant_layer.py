@@ -98,7 +98,7 @@ def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
     out = Collector(file, Layer.INVARIANT)
     table = invariants_for(release)
     schema_for(release)  # the walk that produced `typed` used it already; keeps the cache warm
-    not_checked: set[str] = set()
+    not_checked: dict[str, str] = {}
     for node in typed:
         invariants = table.get(node.definition)
         if not invariants:
@@ -107,7 +107,7 @@ def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
         env = {"resource": node.resource, "rootResource": node.root_resource}
         for inv in invariants:
             if inv.run is None:
-                not_checked.add(inv.key)
+                not_checked.setdefault(inv.key, node.location)
                 continue
             targets: list[tuple[str, Any, str]]
             if inv.prop is None:
@@ -134,9 +134,6 @@ def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
                     continue
                 if result != [True]:
                     out.add(inv.severity, loc, f"{inv.key}: {inv.human}")
-    for key in sorted(not_checked):
-        out.info(
-            typed[0].location if typed else "$",
-            f"{key} not checked (needs a FHIRPath function fhirimg does not evaluate)",
-        )
+    for key, where in sorted(not_checked.items()):
+        out.info(where, f"{key} not checked (needs a FHIRPath function fhirimg does not evaluate)")
     return out.findings

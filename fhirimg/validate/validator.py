@@ -113,7 +113,7 @@ def validate_resource(
 
     >>> found = validate_resource({"resourceType": "Patient", "id": "p1", "gender": "boy"})
     >>> [(f.layer, f.location) for f in found if f.severity == "error"][:2]
-    [('model', 'Patient.gender'), ('schema', 'Patient.gender')]
+    [('schema', 'Patient.gender')]
     """
     wanted = layer_set(layers)
     release = detect_version(obj) if fhir_version == "auto" else fhir_version.lower()

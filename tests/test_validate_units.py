@@ -1,0 +1,99 @@
+"""Unit and property tests of the validator's pieces: UIDs, version detection, layers, API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fhirimg.validate import Finding, Severity, detect_version, validate_paths, validate_resource
+from fhirimg.validate.bundle_layer import query_problem
+from fhirimg.validate.imaging_layer import uid_problem
+from fhirimg.validate.server import outcome_findings
+
+CORPUS = Path(__file__).parent / "data" / "validate" / "corpus"
+
+components = st.one_of(st.just("0"), st.integers(min_value=1, max_value=10**12).map(str))
+
+
+@given(st.lists(components, min_size=1, max_size=12))
+def test_uids_of_digits_without_leading_zeros_are_valid(parts: list[str]) -> None:
+    uid = ".".join(parts)
+    assert (uid_problem(uid) is None) == (len(uid) <= 64)
+
+
+@given(st.lists(components, min_size=1, max_size=6), st.integers(min_value=0, max_value=5))
+def test_a_leading_zero_is_invalid(parts: list[str], where: int) -> None:
+    parts[where % len(parts)] = "0" + parts[where % len(parts)]
+    assert uid_problem(".".join(parts)) is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "ok"),
+    [
+        ("identifier=urn:dicom:uid|urn:oid:1.2.3", True),
+        ("identifier:exact=a&_id=b", True),
+        ("identifier", False),
+        ("identifier=", False),
+        ("=x", False),
+        ("a=b c", False),
+        ("a=%zz", False),
+    ],
+)
+def test_query_grammar(query: str, ok: bool) -> None:
+    assert (query_problem(query) is None) is ok
+
+
+def test_version_detection() -> None:
+    r5_study = {
+        "resourceType": "ImagingStudy",
+        "series": [{"modality": {"coding": [{"code": "CT"}]}}],
+    }
+    r4_study = {"resourceType": "ImagingStudy", "series": [{"modality": {"code": "CT"}}]}
+    assert detect_version({"resourceType": "Bundle", "entry": [{"resource": r5_study}]}) == "r5"
+    assert detect_version(r4_study) == "r4"
+    assert detect_version({"resourceType": "Media"}) == "r4"
+
+
+def test_api_signature_and_fast_layers_skip_invariants() -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "total": 1}
+    fast = validate_resource(bundle, fhir_version="r4", layers="fast", source="x.json")
+    full = validate_resource(bundle, fhir_version="r4", layers="all", source="x.json")
+    assert all(isinstance(f, Finding) for f in full)
+    assert not [f for f in fast if f.layer == "invariant"]
+    assert [f.location for f in full if f.layer == "invariant" and f.severity == "error"] == [
+        "Bundle"
+    ]
+    assert {f.file for f in full} == {"x.json"}
+
+
+def test_other_resource_types_get_information_not_errors() -> None:
+    found = validate_resource(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, layers="all"
+    )
+    assert [f.severity for f in found] == [Severity.INFORMATION]
+
+
+def test_validate_paths_parallel_equals_serial() -> None:
+    files = sorted(str(p) for p in CORPUS.glob("imaging_*.json"))
+    serial = validate_paths(files, jobs=1)
+    parallel = validate_paths(files, jobs=2)
+    assert serial == parallel
+    assert serial
+
+
+def test_outcome_mapping_defaults() -> None:
+    oo = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "warning", "code": "x", "location": ["Patient.name"]},
+            {"severity": "information", "code": "informational", "details": {"text": "ok"}},
+        ],
+    }
+    found = outcome_findings(oo, "f")
+    assert [(f.severity, f.location, f.message) for f in found] == [
+        (Severity.WARNING, "Patient.name", "x"),
+        (Severity.INFORMATION, "$", "ok"),
+    ]
