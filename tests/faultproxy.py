@@ -105,7 +105,9 @@ class FaultProxy:
         self.tokens_issued = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         self.port = self._server.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"

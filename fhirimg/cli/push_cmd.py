@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fhirimg import jsonio
 from fhirimg.cli._app import (
@@ -19,7 +20,6 @@ from fhirimg.cli._app import (
     app,
     configure_logging,
     err_console,
-    fail,
 )
 from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
 from fhirimg.exitcodes import ExitCode
@@ -97,10 +97,22 @@ class _RichProgress(PushObserver):
             _print_failure(result)
 
 
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    """Like ``_app.fail``, but the message is server text: no markup, no hard wrapping."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return typer.Exit(int(code))
+
+
 def _print_failure(result: BundleResult) -> None:
-    err_console.print(f"[bold red]refused:[/] {result.file}: {result.error}", markup=True)
+    # soft_wrap: one refusal, one line (greppable in a cron mail); issues below when not in it.
+    err_console.print(
+        f"[bold red]refused:[/] {escape(result.file)}: {escape(result.error or '')}",
+        soft_wrap=True,
+        highlight=False,
+    )
     for issue in result.issues:
-        err_console.print(f"    {issue}", markup=False, highlight=False)
+        if issue not in (result.error or ""):
+            err_console.print(f"    {issue}", markup=False, highlight=False, soft_wrap=True)
 
 
 class _PlainObserver(PushObserver):
@@ -383,7 +395,7 @@ def push(
     elif dry_run:
         _print_plan(report)
     if report.aborted:
-        err_console.print(f"[bold red]stopped:[/] {report.aborted}")
+        err_console.print(f"[bold red]stopped:[/] {escape(report.aborted)}", soft_wrap=True)
     if not quiet and not dry_run:
         err_console.print(_summary(report), highlight=False)
     if report.aborted and report.pushed == 0 and report.skipped == 0:

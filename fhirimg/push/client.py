@@ -334,7 +334,7 @@ class FhirClient:
 
 def _path_only(url: str) -> str:
     # Log and report without the query: a search query may carry patient identifiers.
-    return url.split("?", 1)[0] or "/"
+    return url.split("?", 1)[0] or "[base]"
 
 
 def _json_of(response: httpx.Response) -> dict[str, Any]:
