@@ -42,7 +42,7 @@ def validate_command(
         list[str],
         typer.Argument(
             help="Bundle or resource JSON files, folders to search for *.json, or - for stdin.",
-            metavar="FILE_OR_DIR...",
+            metavar="FILE_OR_DIR",
         ),
     ],
     fhir_version: Annotated[
