@@ -22,7 +22,9 @@ from typing import Any
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
@@ -85,6 +87,13 @@ def sniff(head: bytes) -> str | None:
     return "bare" if length < 0x10000 else None  # implicit VR: a plausible value length
 
 
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:  # private or unknown tag: keep reading it as text
+        return None
+
+
 def _text(ds: Dataset, tag: int) -> str | None:
     """An element's value as stripped text, or None when absent or empty.
 
@@ -98,7 +107,9 @@ def _text(ds: Dataset, tag: int) -> str | None:
     if isinstance(elem, RawDataElement):
         if elem.value is None:
             return None
-        if elem.VR in (None, "IS", "DS", "DA", "TM", "DT", "UI", "CS", "AS"):
+        # Implicit VR files leave VR None: a binary VR (US for Rows) must not be read as text.
+        vr = elem.VR if elem.VR is not None else _dictionary_vr(tag)
+        if vr in (None, "IS", "DS", "DA", "TM", "DT", "UI", "CS", "AS"):
             text = elem.value.decode("ascii", "replace").strip(" \0")
             return text or None
         value = ds[tag].value
@@ -117,13 +128,9 @@ def _multi(ds: Dataset, tag: int) -> tuple[str, ...]:
     value = ds[tag].value
     if value is None or value == "":
         return ()
-    items = (
-        value
-        if isinstance(value, list | tuple)
-        or hasattr(value, "__iter__")
-        and not isinstance(value, str | bytes)
-        else [value]
-    )
+    # A single PN is a PersonName, which iterates over its characters: only real multi-values
+    # (MultiValue, list, tuple) are split.
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
     return tuple(s for s in (str(v).strip(" \0") for v in items) if s)
 
 
