@@ -18,11 +18,10 @@ import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
@@ -41,8 +40,11 @@ _STOP_TAGS = {
 }
 
 
+_LAST_WANTED = 0x00700080  # (0070,0080) Content Label: nothing after it is needed
+
+
 def _stop(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) in _STOP_TAGS or int(tag) > 0x7FE00010
+    return int(tag) in _STOP_TAGS or int(tag) > _LAST_WANTED
 
 
 def iter_files(paths: Iterable[str | Path], exclude: Iterable[Path] = ()) -> Iterator[str]:
@@ -87,51 +89,96 @@ def sniff(head: bytes) -> str | None:
     return "bare" if length < 0x10000 else None  # implicit VR: a plausible value length
 
 
-def _dictionary_vr(tag: int) -> str | None:
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:  # private or unknown tag: keep reading it as text
+# The tags fhirimg reads. Values are decoded from the raw bytes by what fhirimg expects of each
+# tag (PS3.6), which is faster than pydicom's element conversion and works the same for implicit-VR
+# files; only the character-set-dependent text goes through pydicom's charset decoder.
+_PN = {0x00100010, 0x00080090, 0x00081060, 0x00081050, 0x00081070}
+_CHARSET_TEXT = _PN | {
+    0x00100020, 0x00100021, 0x00400031, 0x00400032, 0x00080050, 0x00200010, 0x00081030,
+    0x00080104, 0x00401002, 0x00081040, 0x0008103E, 0x00080070, 0x00081090, 0x00081010,
+    0x00420010, 0x00700080, 0x00080102, 0x00080100,
+}  # fmt: skip
+_US = {0x00280010, 0x00280011, 0x00280100}  # Rows, Columns, Bits Allocated: binary US
+_PN_DELIMS = {0x5E, 0x3D}  # ^ and = (PS3.5 6.2.1)
+_TEXT_DELIMS = {0x5C, 0x0D, 0x0A, 0x09, 0x0C}  # backslash and control characters
+_SEQUENCES = {0x00100024, 0x00080051, 0x00081032, 0x0040100A, 0x0040A043}
+_WANTED: list[BaseTag | int] = sorted(
+    _CHARSET_TEXT
+    | _US
+    | _SEQUENCES
+    | {
+        0x00080005, 0x00080008, 0x00080016, 0x00080018, 0x00080020, 0x00080021, 0x00080023,
+        0x0008002A, 0x00080030, 0x00080031, 0x00080033, 0x00080060, 0x00080061, 0x00080201,
+        0x00100030, 0x00100040, 0x00180015, 0x0020000D, 0x0020000E, 0x00200011, 0x00200013,
+        0x00200060, 0x00280008, 0x00400033, 0x00041200,
+    }
+)  # fmt: skip
+
+
+def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
+    """The undecoded value bytes of an element (or its text when pydicom already converted it)."""
+    elem = ds.get_item(tag)
+    if elem is None:
         return None
+    if isinstance(elem, RawDataElement):
+        return elem.value if isinstance(elem.value, bytes) else None
+    value = elem.value  # already converted (e.g. the file meta)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value).encode("utf-8")
+    return str(value).encode("utf-8")
 
 
 def _text(ds: Dataset, tag: int) -> str | None:
     """An element's value as stripped text, or None when absent or empty.
 
-    Values still raw (never decoded) are read as ASCII without pydicom's type conversion, so that a
-    malformed IS/DA/TM cannot raise; character-set-dependent VRs go through pydicom's decoding.
+    No type conversion, so that a malformed IS/DA/TM cannot raise; text VRs are decoded with the
+    dataset's (0008,0005) Specific Character Set.
     """
-    elem = ds.get_item(tag)
-    if elem is None:
+    raw = _raw_bytes(ds, tag)
+    if not raw:
         return None
-    value: Any
-    if isinstance(elem, RawDataElement):
-        if elem.value is None:
-            return None
-        # Implicit VR files leave VR None: a binary VR (US for Rows) must not be read as text.
-        vr = elem.VR if elem.VR is not None else _dictionary_vr(tag)
-        if vr in (None, "IS", "DS", "DA", "TM", "DT", "UI", "CS", "AS"):
-            text = elem.value.decode("ascii", "replace").strip(" \0")
-            return text or None
-        value = ds[tag].value
+    if tag in _CHARSET_TEXT and (b"\x1b" in raw or not raw.isascii()):  # ESC: ISO 2022
+        encodings = getattr(ds, "_fhirimg_encodings", None) or ["iso8859"]
+        text = decode_bytes(raw, encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
     else:
-        value = elem.value
-    if value is None:
-        return None
-    text = str(value).strip(" \0")
+        text = raw.decode("ascii", "replace")
+    text = text.strip(" \0")
     return text or None
 
 
 def _multi(ds: Dataset, tag: int) -> tuple[str, ...]:
-    """A multi-valued element as a tuple of non-empty strings (decoded)."""
-    if tag not in ds:
+    """A multi-valued element (values separated by backslash) as a tuple of non-empty strings."""
+    text = _text(ds, tag)
+    if not text:
         return ()
-    value = ds[tag].value
-    if value is None or value == "":
-        return ()
-    # A single PN is a PersonName, which iterates over its characters: only real multi-values
-    # (MultiValue, list, tuple) are split.
-    items = value if isinstance(value, MultiValue | list | tuple) else [value]
-    return tuple(s for s in (str(v).strip(" \0") for v in items) if s)
+    return tuple(v for v in (p.strip(" \0") for p in text.split("\\")) if v)
+
+
+def _us(ds: Dataset, tag: int) -> int | None:
+    """A binary US value (Rows, Columns, ...), in the dataset's byte order."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        if not isinstance(elem.value, bytes) or len(elem.value) < 2:
+            return None
+        return int(struct.unpack("<H" if elem.is_little_endian else ">H", elem.value[:2])[0])
+    return int(elem.value) if isinstance(elem.value, int) else None
+
+
+def _set_encodings(ds: Dataset, inherited: list[str] | None = None) -> None:
+    """Remember the Python codecs for (0008,0005) Specific Character Set on the dataset."""
+    raw = _raw_bytes(ds, 0x00080005)
+    if raw is None:
+        encodings = inherited or ["iso8859"]
+    else:
+        terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
+        encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
+    object.__setattr__(ds, "_fhirimg_encodings", encodings)
 
 
 def _issuer(ds: Dataset | None) -> Issuer | None:
@@ -142,18 +189,30 @@ def _issuer(ds: Dataset | None) -> Issuer | None:
     return issuer if (issuer.local or issuer.universal) else None
 
 
-def _first_item(ds: Dataset, tag: int) -> Dataset | None:
+def _items(ds: Dataset, tag: int) -> list[Dataset]:
+    """A sequence's items (pydicom parses the sequence), each knowing the parent's charset."""
     if tag not in ds:
-        return None
-    seq = ds[tag].value
-    return seq[0] if seq else None
+        return []
+    items = list(ds[tag].value or ())
+    for item in items:
+        _set_encodings(item, getattr(ds, "_fhirimg_encodings", None))
+    return items
+
+
+def _first_item(ds: Dataset, tag: int) -> Dataset | None:
+    items = _items(ds, tag)
+    return items[0] if items else None
+
+
+def _concept_name(ds: Dataset) -> str | None:
+    """(0040,A043) Concept Name Code Sequence > (0008,0104) Code Meaning (SR document titles)."""
+    item = _first_item(ds, 0x0040A043)
+    return _text(item, 0x00080104) if item is not None else None
 
 
 def _codes(ds: Dataset, tag: int) -> tuple[Code, ...]:
-    if tag not in ds:
-        return ()
     out = []
-    for item in ds[tag].value or ():
+    for item in _items(ds, tag):
         code = Code(_text(item, 0x00080100), _text(item, 0x00080102), _text(item, 0x00080104))
         if code.value or code.meaning:
             out.append(code)
@@ -188,7 +247,14 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
             fh.seek(0)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ds = read_partial(fh, _stop, defer_size=_DEFER, force=(kind == "bare"))
+                ds = read_partial(
+                    fh, _stop, defer_size=_DEFER, force=(kind == "bare"), specific_tags=_WANTED
+                )
+                if fh.tell() > size:  # pydicom seeked past the end over a cut value
+                    return FileProblem(
+                        path, FileStatus.FAILED, "truncated DICOM file: it ends inside an element"
+                    )
+                _set_encodings(ds)
                 record = _record(path, size, ds, kind)
     except FileNotFoundError:
         return FileProblem(path, FileStatus.FAILED, "no such file")
@@ -237,8 +303,8 @@ def _record(path: str, size: int, ds: Dataset, kind: str) -> InstanceRecord | Fi
             return FileProblem(path, FileStatus.FAILED, "truncated or empty DICOM dataset")
         return FileProblem(path, FileStatus.FAILED, "missing " + ", ".join(missing))
     transfer_syntax = _uid(meta, 0x00020010) if meta is not None else None
-    rows = _text(ds, 0x00280010)
-    columns = _text(ds, 0x00280011)
+    rows = _us(ds, 0x00280010)
+    columns = _us(ds, 0x00280011)
     notes: list[str] = []
     if kind == "bare":
         notes.append("no PS3.10 preamble/file meta (read as a bare dataset)")
@@ -254,10 +320,10 @@ def _record(path: str, size: int, ds: Dataset, kind: str) -> InstanceRecord | Fi
         instance_number=_text(ds, 0x00200013),
         image_type=_multi(ds, 0x00080008),
         content_label=_text(ds, 0x00700080),
-        concept_name=_text(_first_item(ds, 0x0040A043) or Dataset(), 0x00080104),
+        concept_name=_concept_name(ds),
         document_title=_text(ds, 0x00420010),
-        rows=_int(rows),
-        columns=_int(columns),
+        rows=rows,
+        columns=columns,
         number_of_frames=_text(ds, 0x00280008),
         has_pixels=bool(rows and columns and 0x00280100 in ds),
         content_date=_text(ds, 0x00080023),
@@ -309,13 +375,6 @@ def _truncated_at(ds: Dataset) -> str | None:
         if len(elem.value) < elem.length:
             return f"({tag.group:04X},{tag.element:04X})"
     return None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 __all__ = ["iter_files", "read_file", "sniff", "Tag"]
