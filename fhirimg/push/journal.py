@@ -9,9 +9,12 @@ push is idempotent). Records::
      "file": "study-1.json", "entries": 3, "at": "2026-11-27T17:30:00Z"}
     {"v": 1, "kind": "binary", "server": "https://fhir.example/r4", "id": "<binary id>",
      "sha256": "<hex>", "size": 524288, "at": "..."}
+    {"v": 1, "kind": "instance", "server": "https://pacs.example/dicom-web", "sop": "<uid>",
+     "sha256": "<hex>", "size": 524288, "at": "..."}
 
 A bundle is keyed by (server, sha256 of its JSON bytes): an edited bundle has another hash and is
-pushed again. A Binary is keyed by (server, id, sha256 of its bytes). The file also holds an
+pushed again. A Binary is keyed by (server, id, sha256 of its bytes); a DICOM instance stored with
+STOW-RS (``push --dicomweb``) by (DICOMweb base URL, SOP Instance UID, sha256 of its file). The file also holds an
 exclusive ``flock`` while a push runs, so two overlapping cron runs cannot race each other.
 """
 
@@ -73,6 +76,7 @@ class Journal:
         self._lock = threading.Lock()
         self._bundles: set[tuple[str, str]] = set()
         self._binaries: set[tuple[str, str, str]] = set()
+        self._instances: set[tuple[str, str, str]] = set()
         self._fd: int | None = None
         self.torn_lines = 0
         if path is not None and path.exists() and not ignore_existing:
@@ -103,6 +107,8 @@ class Journal:
             self._bundles.add((server, sha))
         elif kind == "binary" and isinstance(record.get("id"), str):
             self._binaries.add((server, record["id"], sha))
+        elif kind == "instance" and isinstance(record.get("sop"), str):
+            self._instances.add((server, record["sop"], sha))
 
     def bundle_done(self, server: str, sha256: str) -> bool:
         with self._lock:
@@ -111,6 +117,10 @@ class Journal:
     def binary_done(self, server: str, binary_id: str, sha256: str) -> bool:
         with self._lock:
             return (server, binary_id, sha256) in self._binaries
+
+    def instance_done(self, server: str, sop_instance_uid: str, sha256: str) -> bool:
+        with self._lock:
+            return (server, sop_instance_uid, sha256) in self._instances
 
     # --- writing ---
     def open(self) -> Journal:
@@ -185,6 +195,22 @@ class Journal:
                 "kind": "binary",
                 "server": server,
                 "id": binary_id,
+                "sha256": sha256,
+                "size": size,
+                "at": _now(),
+            }
+        )
+
+    def record_instance(
+        self, server: str, sop_instance_uid: str, sha256: str, *, size: int
+    ) -> None:
+        """A DICOM instance the DICOMweb server at ``server`` confirmed storing (STOW-RS)."""
+        self._append(
+            {
+                "v": _VERSION,
+                "kind": "instance",
+                "server": server,
+                "sop": sop_instance_uid,
                 "sha256": sha256,
                 "size": size,
                 "at": _now(),
