@@ -230,3 +230,37 @@ def test_push_bundle_library_api(clean_fhir: Any, tmp_path: Path) -> None:
             assert again.status == "skipped"
     assert result.references[bundle["entry"][2]["fullUrl"]].startswith("ImagingStudy/")
     assert count(clean_fhir.base_url, "ImagingStudy") == 1
+
+
+def test_real_converter_output_pushes_twice_without_duplicates(
+    clean_fhir: Any, tmp_path: Path
+) -> None:
+    fhirimg = pytest.importorskip("fhirimg")
+    if not hasattr(fhirimg, "convert"):
+        pytest.skip("fhirimg.convert is not there yet")
+    from fhirimg import ConvertOptions, MapOptions, convert
+
+    sample = Path(__file__).resolve().parent.parent / "sample_data" / "dicom"
+    out = tmp_path / "fhirimg-out"
+    mapping = MapOptions(dicomweb_url="https://pacs.example/dicom-web")
+    convert([sample], ConvertOptions(out_dir=out, jobs=1, mapping=mapping))
+    bundles = sorted(p for p in out.glob("*.json") if p.name != "report.json")
+    assert bundles
+    base = clean_fhir.base_url
+    first = push(out, "--server", base, *FAST, "--json")
+    assert first.exit_code == 0, first.output
+    assert summary(first)["pushed"] == len(bundles)
+    state = snapshot(base)
+    again = push(out, "--server", base, *FAST, "--force")
+    assert again.exit_code == 0, again.output
+    assert snapshot(base) == state
+    assert count(base, "ImagingStudy") == len(bundles)
+    assert count(base, "Endpoint") == 1
+    for path in bundles:
+        study = next(
+            e["resource"]
+            for e in jsonio.loads(path.read_bytes())["entry"]
+            if e["resource"]["resourceType"] == "ImagingStudy"
+        )
+        uid = study["identifier"][0]["value"]
+        assert len(search(base, f"ImagingStudy?identifier=urn:dicom:uid|{uid}")) == 1

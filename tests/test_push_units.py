@@ -358,3 +358,23 @@ def test_no_secret_in_journal_or_its_permissions(tmp_path: Path) -> None:
         "entries",
         "at",
     }
+
+
+def test_every_push_option_has_help_and_docs() -> None:
+    import re
+
+    from typer.testing import CliRunner
+
+    from fhirimg.cli import app
+
+    result = CliRunner().invoke(app, ["push", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", result.output)) - {"--help"}
+    assert len(options) > 15
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "push.md").read_text()
+    assert sorted(o for o in options if f"`{o}" not in docs) == []
+    # Each option line in --help carries a description.
+    for line in result.output.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--") and stripped not in options:
+            assert len(stripped.split(maxsplit=2)) >= 2, line
