@@ -1,0 +1,56 @@
+"""The docs are part of the product: every command and option has help text and a docs entry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.core import TyperOption
+
+from fhirimg.cli import app
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# Where each command is documented (a new command must be added here, with its docs).
+COMMAND_DOCS = {
+    "convert": "cli.md",
+    "validate": "validate.md",
+    "push": "push.md",
+    "verify": "dicomweb.md",
+}
+
+
+def _commands() -> dict[str, typer.main.TyperCommand]:
+    group = typer.main.get_command(app)
+    return dict(group.commands)  # type: ignore[attr-defined]
+
+
+def test_every_command_has_docs() -> None:
+    for name in _commands():
+        assert name in COMMAND_DOCS, f"command {name!r} has no docs entry in COMMAND_DOCS"
+        assert (DOCS / COMMAND_DOCS[name]).is_file(), COMMAND_DOCS[name]
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_DOCS))
+def test_options_have_help_and_docs(name: str) -> None:
+    commands = _commands()
+    if name not in commands:
+        pytest.fail(f"documented command {name!r} is not registered")
+    command = commands[name]
+    assert command.help, f"{name} has no help text"
+    text = (DOCS / COMMAND_DOCS[name]).read_text(encoding="utf-8")
+    for param in command.params:
+        if isinstance(param, TyperOption):
+            assert param.help, f"{name} {param.opts} has no help text"
+            longest = max(param.opts, key=len)
+            assert re.search(re.escape(longest) + r"\b", text), (
+                f"{name} {longest} missing from docs/{COMMAND_DOCS[name]}"
+            )
+
+
+def test_readme_links_resolve() -> None:
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#]+)", readme):
+        if not target.startswith("http"):
+            assert (DOCS.parent / target).exists(), target
