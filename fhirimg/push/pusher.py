@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -471,6 +471,7 @@ def push_bundle(
     observer: PushObserver | None = None,
     dry_run: bool = False,
     _gate: _CreateGate | None = None,
+    _limit: Callable[[], int | None] | None = None,
 ) -> BundleResult:
     """Push one in-memory transaction Bundle, and its Binary files first; return what happened.
 
@@ -501,6 +502,9 @@ def push_bundle(
         return result
     gate = _gate or _CreateGate()
     claimed = gate.claim(_conditional_keys(bundle))
+    if _limit is not None:
+        # Read after waiting on the gate: a bundle ahead of us may have learned the size limit.
+        max_entries = _limit()
     confirmed = False
     try:
         _upload_binaries(client, bundle, binaries, journal, result, observer)
@@ -654,19 +658,23 @@ def _push_all(
             data, bundle = _load_bundle(f.path)
         except (OSError, ValueError, InputError) as exc:
             return BundleResult(file=name, status="failed", error=f"cannot read: {exc}")
-        with lock:
-            limit = learned[0]
+
+        def limit() -> int | None:
+            with lock:
+                return learned[0]
+
         result = push_bundle(
             client,
             bundle,
             f.binaries,
             name=name,
             sha256=hashlib.sha256(data).hexdigest(),
-            max_entries=limit,
+            max_entries=limit(),
             auto_split=options.auto_split,
             journal=journal,
             observer=observer,
             _gate=gate,
+            _limit=limit,
         )
         if result.learned_limit:
             with lock:
