@@ -18,6 +18,7 @@ import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import RawDataElement
@@ -115,6 +116,35 @@ _WANTED: list[BaseTag | int] = sorted(
 )  # fmt: skip
 
 
+class Header:
+    """The raw values fhirimg wants from one dataset or sequence item.
+
+    ``values`` maps a tag to its undecoded value bytes, ``items`` a sequence tag to its items.
+    Built by the fast parser (:func:`_parse_file`) or, for what it does not handle (big endian,
+    deflate, odd encodings), from a pydicom Dataset (:func:`_header_from_dataset`).
+    """
+
+    __slots__ = ("encodings", "items", "little_endian", "values")
+
+    def __init__(self, little_endian: bool = True) -> None:
+        self.values: dict[int, bytes] = {}
+        self.items: dict[int, list[Header]] = {}
+        self.little_endian = little_endian
+        self.encodings: list[str] = ["iso8859"]
+
+    def set_encodings(self, inherited: list[str] | None = None) -> None:
+        """Python codecs for (0008,0005) Specific Character Set; items inherit their parent's."""
+        raw = self.values.get(0x00080005)
+        if raw is None:
+            self.encodings = inherited or ["iso8859"]
+        else:
+            terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
+            self.encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
+        for items in self.items.values():
+            for item in items:
+                item.set_encodings(self.encodings)
+
+
 def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
     """The undecoded value bytes of an element (or its text when pydicom already converted it)."""
     elem = ds.get_item(tag)
@@ -127,100 +157,228 @@ def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
         return None
     if isinstance(value, bytes):
         return value
+    if isinstance(value, int) and tag in _US:
+        return struct.pack("<H" if ds.is_little_endian in (None, True) else ">H", value)
     if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value).encode("utf-8")
     return str(value).encode("utf-8")
 
 
-def _text(ds: Dataset, tag: int) -> str | None:
+def _header_from_dataset(ds: Dataset) -> Header:
+    """A :class:`Header` from a pydicom Dataset (the slow, general path)."""
+    little = getattr(ds, "is_little_endian", None)
+    header = Header(little_endian=little is not False)
+    for tag in _WANTED:
+        t = int(tag)
+        if t in _SEQUENCES:
+            if t in ds:
+                header.items[t] = [_header_from_dataset(item) for item in (ds[t].value or ())]
+            continue
+        raw = _raw_bytes(ds, t)
+        if raw is not None:
+            header.values[t] = raw
+    for t in (0x00080100, 0x00080102, 0x00080104, 0x00400031, 0x00400032, 0x00400033):
+        if t not in header.values:
+            raw = _raw_bytes(ds, t)
+            if raw is not None:
+                header.values[t] = raw
+    return header
+
+
+# --- the fast path: a small parser for the common encodings (PS3.5 section 7) ---
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}  # fmt: skip
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_SLOW_SYNTAXES = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflate
+_FIRST_READ = 256 * 1024
+_MAX_HEADER = 16 * 1024 * 1024
+
+
+class _Short(Exception):
+    """The buffer ends inside an element (``tag``, when its header was complete)."""
+
+    def __init__(self, tag: int | None = None) -> None:
+        super().__init__(tag)
+        self.tag = tag
+
+
+class _Unsupported(Exception):
+    """Something the fast parser leaves to pydicom."""
+
+
+def _parse(buf: bytes, pos: int, end: int | None, implicit: bool, top: bool) -> tuple[Header, int]:
+    """Parse data elements from ``pos`` up to ``end`` (a defined length) or, when ``end`` is None,
+    up to an Item Delimitation Item (an undefined-length item). At the top level, stop before
+    the first tag after the last one fhirimg reads."""
+    header = Header()
+    n = len(buf)
+    unpack = struct.unpack_from
+    while end is None or pos < end:
+        if pos + 8 > n:
+            raise _Short
+        group, element = unpack("<HH", buf, pos)
+        tag = group << 16 | element
+        if tag == _ITEM_END and end is None:
+            return header, pos + 8
+        if top and (tag > _LAST_WANTED or tag in _STOP_TAGS):
+            return header, pos
+        if implicit:
+            (length,) = unpack("<I", buf, pos + 4)
+            vr = b""
+            pos += 8
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > n:
+                    raise _Short
+                (length,) = unpack("<I", buf, pos + 8)
+                pos += 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = unpack("<H", buf, pos + 6)
+                pos += 8
+            else:
+                raise _Unsupported("not explicit VR where explicit VR was expected")
+        if length == _UNDEFINED:
+            if vr not in (b"", b"SQ", b"UN"):
+                raise _Unsupported(f"undefined length for VR {vr!r}")
+            # An undefined-length UN is encoded as implicit VR little endian (PS3.5 6.2.2).
+            items, pos = _parse_items(buf, pos, None, implicit or vr == b"UN")
+            header.items[tag] = items
+            continue
+        if pos + length > n:
+            raise _Short(tag)
+        if vr == b"SQ" or (implicit and tag in _SEQUENCES):
+            header.items[tag], _ = _parse_items(buf, pos, pos + length, implicit)
+        elif not top or tag in _WANTED_SET:
+            header.values[tag] = buf[pos : pos + length]
+        pos += length
+    return header, pos
+
+
+def _parse_items(buf: bytes, pos: int, end: int | None, implicit: bool) -> tuple[list[Header], int]:
+    """The items of a sequence: up to ``end``, or up to the Sequence Delimitation Item."""
+    items: list[Header] = []
+    n = len(buf)
+    while end is None or pos < end:
+        if pos + 8 > n:
+            raise _Short
+        group, element, length = struct.unpack_from("<HHI", buf, pos)
+        tag = group << 16 | element
+        pos += 8
+        if tag == _SEQ_END:
+            return items, pos
+        if tag != _ITEM:
+            raise _Unsupported(f"unexpected tag {tag:08X} in a sequence")
+        if length == _UNDEFINED:
+            item, pos = _parse(buf, pos, None, implicit, top=False)
+        else:
+            if pos + length > n:
+                raise _Short
+            item, _ = _parse(buf, pos, pos + length, implicit, top=False)
+            pos += length
+        items.append(item)
+    return items, pos
+
+
+def _parse_file(buf: bytes, kind: str) -> tuple[Header, Header]:
+    """Parse (file meta, dataset) from the start of a file. Raises _Short or _Unsupported."""
+    meta = Header()
+    pos = 0
+    if kind == "part10":
+        pos = 132
+        n = len(buf)
+        while pos + 8 <= n and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+            element, vr = struct.unpack_from("<H", buf, pos + 2)[0], buf[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                (length,) = struct.unpack_from("<I", buf, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", buf, pos + 6)
+                pos += 8
+            if length == _UNDEFINED or pos + length > n:
+                raise _Short
+            meta.values[0x00020000 | element] = buf[pos : pos + length]
+            pos += length
+        syntax = meta.values.get(0x00020010, b"").decode("ascii", "replace").strip(" \0")
+        if syntax in _SLOW_SYNTAXES:
+            raise _Unsupported(f"transfer syntax {syntax}")
+        implicit = syntax == _IMPLICIT_LE
+    else:
+        vr = buf[4:6]
+        implicit = not (vr.isalpha() and vr.isupper())
+    dataset, _ = _parse(buf, pos, len(buf), implicit, top=True)
+    dataset.set_encodings()
+    return meta, dataset
+
+
+_WANTED_SET = {int(t) for t in _WANTED}
+
+
+def _text(h: Header, tag: int) -> str | None:
     """An element's value as stripped text, or None when absent or empty.
 
     No type conversion, so that a malformed IS/DA/TM cannot raise; text VRs are decoded with the
     dataset's (0008,0005) Specific Character Set.
     """
-    raw = _raw_bytes(ds, tag)
+    raw = h.values.get(tag)
     if not raw:
         return None
     if tag in _CHARSET_TEXT and (b"\x1b" in raw or not raw.isascii()):  # ESC: ISO 2022
-        encodings = getattr(ds, "_fhirimg_encodings", None) or ["iso8859"]
-        text = decode_bytes(raw, encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
+        text = decode_bytes(raw, h.encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
     else:
         text = raw.decode("ascii", "replace")
     text = text.strip(" \0")
     return text or None
 
 
-def _multi(ds: Dataset, tag: int) -> tuple[str, ...]:
+def _multi(h: Header, tag: int) -> tuple[str, ...]:
     """A multi-valued element (values separated by backslash) as a tuple of non-empty strings."""
-    text = _text(ds, tag)
+    text = _text(h, tag)
     if not text:
         return ()
     return tuple(v for v in (p.strip(" \0") for p in text.split("\\")) if v)
 
 
-def _us(ds: Dataset, tag: int) -> int | None:
+def _us(h: Header, tag: int) -> int | None:
     """A binary US value (Rows, Columns, ...), in the dataset's byte order."""
-    elem = ds.get_item(tag)
-    if elem is None:
+    raw = h.values.get(tag)
+    if raw is None or len(raw) < 2:
         return None
-    if isinstance(elem, RawDataElement):
-        if not isinstance(elem.value, bytes) or len(elem.value) < 2:
-            return None
-        return int(struct.unpack("<H" if elem.is_little_endian else ">H", elem.value[:2])[0])
-    return int(elem.value) if isinstance(elem.value, int) else None
+    return int(struct.unpack("<H" if h.little_endian else ">H", raw[:2])[0])
 
 
-def _set_encodings(ds: Dataset, inherited: list[str] | None = None) -> None:
-    """Remember the Python codecs for (0008,0005) Specific Character Set on the dataset."""
-    raw = _raw_bytes(ds, 0x00080005)
-    if raw is None:
-        encodings = inherited or ["iso8859"]
-    else:
-        terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
-        encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
-    object.__setattr__(ds, "_fhirimg_encodings", encodings)
-
-
-def _issuer(ds: Dataset | None) -> Issuer | None:
+def _issuer(h: Header | None) -> Issuer | None:
     """An HL7 v2 HD from a sequence item: (0040,0031), (0040,0032), (0040,0033)."""
-    if ds is None:
+    if h is None:
         return None
-    issuer = Issuer(_text(ds, 0x00400031), _text(ds, 0x00400032), _text(ds, 0x00400033))
+    issuer = Issuer(_text(h, 0x00400031), _text(h, 0x00400032), _text(h, 0x00400033))
     return issuer if (issuer.local or issuer.universal) else None
 
 
-def _items(ds: Dataset, tag: int) -> list[Dataset]:
-    """A sequence's items (pydicom parses the sequence), each knowing the parent's charset."""
-    if tag not in ds:
-        return []
-    items = list(ds[tag].value or ())
-    for item in items:
-        _set_encodings(item, getattr(ds, "_fhirimg_encodings", None))
-    return items
-
-
-def _first_item(ds: Dataset, tag: int) -> Dataset | None:
-    items = _items(ds, tag)
+def _first_item(h: Header, tag: int) -> Header | None:
+    items = h.items.get(tag)
     return items[0] if items else None
 
 
-def _concept_name(ds: Dataset) -> str | None:
+def _concept_name(h: Header) -> str | None:
     """(0040,A043) Concept Name Code Sequence > (0008,0104) Code Meaning (SR document titles)."""
-    item = _first_item(ds, 0x0040A043)
+    item = _first_item(h, 0x0040A043)
     return _text(item, 0x00080104) if item is not None else None
 
 
-def _codes(ds: Dataset, tag: int) -> tuple[Code, ...]:
+def _codes(h: Header, tag: int) -> tuple[Code, ...]:
     out = []
-    for item in _items(ds, tag):
+    for item in h.items.get(tag, ()):
         code = Code(_text(item, 0x00080100), _text(item, 0x00080102), _text(item, 0x00080104))
         if code.value or code.meaning:
             out.append(code)
     return tuple(out)
 
 
-def _uid(ds: Dataset, tag: int) -> str | None:
-    value = _text(ds, tag)
+def _uid(h: Header, tag: int) -> str | None:
+    value = _text(h, tag)
     return value.strip("\0 ") if value else None
 
 
@@ -237,25 +395,30 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
 
     Returns an :class:`InstanceRecord`, or a :class:`FileProblem` (skipped: not DICOM, DICOMDIR;
     failed: unreadable, truncated, missing UIDs) with a reason a person can act on.
+
+    The common encodings (little endian, explicit or implicit VR) are parsed by a small parser of
+    fhirimg's that reads only the tags it needs; big endian, deflate and anything that parser
+    does not recognise go through pydicom.
     """
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
-            kind = sniff(fh.read(132))
+            buf = fh.read(_FIRST_READ)
+            kind = sniff(buf[:132])
             if kind is None:
                 return FileProblem(path, FileStatus.SKIPPED, "not a DICOM file (no DICM marker)")
-            fh.seek(0)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ds = read_partial(
-                    fh, _stop, defer_size=_DEFER, force=(kind == "bare"), specific_tags=_WANTED
-                )
-                if fh.tell() > size:  # pydicom seeked past the end over a cut value
-                    return FileProblem(
-                        path, FileStatus.FAILED, "truncated DICOM file: it ends inside an element"
-                    )
-                _set_encodings(ds)
-                record = _record(path, size, ds, kind)
+                parsed = _fast(fh, buf, size, kind)
+                if isinstance(parsed, FileProblem):
+                    return FileProblem(path, parsed.status, parsed.reason)
+                if parsed is None:
+                    fh.seek(0)
+                    parsed = _slow(fh, size, kind)
+                    if isinstance(parsed, FileProblem):
+                        return FileProblem(path, parsed.status, parsed.reason)
+                meta, header = parsed
+                record = _record(path, size, header, meta, kind)
     except FileNotFoundError:
         return FileProblem(path, FileStatus.FAILED, "no such file")
     except IsADirectoryError:
@@ -276,33 +439,76 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
     return record
 
 
+_TRUNCATED = FileProblem("", FileStatus.FAILED, "truncated DICOM file: it ends inside an element")
+
+
+def _fast(
+    fh: BinaryIO, buf: bytes, size: int, kind: str
+) -> tuple[Header, Header] | FileProblem | None:
+    """The fast parser; None when the file needs pydicom."""
+    for _ in range(2):
+        try:
+            return _parse_file(buf, kind)
+        except _Short as short:
+            if len(buf) >= size:  # the whole file is read and it ends inside an element
+                if short.tag is None:
+                    return _TRUNCATED
+                where = f"({short.tag >> 16:04X},{short.tag & 0xFFFF:04X})"
+                return FileProblem(
+                    "", FileStatus.FAILED, f"truncated DICOM file: the header ends inside {where}"
+                )
+            if len(buf) >= _MAX_HEADER:
+                return None
+            buf += fh.read(_MAX_HEADER - len(buf))
+        except (_Unsupported, struct.error, UnicodeDecodeError):
+            return None
+    return None
+
+
+def _slow(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | FileProblem:
+    """pydicom's reader, for what the fast parser leaves alone."""
+    ds = read_partial(fh, _stop, defer_size=_DEFER, force=(kind == "bare"), specific_tags=_WANTED)
+    if fh.tell() > size:  # pydicom seeked past the end over a cut value
+        return _TRUNCATED
+    cut = _truncated_at(ds)
+    if cut is not None:
+        return FileProblem(
+            "", FileStatus.FAILED, f"truncated DICOM file: the header ends inside {cut}"
+        )
+    header = _header_from_dataset(ds)
+    header.set_encodings()
+    file_meta = getattr(ds, "file_meta", None)
+    meta = _header_from_dataset(file_meta) if file_meta is not None else Header()
+    for t in (0x00020002, 0x00020003, 0x00020010):
+        raw = _raw_bytes(file_meta, t) if file_meta is not None else None
+        if raw is not None:
+            meta.values[t] = raw
+    return meta, header
+
+
 def _with_warnings(record: InstanceRecord, notes: tuple[str, ...]) -> InstanceRecord:
     from dataclasses import replace
 
     return replace(record, warnings=record.warnings + notes)
 
 
-def _record(path: str, size: int, ds: Dataset, kind: str) -> InstanceRecord | FileProblem:
-    meta = getattr(ds, "file_meta", None)
-    media_class = _uid(meta, 0x00020002) if meta is not None else None
-    if media_class == MEDIA_STORAGE_DIRECTORY or 0x00041200 in ds or 0x00041220 in ds:
+def _record(
+    path: str, size: int, ds: Header, meta: Header, kind: str
+) -> InstanceRecord | FileProblem:
+    media_class = _uid(meta, 0x00020002)
+    if media_class == MEDIA_STORAGE_DIRECTORY or 0x00041200 in ds.values:
         return FileProblem(path, FileStatus.SKIPPED, "DICOMDIR (a media directory; holds no image)")
-    cut = _truncated_at(ds)
-    if cut is not None:
-        return FileProblem(
-            path, FileStatus.FAILED, f"truncated DICOM file: the header ends inside {cut}"
-        )
     uids = {tag: _uid(ds, tag) for tag, _ in _REQUIRED}
-    if uids[0x00080018] is None and meta is not None:
+    if uids[0x00080018] is None:
         uids[0x00080018] = _uid(meta, 0x00020003)  # (0002,0003) Media Storage SOP Instance UID
-    if uids[0x00080016] is None and meta is not None:
+    if uids[0x00080016] is None:
         uids[0x00080016] = media_class
     missing = [name for tag, name in _REQUIRED if not uids[tag]]
     if missing:
-        if size and not any(uids.values()) and len(ds) == 0:
+        if size and not any(uids.values()) and not ds.values:
             return FileProblem(path, FileStatus.FAILED, "truncated or empty DICOM dataset")
         return FileProblem(path, FileStatus.FAILED, "missing " + ", ".join(missing))
-    transfer_syntax = _uid(meta, 0x00020010) if meta is not None else None
+    transfer_syntax = _uid(meta, 0x00020010)
     rows = _us(ds, 0x00280010)
     columns = _us(ds, 0x00280011)
     notes: list[str] = []
@@ -325,7 +531,7 @@ def _record(path: str, size: int, ds: Dataset, kind: str) -> InstanceRecord | Fi
         rows=rows,
         columns=columns,
         number_of_frames=_text(ds, 0x00280008),
-        has_pixels=bool(rows and columns and 0x00280100 in ds),
+        has_pixels=bool(rows and columns and 0x00280100 in ds.values),
         content_date=_text(ds, 0x00080023),
         content_time=_text(ds, 0x00080033),
         acquisition_datetime=_text(ds, 0x0008002A),
