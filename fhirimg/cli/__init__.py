@@ -9,6 +9,7 @@ from fhirimg.cli._app import app
 from fhirimg.cli import validate_cmd  # noqa: F401
 from fhirimg.cli import convert_cmd  # noqa: F401
 from fhirimg.cli import push_cmd  # noqa: F401
+from fhirimg.cli import verify_cmd  # noqa: F401
 # --- end of command registration ---
 
 

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from fhirimg import jsonio
+from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
     JsonOpt,
     QuietOpt,
@@ -57,14 +58,15 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 @app.command("convert")
 def convert_command(
     paths: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content).",
+            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content). "
+            "Not with --from-dicomweb.",
             exists=True,
             metavar="PATH...",
             show_default=False,
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -105,6 +107,68 @@ def convert_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
+    from_dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--from-dicomweb",
+            help="Convert from a DICOMweb server (QIDO-RS + WADO-RS metadata, no pixel data) "
+            "instead of files; the ImagingStudy's Endpoint is this URL unless --dicomweb-url.",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    study: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--study",
+            help="With --from-dicomweb: only this Study Instance UID (repeatable).",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="With --from-dicomweb: only studies of this date (YYYY-MM-DD) or later.",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option(
+            "--patient",
+            help="With --from-dicomweb: only studies of this Patient ID (QIDO-RS matching).",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    accession: Annotated[
+        str | None,
+        typer.Option(
+            "--accession",
+            help="With --from-dicomweb: only studies of this Accession Number.",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    modality: Annotated[
+        str | None,
+        typer.Option(
+            "--modality",
+            help="With --from-dicomweb: only studies with this modality (ModalitiesInStudy).",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    qido: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--qido",
+            help="With --from-dicomweb: any QIDO-RS study matching key, KEY=VALUE (repeatable), "
+            "e.g. StudyDescription=*HEAD*.",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    dicomweb_token: _dw.DicomwebTokenOpt = None,
+    dicomweb_user: _dw.DicomwebUserOpt = None,
+    dicomweb_token_url: _dw.DicomwebTokenUrlOpt = None,
+    dicomweb_client_id: _dw.DicomwebClientIdOpt = None,
 ) -> None:
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
@@ -135,6 +199,25 @@ def convert_command(
         ),
         jobs=jobs or None,
     )
+    if from_dicomweb:
+        if paths:
+            raise fail("give DICOM PATHs or --from-dicomweb, not both", ExitCode.USAGE)
+        query = _dw.study_query(study, since, patient, accession, modality, qido)
+        auth = _dw.dicomweb_auth(
+            dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id
+        )
+        report = _dw.run_convert_from_dicomweb(from_dicomweb, auth, query, options)
+        if json_out:
+            sys.stdout.write(jsonio.dumps(report.summary()).decode())
+        if not quiet:
+            _print_summary(report)
+        raise typer.Exit(int(report.exit_code))
+    if not paths:
+        raise fail("give DICOM files or folders to convert, or --from-dicomweb URL", ExitCode.USAGE)
+    if _dw.any_of(study, since, patient, accession, modality, qido):
+        raise fail(
+            "--study, --since and the other query options need --from-dicomweb", ExitCode.USAGE
+        )
     show_progress = not quiet and sys.stderr.isatty()
     try:
         if show_progress:

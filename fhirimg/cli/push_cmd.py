@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
+from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
     JsonOpt,
     QuietOpt,
@@ -332,6 +333,20 @@ def push(
             rich_help_panel=_RUN,
         ),
     ] = False,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb",
+            help="DICOMweb base URL: first store the studies' DICOM instances there (STOW-RS), "
+            "then push (with --server) the bundles whose ImagingStudy has its Endpoint. Alone, "
+            "the auth options above apply to it; with --server, use --dicomweb-*.",
+            rich_help_panel=_dw.PANEL,
+        ),
+    ] = None,
+    dicomweb_token: _dw.DicomwebTokenOpt = None,
+    dicomweb_user: _dw.DicomwebUserOpt = None,
+    dicomweb_token_url: _dw.DicomwebTokenUrlOpt = None,
+    dicomweb_client_id: _dw.DicomwebClientIdOpt = None,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -348,7 +363,7 @@ def push(
     if verbose < 2:
         # httpx logs every URL at INFO; search URLs can carry patient identifiers.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not server and not dry_run:
+    if not server and not dry_run and not dicomweb:
         raise fail("--server is required (or set FHIRIMG_SERVER)", ExitCode.USAGE)
     auth = _build_auth(token, user, token_url, client_id, scope)
     options = PushOptions(
@@ -369,6 +384,19 @@ def push(
         force=force,
         dry_run=dry_run,
     )
+    if dicomweb:
+        dw_auth = _dw.dicomweb_auth(
+            dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id
+        )
+        _dw.run_push_dicomweb(
+            paths or [],
+            dicomweb,
+            dw_auth if (server or dw_auth) else auth,
+            options,
+            with_fhir=bool(server),
+            json_out=json_out,
+            quiet=quiet,
+        )
     show_bar = not quiet and not dry_run and err_console.is_terminal
     observer: PushObserver = _RichProgress() if show_bar else _PlainObserver()
     try:

@@ -1,0 +1,268 @@
+"""What the DICOMweb options of ``push``, ``convert`` and ``verify`` share: PACS credentials, and
+the runs behind ``push --dicomweb`` and ``convert --from-dicomweb`` (parse, call the library,
+print, exit), so that those commands only gain a few lines each."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.markup import escape
+
+from fhirimg import jsonio
+from fhirimg.cli._app import err_console
+from fhirimg.convert import ConvertOptions, ConvertReport
+from fhirimg.dicomweb.client import DicomwebClient
+from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
+from fhirimg.dicomweb.store import DicomwebPushReport, StoreOptions, store_and_push
+from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
+from fhirimg.exitcodes import ExitCode
+from fhirimg.push import (
+    AuthError,
+    BasicAuth,
+    BearerAuth,
+    ClientCredentialsAuth,
+    JournalLockedError,
+    PushOptions,
+)
+
+PANEL = "DICOMweb"
+
+DicomwebTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-token",
+        envvar="FHIRIMG_DICOMWEB_TOKEN",
+        show_envvar=False,
+        help="Bearer token for the DICOMweb server; prefer env FHIRIMG_DICOMWEB_TOKEN.",
+        rich_help_panel=PANEL,
+    ),
+]
+DicomwebUserOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-user",
+        help="HTTP basic auth user for the DICOMweb server; password from env "
+        "FHIRIMG_DICOMWEB_PASSWORD.",
+        rich_help_panel=PANEL,
+    ),
+]
+DicomwebTokenUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-token-url",
+        help="OAuth2 token endpoint (client credentials) for the DICOMweb server; with "
+        "--dicomweb-client-id, secret from env FHIRIMG_DICOMWEB_CLIENT_SECRET.",
+        rich_help_panel=PANEL,
+    ),
+]
+DicomwebClientIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-client-id",
+        help="OAuth2 client id for the DICOMweb server (with --dicomweb-token-url).",
+        rich_help_panel=PANEL,
+    ),
+]
+
+
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return typer.Exit(int(code))
+
+
+def dicomweb_auth(
+    token: str | None,
+    user: str | None,
+    token_url: str | None = None,
+    client_id: str | None = None,
+) -> httpx.Auth | None:
+    """The PACS credentials from the ``--dicomweb-*`` options and their env variables.
+
+    >>> dicomweb_auth("t0k3n", None)
+    BearerAuth(token=***)
+    """
+    chosen = [
+        n
+        for n, v in (
+            ("--dicomweb-token", token),
+            ("--dicomweb-user", user),
+            ("--dicomweb-token-url", token_url),
+        )
+        if v
+    ]
+    if len(chosen) > 1:
+        raise fail(f"choose one way to authenticate, not {' and '.join(chosen)}", ExitCode.USAGE)
+    if token:
+        return BearerAuth(token)
+    if user:
+        password = os.environ.get("FHIRIMG_DICOMWEB_PASSWORD")
+        if not password:
+            if not sys.stdin.isatty():
+                raise fail(
+                    "--dicomweb-user needs a password: set FHIRIMG_DICOMWEB_PASSWORD",
+                    ExitCode.USAGE,
+                )
+            password = typer.prompt(f"DICOMweb password for {user}", hide_input=True, err=True)
+        return BasicAuth(user, password)
+    if token_url:
+        secret = os.environ.get("FHIRIMG_DICOMWEB_CLIENT_SECRET")
+        if not client_id or not secret:
+            raise fail(
+                "--dicomweb-token-url needs --dicomweb-client-id and the secret in "
+                "FHIRIMG_DICOMWEB_CLIENT_SECRET",
+                ExitCode.USAGE,
+            )
+        return ClientCredentialsAuth(token_url, client_id, secret)
+    if client_id:
+        raise fail("--dicomweb-client-id needs --dicomweb-token-url", ExitCode.USAGE)
+    return None
+
+
+def _errors_to_exit(exc: BaseException) -> NoReturn:
+    if isinstance(exc, KeyboardInterrupt):
+        err_console.print(
+            "interrupted: confirmed work is in the journal; run the same command to continue"
+        )
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    if isinstance(exc, AuthError | JournalLockedError | InputError | ConfigError):
+        raise fail(str(exc), ExitCode.CANNOT_START) from None
+    if isinstance(exc, PushError):
+        raise fail(f"cannot use the server: {exc}", ExitCode.CANNOT_START) from None
+    raise fail(str(exc), ExitCode.CANNOT_START) from None
+
+
+def run_push_dicomweb(
+    paths: list[Path],
+    dicomweb_url: str,
+    auth: httpx.Auth | None,
+    push_options: PushOptions,
+    *,
+    with_fhir: bool,
+    json_out: bool,
+    quiet: bool,
+) -> NoReturn:
+    """``push --dicomweb``: STOW-RS the studies' instances, then (``with_fhir``) push the bundles."""
+    store_options = StoreOptions(
+        dicomweb_url,
+        auth=auth,
+        timeout=push_options.timeout,
+        retry=push_options.retry,
+        verify=push_options.verify,
+        jobs=push_options.jobs,
+        journal=push_options.journal,
+        force=push_options.force,
+        dry_run=push_options.dry_run,
+    )
+    try:
+        report = store_and_push(paths, store_options, push_options if with_fhir else None)
+    except (KeyboardInterrupt, FhirimgError) as exc:
+        _errors_to_exit(exc)
+    _print_push(report, json_out=json_out, quiet=quiet)
+    if report.store.aborted or (report.fhir is not None and report.fhir.aborted):
+        stored = report.store.total("stored") + report.store.total("skipped")
+        if stored == 0:
+            raise typer.Exit(int(ExitCode.CANNOT_START))
+    raise typer.Exit(int(ExitCode.OK if report.ok else ExitCode.PARTIAL))
+
+
+def _print_push(report: DicomwebPushReport, *, json_out: bool, quiet: bool) -> None:
+    store = report.store
+    if json_out:
+        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
+        sys.stdout.flush()
+    for study in store.studies:
+        for instance, reason in study.failed[:5]:
+            err_console.print(
+                f"[bold red]not stored:[/] {escape(study.bundle)}: {escape(instance)}: "
+                f"{escape(reason)}",
+                soft_wrap=True,
+                highlight=False,
+            )
+    for name, reason in report.not_pushed:
+        err_console.print(
+            f"[yellow]not pushed to FHIR:[/] {escape(name)}: {escape(reason)}", soft_wrap=True
+        )
+    if report.fhir is not None:
+        for result in report.fhir.results:
+            if result.status == "failed":
+                err_console.print(
+                    f"[bold red]refused:[/] {escape(result.file)}: {escape(result.error or '')}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+    if store.aborted:
+        err_console.print(f"[bold red]stopped:[/] {escape(store.aborted)}", soft_wrap=True)
+    if quiet:
+        return
+    text = (
+        f"DICOMweb: stored {store.total('stored')}, skipped {store.total('skipped')} (already "
+        f"confirmed), failed {store.failed} instance(s) in {store.elapsed_s:.1f} s"
+    )
+    if store.total("planned"):
+        text += f"; would store {store.total('planned')}"
+    err_console.print(text, highlight=False)
+    if report.fhir is not None:
+        fhir = report.fhir
+        err_console.print(
+            f"FHIR: pushed {fhir.pushed}, skipped {fhir.skipped} (already confirmed), "
+            f"failed {fhir.failed} bundle(s) in {fhir.elapsed_s:.1f} s",
+            highlight=False,
+        )
+
+
+def run_convert_from_dicomweb(
+    url: str,
+    auth: httpx.Auth | None,
+    query: StudyQuery,
+    options: ConvertOptions,
+    *,
+    timeout: float = 60.0,
+) -> ConvertReport:
+    """``convert --from-dicomweb``: the report, or exit 3 when the server cannot be queried."""
+    try:
+        with DicomwebClient(url, auth=auth, timeout=timeout) as client:
+            return convert_from_dicomweb(client, query, replace(options))
+    except (KeyboardInterrupt, FhirimgError) as exc:
+        _errors_to_exit(exc)
+    except OSError as exc:
+        raise fail(f"cannot write to {options.out_dir}: {exc}", ExitCode.CANNOT_START) from None
+
+
+def study_query(
+    study: list[str] | None,
+    since: str | None,
+    patient_id: str | None,
+    accession: str | None,
+    modality: str | None,
+    qido: list[str] | None,
+) -> StudyQuery:
+    """A :class:`StudyQuery` from ``convert``'s options; ``--qido KEY=VALUE`` pairs are checked."""
+    filters: list[tuple[str, str]] = []
+    for pair in qido or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--qido wants KEY=VALUE, got {pair!r}", ExitCode.USAGE)
+        filters.append((key, value))
+    query = StudyQuery(
+        study_uids=tuple(study or ()),
+        since=since,
+        patient_id=patient_id,
+        accession_number=accession,
+        modality=modality,
+        filters=tuple(filters),
+    )
+    try:
+        query.params()
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+    return query
+
+
+def any_of(*values: Any) -> bool:
+    return any(v for v in values)

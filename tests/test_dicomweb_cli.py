@@ -1,0 +1,100 @@
+"""The DICOMweb options of the CLI end to end: ``convert --from-dicomweb``, ``push --dicomweb``,
+``verify``, against Orthanc and the FHIR test server (inside a private network namespace)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from fhirimg.cli import app
+from tests.helpers import REPO, SAMPLE, bundles, load
+from tests.test_dicomweb_orthanc import _start_or_skip
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with _start_or_skip(tmp_path_factory.mktemp("orthanc-cli")) as server:
+        yield server
+
+
+@pytest.mark.dicomweb
+def test_cli_push_convert_verify(pacs: Any, tmp_path: Path, clean_fhir: Any) -> None:
+    url = pacs.dicomweb_url
+    out, again = tmp_path / "out", tmp_path / "from-pacs"
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE), "-o", str(out), "-j", "1", "-q", "--dicomweb-url", url]
+    )
+    assert result.exit_code == 1, result.output  # the sample holds a truncated file on purpose
+
+    result = runner.invoke(app, ["push", "--dicomweb", url, str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"stored": 20' in result.stdout
+
+    result = runner.invoke(app, ["convert", "--from-dicomweb", url, "-o", str(again), "-q"])
+    assert result.exit_code == 0, result.output
+    for name, bundle in bundles(out).items():
+        assert bundles(again)[name]["entry"][-1] == bundle["entry"][-1]
+
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 0, result.output
+
+    server = clean_fhir.base_url
+    result = runner.invoke(app, ["push", "--dicomweb", url, "--server", server, str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipped 20" in result.output  # instances already confirmed: journal
+    result = runner.invoke(app, ["verify", "--server", server, "--json"])
+    assert result.exit_code == 0, result.output
+    assert load_json(result.stdout)["checked"] == 5
+
+
+def load_json(text: str) -> Any:
+    import orjson
+
+    return orjson.loads(text)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["convert"],
+        ["convert", "--since", "2024-01-01", str(SAMPLE)],
+        ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", str(SAMPLE)],
+        ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "--since", "yesterday"],
+        ["push"],
+        ["verify", "--server", "http://127.0.0.1:9/fhir", str(SAMPLE)],
+    ],
+)
+def test_cli_usage_errors(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+
+
+def test_cli_unreachable_pacs_cannot_start(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "-o", str(tmp_path), "-q"]
+    )
+    assert result.exit_code == 3, result.output
+
+
+def test_docs_name_every_dicomweb_option() -> None:
+    doc = (REPO / "docs" / "dicomweb.md").read_text()
+    for command in ("convert", "push", "verify"):
+        help_text = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        options = set(
+            re.findall(
+                r"(--(?:dicomweb|from-dicomweb|study|since|patient(?![\w-])|accession|modality|qido)[\w-]*)",
+                help_text,
+            )
+        )
+        if command == "verify":
+            options |= set(re.findall(r"(--server)", help_text))
+        for option in options:
+            assert option in doc, f"{command} {option} is not in docs/dicomweb.md"
+    assert load  # helpers import kept for parity with other CLI tests
