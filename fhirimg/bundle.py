@@ -1,5 +1,8 @@
 """One study's records become one FHIR transaction Bundle (Patient, Endpoint, ImagingStudy).
 
+:class:`SplitWriter` streams bundles with Binary and rendered-image entries to disk, entry by entry,
+splitting them into parts at ``--max-entries`` / ``--max-bundle-mb``.
+
 Entries carry ``urn:uuid:`` fullUrls derived from DICOM UIDs and idempotent requests
 (``fhir-imaging-spec.md``, Transaction Bundles): Patient ``POST`` + ``ifNoneExist`` on its
 identifier, Endpoint likewise, ImagingStudy conditional ``PUT`` on the Study Instance UID.
@@ -7,10 +10,15 @@ identifier, Endpoint likewise, ImagingStudy conditional ``PUT`` on the Study Ins
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import base64
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
-from fhirimg import ids
+from fhirimg import ids, jsonio
 from fhirimg.fhir import Release
 from fhirimg.mapping import MapOptions, Notes, endpoint, imaging_study, patient, sort_records
 from fhirimg.model import InstanceRecord
@@ -32,9 +40,16 @@ def patient_key(records: Sequence[InstanceRecord], resource: JSON) -> tuple[str,
 
 
 def study_bundle(
-    records: Sequence[InstanceRecord], options: MapOptions, release: Release
+    records: Sequence[InstanceRecord],
+    options: MapOptions,
+    release: Release,
+    instance_extensions: Mapping[str, list[JSON]] | None = None,
 ) -> tuple[JSON, Notes]:
-    """The transaction Bundle for the records of one study (any order; they are sorted here)."""
+    """The transaction Bundle for the records of one study (any order; they are sorted here).
+
+    ``instance_extensions`` (by SOP Instance UID) go on ``ImagingStudy.series.instance``: the
+    Binary links of :mod:`fhirimg.binary`.
+    """
     notes = Notes()
     recs = sort_records(records)
     study_uid = recs[0].study_instance_uid
@@ -60,6 +75,209 @@ def study_bundle(
         endpoint_url = ids.full_url("Endpoint", ep["address"])
         entries.append(entry(endpoint_url, ep, ep_request))
 
-    study, study_request = imaging_study(recs, pat_url, endpoint_url, release, options, notes)
+    study, study_request = imaging_study(
+        recs, pat_url, endpoint_url, release, options, notes, instance_extensions
+    )
     entries.append(entry(ids.full_url("ImagingStudy", study_uid), study, study_request))
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, notes
+
+
+# --------------------------------------------------------------------------- streaming writer
+# A bundle with Binaries can be gigabytes: it is written entry by entry, and an entry's base64 data
+# is streamed from the source file in chunks, so memory follows a chunk, not an instance or a
+# study. The bytes are exactly those of ``jsonio.dumps(bundle)`` for the same bundle.
+
+_HEAD = b'{\n  "resourceType": "Bundle",\n  "type": "transaction",\n  "entry": [\n'
+_SEP = b",\n"
+_TAIL = b"\n  ]\n}\n"
+_INDENT = b"    "  # entries sit two levels deep (Bundle.entry[i])
+DATA_PLACEHOLDER = "@@fhirimg-streamed-data@@"
+_CHUNK = 3 * (1 << 20)  # a multiple of 3: base64 of each chunk concatenates without padding
+
+
+class DataSource(Protocol):
+    """Bytes streamed into an entry as base64 (``Binary.data``)."""
+
+    @property
+    def length(self) -> int:
+        """Number of raw bytes."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]:
+        """The raw bytes, in pieces."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncodedEntry:
+    """A serialised entry: ``head`` + base64 of ``source`` (if any) + ``tail``."""
+
+    head: bytes
+    source: DataSource | None = None
+    tail: bytes = b""
+
+    @property
+    def size(self) -> int:
+        b64 = (self.source.length + 2) // 3 * 4 if self.source is not None else 0
+        return len(self.head) + b64 + len(self.tail)
+
+    def write_to(self, fh: BinaryIO) -> None:
+        fh.write(self.head)
+        if self.source is not None:
+            pending = b""
+            written = 0
+            for chunk in self.source.chunks():
+                pending += chunk
+                cut = len(pending) - len(pending) % 3
+                if cut:
+                    fh.write(base64.b64encode(pending[:cut]))
+                    written += cut
+                    pending = pending[cut:]
+            fh.write(base64.b64encode(pending))
+            written += len(pending)
+            if written != self.source.length:
+                raise OSError(f"source changed while reading: {written} != {self.source.length}")
+        fh.write(self.tail)
+
+
+def encode_entry(item: JSON, source: DataSource | None = None) -> EncodedEntry:
+    """Serialise one entry as it appears inside the bundle file (indented, no separator).
+
+    With ``source``, the resource's ``data`` must be :data:`DATA_PLACEHOLDER`; the base64 of the
+    source's bytes is streamed in its place when the entry is written.
+
+    >>> e = encode_entry({"fullUrl": "urn:uuid:x"})
+    >>> e.head
+    b'    {\\n      "fullUrl": "urn:uuid:x"\\n    }'
+    """
+    text = _INDENT + jsonio.dumps(item).rstrip(b"\n").replace(b"\n", b"\n" + _INDENT)
+    if source is None:
+        return EncodedEntry(text)
+    head, marker, tail = text.partition(DATA_PLACEHOLDER.encode())
+    if not marker:
+        raise ValueError("an entry with a data source needs the data placeholder")
+    return EncodedEntry(head, source, tail)
+
+
+class _Part:
+    """One bundle file being written (to a temporary file until :meth:`SplitWriter.commit`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(tmp)
+        self.fh: BinaryIO = os.fdopen(fd, "wb")
+        self.fh.write(_HEAD)
+        self.size = len(_HEAD) + len(_TAIL)
+        self.entries = 0
+
+    def add(self, entry: EncodedEntry) -> None:
+        if self.entries:
+            self.fh.write(_SEP)
+            self.size += len(_SEP)
+        entry.write_to(self.fh)
+        self.size += entry.size
+        self.entries += 1
+
+    def size_with(self, entry: EncodedEntry) -> int:
+        return self.size + entry.size + (len(_SEP) if self.entries else 0)
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.fh.write(_TAIL)
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+
+
+def part_name(bundle_name: str, number: int) -> str:
+    """File name of part ``number`` (1 is the bundle itself) of a split study bundle.
+
+    >>> part_name("study-x.json", 1), part_name("study-x.json", 2)
+    ('study-x.json', 'study-x.part-2.json')
+    """
+    if number == 1:
+        return bundle_name
+    return f"{bundle_name.removesuffix('.json')}.part-{number}.json"
+
+
+class SplitWriter:
+    """Writes a study's entries into ``<stem>.json`` and, past the limits, ``<stem>.part-N.json``.
+
+    The first file gets the head entries (Patient, Endpoint, ImagingStudy); :meth:`place` adds a
+    Binary or rendered-image entry to the current part, or starts the next part when the entry
+    would break ``max_entries`` or ``max_bytes``. An entry alone in a part is always accepted
+    (a single Binary larger than ``max_bytes`` gets a part of its own, and a note).
+
+    Files appear (atomically renamed) only at :meth:`commit`; :meth:`abort` leaves nothing behind.
+    Parts left over from an earlier run of the same study are removed at commit.
+    """
+
+    def __init__(
+        self, out_dir: Path, bundle_name: str, max_entries: int | None, max_bytes: int | None
+    ) -> None:
+        self.out_dir = out_dir
+        self.bundle_name = bundle_name
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.parts: list[_Part] = [_Part(out_dir / bundle_name)]
+        self.notes: list[str] = []
+
+    @property
+    def in_first(self) -> bool:
+        """Whether the next entry goes to the first bundle (where the head entries are)."""
+        return len(self.parts) == 1
+
+    def add_head(self, entry: EncodedEntry) -> None:
+        self.parts[0].add(entry)
+
+    def _fits(self, part: _Part, entry: EncodedEntry) -> bool:
+        if self.max_entries is not None and part.entries + 1 > self.max_entries:
+            return False
+        return self.max_bytes is None or part.size_with(entry) <= self.max_bytes
+
+    def place(self, build: Callable[[bool], EncodedEntry]) -> None:
+        """Add the entry ``build(in_first)`` makes; it is built again for a new part when it does
+        not fit (references differ between the first bundle and the others)."""
+        entry = build(self.in_first)
+        part = self.parts[-1]
+        fresh = part.entries == 0
+        if fresh or self._fits(part, entry):
+            part.add(entry)
+            return
+        was_first = self.in_first
+        part.close()
+        part = _Part(self.out_dir / part_name(self.bundle_name, len(self.parts) + 1))
+        self.parts.append(part)
+        if was_first:
+            entry = build(False)
+        if self.max_bytes is not None and part.size_with(entry) > self.max_bytes:
+            self.notes.append(
+                f"{part.path.name}: one entry of {entry.size} bytes is over the bundle size limit"
+            )
+        part.add(entry)
+
+    def commit(self) -> list[str]:
+        """Close and publish every part; returns their file names in order."""
+        for part in self.parts:
+            part.close()
+        for part in self.parts:
+            os.replace(part.tmp, part.path)
+        names = [p.path.name for p in self.parts]
+        remove_stale_parts(self.out_dir, self.bundle_name, keep=len(names))
+        return names
+
+    def abort(self) -> None:
+        for part in self.parts:
+            if not part.fh.closed:
+                part.fh.close()
+            part.tmp.unlink(missing_ok=True)
+
+
+def remove_stale_parts(out_dir: Path, bundle_name: str, keep: int = 1) -> None:
+    """Delete ``<stem>.part-N.json`` for N > ``keep``, left by an earlier run that split more."""
+    stem = bundle_name.removesuffix(".json")
+    for path in out_dir.glob(f"{stem}.part-*.json"):
+        number = path.name[len(stem) + len(".part-") : -len(".json")]
+        if number.isdigit() and int(number) > keep:
+            path.unlink(missing_ok=True)

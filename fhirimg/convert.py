@@ -7,7 +7,9 @@ The pipeline is scan -> group -> map -> bundle -> validate -> write:
 2. :class:`fhirimg.group.StudyIndex` groups records by Study Instance UID, spilling to disk, and
    settles duplicate SOP Instance UIDs;
 3. each study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is validated, and is written
-   atomically; a bundle that does not validate is never written;
+   atomically; a bundle that does not validate is never written. With ``binary`` and/or ``media``
+   the study goes through :func:`fhirimg.pixels.write_study` instead, which streams Binary and
+   rendered-image entries after the same head, split at ``max_entries`` / ``max_bundle_mb``;
 4. ``report.json`` accounts for every input file: converted, skipped, duplicate or failed.
 
 Nothing here prints: progress goes to an optional callback, results come back as a
@@ -24,12 +26,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fhirimg import ids, jsonio
-from fhirimg.bundle import study_bundle
+from fhirimg.binary import BinaryMode
+from fhirimg.bundle import remove_stale_parts, study_bundle
+from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
 from fhirimg.group import StudyIndex
 from fhirimg.mapping import MapOptions
+from fhirimg.media import MediaOptions
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+from fhirimg.pixels import PixelOptions, write_study
 from fhirimg.scan import iter_files, read_file
 
 DEFAULT_OUT = Path("fhirimg-out")
@@ -49,6 +55,30 @@ class ConvertOptions:
     mapping: MapOptions = field(default_factory=MapOptions)
     jobs: int | None = None
     """Worker processes; None = all cores, 1 = this process only (same output either way)."""
+    binary: BinaryMode | None = None
+    """One Binary per instance with the DICOM bytes: inline (base64 in the bundle) or beside
+    (``<bundle stem>.binaries/<id>.dcm``); None = no Binary."""
+    media: MediaOptions | None = None
+    """A rendered image per instance or series (R4 Media, R5 DocumentReference); None = none."""
+    max_entries: int | None = None
+    """Split a study's Binary/image entries so that no bundle file has more entries."""
+    max_bundle_mb: float | None = None
+    """Split a study's Binary/image entries so that no bundle file is larger (MB = 10^6 bytes)."""
+
+    def pixels(self) -> PixelOptions:
+        """The Binary / rendered-image / split options for :func:`fhirimg.pixels.write_study`."""
+        if self.max_entries is not None and self.max_entries < 1:
+            raise ConfigError("max_entries must be at least 1")
+        if self.max_bundle_mb is not None and self.max_bundle_mb <= 0:
+            raise ConfigError("max_bundle_mb must be more than 0")
+        return PixelOptions(
+            binary=BinaryMode(self.binary) if self.binary is not None else None,
+            media=self.media,
+            max_entries=self.max_entries,
+            max_bytes=(
+                int(self.max_bundle_mb * 1_000_000) if self.max_bundle_mb is not None else None
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,12 @@ class StudyOutcome:
     instances: int
     warnings: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
+    """Further bundle files of a split study (``<stem>.part-2.json``, ...), in push order."""
+    binaries: int | None = None  # None: Binaries not asked for
+    media: int | None = None  # None: rendered images not asked for
+    media_failures: tuple[tuple[str, str], ...] = ()
+    """(path, reason) of image files that could not be rendered; the study is still written."""
 
     @property
     def ok(self) -> bool:
@@ -73,8 +109,16 @@ class StudyOutcome:
         }
         if self.bundle:
             out["bundle"] = self.bundle
+        if self.parts:
+            out["parts"] = list(self.parts)
         out["series"] = self.series
         out["instances"] = self.instances
+        if self.binaries is not None:
+            out["binaries"] = self.binaries
+        if self.media is not None:
+            out["renderedImages"] = self.media
+        if self.media_failures:
+            out["renderFailures"] = [{"path": p, "reason": r} for p, r in self.media_failures]
         if self.warnings:
             out["warnings"] = list(self.warnings)
         if self.errors:
@@ -93,9 +137,14 @@ class ConvertReport:
     """The first failed files (path, reason); all of them are in report.json."""
 
     @property
+    def render_failures(self) -> list[tuple[str, str]]:
+        """Image files converted but not rendered (path, reason)."""
+        return [f for s in self.studies for f in s.media_failures]
+
+    @property
     def exit_code(self) -> ExitCode:
         failed = self.files.get(FileStatus.FAILED.value, 0)
-        if failed or any(not s.ok for s in self.studies):
+        if failed or any(not s.ok or s.media_failures for s in self.studies):
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -108,8 +157,23 @@ class ConvertReport:
                 "written": sum(1 for s in self.studies if s.ok),
                 "failed": sum(1 for s in self.studies if not s.ok),
             },
+            **self._pixel_summary(),
             "exitCode": int(self.exit_code),
         }
+
+    def _pixel_summary(self) -> dict[str, Any]:
+        """Counts of Binaries, rendered images and bundle parts (only when asked for)."""
+        out: dict[str, Any] = {}
+        if any(s.parts for s in self.studies):
+            out["bundleFiles"] = sum(1 + len(s.parts) for s in self.studies if s.ok)
+        if any(s.binaries is not None for s in self.studies):
+            out["binaries"] = sum(s.binaries or 0 for s in self.studies)
+        if any(s.media is not None for s in self.studies):
+            out["renderedImages"] = {
+                "written": sum(s.media or 0 for s in self.studies),
+                "failed": sum(len(s.media_failures) for s in self.studies),
+            }
+        return out
 
 
 def build_study(
@@ -136,9 +200,15 @@ def build_study(
 
 
 def _write_study(
-    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str, out_dir: str
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: str,
+    pixels: PixelOptions | None = None,
 ) -> StudyOutcome:
-    """Worker task: build, validate and (when valid) atomically write one study's bundle."""
+    """Worker task: build, validate and (when valid) atomically write one study's bundle(s)."""
+    if pixels is not None and pixels.active:
+        return _write_study_pixels(records, mapping, fhir_version, Path(out_dir), pixels)
     try:
         bundle, outcome = build_study(records, mapping, fhir_version)
     except Exception as exc:  # a mapping bug must cost one study, not the run
@@ -148,7 +218,39 @@ def _write_study(
         )
     if outcome.bundle:
         jsonio.atomic_write(Path(out_dir) / outcome.bundle, jsonio.dumps(bundle))
+        remove_stale_parts(Path(out_dir), outcome.bundle)
     return outcome
+
+
+def _write_study_pixels(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: Path,
+    pixels: PixelOptions,
+) -> StudyOutcome:
+    """Worker task with Binaries and/or rendered images (:func:`fhirimg.pixels.write_study`)."""
+    uid = records[0].study_instance_uid
+    series = len({r.series_instance_uid for r in records})
+    try:
+        files = write_study(records, mapping, fhir_version, out_dir, pixels)
+    except Exception as exc:  # an unreadable file or a bug costs one study, not the run
+        return StudyOutcome(
+            uid, None, series, len(records), errors=(f"{type(exc).__name__}: {exc}",)
+        )
+    ok = not files.errors and bool(files.bundles)
+    return StudyOutcome(
+        study_instance_uid=uid,
+        bundle=files.bundles[0] if ok else None,
+        series=series,
+        instances=len(records),
+        warnings=tuple(dict.fromkeys(files.warnings)),
+        errors=tuple(files.errors),
+        parts=tuple(files.bundles[1:]) if ok else (),
+        binaries=files.binaries if pixels.binary is not None else None,
+        media=files.media if pixels.media is not None else None,
+        media_failures=tuple(files.media_failures),
+    )
 
 
 def _read_batch(paths: list[str]) -> list[InstanceRecord | FileProblem]:
@@ -238,6 +340,7 @@ def convert_records(
     """
     opts = options or ConvertOptions()
     get_release(opts.fhir_version)  # fail early on a bad release name
+    pixels = opts.pixels()  # and on bad pixel options
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = resolve_jobs(opts.jobs)
@@ -252,7 +355,8 @@ def convert_records(
             outcomes: list[StudyOutcome] = []
             uids = index.study_uids()
             tasks = (
-                (index.records(uid), opts.mapping, opts.fhir_version, str(out_dir)) for uid in uids
+                (index.records(uid), opts.mapping, opts.fhir_version, str(out_dir), pixels)
+                for uid in uids
             )
             for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
                 paths_of_study = index.study_paths(outcome.study_instance_uid)
@@ -280,11 +384,14 @@ def _write_report(
 
     Deterministic like the bundles: no timestamps, stable order.
     """
+    render_failed = dict(report.render_failures)
     files = []
     for file_path, status, detail in index.file_outcomes():
         item = {"path": file_path, "status": status}
         key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
         item[key] = detail
+        if file_path in render_failed:
+            item["renderError"] = render_failed[file_path]
         files.append(item)
     doc = {
         "fhirVersion": get_release(opts.fhir_version).fhir_version,

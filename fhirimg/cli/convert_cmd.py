@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,6 +21,7 @@ from rich.progress import (
 )
 
 from fhirimg import jsonio
+from fhirimg.binary import BinaryMode
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
     JsonOpt,
@@ -33,8 +35,16 @@ from fhirimg.cli._app import (
 from fhirimg.convert import DEFAULT_OUT, REPORT_NAME, ConvertOptions, ConvertReport, convert
 from fhirimg.exitcodes import ExitCode
 from fhirimg.mapping import MapOptions
+from fhirimg.media import MediaContent, MediaOptions, MediaPer
 
 log = logging.getLogger(__name__)
+
+
+class MediaFormat(StrEnum):
+    """``--media-format`` choices."""
+
+    PNG = "png"
+    JPEG = "jpeg"
 
 
 def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
@@ -74,7 +84,12 @@ def convert_command(
         ),
     ] = DEFAULT_OUT,
     fhir_version: Annotated[
-        str, typer.Option("--fhir-version", help="FHIR release to write: r4 (4.0.1).")
+        str,
+        typer.Option(
+            "--fhir-version",
+            help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0; rendered images become "
+            "DocumentReference, R5 has no Media).",
+        ),
     ] = "r4",
     dicomweb_url: Annotated[
         str | None,
@@ -104,6 +119,87 @@ def convert_command(
         int,
         typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
     ] = 0,
+    binary: Annotated[
+        BinaryMode | None,
+        typer.Option(
+            "--binary",
+            help="Also carry each instance's DICOM bytes as a Binary (PUT Binary/<id>), linked "
+            "from ImagingStudy.series.instance: 'inline' puts base64 data in the bundle, "
+            "'beside' writes <bundle>.binaries/<id>.dcm for push to upload raw. Default: none.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    max_entries: Annotated[
+        int | None,
+        typer.Option(
+            "--max-entries",
+            min=1,
+            help="Split a study's Binary/image entries into <stem>.part-N.json files so that no "
+            "bundle has more entries (Azure FHIR takes 500). Default: no limit.",
+        ),
+    ] = None,
+    max_bundle_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--max-bundle-mb",
+            min=0.001,
+            help="Split a study's Binary/image entries into <stem>.part-N.json files so that no "
+            "bundle file is larger (MB = 1,000,000 bytes; Google Healthcare takes 50). "
+            "Default: no limit.",
+        ),
+    ] = None,
+    media: Annotated[
+        bool,
+        typer.Option(
+            "--media",
+            help="Also render images (8-bit PNG/JPEG with rescale, window, MONOCHROME1, colour "
+            "handled) as Media (R4) or DocumentReference (R5).",
+        ),
+    ] = False,
+    media_per: Annotated[
+        MediaPer,
+        typer.Option(
+            "--media-per",
+            help="With --media: an image for every image instance, or one per series (its "
+            "middle instance).",
+            case_sensitive=False,
+        ),
+    ] = MediaPer.INSTANCE,
+    media_format: Annotated[
+        MediaFormat,
+        typer.Option(
+            "--media-format",
+            help="With --media: png (lossless) or jpeg (quality 90, smaller).",
+            case_sensitive=False,
+        ),
+    ] = MediaFormat.PNG,
+    media_size: Annotated[
+        int | None,
+        typer.Option(
+            "--media-size",
+            min=1,
+            help="With --media: fit images into N x N pixels (thumbnails; never enlarged). "
+            "Default: the image's own size.",
+        ),
+    ] = None,
+    media_frame: Annotated[
+        int | None,
+        typer.Option(
+            "--media-frame",
+            min=1,
+            help="With --media: the frame (1-based) of multi-frame images to render. Default: "
+            "the middle frame.",
+        ),
+    ] = None,
+    media_content: Annotated[
+        MediaContent,
+        typer.Option(
+            "--media-content",
+            help="With --media: 'inline' puts the image in the attachment's data; 'binary' "
+            "puts it in a Binary entry the attachment's url names (Binary/<id>).",
+            case_sensitive=False,
+        ),
+    ] = MediaContent.INLINE,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -177,8 +273,8 @@ def convert_command(
     2 usage error, 3 output cannot be written.
     """
     configure_logging(verbose)
-    if fhir_version.lower() not in ("r4",):
-        raise fail(f"unsupported --fhir-version {fhir_version!r}: use r4", ExitCode.USAGE)
+    if fhir_version.lower() not in ("r4", "r5"):
+        raise fail(f"unsupported --fhir-version {fhir_version!r}: use r4 or r5", ExitCode.USAGE)
     if timezone:
         try:
             ZoneInfo(timezone)
@@ -198,6 +294,20 @@ def convert_command(
             dicomweb_url=dicomweb_url,
         ),
         jobs=jobs or None,
+        binary=binary,
+        media=(
+            MediaOptions(
+                per=media_per,
+                fmt=media_format.value,
+                size=media_size,
+                frame=media_frame,
+                content=media_content,
+            )
+            if media
+            else None
+        ),
+        max_entries=max_entries,
+        max_bundle_mb=max_bundle_mb,
     )
     if from_dicomweb:
         if paths:
@@ -268,5 +378,14 @@ def _print_summary(report: ConvertReport) -> None:
         )
     for path, reason in report.failures[:10]:
         err_console.print(f"  [yellow]failed[/] {escape(path)}: {escape(reason)}")
+    rendered = s.get("renderedImages")
+    if rendered:
+        err_console.print(
+            f"Rendered {rendered['written']} image(s), {rendered['failed']} could not be rendered"
+        )
+    for path, reason in report.render_failures[:10]:
+        err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
+    if "binaries" in s:
+        err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
     if files["failed"] > 10:
         err_console.print(f"  ... and {files['failed'] - 10} more failed file(s): see report.json")

@@ -11,19 +11,25 @@ from fhirimg.fhir.base import Release
 
 
 def release(name: str) -> Release:
-    """The :class:`Release` for a release name (``"r4"``; case-insensitive).
+    """The :class:`Release` for a release name (``"r4"`` or ``"r5"``; case-insensitive).
 
     >>> release("R4").fhir_version
     '4.0.1'
+    >>> release("r5").rendered_image_type
+    'DocumentReference'
     """
     key = name.lower()
     if key == "r4":
         from fhirimg.fhir.r4 import R4
 
         return R4
+    if key == "r5":
+        from fhirimg.fhir.r5 import R5
+
+        return R5
     from fhirimg.errors import ConfigError
 
-    raise ConfigError(f"unknown FHIR release {name!r}: use r4")
+    raise ConfigError(f"unknown FHIR release {name!r}: use r4 or r5")
 
 
 __all__ = ["Release", "release"]

@@ -14,6 +14,8 @@ class Release(Protocol):
     name: str
     fhir_version: str
     imaging_study_order: tuple[str, ...]
+    rendered_image_type: str
+    """The resource type that carries a rendered image: ``Media`` (R4), ``DocumentReference`` (R5)."""
 
     def modality(self, coding: JSON) -> JSON:
         """ImagingStudy.modality / series.modality: R4 Coding, R5 CodeableConcept."""
@@ -36,6 +38,10 @@ class Release(Protocol):
         """An Endpoint resource for a DICOMweb WADO-RS service."""
         ...
 
+    def rendered_image(self, parts: ImageParts) -> JSON:
+        """The resource for one rendered image: R4 Media, R5 DocumentReference."""
+        ...
+
     def model_errors(self, resource: JSON) -> list[str]:
         """Errors the fhir.resources models of this release find in ``resource``."""
         ...
@@ -49,3 +55,52 @@ class StudyParts:
     procedures: tuple[JSON, ...]  # CodeableConcepts, (0008,1032)
     reasons: tuple[JSON, ...]  # CodeableConcepts, (0040,1002) / (0040,100A)
     interpreters: tuple[str, ...]  # display names, (0008,1060)
+
+
+@dataclass(frozen=True)
+class ImageParts:
+    """Release-neutral facts of one rendered image (a frame of a DICOM instance).
+
+    ``attachment`` is a finished Attachment (contentType, data or url, size, hash, title,
+    creation); the release places it and the image's size where its resource keeps them.
+    """
+
+    identifiers: tuple[JSON, ...]
+    subject_ref: str  # Patient (fullUrl, conditional or literal reference)
+    study_ref: str  # the ImagingStudy the image was rendered from
+    modality: JSON  # a Coding, (0008,0060)
+    attachment: JSON
+    height: int  # rows of the rendered image (after any --media-size)
+    width: int  # columns of the rendered image
+    frames: int | None  # set when the source is multi-frame (the image shows one of them)
+    created: str | None = None  # FHIR dateTime of the content / acquisition
+    device_name: str | None = None  # (0008,0070) Manufacturer + (0008,1090) Model Name
+    body_site: JSON | None = None  # a Coding (SNOMED CT or display only), (0018,0015)
+    description: str | None = None
+
+
+def ordered(resource: JSON, order: tuple[str, ...]) -> JSON:
+    """``resource`` with its keys in ``order`` (``resourceType`` first), others dropped.
+
+    >>> ordered({"b": 1, "resourceType": "X", "a": 2}, ("a", "b"))
+    {'resourceType': 'X', 'a': 2, 'b': 1}
+    """
+    out: JSON = {"resourceType": resource["resourceType"]}
+    out.update((k, resource[k]) for k in order if k in resource)
+    return out
+
+
+def validation_errors(cls: Any, resource: JSON, release: str) -> list[str]:
+    """Validate ``resource`` with the fhir.resources model ``cls`` (None: unknown type)."""
+    if cls is None:
+        return [f"unknown {release} resource type {resource.get('resourceType')!r}"]
+    try:
+        cls.model_validate(resource)
+    except Exception as exc:  # pydantic.ValidationError, or TypeError on wild input
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            return [
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors()
+            ]
+        return [str(exc)]
+    return []

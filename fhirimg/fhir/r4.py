@@ -9,14 +9,22 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from fhirimg.fhir.base import JSON, StudyParts
+from fhirimg.fhir.base import JSON, ImageParts, StudyParts, ordered, validation_errors
 
 _ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
+# Element order of R4 Media (its StructureDefinition).
+_MEDIA_ORDER = (
+    "id", "meta", "extension", "identifier", "basedOn", "partOf", "status", "type", "modality",
+    "view", "subject", "encounter", "createdDateTime", "issued", "operator", "reasonCode",
+    "bodySite", "deviceName", "device", "height", "width", "frames", "duration", "content", "note",
+)  # fmt: skip
 
 
 class _R4:
     name = "r4"
     fhir_version = "4.0.1"
+    rendered_image_type = "Media"
     # Element order of R4 ImagingStudy (its StructureDefinition); output keys follow it.
     imaging_study_order: tuple[str, ...] = (
         "resourceType", "id", "meta", "extension", "identifier", "status", "modality", "subject",
@@ -60,21 +68,33 @@ class _R4:
             "address": address,
         }
 
+    def rendered_image(self, parts: ImageParts) -> JSON:
+        """R4 Media (``fhir-imaging-spec.md``, Media): a photo-like rendering of one frame."""
+        media: JSON = {
+            "resourceType": "Media",
+            "identifier": list(parts.identifiers),
+            "partOf": [{"reference": parts.study_ref}],  # Media.partOf Reference(Any)
+            "status": "completed",
+            "type": {"coding": [{"system": MEDIA_TYPE, "code": "image", "display": "Image"}]},
+            "modality": {"coding": [parts.modality]},  # (0008,0060) Modality, DCM
+            "subject": {"reference": parts.subject_ref},
+        }
+        if parts.created:
+            media["createdDateTime"] = parts.created
+        if parts.body_site:
+            site = parts.body_site
+            media["bodySite"] = {"coding": [site]} if "code" in site else {"text": site["display"]}
+        if parts.device_name:
+            media["deviceName"] = parts.device_name
+        media["height"] = parts.height
+        media["width"] = parts.width
+        if parts.frames is not None:
+            media["frames"] = parts.frames
+        media["content"] = parts.attachment
+        return ordered(media, _MEDIA_ORDER)
+
     def model_errors(self, resource: JSON) -> list[str]:
-        cls = _model(resource.get("resourceType", ""))
-        if cls is None:
-            return [f"unknown R4 resource type {resource.get('resourceType')!r}"]
-        try:
-            cls.model_validate(resource)
-        except Exception as exc:  # pydantic.ValidationError, or TypeError on wild input
-            errors = getattr(exc, "errors", None)
-            if callable(errors):
-                return [
-                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
-                    for e in errors()
-                ]
-            return [str(exc)]
-        return []
+        return validation_errors(_model(resource.get("resourceType", "")), resource, "R4")
 
 
 @cache

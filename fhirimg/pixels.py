@@ -1,0 +1,322 @@
+"""The two "images in FHIR" paths for one study: Binary (the DICOM bytes) and rendered images.
+
+:func:`write_study` writes a study's bundle(s) with, after the Patient / Endpoint / ImagingStudy
+head, one Binary entry per instance (``--binary inline``) or one ``.dcm`` file per instance beside
+the bundle (``--binary beside``), then one rendered image per instance or series (R4 Media, R5
+DocumentReference). Entry order: Patient, Endpoint, ImagingStudy, Binary entries, rendered images.
+
+References and split bundles (``--max-entries`` / ``--max-bundle-mb``):
+
+- In the first bundle, Binary and image entries reference the Patient and the ImagingStudy by
+  their ``urn:uuid:`` fullUrls. In ``<stem>.part-N.json`` they use conditional references
+  (``Patient?identifier=...``, or ``Patient/<id>`` when the Patient has the deterministic id used
+  without a Patient ID; ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``), which resolve
+  on the server once the first bundle is there.
+- The instance-binary extension on ``ImagingStudy.series.instance`` points at the Binary entry's
+  fullUrl (``urn:uuid:<binary id>``) when the study is one bundle, and at ``Binary/<id>`` (the
+  deterministic id of ``PUT Binary/<id>``) in beside mode or whenever a split limit is set, since
+  the Binary may then land in another part.
+
+Memory follows one chunk of a file for Binaries (base64 is streamed into the bundle file) and one
+instance for rendering, never the study.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhirimg import ids, media
+from fhirimg.binary import (
+    BinaryMode,
+    DicomSource,
+    binaries_folder,
+    binary_full_url,
+    binary_id,
+    binary_resource,
+    dicom_source,
+    link_extension,
+    write_beside,
+)
+from fhirimg.bundle import (
+    DATA_PLACEHOLDER,
+    EncodedEntry,
+    SplitWriter,
+    encode_entry,
+    entry,
+    study_bundle,
+)
+from fhirimg.fhir import Release
+from fhirimg.fhir import release as get_release
+from fhirimg.mapping import MapOptions, sort_records
+from fhirimg.model import InstanceRecord
+from fhirimg.render import Rendered, RenderError, render_file
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PixelOptions:
+    """What of the pixels goes into FHIR, and how bundles are split."""
+
+    binary: BinaryMode | None = None
+    media: media.MediaOptions | None = None
+    max_entries: int | None = None
+    """At most this many entries per bundle file (the head entries count in the first)."""
+    max_bytes: int | None = None
+    """At most this many bytes per bundle file (a single larger entry gets a file of its own)."""
+
+    @property
+    def active(self) -> bool:
+        return self.binary is not None or self.media is not None
+
+    @property
+    def split(self) -> bool:
+        return self.max_entries is not None or self.max_bytes is not None
+
+
+@dataclass
+class StudyFiles:
+    """What :func:`write_study` wrote for one study."""
+
+    bundles: list[str] = field(default_factory=list)
+    binaries: int = 0
+    binary_bytes: int = 0
+    media: int = 0
+    media_failures: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) of image files whose rendering failed."""
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Refs:
+    """How entries refer to the Patient and the ImagingStudy: from the first bundle, or a part."""
+
+    patient: str
+    study: str
+
+
+class _Source:
+    """A :class:`DicomSource` as a bundle data source (base64 streamed into ``Binary.data``)."""
+
+    def __init__(self, source: DicomSource) -> None:
+        self._source = source
+
+    @property
+    def length(self) -> int:
+        return self._source.length
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._source.chunks()
+
+
+def _conditional(request: JSON) -> str | None:
+    """A conditional reference that finds the resource an entry creates (``Type?query``)."""
+    url = str(request.get("url", ""))
+    if request.get("method") == "POST" and request.get("ifNoneExist"):
+        return f"{url}?{request['ifNoneExist']}"
+    if request.get("method") == "PUT":
+        return url  # Type/id or Type?query: either finds it again
+    return None
+
+
+def write_study(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: Path,
+    options: PixelOptions,
+) -> StudyFiles:
+    """Write one study's bundle(s) with Binaries and/or rendered images (module docstring).
+
+    Never raises for a bad image: rendering failures go to ``media_failures``. A head (Patient,
+    Endpoint, ImagingStudy) that fails model validation means nothing is written (``errors``).
+    """
+    release = get_release(fhir_version)
+    out = StudyFiles()
+    recs = sort_records(records)
+    study_uid = recs[0].study_instance_uid
+    name = ids.bundle_name(study_uid)
+
+    extensions: dict[str, list[JSON]] = {}
+    if options.binary is not None:
+        by_full_url = options.binary == BinaryMode.INLINE and not options.split
+        for rec in recs:
+            sop = rec.sop_instance_uid
+            ref = binary_full_url(sop) if by_full_url else f"Binary/{binary_id(sop)}"
+            extensions[sop] = [link_extension(ref)]
+
+    head, notes = study_bundle(recs, mapping, release, extensions)
+    out.warnings.extend(notes.items)
+    errors = release.model_errors(head)
+    if errors:
+        out.errors.extend(errors)
+        return out
+    entries = head["entry"]
+    first = _Refs(entries[0]["fullUrl"], entries[-1]["fullUrl"])
+    later = _Refs(
+        _conditional(entries[0]["request"]) or entries[0]["fullUrl"],
+        _conditional(entries[-1]["request"]) or entries[-1]["fullUrl"],
+    )
+
+    writer = SplitWriter(out_dir, name, options.max_entries, options.max_bytes)
+    try:
+        for item in entries:
+            writer.add_head(encode_entry(item))
+        if options.max_bytes is not None and writer.parts[0].size > options.max_bytes:
+            out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
+        if options.binary is not None:
+            _binaries(
+                recs, options.binary, writer, out_dir / binaries_folder(name), first, later, out
+            )
+        if options.media is not None:
+            _rendered(recs, options.media, mapping, release, writer, first, later, out)
+        out.bundles = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    out.warnings.extend(writer.notes)
+    return out
+
+
+def _binaries(
+    recs: list[InstanceRecord],
+    mode: BinaryMode,
+    writer: SplitWriter,
+    folder: Path,
+    first: _Refs,
+    later: _Refs,
+    out: StudyFiles,
+) -> None:
+    for rec in recs:
+        source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
+        if not source.exact:
+            out.warnings.append(
+                "a DICOM file without preamble/File Meta got a PS3.10 header in its Binary "
+                "(dataset bytes unchanged)"
+            )
+        bid = binary_id(rec.sop_instance_uid)
+        if mode == BinaryMode.BESIDE:
+            out.binary_bytes += write_beside(folder, bid, source)
+            out.binaries += 1
+            continue
+
+        def build(in_first: bool, bid: str = bid, source: DicomSource = source) -> EncodedEntry:
+            refs = first if in_first else later
+            item = entry(
+                "urn:uuid:" + bid,
+                binary_resource(bid, refs.patient, DATA_PLACEHOLDER),
+                {"method": "PUT", "url": f"Binary/{bid}"},
+            )
+            return encode_entry(item, _Source(source))
+
+        # The resource is valid by construction except its data, which is base64 we encode.
+        check = binary_resource(bid, first.patient, None)
+        if errs := _model_errors_of(check):
+            out.errors.extend(errs)
+            continue
+        writer.place(build)
+        out.binaries += 1
+        out.binary_bytes += source.length
+
+
+def _model_errors_of(resource: JSON) -> list[str]:
+    # Binary is the same in R4 and R5; the R4 models are enough.
+    return get_release("r4").model_errors(resource)
+
+
+def _rendered(
+    recs: list[InstanceRecord],
+    opts: media.MediaOptions,
+    mapping: MapOptions,
+    release: Release,
+    writer: SplitWriter,
+    first: _Refs,
+    later: _Refs,
+    out: StudyFiles,
+) -> None:
+    rtype = release.rendered_image_type
+    spool: list[Callable[[bool], EncodedEntry]] = []  # image resources after their Binaries
+    for rec in media.representatives(recs, opts.per):
+        try:
+            rendered = render_file(rec.path, frame=opts.frame, size=opts.size, fmt=opts.fmt)
+        except RenderError as exc:
+            out.media_failures.append((rec.path, str(exc)))
+            continue
+        except OSError as exc:
+            out.media_failures.append((rec.path, f"cannot read: {exc.strerror or exc}"))
+            continue
+        if rendered is None:  # no pixel data: not an image, not an error
+            continue
+        out.warnings.extend(rendered.notes)
+        frame = rendered.frame
+        url = None
+        if opts.content == media.MediaContent.BINARY:
+            url = f"Binary/{media.image_binary_id(rec.sop_instance_uid, frame)}"
+            writer.place(_image_binary(rec, rendered, first, later))
+        att = media.attachment(rendered, media.title(rec, rendered), url)
+
+        def build(
+            in_first: bool, rec: InstanceRecord = rec, r: Rendered = rendered, att: JSON = att
+        ) -> EncodedEntry:
+            refs = first if in_first else later
+            parts, _ = media.image_parts(rec, r, att, refs.patient, refs.study, mapping.timezone)
+            resource = release.rendered_image(parts)
+            item = entry(
+                media.full_url(rtype, rec.sop_instance_uid, r.frame),
+                resource,
+                media.request(rtype, rec.sop_instance_uid, r.frame),
+            )
+            return encode_entry(item)
+
+        parts, warns = media.image_parts(
+            rec, rendered, att, first.patient, first.study, mapping.timezone
+        )
+        out.warnings.extend(warns)
+        errors = release.model_errors(release.rendered_image(parts))
+        if errors:
+            out.media_failures.append((rec.path, f"{rtype} not valid: {'; '.join(errors[:3])}"))
+            continue
+        if url is None:
+            writer.place(build)  # inline data: written now, the rendered bytes are dropped after
+        else:
+            # data-free resources wait until every image Binary is written (entry order);
+            # drop the pixels so that the spool stays small
+            small = Rendered(
+                b"", rendered.content_type, rendered.width, rendered.height, frame, rendered.frames
+            )
+            spool.append(functools.partial(build, r=small))
+        out.media += 1
+    for build_later in spool:
+        writer.place(build_later)
+
+
+def _image_binary(
+    rec: InstanceRecord, rendered: Rendered, first: _Refs, later: _Refs
+) -> Callable[[bool], EncodedEntry]:
+    import base64
+
+    bid = media.image_binary_id(rec.sop_instance_uid, rendered.frame)
+    data = base64.b64encode(rendered.data).decode("ascii")
+
+    def build(in_first: bool) -> EncodedEntry:
+        refs = first if in_first else later
+        resource = {
+            "resourceType": "Binary",
+            "id": bid,
+            "contentType": rendered.content_type,
+            "securityContext": {"reference": refs.patient},
+            "data": data,
+        }
+        return encode_entry(
+            entry("urn:uuid:" + bid, resource, {"method": "PUT", "url": f"Binary/{bid}"})
+        )
+
+    return build
