@@ -91,6 +91,9 @@ class _R5:
         to the Attachment, which R5 gave those elements.
         """
         attachment = dict(parts.attachment)
+        if "size" in attachment:
+            # R5 Attachment.size is integer64, which R5 JSON writes as a string (json.html)
+            attachment["size"] = str(attachment["size"])
         attachment["height"] = parts.height
         attachment["width"] = parts.width
         if parts.frames is not None:
