@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -30,20 +32,31 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
+@contextmanager
+def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces ``path`` only when the block ends without error.
 
-    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
-    ``path`` (rename is atomic within one file system).
+    Readers see the old file or the whole new one, never half: the bytes go to a temporary file in
+    the same folder, which is renamed over ``path`` (atomic within one file system). An interrupted
+    run leaves at most a ``.tmp`` file, never a cut bundle. ``durable`` also flushes the file to
+    disk before the rename (fsync): slower, and only needed to survive a power cut, since a re-run
+    rewrites everything anyway.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path, durable) as fh:
+        fh.write(data)
