@@ -10,10 +10,42 @@ from __future__ import annotations
 import pickle
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+
+
+class PackedRecord(NamedTuple):
+    """An :class:`InstanceRecord` already pickled, with the keys the index sorts by.
+
+    Reading workers pack their records so that the process that groups them never unpickles
+    them: it stores the bytes and hands them on to the worker that builds the study.
+    """
+
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    path: str
+    blob: bytes
+
+    @classmethod
+    def of(cls, record: InstanceRecord) -> PackedRecord:
+        return cls(
+            record.study_instance_uid,
+            record.series_instance_uid,
+            record.sop_instance_uid,
+            record.sop_class_uid,
+            record.path,
+            pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
+        )
+
+
+def unpack(blobs: Iterable[bytes]) -> list[InstanceRecord]:
+    """The records of :class:`PackedRecord` blobs."""
+    return [pickle.loads(b) for b in blobs]
 
 
 class StudyIndex:
@@ -42,22 +74,21 @@ class StudyIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, item: InstanceRecord | FileProblem) -> None:
+    def add(self, item: InstanceRecord | PackedRecord | FileProblem) -> None:
         """Add one reading result."""
-        if isinstance(item, FileProblem):
-            self.add_problem(item)
-            return
-        self._db.execute(
-            "INSERT INTO inst VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                item.study_instance_uid,
-                item.series_instance_uid,
-                item.sop_instance_uid,
-                item.sop_class_uid,
-                item.path,
-                pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL),
-            ),
-        )
+        self.add_many([item])
+
+    def add_many(self, items: Iterable[InstanceRecord | PackedRecord | FileProblem]) -> None:
+        """Add reading results (one statement per batch)."""
+        rows: list[PackedRecord] = []
+        for item in items:
+            if isinstance(item, FileProblem):
+                self.add_problem(item)
+            elif isinstance(item, PackedRecord):
+                rows.append(item)
+            else:
+                rows.append(PackedRecord.of(item))
+        self._db.executemany("INSERT INTO inst VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def add_problem(self, problem: FileProblem) -> None:
         self._db.execute(
@@ -72,12 +103,15 @@ class StudyIndex:
         SOP class is a DUPLICATE (counted once); one that differs is a FAILED conflict.
         """
         db = self._db
+        # Indexes are built once, after all inserts: cheaper than maintaining them per row.
         db.execute("CREATE INDEX IF NOT EXISTS inst_sop ON inst (sop, path)")
+        db.execute("CREATE INDEX IF NOT EXISTS inst_study ON inst (study, path)")
         rows = db.execute(
             """
-            SELECT sop, study, series, sop_class, path FROM inst
-            WHERE sop IN (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1)
-            ORDER BY sop, path
+            SELECT i.sop, i.study, i.series, i.sop_class, i.path
+            FROM (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1) AS d
+            JOIN inst AS i ON i.sop = d.sop
+            ORDER BY i.sop, i.path
             """
         ).fetchall()
         dropped = 0
