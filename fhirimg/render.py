@@ -243,7 +243,8 @@ def render_file(
     except (TypeError, ValueError):
         frames = 1
     frames = max(frames, 1)
-    chosen = middle_frame(frames) if frame is None else frame
+    # --media-frame is about multi-frame images; a single-frame image is its frame 1
+    chosen = middle_frame(frames) if frame is None or frames == 1 else frame
     if chosen > frames:
         notes.append(
             f"frame {chosen} asked for but the image has {frames}; rendered frame {frames}"

@@ -158,3 +158,18 @@ def test_undecodable_image_is_reported_and_the_study_converts(tmp_path: Path) ->
     assert item["status"] == "converted"
     assert "cannot decode" in item["renderError"]
     assert len(all_media(tmp_path / "out")) == 1
+
+
+def test_media_in_split_parts_use_conditional_references(tmp_path: Path) -> None:
+    out = run(tmp_path, media=MediaOptions(), max_entries=3)
+    checked = 0
+    for path in sorted(out.glob("study-*.part-*.json")):
+        bundle = load(path)
+        assert len(bundle["entry"]) <= 3
+        for m in resources(bundle, "Media"):
+            assert m["subject"]["reference"].startswith(("Patient?identifier=", "Patient/"))
+            (part_of,) = m["partOf"]
+            assert part_of["reference"].startswith("ImagingStudy?identifier=urn:dicom:uid|urn:oid:")
+            checked += 1
+        assert errors_of(bundle, "r4", name=path.name) == [], path.name
+    assert checked
