@@ -269,7 +269,8 @@ def convert_command(
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
     Every input file ends up converted, skipped (not DICOM, DICOMDIR), duplicate or failed, with
-    the reason in report.json. Exit codes: 0 all converted, 1 some files or studies failed,
+    the reason in report.json. Exit codes: 0 all converted, 1 some files or studies failed (or,
+    with --media, some images could not be rendered),
     2 usage error, 3 output cannot be written.
     """
     configure_logging(verbose)
