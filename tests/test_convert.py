@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_file
 
 from fhirimg import ConvertOptions, MapOptions, convert
 from fhirimg.fhir import release
+from fhirimg.validate import Severity, validate_resource
 from tests.helpers import GOLDEN, REPO, SAMPLE, bundles, load, resources, study_by_uid
 
 STUDY_A = "2.25.85155649098386921766494752360926339228"
@@ -74,6 +75,13 @@ def test_golden_bundles(sample_out: Path) -> None:
 def test_bundles_validate_with_models(sample_out: Path) -> None:
     for name, bundle in bundles(sample_out).items():
         assert release("r4").model_errors(bundle) == [], name
+
+
+def test_bundles_pass_every_validator_layer(sample_out: Path) -> None:
+    """What convert writes, the strict validator accepts: no error, no warning."""
+    for name, bundle in bundles(sample_out).items():
+        findings = validate_resource(bundle, fhir_version="r4", layers="all", source=name)
+        assert [f for f in findings if f.severity != Severity.INFORMATION] == [], name
 
 
 def test_study_split_across_folders_is_one_study(sample_out: Path) -> None:

@@ -132,7 +132,10 @@ def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
                 except Exception as exc:  # noqa: BLE001 - report, do not crash the run
                     out.info(loc, f"{inv.key} could not be evaluated: {exc}")
                     continue
-                if result != [True]:
+                # Only a false result violates the invariant. An empty one (e.g. ref-1 on a
+                # Reference with only a display: `{}.startsWith('#').not()` is empty) passes, as
+                # in the HL7 Java validator, where not() of an empty collection is true.
+                if result and result != [True]:
                     out.add(inv.severity, loc, f"{inv.key}: {inv.human}")
     for key, where in sorted(not_checked.items()):
         out.info(where, f"{key} not checked (needs a FHIRPath function fhirimg does not evaluate)")
