@@ -64,6 +64,10 @@ class ConvertOptions:
     """Split a study's Binary/image entries so that no bundle file has more entries."""
     max_bundle_mb: float | None = None
     """Split a study's Binary/image entries so that no bundle file is larger (MB = 10^6 bytes)."""
+    strict: bool = False
+    """Validate every bundle with all layers of :mod:`fhirimg.validate` (FHIRPath invariants
+    too) before writing it; by default the fast layers (JSON, models, HL7 JSON Schema, bundle
+    integrity, imaging rules)."""
 
     def pixels(self) -> PixelOptions:
         """The Binary / rendered-image / split options for :func:`fhirimg.pixels.write_study`."""
@@ -78,6 +82,7 @@ class ConvertOptions:
             max_bytes=(
                 int(self.max_bundle_mb * 1_000_000) if self.max_bundle_mb is not None else None
             ),
+            strict=self.strict,
         )
 
 
@@ -177,7 +182,7 @@ class ConvertReport:
 
 
 def build_study(
-    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str
+    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str, strict: bool = False
 ) -> tuple[dict[str, Any], StudyOutcome]:
     """Build and validate one study's bundle. Pure: returns the bundle and its outcome.
 
@@ -186,7 +191,7 @@ def build_study(
     release = get_release(fhir_version)
     bundle, notes = study_bundle(records, mapping, release)
     study = bundle["entry"][-1]["resource"]
-    errors = release.model_errors(bundle)
+    errors = release.errors(bundle, strict)
     uid = records[0].study_instance_uid
     outcome = StudyOutcome(
         study_instance_uid=uid,
@@ -210,7 +215,9 @@ def _write_study(
     if pixels is not None and pixels.active:
         return _write_study_pixels(records, mapping, fhir_version, Path(out_dir), pixels)
     try:
-        bundle, outcome = build_study(records, mapping, fhir_version)
+        bundle, outcome = build_study(
+            records, mapping, fhir_version, strict=pixels is not None and pixels.strict
+        )
     except Exception as exc:  # a mapping bug must cost one study, not the run
         uid = records[0].study_instance_uid
         return StudyOutcome(

@@ -71,6 +71,8 @@ class PixelOptions:
     """At most this many entries per bundle file (the head entries count in the first)."""
     max_bytes: int | None = None
     """At most this many bytes per bundle file (a single larger entry gets a file of its own)."""
+    strict: bool = False
+    """Validate with every layer (FHIRPath invariants too), not only the fast ones."""
 
     @property
     def active(self) -> bool:
@@ -155,7 +157,7 @@ def write_study(
 
     head, notes = study_bundle(recs, mapping, release, extensions)
     out.warnings.extend(notes.items)
-    errors = release.model_errors(head)
+    errors = release.errors(_skeleton(head, recs, options), options.strict, _known(recs, options))
     if errors:
         out.errors.extend(errors)
         return out
@@ -173,17 +175,42 @@ def write_study(
         if options.max_bytes is not None and writer.parts[0].size > options.max_bytes:
             out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
         if options.binary is not None:
-            _binaries(
-                recs, options.binary, writer, out_dir / binaries_folder(name), first, later, out
-            )
+            folder = out_dir / binaries_folder(name)
+            _binaries(recs, options.binary, writer, folder, first, later, out, options.strict)
         if options.media is not None:
-            _rendered(recs, options.media, mapping, release, writer, first, later, out)
+            _rendered(
+                recs, options.media, mapping, release, writer, first, later, out, options.strict
+            )
         out.bundles = writer.commit()
     except BaseException:
         writer.abort()
         raise
     out.warnings.extend(writer.notes)
     return out
+
+
+def _skeleton(head: JSON, recs: list[InstanceRecord], options: PixelOptions) -> JSON:
+    """The head bundle plus data-free Binary entries for the inline Binaries streamed after it,
+    so that the check sees the ImagingStudy's ``urn:uuid:`` links resolve as in the file."""
+    if options.binary != BinaryMode.INLINE or options.split:
+        return head
+    patient = head["entry"][0]["fullUrl"]
+    extra = [
+        entry(
+            binary_full_url(r.sop_instance_uid),
+            binary_resource(binary_id(r.sop_instance_uid), patient, None),
+            {"method": "PUT", "url": f"Binary/{binary_id(r.sop_instance_uid)}"},
+        )
+        for r in recs
+    ]
+    return {**head, "entry": [*head["entry"], *extra]}
+
+
+def _known(recs: list[InstanceRecord], options: PixelOptions) -> set[str]:
+    """Ids of Binaries that live outside the head bundle: beside it, or in later part files."""
+    if options.binary is None or (options.binary == BinaryMode.INLINE and not options.split):
+        return set()
+    return {binary_id(r.sop_instance_uid) for r in recs}
 
 
 def _binaries(
@@ -194,6 +221,7 @@ def _binaries(
     first: _Refs,
     later: _Refs,
     out: StudyFiles,
+    strict: bool,
 ) -> None:
     for rec in recs:
         source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
@@ -219,17 +247,12 @@ def _binaries(
 
         # The resource is valid by construction except its data, which is base64 we encode.
         check = binary_resource(bid, first.patient, None)
-        if errs := _model_errors_of(check):
+        if errs := get_release("r4").errors(check, strict):
             out.errors.extend(errs)
             continue
         writer.place(build)
         out.binaries += 1
         out.binary_bytes += source.length
-
-
-def _model_errors_of(resource: JSON) -> list[str]:
-    # Binary is the same in R4 and R5; the R4 models are enough.
-    return get_release("r4").model_errors(resource)
 
 
 def _rendered(
@@ -241,6 +264,7 @@ def _rendered(
     first: _Refs,
     later: _Refs,
     out: StudyFiles,
+    strict: bool,
 ) -> None:
     rtype = release.rendered_image_type
     spool: list[Callable[[bool], EncodedEntry]] = []  # image resources after their Binaries
@@ -280,7 +304,7 @@ def _rendered(
             rec, rendered, att, first.patient, first.study, mapping.timezone
         )
         out.warnings.extend(warns)
-        errors = release.model_errors(release.rendered_image(parts))
+        errors = release.errors(release.rendered_image(parts), strict)
         if errors:
             out.media_failures.append((rec.path, f"{rtype} not valid: {'; '.join(errors[:3])}"))
             continue

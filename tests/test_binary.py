@@ -135,7 +135,7 @@ def test_streamed_file_is_the_canonical_serialisation(inline_out: Path) -> None:
 
 def test_inline_bundles_validate(inline_out: Path) -> None:
     for name, bundle in all_bundles(inline_out).items():
-        assert release("r4").model_errors(bundle) == [], name
+        assert release("r4").errors(bundle) == [], name
         assert errors_of(bundle, "r4") == [], name
 
 

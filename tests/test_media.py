@@ -102,7 +102,7 @@ def test_multiframe_middle_frame(media_out: Path) -> None:
 
 def test_media_bundles_validate(media_out: Path) -> None:
     for name, bundle in all_bundles(media_out).items():
-        assert release("r4").model_errors(bundle) == [], name
+        assert release("r4").errors(bundle) == [], name
         assert errors_of(bundle, "r4") == [], name
 
 

@@ -52,7 +52,7 @@ def test_r5_bundles_validate(r5_out: Path) -> None:
     bundles = all_bundles(r5_out)
     assert len(bundles) == 5
     for name, bundle in bundles.items():
-        assert release("r5").model_errors(bundle) == [], name
+        assert release("r5").errors(bundle) == [], name
         assert errors_of(bundle, "r5", name=name) == [], name
     assert load(r5_out / "report.json")["fhirVersion"] == "5.0.0"
 
@@ -115,7 +115,7 @@ def test_cli_r5_and_help_texts(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output  # the truncated sample file
     for bundle in all_bundles(tmp_path).values():
-        assert release("r5").model_errors(bundle) == []
+        assert release("r5").errors(bundle) == []
     bad = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(tmp_path), "--fhir-version", "r6"])
     assert bad.exit_code == 2, bad.output
 

@@ -119,6 +119,14 @@ def convert_command(
         int,
         typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
     ] = 0,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Validate every bundle with all layers of 'fhirimg validate' (FHIRPath "
+            "invariants too) before writing it, not only the fast ones.",
+        ),
+    ] = False,
     binary: Annotated[
         BinaryMode | None,
         typer.Option(
@@ -309,6 +317,7 @@ def convert_command(
         ),
         max_entries=max_entries,
         max_bundle_mb=max_bundle_mb,
+        strict=strict,
     )
     if from_dicomweb:
         if paths:

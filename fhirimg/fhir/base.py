@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,8 +43,15 @@ class Release(Protocol):
         """The resource for one rendered image: R4 Media, R5 DocumentReference."""
         ...
 
-    def model_errors(self, resource: JSON) -> list[str]:
-        """Errors the fhir.resources models of this release find in ``resource``."""
+    def errors(
+        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
+    ) -> list[str]:
+        """Errors :mod:`fhirimg.validate` finds in ``resource`` (all layers when ``strict``);
+        ``known_binaries`` are ids of Binaries written outside this bundle."""
+        ...
+
+    def model_class(self, resource_type: str) -> Any:
+        """The fhir.resources model class of ``resource_type``, None when there is none."""
         ...
 
 
@@ -90,17 +98,26 @@ def ordered(resource: JSON, order: tuple[str, ...]) -> JSON:
     return out
 
 
-def validation_errors(cls: Any, resource: JSON, release: str) -> list[str]:
-    """Validate ``resource`` with the fhir.resources model ``cls`` (None: unknown type)."""
-    if cls is None:
-        return [f"unknown {release} resource type {resource.get('resourceType')!r}"]
-    try:
-        cls.model_validate(resource)
-    except Exception as exc:  # pydantic.ValidationError, or TypeError on wild input
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            return [
-                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors()
-            ]
-        return [str(exc)]
-    return []
+def validation_errors(
+    resource: JSON, release: str, strict: bool = False, known_binaries: Collection[str] = ()
+) -> list[str]:
+    """The errors :mod:`fhirimg.validate` finds in ``resource``: its fast layers (JSON, models,
+    HL7 JSON Schema, bundle integrity, imaging rules), or all of them (FHIRPath invariants too)
+    when ``strict``. One validator for ``validate`` and ``convert``."""
+    from fhirimg.validate import Severity, validate_resource
+
+    from fhirimg.validate.findings import Layer
+    from fhirimg.validate.validator import ALL_LAYERS, FAST_LAYERS
+
+    wanted = ALL_LAYERS if strict else FAST_LAYERS
+    if resource.get("resourceType") != "Bundle":
+        # One entry of a bundle being streamed: its references point at other entries, so the
+        # bundle-integrity layer belongs to the bundle as a whole, not to the entry alone.
+        wanted = wanted - {Layer.BUNDLE}
+    layers = ",".join(sorted(layer.value for layer in wanted))
+    findings = validate_resource(
+        resource, fhir_version=release, layers=layers, known_binaries=known_binaries
+    )
+    return [
+        f"{f.location}: {f.message} [{f.layer}]" for f in findings if f.severity is Severity.ERROR
+    ]

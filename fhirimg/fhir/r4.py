@@ -6,6 +6,7 @@ R4B left ImagingStudy, Media, Binary, Endpoint, Patient and Bundle as in R4 4.0.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cache
 from typing import Any
 
@@ -93,8 +94,14 @@ class _R4:
         media["content"] = parts.attachment
         return ordered(media, _MEDIA_ORDER)
 
-    def model_errors(self, resource: JSON) -> list[str]:
-        return validation_errors(_model(resource.get("resourceType", "")), resource, "R4")
+    def errors(
+        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
+    ) -> list[str]:
+        return validation_errors(resource, "r4", strict, known_binaries)
+
+    def model_class(self, resource_type: str) -> Any:
+        """The fhir.resources model of ``resource_type`` (fhir.resources.R4B), None when there is none."""
+        return _model(resource_type)
 
 
 @cache

@@ -11,6 +11,7 @@ DocumentReference (HL7 cross-version profile ``profile-DocumentReference-for-Med
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cache
 from typing import Any
 
@@ -114,18 +115,14 @@ class _R5:
         doc["content"] = [{"attachment": _attachment_order(attachment)}]
         return ordered(doc, _DOCREF_ORDER)
 
-    def model_errors(self, resource: JSON) -> list[str]:
-        return validation_errors(_model(resource.get("resourceType", "")), resource, "R5")
+    def errors(
+        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
+    ) -> list[str]:
+        return validation_errors(resource, "r5", strict, known_binaries)
 
-
-_ATTACHMENT_ORDER = (
-    "contentType", "language", "data", "url", "size", "hash", "title", "creation", "height",
-    "width", "frames", "duration", "pages",
-)  # fmt: skip
-
-
-def _attachment_order(att: JSON) -> JSON:
-    return {k: att[k] for k in _ATTACHMENT_ORDER if k in att}
+    def model_class(self, resource_type: str) -> Any:
+        """The fhir.resources model of ``resource_type`` (fhir.resources), None when there is none."""
+        return _model(resource_type)
 
 
 @cache
@@ -136,6 +133,16 @@ def _model(resource_type: str) -> Any:
         return get_fhir_model_class(resource_type)
     except (KeyError, ValueError):
         return None
+
+
+_ATTACHMENT_ORDER = (
+    "contentType", "language", "data", "url", "size", "hash", "title", "creation", "height",
+    "width", "frames", "duration", "pages",
+)  # fmt: skip
+
+
+def _attachment_order(att: JSON) -> JSON:
+    return {k: att[k] for k in _ATTACHMENT_ORDER if k in att}
 
 
 R5 = _R5()

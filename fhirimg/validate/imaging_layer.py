@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class _Bundle:
     """What the imaging rules need to know about the rest of the bundle."""
 
     def __init__(self, obj: dict[str, Any]) -> None:
+        self.known_binaries: frozenset[str] = frozenset()
         self.by_full_url: dict[str, dict[str, Any]] = {}
         self.by_type_id: dict[tuple[str, str], dict[str, Any]] = {}
         for entry in obj.get("entry", []) or []:
@@ -108,13 +110,24 @@ def _list(value: Any) -> list[Any]:
 
 
 def check(
-    obj: Any, file: str, release: str, *, beside: Path | None = None, stem: str | None = None
+    obj: Any,
+    file: str,
+    release: str,
+    *,
+    beside: Path | None = None,
+    stem: str | None = None,
+    known_binaries: Collection[str] = (),
 ) -> list[Finding]:
-    """Imaging rules on every ImagingStudy, Media, DocumentReference and Binary in ``obj``."""
+    """Imaging rules on every ImagingStudy, Media, DocumentReference and Binary in ``obj``.
+
+    ``known_binaries``: ids of Binaries that exist outside this bundle (in the other part files
+    of a split study, or about to be written by convert), so ``Binary/<id>`` links to them hold.
+    """
     out = Collector(file, Layer.IMAGING)
     if not isinstance(obj, dict):
         return out.findings
     bundle = _Bundle(obj) if obj.get("resourceType") == "Bundle" else _Bundle({})
+    bundle.known_binaries = frozenset(known_binaries)
     binaries_dir = beside / f"{stem}.binaries" if beside is not None and stem else None
     for loc, res in _resources(obj):
         rtype = res.get("resourceType")
@@ -290,6 +303,8 @@ def _binary_link(
     parts = ref.split("/")
     if len(parts) != 2 or parts[0] != "Binary":
         out.error(where, f"{ref!r} is neither a Binary entry's fullUrl nor 'Binary/<id>'")
+        return
+    if parts[1] in bundle.known_binaries:
         return
     if binaries_dir is not None and (binaries_dir / f"{parts[1]}.dcm").is_file():
         return

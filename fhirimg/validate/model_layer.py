@@ -2,36 +2,26 @@
 
 fhir.resources checks required elements, single-vs-list, unknown elements, primitive regexes and
 choice exclusivity; it does not check required-binding codes, reference targets, invariants, id
-length, base64 or empty arrays (the other layers do). This is the only module of the validator that
-imports ``fhir.resources`` (the FHIR-version seam), lazily, because the models take a while to load.
+length, base64 or empty arrays (the other layers do). The models come from the release modules of
+:mod:`fhirimg.fhir` (the FHIR-version seam), loaded lazily because they take a while to load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 from fhirimg.validate.findings import Collector, Finding, Layer
 
 
-@cache
-def _getter(release: str) -> Callable[[str], Any]:
-    if release == "r4":
-        from fhir.resources.R4B import get_fhir_model_class as r4b
-
-        return r4b
-    from fhir.resources import get_fhir_model_class as r5
-
-    return r5
-
-
 def model_class(release: str, resource_type: str) -> Any | None:
-    """The model class of ``resource_type`` in ``release``, or None when the release has none."""
-    try:
-        return _getter(release)(resource_type)
-    except (ValueError, KeyError):
-        return None
+    """The model class of ``resource_type`` in ``release``, or None when the release has none.
+
+    The release modules (:mod:`fhirimg.fhir.r4`, :mod:`fhirimg.fhir.r5`) are the only places that
+    import ``fhir.resources``: this asks them.
+    """
+    from fhirimg.fhir import release as get_release
+
+    return get_release(release).model_class(resource_type)
 
 
 def _location(root: str, loc: tuple[int | str, ...]) -> str:

@@ -9,8 +9,9 @@ run) gives an information finding, not an error. Files are spread over a process
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ def validate_bytes(
     layers: str = "all",
     beside: Path | None = None,
     skip_non_fhir: bool = False,
+    known_binaries: Collection[str] = (),
 ) -> FileResult:
     """Parse and validate one file's bytes."""
     from fhirimg.validate.validator import detect_version
@@ -76,7 +78,12 @@ def validate_bytes(
         return FileResult(source, None, (finding,), len(data))
     release = detect_version(obj) if fhir_version == "auto" else fhir_version
     findings = validate_resource(
-        obj, fhir_version=release, layers=layers, source=source, beside=beside
+        obj,
+        fhir_version=release,
+        layers=layers,
+        source=source,
+        beside=beside,
+        known_binaries=known_binaries,
     )
     return FileResult(source, release, tuple(findings), len(data))
 
@@ -95,7 +102,31 @@ def _one(args: tuple[str, str, str, bool]) -> FileResult:
         layers=layers,
         beside=Path(file).parent,
         skip_non_fhir=skip_non_fhir,
+        known_binaries=sibling_binaries(Path(file)),
     )
+
+
+_PART_NAME = re.compile(r"^(?P<base>.+?)(?:\.part-\d+)?\.json$")
+_BINARY_URL = re.compile(rb'"url":\s*"Binary/([A-Za-z0-9.\-]{1,64})"')
+
+
+def sibling_binaries(file: Path) -> set[str]:
+    """Ids of the Binaries in the other files of a split study (``<stem>.json`` and its
+    ``<stem>.part-N.json``), read from their entries' ``request.url`` line by line, so that a
+    link from one part to a Binary in another resolves."""
+    match = _PART_NAME.match(file.name)
+    if match is None:
+        return set()
+    base = match["base"]
+    siblings = [file.parent / f"{base}.json", *sorted(file.parent.glob(f"{base}.part-*.json"))]
+    found: set[str] = set()
+    for sibling in siblings:
+        if sibling == file or not sibling.is_file():
+            continue
+        with open(sibling, "rb") as fh:
+            for line in fh:
+                found.update(m.decode() for m in _BINARY_URL.findall(line))
+    return found
 
 
 def _warm(layers: str) -> None:

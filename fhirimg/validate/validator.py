@@ -8,6 +8,7 @@ Layers (see docs/validate.md): ``json`` (1), ``model`` (2), ``schema`` (3), ``in
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,14 @@ def validate_resource(
     layers: str = "fast",
     source: str = "<memory>",
     beside: Path | None = None,
+    known_binaries: Collection[str] = (),
 ) -> list[Finding]:
     """Validate one resource or Bundle (already parsed JSON) and return every finding.
 
     ``fhir_version`` is "r4", "r5" or "auto"; ``layers`` "fast", "all" or a comma-separated list;
     ``beside`` is the folder where a ``<stem>.binaries/`` folder may hold the Binaries (``stem``
-    taken from ``source``).
+    taken from ``source``); ``known_binaries`` are ids of Binaries that exist outside the bundle
+    (other part files of a split study, or Binaries convert is about to write).
 
     >>> found = validate_resource({"resourceType": "Patient", "id": "p1", "gender": "boy"})
     >>> [(f.layer, f.location) for f in found if f.severity == "error"][:2]
@@ -148,5 +151,7 @@ def validate_resource(
         findings += bundle_layer.check(obj, source, release)
     if Layer.IMAGING in wanted:
         stem = Path(source).stem if source not in ("<memory>", "<stdin>") else None
-        findings += imaging_layer.check(obj, source, release, beside=beside, stem=stem)
+        findings += imaging_layer.check(
+            obj, source, release, beside=beside, stem=stem, known_binaries=known_binaries
+        )
     return findings
