@@ -49,11 +49,7 @@ def errors_of(
     found = validate_resource(
         bundle, fhir_version=version, layers="all", source=name, beside=beside
     )
-    return [
-        f"{f.location}: {f.message}"
-        for f in found
-        if f.severity == "error"
-    ]
+    return [f"{f.location}: {f.message}" for f in found if f.severity == "error"]
 
 
 def run(tmp: Path, **kw: Any) -> Path:

@@ -189,9 +189,7 @@ def test_pydicom_test_files(tmp_path: Path) -> None:
     no crash, every file accounted for, every bundle valid."""
     corpus = Path(get_testdata_file("CT_small.dcm")).parent.parent
     assert (corpus / "charset_files").is_dir()
-    assert (
-        corpus / "test_files" / "dicomdirtests"
-    ).is_dir()
+    assert (corpus / "test_files" / "dicomdirtests").is_dir()
     files = [p for p in corpus.rglob("*") if p.is_file()]
     report = convert([corpus], ConvertOptions(out_dir=tmp_path, jobs=2))
     assert sum(report.files.values()) == len(files)

@@ -105,7 +105,6 @@ def validation_errors(
     HL7 JSON Schema, bundle integrity, imaging rules), or all of them (FHIRPath invariants too)
     when ``strict``. One validator for ``validate`` and ``convert``."""
     from fhirimg.validate import Severity, validate_resource
-
     from fhirimg.validate.findings import Layer
     from fhirimg.validate.validator import ALL_LAYERS, FAST_LAYERS
 
