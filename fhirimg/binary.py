@@ -13,14 +13,13 @@ The link from ``ImagingStudy.series.instance`` to its Binary is an extension thi
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fhirimg import ids
+from fhirimg import ids, jsonio
 
 JSON = dict[str, Any]
 
@@ -144,21 +143,11 @@ def binary_resource(binary_id_: str, patient_ref: str, data: str | None) -> JSON
 def write_beside(folder: Path, binary_id_: str, source: DicomSource) -> int:
     """Copy one Binary's bytes to ``<folder>/<id>.dcm`` (temporary file + rename, so a reader
     never sees half a file). Returns the number of bytes written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{binary_id_}.dcm"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     written = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in source.chunks():
-                fh.write(chunk)
-                written += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with jsonio.atomic_writer(folder / f"{binary_id_}.dcm") as fh:
+        for chunk in source.chunks():
+            fh.write(chunk)
+            written += len(chunk)
     return written
 
 

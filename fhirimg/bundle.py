@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +163,8 @@ class _Part:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.fh: BinaryIO = os.fdopen(fd, "wb")
+        self.fh: BinaryIO
+        self.fh, self.tmp = jsonio.open_temp(path)
         self.fh.write(_HEAD)
         self.size = len(_HEAD) + len(_TAIL)
         self.entries = 0
@@ -185,9 +183,7 @@ class _Part:
     def close(self) -> None:
         if not self.fh.closed:
             self.fh.write(_TAIL)
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
+            self.fh.close()  # no fsync: temp + rename already keeps half files out of sight
 
 
 def part_name(bundle_name: str, number: int) -> str:

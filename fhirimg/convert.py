@@ -19,7 +19,7 @@ Nothing here prints: progress goes to an optional callback, results come back as
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
-from fhirimg.group import StudyIndex
+from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.mapping import MapOptions
 from fhirimg.media import MediaOptions
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
@@ -102,6 +102,14 @@ class StudyOutcome:
     media: int | None = None  # None: rendered images not asked for
     media_failures: tuple[tuple[str, str], ...] = ()
     """(path, reason) of image files that could not be rendered; the study is still written."""
+    push: str | None = None
+    """With ``convert --push``: "pushed", "skipped" (the journal had it) or "failed: <why>"."""
+    push_issues: tuple[str, ...] = ()
+    """The server's OperationOutcome issues when the push failed."""
+
+    @property
+    def push_failed(self) -> bool:
+        return self.push is not None and self.push.startswith("failed")
 
     @property
     def ok(self) -> bool:
@@ -124,6 +132,10 @@ class StudyOutcome:
             out["renderedImages"] = self.media
         if self.media_failures:
             out["renderFailures"] = [{"path": p, "reason": r} for p, r in self.media_failures]
+        if self.push is not None:
+            out["push"] = self.push
+        if self.push_issues:
+            out["pushIssues"] = list(self.push_issues)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         if self.errors:
@@ -149,7 +161,7 @@ class ConvertReport:
     @property
     def exit_code(self) -> ExitCode:
         failed = self.files.get(FileStatus.FAILED.value, 0)
-        if failed or any(not s.ok or s.media_failures for s in self.studies):
+        if failed or any(not s.ok or s.media_failures or s.push_failed for s in self.studies):
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -173,6 +185,13 @@ class ConvertReport:
             out["bundleFiles"] = sum(1 + len(s.parts) for s in self.studies if s.ok)
         if any(s.binaries is not None for s in self.studies):
             out["binaries"] = sum(s.binaries or 0 for s in self.studies)
+        if any(s.push is not None for s in self.studies):
+            pushed = [s.push for s in self.studies if s.push is not None]
+            out["pushed"] = {
+                "pushed": pushed.count("pushed"),
+                "skipped": pushed.count("skipped"),
+                "failed": sum(1 for p in pushed if p.startswith("failed")),
+            }
         if any(s.media is not None for s in self.studies):
             out["renderedImages"] = {
                 "written": sum(s.media or 0 for s in self.studies),
@@ -205,13 +224,18 @@ def build_study(
 
 
 def _write_study(
-    records: list[InstanceRecord],
+    blobs: list[bytes],
     mapping: MapOptions,
     fhir_version: str,
     out_dir: str,
     pixels: PixelOptions | None = None,
 ) -> StudyOutcome:
-    """Worker task: build, validate and (when valid) atomically write one study's bundle(s)."""
+    """Worker task: build, validate and (when valid) atomically write one study's bundle(s).
+
+    Takes the study's records as pickled blobs (:class:`fhirimg.group.PackedRecord`), so the
+    process that grouped them never had to unpickle them.
+    """
+    records = unpack(blobs)
     if pixels is not None and pixels.active:
         return _write_study_pixels(records, mapping, fhir_version, Path(out_dir), pixels)
     try:
@@ -260,8 +284,13 @@ def _write_study_pixels(
     )
 
 
-def _read_batch(paths: list[str]) -> list[InstanceRecord | FileProblem]:
-    return [read_file(p) for p in paths]
+def _read_batch(paths: list[str]) -> list[PackedRecord | FileProblem]:
+    """Worker task: read a batch of files; records come back packed (pickled once, here)."""
+    out: list[PackedRecord | FileProblem] = []
+    for path in paths:
+        item = read_file(path)
+        out.append(item if isinstance(item, FileProblem) else PackedRecord.of(item))
+    return out
 
 
 T = TypeVar("T")
@@ -307,6 +336,9 @@ def convert(
     paths: Iterable[str | Path],
     options: ConvertOptions | None = None,
     progress: Progress | None = None,
+    *,
+    on_study: StudyHook | None = None,
+    bundle_dir: Path | None = None,
 ) -> ConvertReport:
     """Convert DICOM files/folders to per-study transaction Bundles in ``options.out_dir``.
 
@@ -320,52 +352,67 @@ def convert(
     jobs = resolve_jobs(opts.jobs)
     total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
 
-    def read_all(executor: Executor | None) -> Iterator[list[InstanceRecord | FileProblem]]:
+    def read_all(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
         batches = ((b,) for b in _batched(iter_files(inputs, exclude=[out_dir]), _BATCH))
         for results in _bounded(executor, _read_batch, batches, window=jobs * 4):
             if progress:
                 progress("read", len(results), total)
             yield results
 
-    return convert_records(read_all, opts, progress)
+    return convert_records(read_all, opts, progress, on_study=on_study, bundle_dir=bundle_dir)
 
 
-RecordSource = Callable[[Executor | None], Iterable[list[InstanceRecord | FileProblem]]]
+RecordSource = Callable[
+    [Executor | None], Iterable[Sequence[InstanceRecord | PackedRecord | FileProblem]]
+]
 """Gives batches of reading results; may use the executor it is handed to read in parallel."""
+
+StudyHook = Callable[[StudyOutcome, Path], StudyOutcome]
+"""Called in the main process for each study written (``outcome``, the folder its bundle files
+are in), before the next study is taken; returns the outcome to report (e.g. with push status).
+``convert --push`` pushes and deletes the files here."""
 
 
 def convert_records(
     source: RecordSource,
     options: ConvertOptions | None = None,
     progress: Progress | None = None,
+    *,
+    on_study: StudyHook | None = None,
+    bundle_dir: Path | None = None,
 ) -> ConvertReport:
     """The pipeline after reading: group the records ``source`` yields by study, build, validate
     and write each study's bundle, and write ``report.json``.
 
     :func:`convert` feeds it records read from files; other sources (a DICOMweb server's metadata)
-    feed it records built the same way, and get the same bundles.
+    feed it records built the same way, and get the same bundles. Bundles go to ``bundle_dir``
+    (default: the output folder, where ``report.json`` always goes); ``on_study`` sees each
+    written study before the next one is taken.
     """
     opts = options or ConvertOptions()
     get_release(opts.fhir_version)  # fail early on a bad release name
     pixels = opts.pixels()  # and on bad pixel options
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files_dir = bundle_dir or out_dir
+    files_dir.mkdir(parents=True, exist_ok=True)
     jobs = resolve_jobs(opts.jobs)
     executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     try:
         with StudyIndex() as index:
             for results in source(executor):
-                for item in results:
-                    index.add(item)
+                index.add_many(results)
             index.resolve_duplicates()
 
             outcomes: list[StudyOutcome] = []
             uids = index.study_uids()
             tasks = (
-                (index.records(uid), opts.mapping, opts.fhir_version, str(out_dir), pixels)
+                (index.blobs(uid), opts.mapping, opts.fhir_version, str(files_dir), pixels)
                 for uid in uids
             )
             for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
+                if on_study is not None and outcome.ok:
+                    outcome = on_study(outcome, files_dir)
                 paths_of_study = index.study_paths(outcome.study_instance_uid)
                 if outcome.ok:
                     index.set_outcome(paths_of_study, FileStatus.CONVERTED, str(outcome.bundle))

@@ -143,12 +143,12 @@ class StudyIndex:
 
     def records(self, study_uid: str) -> list[InstanceRecord]:
         """The records of one study (unsorted; the mapping sorts them)."""
-        return [
-            pickle.loads(r[0])
-            for r in self._db.execute(
-                "SELECT rec FROM inst WHERE study = ? ORDER BY path", (study_uid,)
-            )
-        ]
+        return unpack(self.blobs(study_uid))
+
+    def blobs(self, study_uid: str) -> list[bytes]:
+        """The pickled records of one study, for a worker to :func:`unpack`."""
+        query = "SELECT rec FROM inst WHERE study = ? ORDER BY path"
+        return [r[0] for r in self._db.execute(query, (study_uid,))]
 
     def study_paths(self, study_uid: str) -> list[str]:
         return [

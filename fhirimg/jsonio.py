@@ -32,6 +32,24 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
+def open_temp(path: Path) -> tuple[BinaryIO, Path]:
+    """A new temporary file beside ``path`` (same folder, so a rename onto ``path`` is atomic),
+    open for writing, with the mode an ordinary new file gets (mkstemp alone gives 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
 @contextmanager
 def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """A file handle whose content replaces ``path`` only when the block ends without error.
@@ -42,10 +60,9 @@ def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     disk before the rename (fsync): slower, and only needed to survive a power cut, since a re-run
     rewrites everything anyway.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fh, tmp = open_temp(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with fh:
             yield fh
             if durable:
                 fh.flush()

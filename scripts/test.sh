@@ -13,5 +13,6 @@ fi
 if [ -f tools/orthanc/install.sh ]; then
   sh tools/orthanc/install.sh
 fi
-export FHIRIMG_REQUIRE_DICOMWEB=1
+# Here every test server must start: a server that does not fails its tests instead of skipping.
+export FHIRIMG_REQUIRE_DICOMWEB=1 FHIRIMG_REQUIRE_SERVERS=1
 exec bash tools/run-in-netns.sh .venv/bin/python -m pytest "$@"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,12 +38,17 @@ _NS = uuid.UUID("6f1c6c1e-2f0e-4f63-9d5e-0a8b7f0c1d2e")
 
 
 def _start(**kwargs: Any) -> Iterator[Any]:
+    # scripts/test.sh (and so CI) sets FHIRIMG_REQUIRE_SERVERS=1: there a server that does not
+    # start fails the tests instead of skipping them.
+    required = os.environ.get("FHIRIMG_REQUIRE_SERVERS") == "1"
     if start_fhir_server is None:
-        pytest.skip("tests/fhir_server.py is not available")
+        pytest.fail("tests/fhir_server.py is not available")
     try:
         server = start_fhir_server(**kwargs)
     except Exception as exc:  # FhirServerError: not installed, or failed to start
-        pytest.skip(f"FHIR test server unavailable: {exc}")
+        if required:
+            pytest.fail(f"FHIR test server did not start: {exc}")
+        pytest.skip(f"FHIR test server unavailable (run bash scripts/test.sh): {exc}")
     with server:
         yield server
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +34,15 @@ from fhirimg.cli._app import (
     err_console,
     fail,
 )
-from fhirimg.convert import DEFAULT_OUT, REPORT_NAME, ConvertOptions, ConvertReport, convert
+from fhirimg.convert import (
+    DEFAULT_OUT,
+    REPORT_NAME,
+    ConvertOptions,
+    ConvertReport,
+    convert,
+)
+from fhirimg.convert import Progress as ProgressCallback
+from fhirimg.errors import ConfigError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.mapping import MapOptions
 from fhirimg.media import MediaContent, MediaOptions, MediaPer
@@ -119,6 +129,15 @@ def convert_command(
         int,
         typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
     ] = 0,
+    push_url: Annotated[
+        str | None,
+        typer.Option(
+            "--push",
+            help="Push each study's bundle to this FHIR server as soon as it is built (one "
+            "streaming pass; no bundle files kept, report.json and the push journal are). "
+            "Bearer token from env FHIRIMG_TOKEN.",
+        ),
+    ] = None,
     strict: Annotated[
         bool,
         typer.Option(
@@ -339,13 +358,16 @@ def convert_command(
             "--study, --since and the other query options need --from-dicomweb", ExitCode.USAGE
         )
     show_progress = not quiet and sys.stderr.isatty()
+    run = _streaming(push_url, out) if push_url else convert
     try:
         if show_progress:
-            report = _convert_with_progress(paths, options)
+            report = _convert_with_progress(paths, options, run)
         else:
-            report = convert(paths, options)
+            report = run(paths, options)
     except OSError as exc:
         raise fail(f"cannot write to {out}: {exc.strerror or exc}", ExitCode.CANNOT_START) from None
+    except (PushError, ConfigError) as exc:
+        raise fail(f"cannot push to {push_url}: {exc}", ExitCode.CANNOT_START) from None
     if json_out:
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
     if not quiet:
@@ -353,7 +375,28 @@ def convert_command(
     raise typer.Exit(int(report.exit_code))
 
 
-def _convert_with_progress(paths: list[Path], options: ConvertOptions) -> ConvertReport:
+Runner = Callable[..., ConvertReport]
+
+
+def _streaming(server: str, out: Path) -> Runner:
+    """``convert`` with ``--push``: each study pushed as soon as it is written (fhirimg.stream)."""
+    from fhirimg.push import BearerAuth, PushOptions
+    from fhirimg.stream import convert_and_push
+
+    token = os.environ.get("FHIRIMG_TOKEN")
+    push = PushOptions(server=server, auth=BearerAuth(token) if token else None)
+
+    def run(
+        paths: list[Path], options: ConvertOptions, progress: ProgressCallback | None = None
+    ) -> ConvertReport:
+        return convert_and_push(paths, options, push, progress)
+
+    return run
+
+
+def _convert_with_progress(
+    paths: list[Path], options: ConvertOptions, run: Runner = convert
+) -> ConvertReport:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -369,7 +412,7 @@ def _convert_with_progress(paths: list[Path], options: ConvertOptions) -> Conver
                 tasks[stage] = bar.add_task(label, total=total)
             bar.update(tasks[stage], advance=advance)
 
-        return convert(paths, options, progress=on_progress)
+        return run(paths, options, progress=on_progress)
 
 
 def _print_summary(report: ConvertReport) -> None:
@@ -397,5 +440,15 @@ def _print_summary(report: ConvertReport) -> None:
         err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
     if "binaries" in s:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
+    pushed = s.get("pushed")
+    if pushed:
+        err_console.print(
+            f"Pushed {pushed['pushed']} study bundle(s) ({pushed['skipped']} already on the "
+            f"server per the journal, {pushed['failed']} refused); no bundle files kept"
+        )
+    for st in [st for st in report.studies if st.push_failed][:10]:
+        err_console.print(f"  [red]not pushed[/]: {escape(str(st.push))}")
+        for issue in st.push_issues[:3]:
+            err_console.print(f"    {escape(issue)}")
     if files["failed"] > 10:
         err_console.print(f"  ... and {files['failed'] - 10} more failed file(s): see report.json")

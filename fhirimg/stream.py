@@ -1,0 +1,100 @@
+"""``convert --push``: convert and push study by study, keeping no bundle files.
+
+Each study's bundle files are written to a private folder inside the output folder, pushed at once
+with :func:`fhirimg.push.push_bundle` (Binaries beside the bundle are uploaded raw first), and
+deleted; the next study is only taken after that. Disk use follows one study, nothing is left
+behind but ``report.json`` and the push journal, and a re-run skips what the journal says the
+server already confirmed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from fhirimg import jsonio
+from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
+from fhirimg.push import (
+    DEFAULT_JOURNAL_NAME,
+    FhirClient,
+    Journal,
+    PushOptions,
+    binaries_beside,
+    push_bundle,
+)
+
+
+def convert_and_push(
+    paths: Iterable[str | Path],
+    options: ConvertOptions,
+    push: PushOptions,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """Convert ``paths`` and push each study's bundle(s) to ``push.server`` as soon as written.
+
+    Every study in the report carries its push status ("pushed", "skipped", "failed: ...").
+    Raises :class:`~fhirimg.errors.PushError` (or :class:`~fhirimg.push.AuthError`) when the
+    server cannot be used at all; a refused study is reported, and the run goes on.
+    """
+    out_dir = Path(options.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal_path = push.journal or out_dir / DEFAULT_JOURNAL_NAME
+    client = FhirClient(
+        push.server,
+        auth=push.auth,
+        timeout=push.timeout,
+        retry=push.retry,
+        verify=push.verify,
+    )
+    try:
+        client.capabilities()  # fail early: unreachable server, refused credentials
+        with (
+            Journal(journal_path, ignore_existing=push.force) as journal,
+            tempfile.TemporaryDirectory(prefix=".fhirimg-stream-", dir=out_dir) as tmp,
+        ):
+
+            def send(outcome: StudyOutcome, folder: Path) -> StudyOutcome:
+                return _push_study(client, journal, push, outcome, folder)
+
+            return convert(paths, options, progress, on_study=send, bundle_dir=Path(tmp))
+    finally:
+        client.close()
+
+
+def _push_study(
+    client: FhirClient,
+    journal: Journal,
+    push: PushOptions,
+    outcome: StudyOutcome,
+    folder: Path,
+) -> StudyOutcome:
+    """Push one written study (its bundle, then its parts, in order), then delete its files."""
+    names = [str(outcome.bundle), *outcome.parts]
+    status, issues = "pushed", tuple[str, ...]()
+    try:
+        for name in names:
+            path = folder / name
+            bundle = jsonio.loads(path.read_bytes())
+            result = push_bundle(
+                client,
+                bundle,
+                binaries_beside(path, bundle),
+                name=name,
+                max_entries=push.max_entries,
+                auto_split=push.auto_split,
+                journal=journal,
+            )
+            if result.status == "failed":
+                where = f"HTTP {result.http_status}: " if result.http_status else ""
+                status, issues = f"failed: {where}{result.error}", tuple(result.issues)
+                break
+            if result.status == "skipped" and status == "pushed" and name == names[0]:
+                status = "skipped"
+    finally:
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+            shutil.rmtree(folder / f"{Path(name).stem}.binaries", ignore_errors=True)
+    return replace(outcome, push=status, push_issues=issues)

@@ -1,0 +1,75 @@
+"""``convert --push``: convert and push in one streaming pass, against the real FHIR test server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fhirimg.cli import app
+from tests.conftest import count, search
+from tests.fhir_server import FhirTestServer
+from tests.helpers import SAMPLE
+
+pytestmark = pytest.mark.server
+runner = CliRunner()
+
+
+def _convert_push(out: Path, server: str, *extra: str) -> dict[str, object]:
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE), "--out", str(out), "--push", server, "--json", "-q", *extra]
+    )
+    assert result.exit_code == 1, result.output  # the sample's truncated file
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+def test_convert_push_streams_and_keeps_no_bundles(
+    tmp_path: Path, clean_fhir: FhirTestServer
+) -> None:
+    base = clean_fhir.base_url
+    summary = _convert_push(tmp_path, base, "--binary", "beside")
+    assert summary["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    # nothing left behind but the report and the journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".fhirimg-push-journal.jsonl",
+        "report.json",
+    ]
+    assert count(base, "ImagingStudy") == 5
+    assert count(base, "Patient") == 4
+    assert count(base, "Binary") == 20
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {s["push"] for s in report["studies"]} == {"pushed"}
+
+    # again: the journal says all is there; the server keeps one of each
+    summary = _convert_push(tmp_path, base, "--binary", "beside")
+    assert summary["pushed"] == {"pushed": 0, "skipped": 5, "failed": 0}
+    assert count(base, "ImagingStudy") == 5
+    assert count(base, "Binary") == 20
+
+
+def test_convert_push_without_journal_is_still_idempotent(
+    tmp_path: Path, clean_fhir: FhirTestServer
+) -> None:
+    base = clean_fhir.base_url
+    _convert_push(tmp_path / "a", base)
+    _convert_push(tmp_path / "b", base)  # a fresh folder: no journal, the server decides
+    assert count(base, "ImagingStudy") == 5
+    assert count(base, "Patient") == 4
+    study = search(
+        base,
+        "ImagingStudy?identifier=urn:dicom:uid|urn:oid:2.25.85155649098386921766494752360926339228",
+    )
+    assert len(study) == 1
+    assert study[0]["numberOfInstances"] == 6
+
+
+def test_convert_push_unreachable_server_exits_3(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "--out", str(tmp_path), "--push", "http://127.0.0.1:9/fhir", "-q"],
+    )
+    assert result.exit_code == 3, result.output
+    assert "cannot push" in result.output
