@@ -31,10 +31,14 @@ def entry(full_url: str, resource: JSON, request: JSON) -> JSON:
 
 
 def patient_key(records: Sequence[InstanceRecord], resource: JSON) -> tuple[str, ...]:
-    """What identifies the patient for its deterministic fullUrl: the identifier when there is
-    one, else the study (a patient without an ID cannot be matched across studies)."""
+    """What identifies the patient for its deterministic fullUrl (and id, when it has to be
+    PUT): the identifier with its system; without a system, the value within its local issuer
+    (0010,0021); without an ID, the study (such a patient cannot be matched across studies)."""
     for ident in resource.get("identifier", ()):
-        return ("Patient", ident.get("system", ""), ident["value"])
+        if "system" in ident:
+            return ("Patient", ident["system"], ident["value"])
+        assigner = ident.get("assigner", {}).get("display", "")
+        return ("Patient", "", assigner, ident["value"])
     return ("Patient", "study", records[0].study_instance_uid)
 
 
@@ -57,7 +61,8 @@ def study_bundle(
     key = patient_key(recs, pat)
     pat_url = ids.full_url(*key)
     if "ifNoneExist" not in pat_request:
-        # No Patient ID: a deterministic id and PUT keep re-pushes from creating duplicates.
+        # No Patient ID or no identifier system: a deterministic id and PUT keep re-pushes from
+        # creating duplicates without matching anybody else's patient.
         pat_id = ids.resource_uuid(*key)
         pat = {
             "resourceType": "Patient",
@@ -65,7 +70,8 @@ def study_bundle(
             **{k: v for k, v in pat.items() if k != "resourceType"},
         }
         pat_request = {"method": "PUT", "url": f"Patient/{pat_id}"}
-        notes.add("no Patient ID (0010,0020): Patient gets a deterministic id from the study")
+        if "identifier" not in pat:
+            notes.add("no Patient ID (0010,0020): Patient gets a deterministic id from the study")
     entries = [entry(pat_url, pat, pat_request)]
 
     endpoint_url = None

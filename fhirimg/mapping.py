@@ -208,7 +208,9 @@ def patient(
     """The Patient resource and its transaction request for one study.
 
     Request: ``POST Patient`` with ``ifNoneExist`` on the identifier (``fhir-imaging-spec.md``,
-    Transaction Bundles). Without a Patient ID the caller uses a deterministic ``PUT`` instead.
+    Transaction Bundles). Without a Patient ID, or with one whose issuer gives no identifier
+    system, there is no safe search to match an existing Patient on (``identifier=<value>`` alone
+    would match the same number from any hospital): the caller then uses a deterministic ``PUT``.
     """
     resource: JSON = {"resourceType": "Patient"}
     request: JSON = {"method": "POST", "url": "Patient"}
@@ -231,12 +233,14 @@ def patient(
         system = (
             issuer_system(issuer, dict(options.patient_id_systems)) or options.patient_id_system
         )
-        if not system:
-            notes.add(
-                "Patient ID has no issuer system: matching on the server uses the value alone; set --patient-id-system"
-            )
         resource["identifier"] = [_identifier(pid, "MR", issuer, system)]
-        request["ifNoneExist"] = search_token(system, pid)
+        if system:
+            request["ifNoneExist"] = search_token(system, pid)
+        else:
+            notes.add(
+                "Patient ID has no issuer system: the Patient is not matched against existing "
+                "ones on the server (it gets its own deterministic id); set --patient-id-system"
+            )
     pn = _first(records, "patient_name")  # (0010,0010) Patient's Name
     if pn:
         names = values.human_names(pn)
