@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -73,3 +74,44 @@ def test_convert_push_unreachable_server_exits_3(tmp_path: Path) -> None:
     )
     assert result.exit_code == 3, result.output
     assert "cannot push" in result.output
+
+
+def test_split_inline_study_pushes_with_every_reference_resolved(
+    tmp_path: Path, clean_fhir: FhirTestServer
+) -> None:
+    """A study split into part files (--binary inline --max-entries) goes up in an order in which
+    the strict server resolves every reference: Patient, Binary parts, the ImagingStudy, Media."""
+    base = clean_fhir.base_url
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            str(SAMPLE),
+            "-o",
+            str(out),
+            "-q",
+            "--binary",
+            "inline",
+            "--max-entries",
+            "4",
+            "--media",
+        ],
+    )
+    assert result.exit_code in (0, 1), result.output
+    assert list(out.glob("*.part-2.json"))  # really split
+    for attempt in range(2):  # twice: the second run adds nothing
+        pushed = runner.invoke(app, ["push", str(out), "--server", base, "-q", "--json", "--force"])
+        assert pushed.exit_code == 0, pushed.output
+        assert count(base, "ImagingStudy") == 5, attempt
+        assert count(base, "Patient") == 4, attempt
+        assert count(base, "Binary") == 20, attempt
+    media = count(base, "Media")
+    assert media > 10
+    for study in search(base, "ImagingStudy?_count=100"):
+        for series in study["series"]:
+            for instance in series["instance"]:
+                (ext,) = instance["extension"]
+                ref = ext["valueReference"]["reference"]
+                got = httpx.get(f"{base}/{ref}", headers={"Accept": "application/fhir+json"})
+                assert got.status_code == 200, ref  # Binary is not searchable: read it

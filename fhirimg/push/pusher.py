@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -200,20 +201,25 @@ class BundleFile:
     size: int
     binaries: tuple[tuple[str, Path], ...]
     binaries_size: int
+    parts: tuple[Path, ...] = ()
+    """The further files of a study convert split (``<stem>.part-N.json``), pushed with it."""
 
 
-def binaries_beside(path: Path, bundle: Mapping[str, Any]) -> list[tuple[str, Path]]:
+def binaries_beside(
+    path: Path, bundle: Mapping[str, Any], elsewhere: Iterable[str] = ()
+) -> list[tuple[str, Path]]:
     """The ``(binary id, file)`` pairs the bundle's instance-binary extensions point at.
 
     The files are ``<bundle stem>.binaries/<id>.dcm`` next to the bundle. Binaries carried inline
-    as ``PUT Binary/<id>`` entries are not listed (they travel inside the transaction).
+    as ``PUT Binary/<id>`` entries are not listed (they travel inside the transaction), nor those
+    whose ids are in ``elsewhere`` (inline in the other part files of a split study).
     """
     folder = path.with_name(f"{path.stem}.binaries")
     inline = {
         str((e.get("request") or {}).get("url", ""))
         for e in bundle.get("entry") or []
         if (e.get("resource") or {}).get("resourceType") == "Binary"
-    }
+    } | {f"Binary/{i}" for i in elsewhere}
     found: dict[str, Path] = {}
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") or {}
@@ -259,10 +265,13 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
     files: list[BundleFile] = []
     ignored: list[tuple[str, str]] = []
     seen: set[Path] = set()
+    heads = {p.name for p in candidates}
     for path in candidates:
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
+        if _PART.search(path.name) and _PART.sub(".json", path.name) in heads:
+            continue  # pushed together with its study's first file
         try:
             data, bundle = _load_bundle(path)
         except (OSError, ValueError, InputError) as exc:
@@ -274,10 +283,71 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
         if bundle.get("type") not in ("transaction", "batch"):
             ignored.append((str(path), f"Bundle of type {bundle.get('type')!r}, not a transaction"))
             continue
-        binaries = tuple(binaries_beside(path, bundle))
+        parts = tuple(sorted(path.parent.glob(f"{path.stem}.part-*.json"), key=_part_number))
+        in_parts = {i for part in parts for i in _inline_binary_ids(part)}
+        binaries = tuple(binaries_beside(path, bundle, in_parts))
         size = sum(p.stat().st_size for _, p in binaries if p.is_file())
-        files.append(BundleFile(path, len(data), binaries, size))
+        size += sum(p.stat().st_size for p in parts)
+        files.append(BundleFile(path, len(data), binaries, size, parts))
     return files, ignored
+
+
+_PART = re.compile(r"\.part-\d+\.json$")
+_BINARY_URL = re.compile(rb'"url":\s*"Binary/([A-Za-z0-9.\-]{1,64})"')
+_CONDITIONAL_REF = re.compile(r"^[A-Z][A-Za-z]+\?")
+
+
+def _part_number(path: Path) -> int:
+    match = re.search(r"\.part-(\d+)\.json$", path.name)
+    return int(match.group(1)) if match else 1
+
+
+def _inline_binary_ids(path: Path) -> set[str]:
+    """Ids of the Binary entries of a bundle file, from their request lines (no full parse)."""
+    with path.open("rb") as fh:
+        return {m.decode() for line in fh for m in _BINARY_URL.findall(line)}
+
+
+def resolve_conditional_references(
+    client: FhirClient, bundle: dict[str, Any], cache: dict[str, str]
+) -> dict[str, Any]:
+    """``bundle`` with every conditional reference (``Patient?identifier=...``) replaced by the
+    literal ``Type/id`` the server finds for it: exactly one match, or :class:`PushError`.
+
+    Part files of a split study point at their study's Patient and ImagingStudy this way; not
+    every server resolves conditional references itself (Medplum, for one, refuses them).
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            ref = node.get("reference")
+            if isinstance(ref, str) and _CONDITIONAL_REF.match(ref):
+                out["reference"] = _resolve_one(client, ref, cache)
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    entries = [
+        {**e, "resource": walk(e["resource"])} if isinstance(e.get("resource"), dict) else e
+        for e in bundle.get("entry") or []
+    ]
+    return {**bundle, "entry": entries}
+
+
+def _resolve_one(client: FhirClient, ref: str, cache: dict[str, str]) -> str:
+    if ref not in cache:
+        found = client.get_json(ref)
+        matches = [
+            e["resource"]
+            for e in found.get("entry") or []
+            if (e.get("search") or {}).get("mode", "match") == "match" and "resource" in e
+        ]
+        if len(matches) != 1:
+            raise PushError(f"conditional reference {ref} matches {len(matches)} resources, not 1")
+        cache[ref] = f"{matches[0]['resourceType']}/{matches[0]['id']}"
+    return cache[ref]
 
 
 def default_journal_path(paths: Sequence[Path]) -> Path:
@@ -639,6 +709,80 @@ def push_paths(
     return report
 
 
+def _push_split_study(
+    client: FhirClient,
+    f: BundleFile,
+    data: bytes,
+    bundle: dict[str, Any],
+    options: PushOptions,
+    journal: Journal,
+    observer: PushObserver,
+    limit: Callable[[], int | None],
+) -> BundleResult:
+    """Push a study convert split into ``<stem>.json`` + ``<stem>.part-N.json``, in an order in
+    which every reference resolves on a strict server: the Patient first (alone), then the
+    parts' Binary entries, then the first file (its ImagingStudy links those Binaries), then the
+    parts' other entries (Media/DocumentReference point at the ImagingStudy). The parts'
+    conditional references are resolved to literal ids first. One part is in memory at a time.
+    Stops at the first refusal."""
+    total = BundleResult(file=f.path.name, status="pushed")
+    server = client.base_url
+    cache: dict[str, str] = {}
+    statuses: list[str] = []
+
+    def send(
+        name: str, piece: dict[str, Any], sha: str, binaries: Sequence[tuple[str, Path]]
+    ) -> bool:
+        if not journal.bundle_done(server, sha) and name != f.path.name:
+            piece = resolve_conditional_references(client, piece, cache)
+        result = push_bundle(
+            client, piece, binaries, name=name, sha256=sha, max_entries=limit(),
+            auto_split=options.auto_split, journal=journal, observer=observer,
+        )  # fmt: skip
+        total.entries += result.entries
+        total.pieces += result.pieces
+        total.binaries_uploaded += result.binaries_uploaded
+        total.binaries_skipped += result.binaries_skipped
+        statuses.append(result.status)
+        if result.status == "failed":
+            total.status, total.error = "failed", f"{name}: {result.error}"
+            total.http_status, total.issues = result.http_status, result.issues
+            total.unreachable = result.unreachable
+        return result.status != "failed"
+
+    def part_pieces(binaries: bool) -> bool:
+        for path in f.parts:
+            raw, part = _load_bundle(path)
+            entries = [
+                e for e in part.get("entry") or []
+                if ((e.get("resource") or {}).get("resourceType") == "Binary") == binaries
+            ]  # fmt: skip
+            if not entries:
+                continue
+            sha = hashlib.sha256(raw).hexdigest() + ("#binaries" if binaries else "#rest")
+            if not send(path.name, {**part, "entry": entries}, sha, ()):
+                return False
+            if not binaries:
+                observer.advanced(path.stat().st_size)
+        return True
+
+    try:
+        if not journal.bundle_done(server, hashlib.sha256(data).hexdigest()):
+            _resolve_patient(client, bundle)
+        if (
+            part_pieces(binaries=True)
+            and send(f.path.name, bundle, hashlib.sha256(data).hexdigest(), f.binaries)
+            and part_pieces(binaries=False)
+            and all(s == "skipped" for s in statuses)
+        ):
+            total.status = "skipped"
+    except AuthError:
+        raise
+    except PushError as exc:
+        total.status, total.error, total.http_status = "failed", str(exc), exc.status
+    return total
+
+
 def _push_all(
     client: FhirClient,
     files: list[BundleFile],
@@ -663,6 +807,17 @@ def _push_all(
             with lock:
                 return learned[0]
 
+        if f.parts:
+            claimed = gate.claim(_conditional_keys(bundle))
+            ok = False
+            try:
+                result = _push_split_study(
+                    client, f, data, bundle, options, journal, observer, limit
+                )
+                ok = result.status != "failed"
+            finally:
+                gate.release(claimed, ok)
+            return result
         result = push_bundle(
             client,
             bundle,
