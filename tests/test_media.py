@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,7 @@ from fhirimg.binary import BinaryMode
 from fhirimg.fhir import release
 from fhirimg.media import FRAME_SYSTEM, MediaContent, MediaOptions, MediaPer
 from tests.helpers import REPO, load, resources
-from tests.test_binary import all_bundles, errors_of
-
-
-def run(tmp: Path, **kw: Any) -> Path:
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        convert(["sample_data/dicom"], ConvertOptions(out_dir=tmp, jobs=1, **kw))
-    finally:
-        os.chdir(cwd)
-    return tmp
+from tests.test_binary import all_bundles, errors_of, run
 
 
 @pytest.fixture(scope="module")

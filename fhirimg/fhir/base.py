@@ -98,6 +98,17 @@ def ordered(resource: JSON, order: tuple[str, ...]) -> JSON:
     return out
 
 
+class ReleaseBase:
+    """What every release module shares: validation through :mod:`fhirimg.validate`."""
+
+    name: str
+
+    def errors(
+        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
+    ) -> list[str]:
+        return validation_errors(resource, self.name, strict, known_binaries)
+
+
 def validation_errors(
     resource: JSON, release: str, strict: bool = False, known_binaries: Collection[str] = ()
 ) -> list[str]:

@@ -6,11 +6,10 @@ R4B left ImagingStudy, Media, Binary, Endpoint, Patient and Bundle as in R4 4.0.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from functools import cache
 from typing import Any
 
-from fhirimg.fhir.base import JSON, ImageParts, StudyParts, ordered, validation_errors
+from fhirimg.fhir.base import JSON, ImageParts, ReleaseBase, StudyParts, ordered
 
 _ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
@@ -22,7 +21,7 @@ _MEDIA_ORDER = (
 )  # fmt: skip
 
 
-class _R4:
+class _R4(ReleaseBase):
     name = "r4"
     fhir_version = "4.0.1"
     rendered_image_type = "Media"
@@ -93,11 +92,6 @@ class _R4:
             media["frames"] = parts.frames
         media["content"] = parts.attachment
         return ordered(media, _MEDIA_ORDER)
-
-    def errors(
-        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
-    ) -> list[str]:
-        return validation_errors(resource, "r4", strict, known_binaries)
 
     def model_class(self, resource_type: str) -> Any:
         """The fhir.resources model of ``resource_type`` (fhir.resources.R4B), None when there is none."""

@@ -11,11 +11,10 @@ DocumentReference (HL7 cross-version profile ``profile-DocumentReference-for-Med
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from functools import cache
 from typing import Any
 
-from fhirimg.fhir.base import JSON, ImageParts, StudyParts, ordered, validation_errors
+from fhirimg.fhir.base import JSON, ImageParts, ReleaseBase, StudyParts, ordered
 
 _ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
@@ -35,7 +34,7 @@ def _concept(coding: JSON) -> JSON:
     return {"text": coding["display"]}
 
 
-class _R5:
+class _R5(ReleaseBase):
     name = "r5"
     fhir_version = "5.0.0"
     rendered_image_type = "DocumentReference"
@@ -114,11 +113,6 @@ class _R5:
             doc["description"] = parts.description
         doc["content"] = [{"attachment": _attachment_order(attachment)}]
         return ordered(doc, _DOCREF_ORDER)
-
-    def errors(
-        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
-    ) -> list[str]:
-        return validation_errors(resource, "r5", strict, known_binaries)
 
     def model_class(self, resource_type: str) -> Any:
         """The fhir.resources model of ``resource_type`` (fhir.resources), None when there is none."""
