@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from fhirimg import ConvertOptions, MapOptions, convert
@@ -215,3 +217,50 @@ def test_charset_names_decode(tmp_path: Path) -> None:
     assert ("Yamada", "山田", "やまだ") in families
     assert ("Hong", "洪", "홍") in families
     assert ("Wang", "王") in families
+
+
+_CT_BYTES = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+_MR_BYTES = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(
+        st.sampled_from(["ct", "mr", "ct-copy", "junk", "cut", "empty", "text"]),
+        min_size=1,
+        max_size=8,
+    ),
+    nested=st.booleans(),
+)
+def test_every_input_file_is_accounted_for(
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[str], nested: bool
+) -> None:
+    """Whatever mix of files a folder holds, each ends up in report.json exactly once, with a
+    status, and the counts add up."""
+    src = tmp_path_factory.mktemp("mix")
+    made = []
+    for n, kind in enumerate(kinds):
+        folder = src / (f"d{n % 3}" if nested else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "ct": _CT_BYTES,
+            "mr": _MR_BYTES,
+            "ct-copy": _CT_BYTES,
+            "junk": bytes(range(256)) * 3,
+            "cut": _CT_BYTES[: 300 + 37 * n],
+            "empty": b"",
+            "text": b"hello\n",
+        }[kind]
+        path = folder / f"f{n}.{'dcm' if n % 2 else 'bin'}"
+        path.write_bytes(data)
+        made.append(str(path))
+    out = tmp_path_factory.mktemp("out")
+    report = convert([src], ConvertOptions(out_dir=out, jobs=1))
+    listed = [f["path"] for f in load(out / "report.json")["files"]]
+    assert sorted(listed) == sorted(made)
+    assert sum(report.files.values()) == len(made)
+    dicom = [k for k in kinds if k in ("ct", "mr", "ct-copy")]
+    assert report.files["converted"] == len({k.removesuffix("-copy") for k in dicom})
+    assert report.files["duplicate"] == len(dicom) - report.files["converted"]
