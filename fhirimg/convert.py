@@ -439,18 +439,32 @@ def _write_report(
     Deterministic like the bundles: no timestamps, stable order.
     """
     render_failed = dict(report.render_failures)
-    files = []
-    for file_path, status, detail in index.file_outcomes():
-        item = {"path": file_path, "status": status}
-        key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
-        item[key] = detail
-        if file_path in render_failed:
-            item["renderError"] = render_failed[file_path]
-        files.append(item)
+
+    def files() -> Iterator[dict[str, str]]:
+        for file_path, status, detail in index.file_outcomes():
+            item = {"path": file_path, "status": status}
+            key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
+            item[key] = detail
+            if file_path in render_failed:
+                item["renderError"] = render_failed[file_path]
+            yield item
+
     doc = {
         "fhirVersion": get_release(opts.fhir_version).fhir_version,
         "summary": report.summary(),
         "studies": [s.as_json() for s in report.studies],
-        "files": files,
+        "files": [],
     }
-    jsonio.atomic_write(path, jsonio.dumps(doc))
+    # The file list is streamed from the index, one entry at a time, into exactly the bytes
+    # jsonio.dumps(doc) would give with the list inline: memory does not grow with the files.
+    head = jsonio.dumps(doc).rstrip(b"\n")
+    marker = b'"files": []'
+    assert head.endswith(marker + b"\n}")
+    with jsonio.atomic_writer(path) as fh:
+        fh.write(head[: -len(b"[]\n}")])
+        first = True
+        for item in files():
+            fh.write(b"[\n" if first else b",\n")
+            fh.write(b"    " + jsonio.dumps(item).rstrip(b"\n").replace(b"\n", b"\n    "))
+            first = False
+        fh.write(b"[]\n}\n" if first else b"\n  ]\n}\n")
