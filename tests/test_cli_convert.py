@@ -106,3 +106,30 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for command in ("convert", "validate", "push"):
         assert command in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "0.1.0"
+
+
+def test_internal_error_is_one_line_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug gets exit 70 and one line, no traceback (it could carry patient data)."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret patient detail")
+
+    monkeypatch.setattr("fhirimg.cli.convert_cmd.convert", boom)
+    monkeypatch.setattr(sys, "argv", ["fhirimg", "convert", str(SAMPLE), "-q"])
+    from fhirimg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 70
+    err = capsys.readouterr().err
+    assert "internal error" in err
+    assert "Traceback" not in err
+    assert "secret patient detail" not in err

@@ -57,14 +57,24 @@ JsonOpt = Annotated[
 ]
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", help="Show the fhirimg version and exit.", is_eager=True)
-    ] = False,
-) -> None:
-    if version:
+def _show_version(value: bool) -> None:
+    if value:
         from importlib.metadata import version as _v
 
         typer.echo(_v("fhirimg"))
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Show the fhirimg version and exit.",
+            is_eager=True,
+            callback=_show_version,
+        ),
+    ] = False,
+) -> None:
+    """Put DICOM images into FHIR."""
