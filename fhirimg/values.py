@@ -216,8 +216,9 @@ def human_names(pn: str) -> list[dict[str, object]]:
     """A decoded DICOM PN (``Family^Given^Middle^Prefix^Suffix``, up to three ``=`` groups) to
     FHIR HumanName dicts: one per non-empty group; family from component 1, given from 2 and 3,
     prefix from 4, suffix from 5 (``fhir-imaging-spec.md``, Patient). When the name has more than
-    one group, each HumanName carries the iso21090-EN-representation extension (ABC, IDE, SYL)
-    so a reader can tell the alphabetic from the ideographic and phonetic forms.
+    one group, or its only group is not the first (``=山田^太郎``), each HumanName carries the
+    iso21090-EN-representation extension (ABC, IDE, SYL) so a reader can tell the alphabetic from
+    the ideographic and phonetic forms.
 
     >>> human_names("Doe^John^Q^Dr^Jr")
     [{'family': 'Doe', 'given': ['John', 'Q'], 'prefix': ['Dr'], 'suffix': ['Jr']}]
@@ -232,7 +233,9 @@ def human_names(pn: str) -> list[dict[str, object]]:
         parts += [""] * (5 - len(parts))
         family, given, middle, prefix, suffix = parts[:5]
         name: dict[str, object] = {}
-        if multi:
+        # PS3.5 6.2.1.1: the group's position says its form; a lone ideographic or phonetic
+        # group without its code would read as the alphabetic name.
+        if multi or index > 0:
             name["extension"] = [
                 {"url": EN_REPRESENTATION_URL, "valueCode": _REPRESENTATION[index]}
             ]

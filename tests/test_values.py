@@ -135,3 +135,16 @@ def test_generated_uids_are_valid(parts: list[int]) -> None:
 @pytest.mark.parametrize("uid", ["1.02", "1..2", ".1", "1.2.", "1.2a", "1." + "1" * 64])
 def test_invalid_uids(uid: str) -> None:
     assert not values.is_valid_uid(uid)
+
+
+@pytest.mark.parametrize(
+    ("pn", "code"), [("=山田^太郎", "IDE"), ("==やまだ^たろう", "SYL"), ("Doe^John=", None)]
+)
+def test_pn_lone_group_keeps_its_representation(pn: str, code: str | None) -> None:
+    # PS3.5 6.2.1.1: the group's position, not the number of groups, says which form it is; an
+    # ideographic-only name without IDE would be read as the alphabetic form.
+    (name,) = values.human_names(pn)
+    if code is None:
+        assert "extension" not in name
+    else:
+        assert name["extension"] == [{"url": values.EN_REPRESENTATION_URL, "valueCode": code}]
