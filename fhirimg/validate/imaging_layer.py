@@ -206,22 +206,14 @@ def _study(
     for i, m in enumerate(_list(res.get("modality"))):
         _modality(m, f"{loc}.modality[{i}]", out, release)
     series = _list(res.get("series"))
-    seen_series: dict[str, int] = {}
+    seen_series: dict[str, str] = {}
     seen_instances: dict[str, str] = {}
     total = 0
     for s_i, s in enumerate(series):
         if not isinstance(s, dict):
             continue
         s_loc = f"{loc}.series[{s_i}]"
-        uid = s.get("uid")
-        if uid is not None:
-            problem = uid_problem(uid)
-            if problem:
-                out.error(f"{s_loc}.uid", problem)
-            elif uid in seen_series:
-                out.error(f"{s_loc}.uid", f"series uid repeats series[{seen_series[uid]}]")
-            else:
-                seen_series[uid] = s_i
+        _unique_uid(s.get("uid"), f"{s_loc}.uid", seen_series, out, "series uid")
         if "modality" in s:
             _modality(s["modality"], f"{s_loc}.modality", out, release)
         instances = _list(s.get("instance"))
@@ -237,15 +229,7 @@ def _study(
             if not isinstance(inst, dict):
                 continue
             i_loc = f"{s_loc}.instance[{i_i}]"
-            iuid = inst.get("uid")
-            if iuid is not None:
-                problem = uid_problem(iuid)
-                if problem:
-                    out.error(f"{i_loc}.uid", problem)
-                elif iuid in seen_instances:
-                    out.error(f"{i_loc}.uid", f"SOP Instance UID repeats {seen_instances[iuid]}")
-                else:
-                    seen_instances[iuid] = i_loc
+            _unique_uid(inst.get("uid"), f"{i_loc}.uid", seen_instances, out, "SOP Instance UID")
             _sop_class(inst.get("sopClass"), f"{i_loc}.sopClass", out)
             for e_i, ext in enumerate(_list(inst.get("extension"))):
                 if isinstance(ext, dict) and ext.get("url") == BINARY_EXTENSION_URL:
@@ -265,6 +249,19 @@ def _count(value: Any, actual: int, loc: str, out: Collector, *, present: bool) 
         out.error(loc, f"says {value} but the resource lists {actual}")
     elif value > actual:
         out.warning(loc, f"says {value} but the resource lists only {actual} (partial study?)")
+
+
+def _unique_uid(uid: Any, loc: str, seen: dict[str, str], out: Collector, what: str) -> None:
+    """A DICOM UID that must be valid and not repeat within the study (``seen``: uid -> where)."""
+    if uid is None:
+        return
+    problem = uid_problem(uid)
+    if problem:
+        out.error(loc, problem)
+    elif uid in seen:
+        out.error(loc, f"{what} repeats {seen[uid]}")
+    else:
+        seen[uid] = loc.removesuffix(".uid")
 
 
 def _sop_class(coding: Any, loc: str, out: Collector) -> None:
