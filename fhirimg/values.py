@@ -90,11 +90,14 @@ def parse_offset(value: str) -> timedelta | None:
         return None
     sign, hh, mm = m.groups()
     hours, minutes = int(hh), int(mm)
-    # PS3.5 DT: offsets range from -1200 to +1400.
-    if minutes > 59 or hours > 14:
+    if minutes > 59:
         return None
     delta = timedelta(hours=hours, minutes=minutes)
-    return -delta if sign == "-" else delta
+    delta = -delta if sign == "-" else delta
+    # PS3.5 Table 6.2-1 (DT): offsets range from -1200 to +1400 (FHIR dateTime also ends at +14:00).
+    if not timedelta(hours=-12) <= delta <= timedelta(hours=14):
+        return None
+    return delta
 
 
 def format_offset(delta: timedelta) -> str:

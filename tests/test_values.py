@@ -148,3 +148,18 @@ def test_pn_lone_group_keeps_its_representation(pn: str, code: str | None) -> No
         assert "extension" not in name
     else:
         assert name["extension"] == [{"url": values.EN_REPRESENTATION_URL, "valueCode": code}]
+
+
+@pytest.mark.parametrize("offset", ["+1430", "-1300", "-1230", "+1401"])
+def test_offset_outside_dicom_range_is_rejected(offset: str) -> None:
+    # PS3.5 Table 6.2-1 (DT): the offset runs from -1200 to +1400; FHIR's dateTime pattern stops
+    # at +14:00 too, so "+14:30" would make the whole resource invalid.
+    assert values.parse_offset(offset) is None
+    result, warnings = values.fhir_datetime("20240105", "0930", offset)
+    assert result == "2024-01-05"
+    assert warnings
+
+
+@pytest.mark.parametrize("offset", ["+1400", "-1200", "+0545", "-0930"])
+def test_offset_edges_are_kept(offset: str) -> None:
+    assert values.parse_offset(offset) is not None
