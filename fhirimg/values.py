@@ -194,7 +194,13 @@ def fhir_datetime_from_dt(
         day = parse_da(da)
         return (day, []) if day else (None, [f"date-time {dt!r} is not a real day; left out"])
     tm = hh + (mi or "") + (ss or "") + (f".{frac}" if frac else "")
-    return fhir_datetime(da, tm, own or tz_offset, zone)
+    notes: list[str] = []
+    if own and parse_offset(own) is None:
+        # An unusable own offset is no offset: (0008,0201) is next in line, then the zone.
+        notes.append(f"date-time {dt!r} has a malformed UTC offset; ignored")
+        own = None
+    value, warnings = fhir_datetime(da, tm, own or tz_offset, zone)
+    return value, notes + warnings
 
 
 # (0010,0040) Patient's Sex -> Patient.gender (administrative-gender, required binding).

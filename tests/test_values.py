@@ -163,3 +163,11 @@ def test_offset_outside_dicom_range_is_rejected(offset: str) -> None:
 @pytest.mark.parametrize("offset", ["+1400", "-1200", "+0545", "-0930"])
 def test_offset_edges_are_kept(offset: str) -> None:
     assert values.parse_offset(offset) is not None
+
+
+def test_dt_bad_own_offset_falls_back_to_timezone_offset() -> None:
+    # fhir-imaging-spec.md "Dates and times": DT's own offset, else (0008,0201), else the zone.
+    # An unusable own offset is no offset: (0008,0201) comes next, not the zone.
+    result, warnings = values.fhir_datetime_from_dt("20240105093000+2500", "+0100", "UTC")
+    assert result == "2024-01-05T09:30:00+01:00"
+    assert any("+2500" in w for w in warnings)
