@@ -183,6 +183,8 @@ def fhir_datetime_from_dt(
     if not m:
         return None, [f"date-time {dt!r} is not a valid DICOM DT; left out"]
     y, mo, d, hh, mi, ss, frac, own = m.groups()
+    if int(y) == 0:  # FHIR date/dateTime patterns have no year 0000
+        return None, [f"date-time {dt!r} has year 0000; left out"]
     if mo is None:
         return y, []
     if d is None:

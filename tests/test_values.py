@@ -171,3 +171,11 @@ def test_dt_bad_own_offset_falls_back_to_timezone_offset() -> None:
     result, warnings = values.fhir_datetime_from_dt("20240105093000+2500", "+0100", "UTC")
     assert result == "2024-01-05T09:30:00+01:00"
     assert any("+2500" in w for w in warnings)
+
+
+@pytest.mark.parametrize("dt", ["0000", "000001"])
+def test_dt_year_zero_is_left_out(dt: str) -> None:
+    # FHIR date/dateTime have no year 0000 (datatypes.html pattern); DICOM DT years are 0001+.
+    result, warnings = values.fhir_datetime_from_dt(dt)
+    assert result is None
+    assert warnings
