@@ -35,7 +35,9 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 CODING_SCHEMES = {
     "DCM": DCM,
     "SCT": SNOMED,
-    "SRT": SNOMED,
+    # SRT: SNOMED RT style codes ("T-D3000"), not SNOMED CT concept ids; PS3.16 Table 8-1 gives
+    # them http://snomed.info/srt (DICOM's FHIR value sets list both). Never relabel them as SCT.
+    "SRT": "http://snomed.info/srt",
     "LN": "http://loinc.org",
     "UCUM": "http://unitsofmeasure.org",
     "RADLEX": "http://radlex.org",

@@ -1,0 +1,60 @@
+"""fhirimg.mapping element by element, on hand-made records (no files)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from fhirimg import mapping
+from fhirimg.fhir import release
+from fhirimg.model import Code, InstanceRecord
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def record(**fields: Any) -> InstanceRecord:
+    base = InstanceRecord(
+        path="x.dcm",
+        size=1,
+        sop_class_uid=CT_IMAGE,
+        sop_instance_uid="1.2.3.4.1",
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        modality="CT",
+    )
+    return replace(base, **fields)
+
+
+def study(records: list[InstanceRecord], name: str = "r4", **options: Any) -> dict[str, Any]:
+    resource, _ = mapping.imaging_study(
+        mapping.sort_records(records),
+        "urn:uuid:p",
+        None,
+        release(name),
+        mapping.MapOptions(**options),
+        mapping.Notes(),
+    )
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("scheme", "system"),
+    [
+        ("SCT", "http://snomed.info/sct"),
+        # SRT codes are SNOMED RT style ("T-D3000"), not SNOMED CT concept ids: PS3.16 Table 8-1
+        # gives them their own URI, and DICOM's FHIR value sets use it next to the SCT codes.
+        ("SRT", "http://snomed.info/srt"),
+        ("LN", "http://loinc.org"),
+        ("DCM", "http://dicom.nema.org/resources/ontology/DCM"),
+    ],
+)
+def test_coding_scheme_designator_to_system(scheme: str, system: str) -> None:
+    assert mapping.coding(Code("X", scheme, "x")) == {"system": system, "code": "X", "display": "x"}
+
+
+def test_srt_procedure_code_is_not_written_as_snomed_ct() -> None:
+    rec = record(procedure_codes=(Code("P5-0905E", "SRT", "CT of chest"),))
+    (coding,) = study([rec])["procedureCode"][0]["coding"]
+    assert coding["system"] != "http://snomed.info/sct"
