@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirimg.cli import app
+from tests.faultproxy import FaultProxy
 from tests.helpers import REPO, SAMPLE, bundles, load
 from tests.test_dicomweb_orthanc import _start_or_skip
 
@@ -52,6 +53,48 @@ def test_cli_push_convert_verify(pacs: Any, tmp_path: Path, clean_fhir: Any) -> 
     result = runner.invoke(app, ["verify", "--server", server, "--json"])
     assert result.exit_code == 0, result.output
     assert load_json(result.stdout)["checked"] == 5
+    _verify_with_fhir_credentials(server)
+
+
+def _verify_with_fhir_credentials(server: str) -> None:
+    """``verify --server`` takes ``push``'s credentials: basic auth and OAuth2 client credentials
+    (a proxy in front of the FHIR server asks for them), secrets from the environment only."""
+    verify = ["verify", "--retries", "0", "--json", "--server"]
+    with FaultProxy(server) as proxy:
+        proxy.require_basic("alice", "pw-SECRET-1")
+        result = runner.invoke(app, [*verify, proxy.base_url])
+        assert result.exit_code == 3, result.output
+        assert "401" in result.output
+        result = runner.invoke(
+            app,
+            [*verify, proxy.base_url, "--user", "alice"],
+            env={"FHIRIMG_PASSWORD": "pw-SECRET-1"},
+        )
+        assert result.exit_code == 0, result.output
+        assert load_json(result.stdout)["checked"] == 5
+        assert "pw-SECRET-1" not in result.output
+    with FaultProxy(server) as proxy:
+        proxy.enable_oauth("fhirimg", "cs-SECRET-9")
+        oauth = [
+            "--token-url",
+            proxy.token_url,
+            "--client-id",
+            "fhirimg",
+            "--scope",
+            "system/*.read",
+        ]
+        result = runner.invoke(
+            app, [*verify, proxy.base_url, *oauth], env={"FHIRIMG_CLIENT_SECRET": "cs-SECRET-9"}
+        )
+        assert result.exit_code == 0, result.output
+        assert load_json(result.stdout)["checked"] == 5
+        assert proxy.tokens_issued == 1
+        assert "cs-SECRET-9" not in result.output
+        result = runner.invoke(
+            app, [*verify, proxy.base_url, *oauth], env={"FHIRIMG_CLIENT_SECRET": "wrong"}
+        )
+        assert result.exit_code == 3, result.output
+        assert "token endpoint" in result.output
 
 
 def load_json(text: str) -> Any:
@@ -69,6 +112,9 @@ def load_json(text: str) -> Any:
         ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "--since", "yesterday"],
         ["push"],
         ["verify", "--server", "http://127.0.0.1:9/fhir", str(SAMPLE)],
+        ["verify", "--user", "alice", str(SAMPLE)],
+        ["verify", "--server", "http://127.0.0.1:9/fhir", "--user", "a", "--token", "t"],
+        ["verify", "--server", "http://127.0.0.1:9/fhir", "--token-url", "http://127.0.0.1:9/t"],
     ],
 )
 def test_cli_usage_errors(args: list[str]) -> None:

@@ -4,7 +4,6 @@ print, exit), so that those commands only gain a few lines each."""
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.markup import escape
 
 from fhirimg import jsonio
 from fhirimg.cli._app import err_console
+from fhirimg.cli._auth import DICOMWEB, build_auth, fail
 from fhirimg.convert import ConvertOptions, ConvertReport
 from fhirimg.dicomweb.client import DicomwebClient
 from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
@@ -24,9 +24,6 @@ from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.push import (
     AuthError,
-    BasicAuth,
-    BearerAuth,
-    ClientCredentialsAuth,
     JournalLockedError,
     PushOptions,
 )
@@ -71,11 +68,6 @@ DicomwebClientIdOpt = Annotated[
 ]
 
 
-def fail(message: str, code: ExitCode) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    return typer.Exit(int(code))
-
-
 def dicomweb_auth(
     token: str | None,
     user: str | None,
@@ -87,41 +79,7 @@ def dicomweb_auth(
     >>> dicomweb_auth("t0k3n", None)
     BearerAuth(token=***)
     """
-    chosen = [
-        n
-        for n, v in (
-            ("--dicomweb-token", token),
-            ("--dicomweb-user", user),
-            ("--dicomweb-token-url", token_url),
-        )
-        if v
-    ]
-    if len(chosen) > 1:
-        raise fail(f"choose one way to authenticate, not {' and '.join(chosen)}", ExitCode.USAGE)
-    if token:
-        return BearerAuth(token)
-    if user:
-        password = os.environ.get("FHIRIMG_DICOMWEB_PASSWORD")
-        if not password:
-            if not sys.stdin.isatty():
-                raise fail(
-                    "--dicomweb-user needs a password: set FHIRIMG_DICOMWEB_PASSWORD",
-                    ExitCode.USAGE,
-                )
-            password = typer.prompt(f"DICOMweb password for {user}", hide_input=True, err=True)
-        return BasicAuth(user, password)
-    if token_url:
-        secret = os.environ.get("FHIRIMG_DICOMWEB_CLIENT_SECRET")
-        if not client_id or not secret:
-            raise fail(
-                "--dicomweb-token-url needs --dicomweb-client-id and the secret in "
-                "FHIRIMG_DICOMWEB_CLIENT_SECRET",
-                ExitCode.USAGE,
-            )
-        return ClientCredentialsAuth(token_url, client_id, secret)
-    if client_id:
-        raise fail("--dicomweb-client-id needs --dicomweb-token-url", ExitCode.USAGE)
-    return None
+    return build_auth(token, user, token_url, client_id, names=DICOMWEB)
 
 
 def _errors_to_exit(exc: BaseException) -> NoReturn:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
+from fhirimg.cli import _auth
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
     JsonOpt,
@@ -26,10 +26,7 @@ from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.push import (
     AuthError,
-    BasicAuth,
-    BearerAuth,
     BundleResult,
-    ClientCredentialsAuth,
     JournalLockedError,
     PushObserver,
     PushOptions,
@@ -38,7 +35,6 @@ from fhirimg.push import (
     push_paths,
 )
 
-_AUTH = "Authentication"
 _NET = "Network and retries"
 _RUN = "What to send"
 
@@ -122,46 +118,6 @@ class _PlainObserver(PushObserver):
             _print_failure(result)
 
 
-def _secret(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None
-
-
-def _build_auth(
-    token: str | None,
-    user: str | None,
-    token_url: str | None,
-    client_id: str | None,
-    scope: str | None,
-) -> Any:
-    chosen = [n for n, v in (("--token", token), ("--user", user), ("--token-url", token_url)) if v]
-    if len(chosen) > 1:
-        raise fail(f"choose one way to authenticate, not {' and '.join(chosen)}", ExitCode.USAGE)
-    if token:
-        return BearerAuth(token)
-    if user:
-        password = _secret("FHIRIMG_PASSWORD")
-        if password is None:
-            if not sys.stdin.isatty():
-                raise fail(
-                    "--user needs a password: set FHIRIMG_PASSWORD (no terminal to ask on)",
-                    ExitCode.USAGE,
-                )
-            password = typer.prompt(f"Password for {user}", hide_input=True, err=True)
-        return BasicAuth(user, password)
-    if token_url:
-        secret = _secret("FHIRIMG_CLIENT_SECRET")
-        if not client_id or secret is None:
-            raise fail(
-                "--token-url needs --client-id and the secret in FHIRIMG_CLIENT_SECRET",
-                ExitCode.USAGE,
-            )
-        return ClientCredentialsAuth(token_url, client_id, secret, scope)
-    if client_id:
-        raise fail("--client-id needs --token-url", ExitCode.USAGE)
-    return None
-
-
 def _print_plan(report: PushReport) -> None:
     for result in report.results:
         if result.status == "skipped":
@@ -203,45 +159,11 @@ def push(
             show_default=False,
         ),
     ] = "",
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="FHIRIMG_TOKEN",
-            help="Bearer token; prefer the env var FHIRIMG_TOKEN (keeps it out of shell history).",
-            show_envvar=False,
-            rich_help_panel=_AUTH,
-        ),
-    ] = None,
-    user: Annotated[
-        str | None,
-        typer.Option(
-            "--user",
-            help="HTTP basic auth user; password from env FHIRIMG_PASSWORD, else asked for.",
-            rich_help_panel=_AUTH,
-        ),
-    ] = None,
-    token_url: Annotated[
-        str | None,
-        typer.Option(
-            "--token-url",
-            help="OAuth2 token endpoint for the client-credentials grant (secret from env "
-            "FHIRIMG_CLIENT_SECRET); tokens are refreshed on expiry and on 401.",
-            rich_help_panel=_AUTH,
-        ),
-    ] = None,
-    client_id: Annotated[
-        str | None,
-        typer.Option(
-            "--client-id", help="OAuth2 client id (with --token-url).", rich_help_panel=_AUTH
-        ),
-    ] = None,
-    scope: Annotated[
-        str | None,
-        typer.Option(
-            "--scope", help="OAuth2 scope to ask for (with --token-url).", rich_help_panel=_AUTH
-        ),
-    ] = None,
+    token: _auth.TokenOpt = None,
+    user: _auth.UserOpt = None,
+    token_url: _auth.TokenUrlOpt = None,
+    client_id: _auth.ClientIdOpt = None,
+    scope: _auth.ScopeOpt = None,
     ca_bundle: Annotated[
         Path | None,
         typer.Option(
@@ -365,7 +287,7 @@ def push(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if not server and not dry_run and not dicomweb:
         raise fail("--server is required (or set FHIRIMG_SERVER)", ExitCode.USAGE)
-    auth = _build_auth(token, user, token_url, client_id, scope)
+    auth = _auth.build_auth(token, user, token_url, client_id, scope)
     options = PushOptions(
         server=server or "http://dry-run.invalid",
         auth=auth,

@@ -12,20 +12,22 @@ import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
+from fhirimg.cli import _auth
 from fhirimg.cli._app import JsonOpt, QuietOpt, VerboseOpt, app, configure_logging, err_console
+from fhirimg.cli._auth import fail
 from fhirimg.cli._dicomweb import (
     DicomwebClientIdOpt,
     DicomwebTokenOpt,
     DicomwebTokenUrlOpt,
     DicomwebUserOpt,
     _errors_to_exit,
+    any_of,
     dicomweb_auth,
-    fail,
 )
 from fhirimg.dicomweb.verify import VerifyOptions, VerifyReport, verify_bundles, verify_server
 from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.push import BearerAuth, FhirClient, RetryPolicy
+from fhirimg.push import FhirClient, RetryPolicy
 
 _SHOWN = 10  # differences printed per study; all of them are in --json
 
@@ -48,15 +50,11 @@ def verify_command(
             show_default=False,
         ),
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="FHIRIMG_TOKEN",
-            show_envvar=False,
-            help="Bearer token for the FHIR server; prefer env FHIRIMG_TOKEN.",
-        ),
-    ] = None,
+    token: _auth.TokenOpt = None,
+    user: _auth.UserOpt = None,
+    token_url: _auth.TokenUrlOpt = None,
+    client_id: _auth.ClientIdOpt = None,
+    scope: _auth.ScopeOpt = None,
     study: Annotated[
         list[str] | None,
         typer.Option("--study", help="Verify only this Study Instance UID (repeatable)."),
@@ -85,6 +83,13 @@ def verify_command(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if server and paths:
         raise fail("give bundle files or --server, not both", ExitCode.USAGE)
+    if not server and any_of(user, token_url, client_id, scope):
+        raise fail(
+            "--user, --token-url, --client-id and --scope are the FHIR server's: give --server",
+            ExitCode.USAGE,
+        )
+    # The FHIR server's credentials are those of `push --server` (one implementation).
+    auth = _auth.build_auth(token, user, token_url, client_id, scope) if server else None
     retry = RetryPolicy(max_attempts=retries + 1)
     options = VerifyOptions(
         auth=dicomweb_auth(dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id),
@@ -94,7 +99,6 @@ def verify_command(
     )
     try:
         if server:
-            auth = BearerAuth(token) if token else None
             with FhirClient(server, auth=auth, timeout=timeout, retry=retry) as client:
                 report = verify_server(client, options)
         else:
