@@ -176,12 +176,23 @@ def search_token(system: str | None, value: str) -> str:
     'identifier=urn:dicom:uid|urn:oid:1.2.3'
     >>> search_token(None, "A B&C")
     'identifier=A%20B%26C'
+    >>> search_token("urn:oid:1.2", "12,345")
+    'identifier=urn:oid:1.2|12%5C%2C345'
     """
     safe = ":/.-_~"
-    token = quote(value, safe=safe)
+    token = quote(_escape_search(value), safe=safe)
     if system:
-        token = quote(system, safe=safe) + "|" + token
+        token = quote(_escape_search(system), safe=safe) + "|" + token
     return "identifier=" + token
+
+
+def _escape_search(text: str) -> str:
+    # FHIR search, "Escaping Search Parameters": '\', ',', '$' and '|' inside a value are
+    # prefixed with '\' (the server percent-decodes first, so percent-encoding alone is not
+    # enough: 'sys|12,345' would search for '12' of sys OR '345' of any system).
+    for char in ("\\", ",", "$", "|"):
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _first(records: Sequence[InstanceRecord], attr: str) -> Any:

@@ -58,3 +58,27 @@ def test_srt_procedure_code_is_not_written_as_snomed_ct() -> None:
     rec = record(procedure_codes=(Code("P5-0905E", "SRT", "CT of chest"),))
     (coding,) = study([rec])["procedureCode"][0]["coding"]
     assert coding["system"] != "http://snomed.info/sct"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("12,345", "identifier=urn:oid:1.2|12%5C%2C345"),
+        ("A|B", "identifier=urn:oid:1.2|A%5C%7CB"),
+        ("X$Y", "identifier=urn:oid:1.2|X%5C%24Y"),
+        ("C:\\D", "identifier=urn:oid:1.2|C:%5C%5CD"),
+    ],
+)
+def test_search_token_escapes_fhir_separators(value: str, expected: str) -> None:
+    # FHIR search "Escaping Search Parameters": ',', '$', '|' and '\' in a value are prefixed
+    # with '\'. Percent-encoding alone is undone by the server before parsing, so
+    # 'identifier=sys|12,345' would match ID '12' of that system OR '345' of any system.
+    assert mapping.search_token("urn:oid:1.2", value) == expected
+
+
+def test_patient_if_none_exist_with_comma_in_patient_id() -> None:
+    rec = record(patient_id="12,345", patient_id_issuer=None, issuer_of_patient_id=None)
+    _, request = mapping.patient(
+        [rec], mapping.MapOptions(patient_id_system="urn:oid:1.2"), mapping.Notes()
+    )
+    assert request["ifNoneExist"] == "identifier=urn:oid:1.2|12%5C%2C345"
