@@ -22,6 +22,8 @@ from pydicom.uid import generate_uid
 
 from fhirimg.convert import ConvertOptions, convert
 from fhirimg.dicomweb import DicomwebClient, StudyQuery, convert_from_dicomweb, find_studies
+from fhirimg.dicomweb import client as dicomweb_client
+from fhirimg.dicomweb import store as dicomweb_store
 from fhirimg.dicomweb.store import StoreOptions, store_and_push, store_instances
 from fhirimg.dicomweb.verify import VerifyOptions, verify_bundles, verify_server
 from fhirimg.mapping import MapOptions
@@ -317,3 +319,38 @@ def test_missing_source_falls_back_or_fails(orthanc: OrthancServer, tmp_path: Pa
     assert not report.ok
     assert report.total("stored") + report.total("skipped") == 1
     assert "source file not found" in report.studies[0].failed[0][1]
+
+
+def test_streamed_store_is_byte_identical_with_a_boundary_clash(
+    orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOW-RS bodies are streamed from the files (in 1000-byte chunks here, so each file spans
+    several); a file that holds the batch's boundary starts a batch with a new one; Orthanc gives
+    every instance back byte-identical."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    study, series = generate_uid(), {}  # new UIDs: the module's Orthanc holds the sample already
+    for i, f in enumerate(sorted((SAMPLE / "study_b_mr").iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series.setdefault(ds.SeriesInstanceUID, generate_uid())
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if i == 1:
+            ds.StudyDescription = "MR --fhirimg-clash"
+        ds.save_as(src / f.name)
+    convert(
+        [src],
+        ConvertOptions(out_dir=out, jobs=1, mapping=MapOptions(dicomweb_url=orthanc.dicomweb_url)),
+    )
+    monkeypatch.setattr(dicomweb_client, "CHUNK", 1000)
+    boundaries = iter(["fhirimg-clash", "fhirimg-other"])
+    monkeypatch.setattr(dicomweb_store, "new_boundary", lambda: next(boundaries))
+    report = store_instances([out], StoreOptions(orthanc.dicomweb_url, retry=FAST))
+    assert report.ok, report.to_json()
+    assert report.total("stored") == 4
+    assert report.requests == 3  # the reachability check, then [file 1], [files 2-4]
+    with DicomwebClient(orthanc.dicomweb_url) as client:
+        for path in src.iterdir():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            data = client.retrieve_instance(study, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            assert data == path.read_bytes(), path.name

@@ -4,20 +4,27 @@ answers, Endpoint detection, query building."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import tracemalloc
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom import dcmread
 
+from fhirimg.dicomweb import client as client_module
 from fhirimg.dicomweb.client import (
+    DicomwebClient,
     DicomwebError,
+    MultipartFiles,
     StowResult,
     content_type_params,
     decode_multipart,
     encode_multipart,
+    scan_file,
 )
 from fhirimg.dicomweb.records import StudyQuery, qido_date, record_from_json
 from fhirimg.dicomweb.store import endpoint_addresses
@@ -208,3 +215,99 @@ def test_study_query_params() -> None:
 
 def test_sample_data_is_there() -> None:
     assert Path(SAMPLE).is_dir()
+
+
+# --------------------------------------------------------------------------- streamed STOW-RS bodies
+def _files(folder: Path, contents: list[bytes]) -> list[Path]:
+    paths = []
+    for i, data in enumerate(contents):
+        path = folder / f"{i}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("chunk", [1, 7, client_module.CHUNK])
+def test_streamed_body_is_the_encoded_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(client_module, "CHUNK", chunk)
+    contents = [b"", b"DICM" * 10, bytes(range(256)) * 3, b"\r\n--x\r\n"]
+    parts = [scan_file(p, "b0und")[0] for p in _files(tmp_path, contents)]
+    body = MultipartFiles(parts, "b0und")
+    expected, ctype = encode_multipart(contents, boundary="b0und")
+    assert b"".join(body) == expected
+    assert b"".join(body) == expected  # again: a retried request sends the same bytes
+    assert body.length == len(expected)
+    assert body.content_type == ctype
+    assert [data for _, data in decode_multipart(expected, ctype)] == contents
+
+
+def test_scan_file_finds_the_boundary_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "CHUNK", 4)
+    (path,) = _files(tmp_path, [b"abcdef--fhirimg-xyz...."])  # "--fhirimg-xyz" spans 4 chunks
+    part, clash = scan_file(path, "fhirimg-xyz")
+    assert clash
+    assert (part.size, part.sha256) == (23, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not scan_file(path, "fhirimg-xyzz")[1]
+
+
+@pytest.mark.parametrize("change", [b"same size, other", b"longer than it was", b"short"])
+def test_a_file_changed_after_its_scan_fails_before_its_last_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: bytes
+) -> None:
+    monkeypatch.setattr(client_module, "CHUNK", 4)
+    (path,) = _files(tmp_path, [b"the scanned file"])
+    body = MultipartFiles([scan_file(path, "b")[0]], "b")
+    path.write_bytes(change)
+    sent: list[bytes] = []
+    with pytest.raises(DicomwebError, match="changed while it was being stored"):
+        sent.extend(body)
+    assert change not in b"".join(sent)  # the changed file is never sent whole
+    assert b"--b--" not in b"".join(sent)  # nor is the body complete
+
+
+class _StowSink(httpx.BaseTransport):
+    """Reads a STOW-RS request body chunk by chunk (like a socket would), keeping only its hash."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.headers: httpx.Headers | None = None
+        self.largest_chunk = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.headers = request.headers
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        for chunk in request.stream:
+            self.digest.update(chunk)
+            self.largest_chunk = max(self.largest_chunk, len(chunk))
+        stored = {"00081199": {"vr": "SQ", "Value": []}}
+        return httpx.Response(200, json=stored, headers={"Content-Type": "application/dicom+json"})
+
+
+def test_store_files_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """Three 8 MB instances in one request: memory stays near one chunk, not the batch."""
+    size = 8 * 1024 * 1024
+    paths = _files(tmp_path, [bytes([i]) * size for i in range(3)])
+    parts = [scan_file(p, "fhirimg-b")[0] for p in paths]
+    body = MultipartFiles(parts, "fhirimg-b")
+    sink = _StowSink()
+    with DicomwebClient("http://pacs.invalid/dicom-web", transport=sink) as client:
+        tracemalloc.start()
+        try:
+            answer = client.store_files(body)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert answer.status == 200
+    assert sink.headers is not None
+    assert sink.headers["Content-Length"] == str(body.length)
+    assert "Transfer-Encoding" not in sink.headers
+    expected = hashlib.sha256()
+    for chunk in body:
+        expected.update(chunk)
+    assert sink.digest.hexdigest() == expected.hexdigest()
+    assert sink.largest_chunk <= client_module.CHUNK + 1024
+    assert peak < 4 * client_module.CHUNK, peak  # the batch is 24 MB

@@ -14,13 +14,14 @@ section 5.1) is what such a library would contribute; it is tested on its own an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -36,10 +37,14 @@ __all__ = [
     "DICOM_JSON",
     "DicomwebClient",
     "DicomwebError",
+    "FilePart",
+    "MultipartFiles",
     "StowResult",
     "decode_multipart",
     "encode_multipart",
     "first_value",
+    "new_boundary",
+    "scan_file",
 ]
 
 DICOM = "application/dicom"
@@ -47,6 +52,9 @@ DICOM_JSON = "application/dicom+json"
 # Orthanc answers 400 to a bare "application/dicom": ask for the multipart form (PS3.18 8.7.3.3).
 _MULTIPART_DICOM = f'multipart/related; type="{DICOM}"'
 QIDO_PAGE = 1000  # results asked for per QIDO-RS request (limit/offset paging)
+# Bytes of a file read at a time when hashing it or streaming it into a STOW-RS body: the memory a
+# request in flight needs, whatever the size of the files or of the batch.
+CHUNK = 1024 * 1024
 
 
 class DicomwebError(PushError):
@@ -54,10 +62,19 @@ class DicomwebError(PushError):
 
 
 # --------------------------------------------------------------------------- multipart/related
-def encode_multipart(parts: Sequence[bytes], content_type: str = DICOM) -> tuple[bytes, str]:
+def new_boundary() -> str:
+    """A random multipart boundary (128 bits: it occurring in a DICOM file by chance is negligible;
+    callers still check, see :func:`scan_file`)."""
+    return "fhirimg-" + secrets.token_hex(16)
+
+
+def encode_multipart(
+    parts: Sequence[bytes], content_type: str = DICOM, *, boundary: str | None = None
+) -> tuple[bytes, str]:
     """The body and ``Content-Type`` of a multipart/related message holding ``parts``.
 
     The boundary is random; a part that happens to contain it is detected and another is drawn.
+    A ``boundary`` given is used as it is (the caller has checked it).
 
     >>> body, ctype = encode_multipart([b"abc"])
     >>> [data for _, data in decode_multipart(body, ctype)]
@@ -65,17 +82,110 @@ def encode_multipart(parts: Sequence[bytes], content_type: str = DICOM) -> tuple
     >>> ctype.startswith('multipart/related; type="application/dicom"; boundary=')
     True
     """
-    while True:
-        boundary = "fhirimg-" + secrets.token_hex(16)
+    while boundary is None:
+        boundary = new_boundary()
         delimiter = b"--" + boundary.encode("ascii")
-        if not any(delimiter in part for part in parts):
-            break
+        if any(delimiter in part for part in parts):
+            boundary = None
+    delimiter = b"--" + boundary.encode("ascii")
     chunks: list[bytes] = []
     head = f"\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
     for part in parts:
         chunks += [delimiter, head, part, b"\r\n"]
     chunks += [delimiter, b"--\r\n"]
     return b"".join(chunks), f'multipart/related; type="{content_type}"; boundary={boundary}'
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file to send as one part of a multipart body, as :func:`scan_file` found it."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def scan_file(path: Path, boundary: str) -> tuple[FilePart, bool]:
+    """Read ``path`` once, :data:`CHUNK` bytes at a time: its size and sha256, and whether the
+    delimiter ``--boundary`` occurs in it (then it cannot be a part of a body with that boundary).
+    Raises ``OSError`` when it cannot be read.
+    """
+    delimiter = b"--" + boundary.encode("ascii")
+    digest = hashlib.sha256()
+    size = 0
+    clash = False
+    tail = b""  # the end of the previous chunk: a delimiter may straddle two chunks
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if not clash:
+                window = tail + chunk
+                clash = delimiter in window
+                tail = window[-(len(delimiter) - 1) :]
+    return FilePart(path, size, digest.hexdigest()), clash
+
+
+class MultipartFiles:
+    """A multipart/related body whose parts are files, streamed rather than built in memory:
+    iterating it reads each file :data:`CHUNK` bytes at a time. It is the same bytes as
+    :func:`encode_multipart` of the files' contents with the same boundary, and its exact
+    :attr:`length` is known beforehand (sent as ``Content-Length``: not every server takes a
+    chunked request).
+
+    Each iteration reads the files again, so a retried request sends them again. A file that is
+    no longer what :func:`scan_file` saw (size, sha256) fails the request with
+    :class:`DicomwebError` before its last chunk is sent, so the server never gets a complete body
+    holding bytes other than those the caller hashed (and will journal).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp, "a.dcm")
+    ...     _ = path.write_bytes(b"DICM...")
+    ...     part, clash = scan_file(path, "b0undary")
+    ...     body = MultipartFiles([part], "b0undary")
+    ...     streamed = b"".join(body)
+    >>> streamed == encode_multipart([b"DICM..."], boundary="b0undary")[0]
+    True
+    >>> body.length == len(streamed), clash
+    (True, False)
+    """
+
+    def __init__(self, parts: Sequence[FilePart], boundary: str, content_type: str = DICOM) -> None:
+        self.parts = tuple(parts)
+        self.content_type = f'multipart/related; type="{content_type}"; boundary={boundary}'
+        self._delimiter = b"--" + boundary.encode("ascii")
+        self._head = f"\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+        per_part = len(self._delimiter) + len(self._head) + 2
+        self.length = sum(per_part + p.size for p in self.parts) + len(self._delimiter) + 4
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            yield self._delimiter + self._head
+            yield from self._file(part)
+            yield b"\r\n"
+        yield self._delimiter + b"--\r\n"
+
+    def _file(self, part: FilePart) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        size = 0
+        held = b""  # the last chunk read, sent only once the next one shows the file is still right
+        try:
+            with part.path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    size += len(chunk)
+                    if size > part.size:
+                        break
+                    digest.update(chunk)
+                    if held:
+                        yield held
+                    held = chunk
+        except OSError as exc:
+            raise DicomwebError(f"cannot read {part.path}: {exc.strerror or exc}") from None
+        if size != part.size or digest.hexdigest() != part.sha256:
+            raise DicomwebError(f"{part.path} changed while it was being stored; run again")
+        if held:
+            yield held
 
 
 _PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
@@ -284,11 +394,25 @@ class DicomwebClient:
         raises :class:`PushError` for any other refusal, after the retries.
         """
         body, content_type = encode_multipart(instances)
+        return self._stow(body, {"Content-Type": content_type})
+
+    def store_files(self, body: MultipartFiles) -> StowResult:
+        """Like :meth:`store`, with the instances streamed from their files: the memory used is
+        one :data:`CHUNK`, not the batch (except with an auth scheme that must replay the body
+        after a 401, such as OAuth2 client credentials: httpx then reads it into memory).
+        """
+        headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
+        # FhirClient.request hands `content` to httpx unchanged, and httpx takes any iterable of
+        # bytes (a new iteration for each retry: MultipartFiles is re-iterable, not a generator).
+        # Its annotation says bytes only: the cast is about the annotation, not the value.
+        return self._stow(cast(bytes, body), headers)
+
+    def _stow(self, content: bytes, headers: Mapping[str, str]) -> StowResult:
         response = self._http.request(
             "POST",
             "studies",
-            content=body,
-            headers={"Content-Type": content_type, "Accept": DICOM_JSON},
+            content=content,
+            headers={**headers, "Accept": DICOM_JSON},
             ok_statuses=frozenset({409}),
         )
         try:

@@ -18,7 +18,6 @@ type ``dicom-wado-rs`` at the PACS's base URL: FHIR never points at images the P
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -32,7 +31,13 @@ import httpx
 
 from fhirimg import jsonio
 from fhirimg.convert import REPORT_NAME
-from fhirimg.dicomweb.client import DicomwebClient
+from fhirimg.dicomweb.client import (
+    DicomwebClient,
+    FilePart,
+    MultipartFiles,
+    new_boundary,
+    scan_file,
+)
 from fhirimg.errors import InputError, PushError
 from fhirimg.model import InstanceRecord
 from fhirimg.push.auth import AuthError
@@ -81,7 +86,8 @@ class StoreOptions:
     """How to store instances in the PACS (``push --dicomweb`` options, as data).
 
     A batch (one STOW-RS request) holds at most ``batch_instances`` instances and, unless one
-    instance alone is larger, ``batch_bytes`` bytes. ``journal``, ``use_journal`` and ``force``
+    instance alone is larger, ``batch_bytes`` bytes. Batches are streamed from the files, so these
+    bound the size of a request, not the memory used (one chunk per request in flight). ``journal``, ``use_journal`` and ``force``
     mean what they mean for :class:`fhirimg.push.PushOptions` (same journal file by default).
     """
 
@@ -351,61 +357,70 @@ def _store_study(
     journal: Journal,
     observer: PushObserver,
 ) -> None:
+    """Store one study's instances, batch by batch. Each file is read twice, a chunk at a time:
+    once to hash it (the journal says whether it is already stored) and to check that the batch's
+    multipart boundary is not in it, once more while it is streamed to the server."""
     result = plan.result
     server = client.base_url
-    pending: list[tuple[_Source, bytes, str]] = []
+    boundary = new_boundary()
+    pending: list[tuple[_Source, FilePart]] = []
+    size = 0
 
     def send() -> None:
-        answer = client.store([data for _, data, _ in pending])
+        try:
+            answer = client.store_files(MultipartFiles([part for _, part in pending], boundary))
+        except (AuthError, ServerUnreachableError):
+            raise
+        except PushError as exc:
+            result.failed += [(source.sop_instance_uid, str(exc)) for source, _ in pending]
+            pending.clear()
+            return
         failed = dict(answer.failed)
         stored = set(answer.stored)
-        for source, data, digest in pending:
+        for source, part in pending:
             uid = source.sop_instance_uid
             if uid in failed:
                 result.failed.append((uid, _reason(failed[uid])))
             elif uid in stored or (answer.status == 200 and not answer.failed):
-                journal.record_instance(server, uid, digest, size=len(data))
+                journal.record_instance(server, uid, part.sha256, size=part.size)
                 result.stored += 1
             else:
                 result.failed.append((uid, f"not confirmed by the server (HTTP {answer.status})"))
-            observer.advanced(len(data))
+            observer.advanced(part.size)
         pending.clear()
 
-    size = 0
     for source in plan.sources:
         try:
-            data = source.path.read_bytes()
+            part, clash = scan_file(source.path, boundary)
+            if clash:
+                # The boundary occurs in this file (never seen, but possible): send what is
+                # pending with it, and draw one for the next batch that does not.
+                if pending:
+                    send()
+                    size = 0
+                while clash:
+                    boundary = new_boundary()
+                    part, clash = scan_file(source.path, boundary)
         except OSError as exc:
-            result.failed.append((source.sop_instance_uid, f"cannot read {source.path}: {exc}"))
+            reason = f"cannot read {source.path}: {exc.strerror or exc}"
+            result.failed.append((source.sop_instance_uid, reason))
             continue
-        digest = hashlib.sha256(data).hexdigest()
-        if journal.instance_done(server, source.sop_instance_uid, digest):
+        if journal.instance_done(server, source.sop_instance_uid, part.sha256):
             result.skipped += 1
-            observer.advanced(len(data))
+            observer.advanced(part.size)
             continue
         if options.dry_run:
             result.planned += 1
             continue
         if pending and (
-            len(pending) >= options.batch_instances or size + len(data) > options.batch_bytes
+            len(pending) >= options.batch_instances or size + part.size > options.batch_bytes
         ):
-            _send_batch(send, pending, result)
+            send()
             size = 0
-        pending.append((source, data, digest))
-        size += len(data)
+        pending.append((source, part))
+        size += part.size
     if pending:
-        _send_batch(send, pending, result)
-
-
-def _send_batch(send: Any, pending: list[tuple[_Source, bytes, str]], result: StudyStore) -> None:
-    try:
         send()
-    except (AuthError, ServerUnreachableError):
-        raise
-    except PushError as exc:
-        for source, _, _ in pending:
-            result.failed.append((source.sop_instance_uid, str(exc)))
-        pending.clear()
 
 
 def _check_pacs(client: DicomwebClient) -> None:
