@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli import app
+from fhirimg.cli._app import err_console
+from fhirimg.convert import ConvertOptions
+from fhirimg.dicomweb import StudyQuery
 from tests.faultproxy import FaultProxy
 from tests.helpers import REPO, SAMPLE, bundles, load
 from tests.test_dicomweb_orthanc import _start_or_skip
@@ -122,6 +127,21 @@ def test_cli_usage_errors(args: list[str]) -> None:
     assert result.exit_code == 2, result.output
 
 
+def test_unreachable_pacs_gives_up_as_told(tmp_path: Path) -> None:
+    """``convert --from-dicomweb``'s runner takes a timeout and a retry count: no retries here,
+    so an unreachable PACS is exit 3 at once (the defaults retry for about 10 s)."""
+    with pytest.raises(typer.Exit) as exited:
+        _dw.run_convert_from_dicomweb(
+            "http://127.0.0.1:9/dw",
+            None,
+            StudyQuery(),
+            ConvertOptions(out_dir=tmp_path),
+            timeout=1.0,
+            retries=0,
+        )
+    assert exited.value.exit_code == 3
+
+
 def test_cli_unreachable_pacs_cannot_start(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "-o", str(tmp_path), "-q"]
@@ -144,3 +164,47 @@ def test_docs_name_every_dicomweb_option() -> None:
         for option in options:
             assert option in doc, f"{command} {option} is not in docs/dicomweb.md"
     assert load  # helpers import kept for parity with other CLI tests
+
+
+class _SeenBar(_dw._Bar):
+    """The CLI's bar, keeping what it was told (a bar is transient: a fast run leaves no text)."""
+
+    events: list[tuple[str, int, int | None]] = []
+
+    def __call__(self, stage: str, advance: int, total: int | None) -> None:
+        self.events.append((stage, advance, total))
+        super().__call__(stage, advance, total)
+
+
+@pytest.mark.dicomweb
+def test_progress_bar_on_a_terminal_unless_quiet(
+    pacs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = pacs.dicomweb_url
+    out = tmp_path / "out"
+    args = ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-j", "1", "-q"]
+    assert runner.invoke(app, [*args, "--dicomweb-url", url]).exit_code == 0
+    push = ["push", "--dicomweb", url, str(out), "--force"]
+    monkeypatch.setattr(_dw, "_Bar", _SeenBar)
+    seen = _SeenBar.events
+
+    result = runner.invoke(app, push)  # stderr is not a terminal: no bar
+    assert result.exit_code == 0, result.output
+    assert seen == []
+    monkeypatch.setattr(err_console, "_force_terminal", True)
+    result = runner.invoke(app, [*push, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == []
+    result = runner.invoke(app, push)
+    assert result.exit_code == 0, result.output
+    assert sum(n for _, n, _ in seen) == 4
+    assert {(stage, total) for stage, _, total in seen} == {("store", 4)}
+
+    seen.clear()
+    options = ConvertOptions(out_dir=tmp_path / "again", jobs=1)
+    _dw.run_convert_from_dicomweb(url, None, StudyQuery(), options, progress=False)
+    assert seen == []
+    _dw.run_convert_from_dicomweb(url, None, StudyQuery(), options, progress=True)
+    studies = len(bundles(tmp_path / "again"))
+    assert seen.count(("read", 1, studies)) == studies
+    assert seen.count(("write", 1, studies)) == studies

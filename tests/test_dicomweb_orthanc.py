@@ -153,11 +153,17 @@ def _key_entries(bundle: dict[str, Any]) -> dict[str, Any]:
 def test_conversion_from_pacs_equals_conversion_from_files(
     orthanc: OrthancServer, stored: Path, tmp_path: Path
 ) -> None:
+    events: list[tuple[str, int, int | None]] = []
     with DicomwebClient(orthanc.dicomweb_url) as client:
         report = convert_from_dicomweb(
-            client, StudyQuery(), ConvertOptions(out_dir=tmp_path, jobs=1)
+            client,
+            StudyQuery(),
+            ConvertOptions(out_dir=tmp_path, jobs=1),
+            lambda *event: events.append(event),
         )
     assert report.exit_code == 0, report.summary()
+    assert [e for e in events if e[0] == "read"] == [("read", 1, 5)] * 5  # studies read
+    assert [e for e in events if e[0] == "write"] == [("write", 1, 5)] * 5
     from_files, from_pacs = bundles(stored), bundles(tmp_path)
     assert sorted(from_pacs) == sorted(from_files)
     for name, bundle in from_files.items():
@@ -220,14 +226,21 @@ def test_verify_finds_deleted_and_unlisted_instances(orthanc: OrthancServer, sto
 def test_push_to_pacs_and_fhir_then_follow_endpoint_as_a_client(
     orthanc: OrthancServer, stored: Path, clean_fhir: Any
 ) -> None:
+    events: list[tuple[str, int, int | None]] = []
     report = store_and_push(
         [stored],
         StoreOptions(orthanc.dicomweb_url, retry=FAST),
         PushOptions(server=clean_fhir.base_url, retry=FAST),
+        progress=lambda *event: events.append(event),
     )
     assert report.ok, report.to_json()
     assert report.fhir is not None
     assert report.fhir.pushed == 5
+    # Progress: every instance (here skipped: stored by the fixture), then every bundle.
+    assert sum(n for stage, n, _ in events if stage == "store") == 20
+    assert {total for stage, _, total in events if stage == "store"} == {20}
+    assert [e for e in events if e[0] == "push"] == [("push", 1, 5)] * 5
+    assert [e[0] for e in events] == ["store"] * (len(events) - 5) + ["push"] * 5
 
     # A client application: find the study in FHIR, follow its Endpoint, fetch one instance.
     sources = _source_files(stored)

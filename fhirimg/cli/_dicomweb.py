@@ -5,6 +5,9 @@ print, exit), so that those commands only gain a few lines each."""
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -22,11 +25,7 @@ from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
 from fhirimg.dicomweb.store import DicomwebPushReport, StoreOptions, store_and_push
 from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.push import (
-    AuthError,
-    JournalLockedError,
-    PushOptions,
-)
+from fhirimg.push import AuthError, JournalLockedError, PushOptions, RetryPolicy
 
 PANEL = "DICOMweb"
 
@@ -66,6 +65,84 @@ DicomwebClientIdOpt = Annotated[
         rich_help_panel=PANEL,
     ),
 ]
+
+
+DicomwebTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        help="With --from-dicomweb: seconds to wait for each response of the DICOMweb server.",
+        rich_help_panel=PANEL,
+    ),
+]
+DicomwebRetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        min=0,
+        help="With --from-dicomweb: retries per request on connection errors, timeouts, 429 "
+        "and 5xx.",
+        rich_help_panel=PANEL,
+    ),
+]
+"""``--timeout`` / ``--retries`` for ``convert --from-dicomweb`` (``verify`` has its own, also
+for the FHIR server); defaults :data:`TIMEOUT` and :data:`RETRIES`."""
+TIMEOUT = 60.0
+RETRIES = RetryPolicy().max_attempts - 1  # what convert --from-dicomweb always did
+
+_STAGES = {
+    "read": "reading studies",
+    "write": "writing bundles",
+    "store": "storing instances",
+    "push": "pushing bundles",
+}
+
+
+class _Bar:
+    """A rich progress bar on stderr fed by the library's ``progress(stage, advance, total)``
+    callback: one line per stage, made when the stage first reports. Thread-safe (STOW-RS
+    workers call it)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskID,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, stage: str, advance: int, total: int | None) -> None:
+        with self._lock:
+            if stage not in self._tasks:
+                label = _STAGES.get(stage, stage)
+                self._tasks[stage] = self.progress.add_task(label, total=total)
+            self.progress.update(self._tasks[stage], advance=advance, total=total)
+
+
+@contextmanager
+def progress_bar(show: bool) -> Iterator[_Bar | None]:
+    """A running :class:`_Bar` when ``show`` and stderr is a terminal, else None (the library
+    then reports no progress): ``--quiet``, and output to a file or a pipe, get no bar."""
+    if not show or not err_console.is_terminal:
+        yield None
+        return
+    bar = _Bar()
+    with bar.progress:
+        yield bar
 
 
 def dicomweb_auth(
@@ -118,7 +195,10 @@ def run_push_dicomweb(
         dry_run=push_options.dry_run,
     )
     try:
-        report = store_and_push(paths, store_options, push_options if with_fhir else None)
+        with progress_bar(not quiet and not push_options.dry_run) as bar:
+            report = store_and_push(
+                paths, store_options, push_options if with_fhir else None, progress=bar
+            )
     except (KeyboardInterrupt, FhirimgError) as exc:
         _errors_to_exit(exc)
     _print_push(report, json_out=json_out, quiet=quiet)
@@ -180,12 +260,22 @@ def run_convert_from_dicomweb(
     query: StudyQuery,
     options: ConvertOptions,
     *,
-    timeout: float = 60.0,
+    timeout: float = TIMEOUT,
+    retries: int = RETRIES,
+    progress: bool = False,
 ) -> ConvertReport:
-    """``convert --from-dicomweb``: the report, or exit 3 when the server cannot be queried."""
+    """``convert --from-dicomweb``: the report, or exit 3 when the server cannot be queried.
+
+    ``progress``: show a bar of studies read and bundles written (pass ``not quiet``; it stays
+    off when stderr is not a terminal).
+    """
+    retry = RetryPolicy(max_attempts=retries + 1)
     try:
-        with DicomwebClient(url, auth=auth, timeout=timeout) as client:
-            return convert_from_dicomweb(client, query, replace(options))
+        with (
+            DicomwebClient(url, auth=auth, timeout=timeout, retry=retry) as client,
+            progress_bar(progress) as bar,
+        ):
+            return convert_from_dicomweb(client, query, replace(options), bar)
     except (KeyboardInterrupt, FhirimgError) as exc:
         _errors_to_exit(exc)
     except OSError as exc:

@@ -331,7 +331,9 @@ def convert_from_dicomweb(
 
     The ImagingStudy gets an Endpoint at the server's base URL unless ``options.mapping`` names
     another. Raises :class:`PushError` when the server cannot be queried at all; a study whose
-    metadata cannot be read is reported as failed in ``report.json``.
+    metadata cannot be read is reported as failed in ``report.json``. ``progress`` hears
+    ``("read", 1, studies)`` as each study's metadata is read, then ``("write", 1, studies)``
+    as each bundle is written.
     """
     opts = options or ConvertOptions()
     if not opts.mapping.dicomweb_url:
@@ -345,7 +347,7 @@ def convert_from_dicomweb(
                 pool, lambda uid: study_records(client, uid), studies, threads * 2
             ):
                 if progress:
-                    progress("read", len(batch), None)
+                    progress("read", 1, len(studies))
                 yield batch
 
     return convert_records(source, opts, progress)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from fhirimg import jsonio
-from fhirimg.convert import REPORT_NAME
+from fhirimg.convert import REPORT_NAME, Progress
 from fhirimg.dicomweb.client import (
     DicomwebClient,
     FilePart,
@@ -46,6 +46,7 @@ from fhirimg.push.journal import Journal
 from fhirimg.push.pusher import (
     BINARY_EXTENSION_URL,
     DEFAULT_FOLDER,
+    BundleResult,
     PushObserver,
     PushOptions,
     PushReport,
@@ -356,8 +357,9 @@ def _store_study(
     options: StoreOptions,
     journal: Journal,
     observer: PushObserver,
+    done: Callable[[int], None],
 ) -> None:
-    """Store one study's instances, batch by batch. Each file is read twice, a chunk at a time:
+    """Store one study's instances, batch by batch; ``done(n)``: n more instances accounted for. Each file is read twice, a chunk at a time:
     once to hash it (the journal says whether it is already stored) and to check that the batch's
     multipart boundary is not in it, once more while it is streamed to the server."""
     result = plan.result
@@ -373,6 +375,7 @@ def _store_study(
             raise
         except PushError as exc:
             result.failed += [(source.sop_instance_uid, str(exc)) for source, _ in pending]
+            done(len(pending))
             pending.clear()
             return
         failed = dict(answer.failed)
@@ -387,6 +390,7 @@ def _store_study(
             else:
                 result.failed.append((uid, f"not confirmed by the server (HTTP {answer.status})"))
             observer.advanced(part.size)
+        done(len(pending))
         pending.clear()
 
     for source in plan.sources:
@@ -404,13 +408,16 @@ def _store_study(
         except OSError as exc:
             reason = f"cannot read {source.path}: {exc.strerror or exc}"
             result.failed.append((source.sop_instance_uid, reason))
+            done(1)
             continue
         if journal.instance_done(server, source.sop_instance_uid, part.sha256):
             result.skipped += 1
             observer.advanced(part.size)
+            done(1)
             continue
         if options.dry_run:
             result.planned += 1
+            done(1)
             continue
         if pending and (
             len(pending) >= options.batch_instances or size + part.size > options.batch_bytes
@@ -435,10 +442,14 @@ def store_instances(
     options: StoreOptions,
     observer: PushObserver | None = None,
     *,
+    progress: Progress | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> StoreReport:
     """Store the instances of the studies of every bundle under ``paths`` (convert output) in the
     DICOMweb server with STOW-RS.
+
+    ``progress("store", n, total)`` is called (from worker threads) as ``n`` more of the
+    ``total`` instances that have a source file are stored, skipped as already stored, or fail.
 
     Raises :class:`InputError` when no bundle is found, :class:`PushError` (or :class:`AuthError`)
     when the server cannot be used at all. Refused instances are in the report.
@@ -465,6 +476,11 @@ def store_instances(
     report.journal = str(journal_path) if journal_path else None
     journal = Journal(journal_path, ignore_existing=options.force, read_only=options.dry_run)
     observer.started(len(plans), sum(s.size for p in plans for s in p.sources))
+    total = sum(len(p.sources) for p in plans)
+
+    def done(n: int) -> None:
+        if progress is not None and n:
+            progress("store", n, total)
 
     client = DicomwebClient(
         url,
@@ -479,7 +495,7 @@ def store_instances(
         if not options.dry_run:
             _check_pacs(client)
         with journal:
-            _store_all(client, plans, options, journal, report, observer)
+            _store_all(client, plans, options, journal, report, observer, done)
     finally:
         report.requests = client.stats_requests
         report.retries = client.stats_retries
@@ -495,6 +511,7 @@ def _store_all(
     journal: Journal,
     report: StoreReport,
     observer: PushObserver,
+    done: Callable[[int], None],
 ) -> None:
     lock = threading.Lock()
 
@@ -504,7 +521,7 @@ def _store_all(
                 plan.result.failed.append(("*", "not attempted: the run was aborted"))
                 return
         try:
-            _store_study(client, plan, options, journal, observer)
+            _store_study(client, plan, options, journal, observer, done)
         except (AuthError, ServerUnreachableError) as exc:
             with lock:
                 report.aborted = report.aborted or f"the DICOMweb server cannot be used: {exc}"
@@ -525,16 +542,24 @@ def store_and_push(
     push_options: PushOptions | None = None,
     observer: PushObserver | None = None,
     *,
+    progress: Progress | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> DicomwebPushReport:
     """``push --dicomweb``: :func:`store_instances`, then (with ``push_options``) push to the FHIR
     server the bundles whose study is complete in the PACS and whose ImagingStudy has a
     ``dicom-wado-rs`` Endpoint at the PACS's URL. Both steps share one journal.
+
+    ``progress`` hears ``("store", n, instances)`` as :func:`store_instances` says, then
+    ``("push", 1, bundles)`` as each bundle is done with on the FHIR server.
     """
     paths = list(paths) or [DEFAULT_FOLDER]
     journal = store_options.journal or default_journal_path(paths)
     store = store_instances(
-        paths, replace(store_options, journal=journal), observer, transport=transport
+        paths,
+        replace(store_options, journal=journal),
+        observer,
+        progress=progress,
+        transport=transport,
     )
     report = DicomwebPushReport(store)
     if push_options is None or store.aborted:
@@ -551,7 +576,28 @@ def store_and_push(
         else:
             eligible.append(study.path)
     if eligible:
+        fhir_observer = _Counting(observer or PushObserver(), progress) if progress else observer
         report.fhir = push_paths(
-            eligible, replace(push_options, journal=push_options.journal or journal), observer
+            eligible, replace(push_options, journal=push_options.journal or journal), fhir_observer
         )
     return report
+
+
+class _Counting(PushObserver):
+    """Passes the FHIR push's events on, and each finished bundle to ``progress("push", 1, n)``."""
+
+    def __init__(self, inner: PushObserver, progress: Progress) -> None:
+        self._inner = inner
+        self._progress = progress
+        self._bundles: int | None = None
+
+    def started(self, bundles: int, total_bytes: int) -> None:
+        self._bundles = bundles
+        self._inner.started(bundles, total_bytes)
+
+    def advanced(self, nbytes: int) -> None:
+        self._inner.advanced(nbytes)
+
+    def finished(self, result: BundleResult) -> None:
+        self._inner.finished(result)
+        self._progress("push", 1, self._bundles)
