@@ -133,3 +133,10 @@ def test_internal_error_is_one_line_without_traceback(
     assert "internal error" in err
     assert "Traceback" not in err
     assert "secret patient detail" not in err
+
+
+@pytest.mark.parametrize("option", ["--dicomweb-url", "--push"])
+def test_urls_are_checked(tmp_path: Path, option: str) -> None:
+    result = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(tmp_path), option, "URL"])
+    assert result.exit_code == 2, result.output
+    assert "http(s) URL" in result.output

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -303,6 +304,9 @@ def convert_command(
     configure_logging(verbose)
     if fhir_version.lower() not in ("r4", "r5"):
         raise fail(f"unsupported --fhir-version {fhir_version!r}: use r4 or r5", ExitCode.USAGE)
+    for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
+        if url is not None and not _is_http_url(url):
+            raise fail(f"{option} needs an http(s) URL, not {url!r}", ExitCode.USAGE)
     if timezone:
         try:
             ZoneInfo(timezone)
@@ -415,14 +419,24 @@ def _convert_with_progress(
         return run(paths, options, progress=on_progress)
 
 
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (Endpoint.address, a FHIR server base)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _print_summary(report: ConvertReport) -> None:
     s = report.summary()
     files, studies = s["files"], s["studies"]
+    where = (
+        "study bundle(s), pushed and not kept"
+        if "pushed" in s
+        else f"bundle(s) in [bold]{report.out_dir}/[/]"
+    )
     err_console.print(
         f"Converted {files['converted']} of {files['total']} files into {studies['written']} "
-        f"bundle(s) in [bold]{report.out_dir}/[/] "
-        f"({files['skipped']} skipped, {files['duplicate']} duplicate, {files['failed']} failed; "
-        f"details in {report.out_dir / REPORT_NAME})"
+        f"{where} ({files['skipped']} skipped, {files['duplicate']} duplicate, "
+        f"{files['failed']} failed; details in {report.out_dir / REPORT_NAME})"
     )
     failed_studies = [st for st in report.studies if not st.ok]
     for st in failed_studies[:10]:
