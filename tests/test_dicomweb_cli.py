@@ -144,8 +144,12 @@ def test_unreachable_pacs_gives_up_as_told(tmp_path: Path) -> None:
 
 def test_cli_unreachable_pacs_cannot_start(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "-o", str(tmp_path), "-q"]
-    )
+        app,
+        [
+            "convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "-o", str(tmp_path), "-q",
+            "--timeout", "1", "--retries", "0",
+        ],
+    )  # fmt: skip
     assert result.exit_code == 3, result.output
 
 

@@ -293,6 +293,8 @@ def convert_command(
     dicomweb_user: _dw.DicomwebUserOpt = None,
     dicomweb_token_url: _dw.DicomwebTokenUrlOpt = None,
     dicomweb_client_id: _dw.DicomwebClientIdOpt = None,
+    timeout: _dw.DicomwebTimeoutOpt = _dw.TIMEOUT,
+    retries: _dw.DicomwebRetriesOpt = _dw.RETRIES,
 ) -> None:
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
@@ -349,7 +351,15 @@ def convert_command(
         auth = _dw.dicomweb_auth(
             dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id
         )
-        report = _dw.run_convert_from_dicomweb(from_dicomweb, auth, query, options)
+        report = _dw.run_convert_from_dicomweb(
+            from_dicomweb,
+            auth,
+            query,
+            options,
+            timeout=timeout,
+            retries=retries,
+            progress=not quiet,
+        )
         if json_out:
             sys.stdout.write(jsonio.dumps(report.summary()).decode())
         if not quiet:
