@@ -186,6 +186,16 @@ def test_query_options_select_studies(orthanc: OrthancServer, stored: Path, tmp_
     assert [s.study_instance_uid for s in one.studies] == [uid]
 
 
+def test_qido_wildcards_reach_the_server_unescaped(orthanc: OrthancServer, stored: Path) -> None:
+    """'*' must go out as '*': Orthanc does not take %2A as a wildcard (PS3.18 8.3.4.6)."""
+    with DicomwebClient(orthanc.dicomweb_url) as client:
+        ct = find_studies(client, StudyQuery(filters=(("StudyDescription", "*CT*"),)))
+        none = find_studies(client, StudyQuery(filters=(("StudyDescription", "*NO SUCH*"),)))
+    assert ct  # the sample's CT study descriptions contain "CT"
+    assert set(ct) <= _study_uids(stored)
+    assert none == []
+
+
 def _extra_instance(source: Path) -> bytes:
     """A copy of ``source`` with a new SOP Instance UID: same study, not in any ImagingStudy."""
     ds = pydicom.dcmread(source)

@@ -311,3 +311,15 @@ def test_store_files_streams_in_bounded_memory(tmp_path: Path) -> None:
     assert sink.digest.hexdigest() == expected.hexdigest()
     assert sink.largest_chunk <= client_module.CHUNK + 1024
     assert peak < 4 * client_module.CHUNK, peak  # the batch is 24 MB
+
+
+def test_dry_run_plans_count_as_fine() -> None:
+    """push --dicomweb --dry-run: instances it would store do not make the study a failure."""
+    from fhirimg.dicomweb.store import StudyStore
+
+    planned = StudyStore(
+        "b.json", Path("b.json"), "1.2.3", instances=3, has_endpoint=True, planned=3
+    )
+    assert planned.ok
+    short = StudyStore("b.json", Path("b.json"), "1.2.3", instances=3, has_endpoint=True, planned=2)
+    assert not short.ok

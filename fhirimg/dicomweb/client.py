@@ -18,11 +18,11 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -404,10 +404,9 @@ class DicomwebClient:
         headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
         # FhirClient.request hands `content` to httpx unchanged, and httpx takes any iterable of
         # bytes (a new iteration for each retry: MultipartFiles is re-iterable, not a generator).
-        # Its annotation says bytes only: the cast is about the annotation, not the value.
-        return self._stow(cast(bytes, body), headers)
+        return self._stow(body, headers)
 
-    def _stow(self, content: bytes, headers: Mapping[str, str]) -> StowResult:
+    def _stow(self, content: bytes | Iterable[bytes], headers: Mapping[str, str]) -> StowResult:
         response = self._http.request(
             "POST",
             "studies",
@@ -435,7 +434,9 @@ class DicomwebClient:
         seen_first: str | None = None
         while True:
             query = {**params, "limit": str(QIDO_PAGE), "offset": str(offset)}
-            response = self._http.request("GET", path, params=query, headers={"Accept": DICOM_JSON})
+            # Wildcards stay literal: Orthanc 1.10 does not take %2A for '*' (PS3.18 8.3.4.6).
+            url = f"{path}?{urlencode(query, safe='*?', quote_via=quote)}"
+            response = self._http.request("GET", url, headers={"Accept": DICOM_JSON})
             if response.status_code == 204 or not response.content:
                 return  # PS3.18 8.3.4.4: no match
             page = jsonio.loads(response.content)

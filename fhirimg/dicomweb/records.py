@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fhirimg import values
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, convert_records
 from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.errors import ConfigError, PushError
@@ -219,11 +220,15 @@ def qido_date(value: str) -> str:
 
     >>> qido_date("2024-05-20")
     '20240520'
+    >>> qido_date("2024-13-01")
+    Traceback (most recent call last):
+    fhirimg.errors.ConfigError: not a date (YYYY-MM-DD): '2024-13-01'
     """
     m = _DATE.match(value.strip())
-    if not m:
+    da = "".join(m.groups()) if m else ""
+    if not m or values.parse_da(da) is None:  # 2024-13-01 has the shape but is no day
         raise ConfigError(f"not a date (YYYY-MM-DD): {value!r}")
-    return "".join(m.groups())
+    return da
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ class StudyStore:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.stored + self.skipped == self.instances
+        # planned: --dry-run counts what it would store as fine
+        return not self.failed and self.stored + self.skipped + self.planned == self.instances
 
     def to_json(self) -> dict[str, Any]:
         return {
