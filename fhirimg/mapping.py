@@ -91,6 +91,9 @@ class MapOptions:
     """Identifier.system for Patient IDs whose issuer gives no standard system."""
     patient_id_systems: tuple[tuple[str, str], ...] = ()
     """Issuer of Patient ID (0010,0021) local names -> Identifier.system."""
+    accession_systems: tuple[tuple[str, str], ...] = ()
+    """Issuer of Accession Number local namespaces (0008,0051)>(0040,0031) -> Identifier.system;
+    an issuer with a Universal Entity ID needs none (``fhir-imaging-spec.md``, Issuer rule)."""
     dicomweb_url: str | None = None
     """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
 
@@ -454,7 +457,7 @@ def imaging_study(
     accession = None
     if accession_value:
         issuer = _first(records, "accession_issuer")  # (0008,0051) Issuer of Accession Number Seq.
-        system = issuer_system(issuer, {})
+        system = issuer_system(issuer, dict(options.accession_systems))
         accession = _identifier(accession_value, "ACSN", issuer, system)
     interpreters = tuple(
         d

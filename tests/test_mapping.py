@@ -82,3 +82,28 @@ def test_patient_if_none_exist_with_comma_in_patient_id() -> None:
         [rec], mapping.MapOptions(patient_id_system="urn:oid:1.2"), mapping.Notes()
     )
     assert request["ifNoneExist"] == "identifier=urn:oid:1.2|12%5C%2C345"
+
+
+def test_accession_local_namespace_system_is_configurable() -> None:
+    """An accession issuer with only a local namespace (0040,0031) gets its system from
+    --accession-system ISSUER=URI; without that mapping it has none."""
+    from fhirimg.fhir import release
+    from fhirimg.mapping import MapOptions, Notes, imaging_study
+    from fhirimg.model import InstanceRecord, Issuer
+
+    rec = InstanceRecord(
+        path="x.dcm", size=1, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid="1.2.3.4", study_instance_uid="1.2.3", series_instance_uid="1.2.3.1",
+        accession_number="A77", accession_issuer=Issuer(local="RIS1"), modality="CT",
+    )  # fmt: skip
+
+    def acsn(options: MapOptions) -> dict[str, object]:
+        study, _ = imaging_study([rec], "urn:uuid:p", None, release("r4"), options, Notes())
+        (ident,) = [i for i in study["identifier"] if i.get("type")]
+        return ident
+
+    without = acsn(MapOptions())
+    assert "system" not in without
+    assert without["assigner"] == {"display": "RIS1"}
+    mapped = acsn(MapOptions(accession_systems=(("RIS1", "https://ris.example/acc"),)))
+    assert mapped["system"] == "https://ris.example/acc"

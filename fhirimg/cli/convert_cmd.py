@@ -126,6 +126,14 @@ def convert_command(
             "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
         ),
     ] = None,
+    accession_system: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--accession-system",
+            help="ISSUER=URI: identifier system for Accession Numbers whose Issuer of Accession "
+            "Number (0008,0051) has only this local namespace (0040,0031). Repeatable.",
+        ),
+    ] = None,
     jobs: Annotated[
         int,
         typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
@@ -318,6 +326,11 @@ def convert_command(
                 ExitCode.USAGE,
             ) from None
     default_system, systems = parse_patient_id_systems(patient_id_system or [])
+    accession_default, accession_systems = parse_patient_id_systems(accession_system or [])
+    if accession_default is not None:
+        raise fail(
+            f"--accession-system takes ISSUER=URI, not {accession_default!r}", ExitCode.USAGE
+        )
     options = ConvertOptions(
         out_dir=out,
         fhir_version=fhir_version.lower(),
@@ -325,6 +338,7 @@ def convert_command(
             timezone=timezone,
             patient_id_system=default_system,
             patient_id_systems=systems,
+            accession_systems=accession_systems,
             dicomweb_url=dicomweb_url,
         ),
         jobs=jobs or None,
