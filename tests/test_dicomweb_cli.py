@@ -159,7 +159,7 @@ def test_docs_name_every_dicomweb_option() -> None:
         help_text = runner.invoke(app, [command, "--help"], terminal_width=200).output
         options = set(
             re.findall(
-                r"(--(?:dicomweb|from-dicomweb|study|since|patient(?![\w-])|accession|modality|qido)[\w-]*)",
+                r"(--(?:dicomweb|from-dicomweb|study|since|patient(?![\w-])|accession(?![\w-])|modality|qido)[\w-]*)",
                 help_text,
             )
         )
