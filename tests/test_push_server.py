@@ -264,3 +264,21 @@ def test_real_converter_output_pushes_twice_without_duplicates(
         )
         uid = study["identifier"][0]["value"]
         assert len(search(base, f"ImagingStudy?identifier=urn:dicom:uid|{uid}")) == 1
+
+
+def test_unreadable_part_file_fails_its_study_only(
+    clean_fhir: Any, make_folder: MakeFolder
+) -> None:
+    """A truncated ``<stem>.part-N.json`` (a convert killed mid-write) fails that study, is
+    reported like any refusal, and does not stop the run for the other bundles."""
+    folder = make_folder(2)
+    (folder / "study-000.part-2.json").write_bytes(b'{"resourceType": "Bundle", "entr')
+    result = push(folder, "--server", clean_fhir.base_url, *FAST, "--json")
+    assert result.exit_code == 1, result.output
+    data = summary(result)
+    assert (data["pushed"], data["failed"]) == (1, 1)
+    failed = next(b for b in data["bundles"] if b["status"] == "failed")
+    assert failed["file"] == "study-000.json"
+    assert "study-000.part-2.json" in failed["error"]
+    assert "study-000.json" in result.stderr
+    assert count(clean_fhir.base_url, "ImagingStudy") == 1

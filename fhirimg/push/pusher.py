@@ -752,7 +752,10 @@ def _push_split_study(
 
     def part_pieces(binaries: bool) -> bool:
         for path in f.parts:
-            raw, part = _load_bundle(path)
+            try:
+                raw, part = _load_bundle(path)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path.name}: cannot read: {exc}") from exc
             entries = [
                 e for e in part.get("entry") or []
                 if ((e.get("resource") or {}).get("resourceType") == "Binary") == binaries
@@ -780,6 +783,9 @@ def _push_split_study(
         raise
     except PushError as exc:
         total.status, total.error, total.http_status = "failed", str(exc), exc.status
+    except FhirimgError as exc:
+        # An unreadable part file (InputError) fails this study, not the whole run.
+        total.status, total.error = "failed", str(exc)
     return total
 
 
