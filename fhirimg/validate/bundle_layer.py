@@ -103,37 +103,57 @@ def check_resource_references(
     out: Collector,
     release: str,
     by_full_url: dict[str, dict[str, Any]],
+    container: dict[str, Any] | None = None,
 ) -> None:
-    """Reference checks inside one resource (and its contained resources)."""
+    """Reference checks inside one resource (and its contained resources).
+
+    ``container`` is the resource that holds ``res`` in its ``contained``: a ``#id`` reference
+    resolves against the container's contained resources (ref-1: ``%rootResource.contained.id``),
+    so contained resources may refer to each other, and ``#`` alone is the container.
+    """
     rtype = res.get("resourceType")
     if not isinstance(rtype, str):
         return
+    root = container if container is not None else res
     targets = reference_targets(release)
-    contained_ids = {c.get("id") for c in res.get("contained", []) or [] if isinstance(c, dict)}
-    for i, c in enumerate(res.get("contained", []) or []):
-        if isinstance(c, dict):
-            check_resource_references(c, f"{loc}.contained[{i}]", out, release, {})
+    local_types: dict[str, Any] = {
+        c["id"]: c.get("resourceType") for c in _contained(root) if isinstance(c.get("id"), str)
+    }
+    if container is None:
+        for i, c in enumerate(res.get("contained") or []):
+            if isinstance(c, dict):
+                check_resource_references(
+                    c, f"{loc}.contained[{i}]", out, release, by_full_url, res
+                )
     for where, element, ref_obj, ref in _references(res, loc, rtype):
+        target_type: str | None
         if ref.startswith("#"):
-            if ref != "#" and ref[1:] not in contained_ids:
+            if ref == "#":
+                target_type = root.get("resourceType") if container is not None else None
+            elif ref[1:] in local_types:
+                target_type = local_types[ref[1:]]
+            else:
                 out.error(where, f"{ref} does not match the id of a contained resource (ref-1)")
-            continue
-        if ref.startswith("urn:uuid:"):
-            if ref not in by_full_url:
-                out.error(where, f"{ref} does not resolve to any entry's fullUrl in the bundle")
                 continue
-        elif "?" in ref:
-            rt, _, query = ref.partition("?")
-            problem = query_problem(query) if _TYPE.match(rt) else f"{rt!r} is not a type"
-            if problem:
-                out.error(where, f"conditional reference {ref!r}: {problem}")
-                continue
-        elif not ref.startswith(("http://", "https://", "urn:")):
-            parts = ref.split("/_history/", 1)[0].split("/")
-            if len(parts) != 2 or not _TYPE.match(parts[0]) or not _ID.match(parts[1]):
-                out.error(where, f"{ref!r} is not a relative reference 'Type/id'")
-                continue
-        target_type = _type_of(ref, by_full_url)
+        else:
+            if ref.startswith("urn:uuid:"):
+                if ref not in by_full_url:
+                    out.error(where, f"{ref} does not resolve to any entry's fullUrl in the bundle")
+                    continue
+            elif "?" in ref:
+                rt, _, query = ref.partition("?")
+                problem = query_problem(query) if _TYPE.match(rt) else f"{rt!r} is not a type"
+                if problem:
+                    out.error(where, f"conditional reference {ref!r}: {problem}")
+                    continue
+            elif not ref.startswith(("http://", "https://", "urn:")):
+                parts = ref.split("/_history/", 1)[0].split("/")
+                if len(parts) != 2 or not _TYPE.match(parts[0]) or not _ID.match(parts[1]):
+                    out.error(where, f"{ref!r} is not a relative reference 'Type/id'")
+                    continue
+            target_type = _type_of(ref, by_full_url)
+        if not isinstance(target_type, str):
+            target_type = None
         declared = ref_obj.get("type")
         if isinstance(declared, str) and target_type and declared != target_type:
             out.error(where, f"Reference.type is {declared} but {ref} is a {target_type}")
@@ -143,6 +163,13 @@ def check_resource_references(
                 where,
                 f"{element} may point at {', '.join(sorted(allowed))}, not {target_type}",
             )
+
+
+def _contained(res: dict[str, Any]) -> list[dict[str, Any]]:
+    contained = res.get("contained")
+    if not isinstance(contained, list):
+        return []
+    return [c for c in contained if isinstance(c, dict)]
 
 
 def check(obj: Any, file: str, release: str) -> list[Finding]:

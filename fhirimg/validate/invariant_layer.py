@@ -13,6 +13,7 @@ information, as the HL7 validator does by default with ``-best-practice hint``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +37,22 @@ class Invariant:
     expression: str
     prop: str | None
     run: Callable[..., list[Any]] | None
+
+
+# The function form as(type) on a collection: R4 writes dom-3 with `descendants().as(uri)`, which
+# fhirpathpy rejects ("expected singleton") so dom-3 never ran on a resource with contained
+# resources. R5 restates the same constraint with ofType(), the filter the HL7 Java validator
+# applies; on a single item the two are the same.
+_AS_FUNCTION = re.compile(r"(?<![\w])as\(")
+
+
+def _portable(expression: str) -> str:
+    """``expression`` with the function ``as(type)`` written as ``ofType(type)``.
+
+    >>> _portable("descendants().as(uri) | where(as(canonical) = '#')")
+    "descendants().ofType(uri) | where(ofType(canonical) = '#')"
+    """
+    return _AS_FUNCTION.sub("ofType(", expression)
 
 
 def _quiet(label: str, value: Any) -> None:
@@ -67,7 +84,7 @@ def invariants_for(release: str) -> dict[str, tuple[Invariant, ...]]:
             run: Callable[..., list[Any]] | None = None
             if not any(u in expr for u in _UNSUPPORTED):
                 try:
-                    run = fhirpathpy.compile(expr, model, options)
+                    run = fhirpathpy.compile(_portable(expr), model, options)
                 except Exception:  # noqa: BLE001 - a parser error means: not checkable here
                     log.debug("cannot compile %s: %s", item["key"], expr)
             severity = (

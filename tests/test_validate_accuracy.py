@@ -1,0 +1,112 @@
+"""Accuracy cases found in review: valid shapes that must stay silent, defects that must be found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirimg.validate import Severity, validate_resource
+
+PATIENT = "urn:uuid:11111111-1111-4111-8111-111111111111"
+ENDPOINT = "urn:uuid:55555555-5555-4555-8555-555555555555"
+STUDY = "urn:uuid:22222222-2222-4222-8222-222222222222"
+
+
+def _bundle() -> dict[str, Any]:
+    patient = {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Organization", "id": "org1", "name": "Hospital"}],
+        "identifier": [{"system": "urn:oid:1.2.3.4", "value": "MRN1"}],
+        "managingOrganization": {"reference": "#org1"},
+    }
+    endpoint = {
+        "resourceType": "Endpoint",
+        "status": "active",
+        "connectionType": {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "dicom-wado-rs",
+        },
+        "payloadType": [{"text": "DICOM"}],
+        "address": "https://pacs.example.org/wado-rs",
+    }
+    study = {
+        "resourceType": "ImagingStudy",
+        "contained": [{"resourceType": "Practitioner", "id": "dr", "name": [{"family": "House"}]}],
+        "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4.5"}],
+        "status": "available",
+        "subject": {"reference": PATIENT},
+        "referrer": {"reference": "#dr"},
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": PATIENT,
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": ENDPOINT,
+                "resource": endpoint,
+                "request": {"method": "POST", "url": "Endpoint"},
+            },
+            {
+                "fullUrl": STUDY,
+                "resource": study,
+                "request": {"method": "POST", "url": "ImagingStudy"},
+            },
+        ],
+    }
+
+
+def _problems(obj: dict[str, Any], release: str = "r4") -> list[tuple[str, str]]:
+    return [
+        (f.location, f.layer)
+        for f in validate_resource(obj, fhir_version=release, layers="all")
+        if f.severity is not Severity.INFORMATION
+    ]
+
+
+def test_the_base_bundle_is_clean() -> None:
+    assert _problems(_bundle()) == []
+
+
+def test_contained_resource_may_refer_to_a_sibling_contained_resource() -> None:
+    # ref-1 resolves '#id' against the container's contained list (%rootResource.contained.id).
+    bundle = _bundle()
+    patient = bundle["entry"][0]["resource"]
+    patient["contained"].append(
+        {"resourceType": "Organization", "id": "org2", "partOf": {"reference": "#org1"}}
+    )
+    patient["generalPractitioner"] = [{"reference": "#org2"}]
+    assert _problems(bundle) == []
+
+
+def test_contained_resource_may_refer_to_another_entry_by_urn_uuid() -> None:
+    bundle = _bundle()
+    bundle["entry"][0]["resource"]["contained"][0]["endpoint"] = [{"reference": ENDPOINT}]
+    assert _problems(bundle) == []
+
+
+def test_dangling_urn_uuid_inside_a_contained_resource_is_found() -> None:
+    bundle = _bundle()
+    dangling = "urn:uuid:99999999-1111-4111-8111-111111111111"
+    bundle["entry"][0]["resource"]["contained"][0]["endpoint"] = [{"reference": dangling}]
+    assert _problems(bundle) == [
+        ("Bundle.entry[0].resource.contained[0].endpoint[0].reference", "bundle")
+    ]
+
+
+def test_local_reference_to_a_contained_resource_of_the_wrong_type_is_found() -> None:
+    # ImagingStudy.subject: Reference(Patient | Device | Group); '#dr' is a contained Practitioner.
+    bundle = _bundle()
+    bundle["entry"][2]["resource"]["subject"] = {"reference": "#dr"}
+    bundle["entry"][2]["resource"].pop("referrer")
+    assert _problems(bundle) == [("Bundle.entry[2].resource.subject.reference", "bundle")]
+
+
+def test_unreferenced_contained_resource_is_found_in_r4() -> None:
+    # dom-3; R4 writes it with descendants().as(uri), which must filter, not fail, on a collection.
+    bundle = _bundle()
+    bundle["entry"][0]["resource"]["contained"].append({"resourceType": "Organization", "id": "o9"})
+    assert _problems(bundle) == [("Bundle.entry[0].resource", "invariant")]
