@@ -110,3 +110,62 @@ def test_unreferenced_contained_resource_is_found_in_r4() -> None:
     bundle = _bundle()
     bundle["entry"][0]["resource"]["contained"].append({"resourceType": "Organization", "id": "o9"})
     assert _problems(bundle) == [("Bundle.entry[0].resource", "invariant")]
+
+
+def _history() -> dict[str, Any]:
+    def version(n: str) -> dict[str, Any]:
+        return {"resourceType": "Patient", "id": "p1", "meta": {"versionId": n}}
+
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [
+            {
+                "fullUrl": "http://srv.example/fhir/Patient/p1",
+                "resource": version(v),
+                "request": {"method": method, "url": url},
+                "response": {"status": status},
+            }
+            for v, method, url, status in (
+                ("2", "PUT", "Patient/p1", "200 OK"),
+                ("1", "POST", "Patient", "201 Created"),
+            )
+        ],
+    }
+
+
+def test_history_bundle_repeats_a_full_url() -> None:
+    # bdl-7: fullUrl unique "except in history bundles", or with different meta.versionId.
+    assert _problems(_history()) == []
+    collection = _history()
+    collection["type"] = "collection"
+    for e in collection["entry"]:
+        del e["request"], e["response"]
+    assert _problems(collection) == []
+    collection["entry"][1]["resource"]["meta"]["versionId"] = "2"
+    assert ("Bundle.entry[1].fullUrl", "bundle") in _problems(collection)
+
+
+def test_transaction_repeating_a_full_url_is_an_error_even_with_versions() -> None:
+    # Servers resolve transaction references by fullUrl: two entries with one fullUrl are rejected.
+    bundle = _bundle()
+    bundle["entry"][1]["fullUrl"] = PATIENT
+    bundle["entry"][1]["resource"]["meta"] = {"versionId": "2"}
+    assert ("Bundle.entry[1].fullUrl", "bundle") in _problems(bundle)
+
+
+def test_operations_and_metadata_in_a_batch_are_well_formed_urls() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "metadata"}},
+            {"request": {"method": "GET", "url": "Patient/p1/$everything"}},
+            {
+                "fullUrl": "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e1",
+                "resource": {"resourceType": "Parameters"},
+                "request": {"method": "POST", "url": "ImagingStudy/$validate"},
+            },
+        ],
+    }
+    assert _problems(bundle) == []

@@ -194,13 +194,18 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
         full_url = entry.get("fullUrl")
         res = entry.get("resource")
         if isinstance(full_url, str):
-            if full_url in first_seen:
+            # bdl-7: unique, or with different meta.versionId, except in history bundles. A
+            # transaction or batch resolves references by fullUrl, so there it is unique outright.
+            key = full_url if needs_request else f"{full_url}|{_version_id(res)}"
+            if btype == "history":
+                pass
+            elif key in first_seen:
                 out.error(
                     f"{loc}.fullUrl",
-                    f"fullUrl {full_url} is already used by Bundle.entry[{first_seen[full_url]}]",
+                    f"fullUrl {full_url} is already used by Bundle.entry[{first_seen[key]}]",
                 )
             else:
-                first_seen[full_url] = i
+                first_seen[key] = i
             if full_url.startswith("urn:uuid:"):
                 if not _UUID_URL.match(full_url):
                     out.error(f"{loc}.fullUrl", f"{full_url!r} is not urn:uuid: + a lowercase UUID")
@@ -221,6 +226,12 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
                 entry["resource"], f"Bundle.entry[{i}].resource", out, release, by_full_url
             )
     return out.findings
+
+
+def _version_id(res: Any) -> str:
+    meta = res.get("meta") if isinstance(res, dict) else None
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else ""
 
 
 def _check_request(entry: dict[str, Any], loc: str, out: Collector) -> None:
@@ -244,6 +255,8 @@ def _check_request(entry: dict[str, Any], loc: str, out: Collector) -> None:
         return
     path, q, query = url.partition("?")
     parts = path.split("/")
+    if parts[0] == "metadata" and len(parts) == 1:
+        return  # the capability statement (http.html#capabilities)
     if not _TYPE.match(parts[0]) and not parts[0].startswith(("$", "_")):
         out.error(f"{loc}.request.url", f"{url!r} does not start with a resource type")
         return
@@ -251,6 +264,8 @@ def _check_request(entry: dict[str, Any], loc: str, out: Collector) -> None:
         problem = query_problem(query)
         if problem:
             out.error(f"{loc}.request.url", f"conditional URL {url!r}: {problem}")
+    if any(p.startswith("$") for p in parts):
+        return  # an operation (Type/$op, Type/id/$op): its resource is its Parameters
     rtype = res.get("resourceType") if isinstance(res, dict) else None
     if method in ("POST", "PUT") and isinstance(rtype, str) and parts[0] != rtype:
         out.error(f"{loc}.request.url", f"request.url names {parts[0]} but the resource is {rtype}")
