@@ -378,3 +378,61 @@ def test_every_push_option_has_help_and_docs() -> None:
         stripped = line.strip()
         if stripped.startswith("--") and stripped not in options:
             assert len(stripped.split(maxsplit=2)) >= 2, line
+
+
+# --------------------------------------------------------------------------- learned size limit
+def test_a_refused_bundle_does_not_teach_the_run_a_size_limit(tmp_path: Path) -> None:
+    """A validation refusal that reads like "too large" (HAPI-style location text) makes push try
+    that bundle in pieces; when the pieces are refused too, the guessed limit was wrong and must
+    not cut every later bundle of the run into pieces."""
+    from fhirimg.push import PushOptions, push_paths
+
+    bad, _ = study_bundle("2.25.1", "MRN1")
+    bad["entry"][2]["resource"]["description"] = "x" * 70
+    write_bundle(tmp_path, "a-bad", bad, {})
+    good, _ = study_bundle("2.25.2", "MRN2")
+    write_bundle(tmp_path, "b-good", good, {})
+    refusal = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "invalid",
+                "diagnostics": "Bundle.entry[2].resource.description: exceeds maximum length",
+            }
+        ],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bundle = jsonio.loads(request.content)
+        entries = bundle["entry"]
+        if any("x" * 70 == (e["resource"].get("description")) for e in entries):
+            return httpx.Response(400, json=refusal)
+        answers = [{"response": {"status": "201 Created"}} for _ in entries]
+        return httpx.Response(200, json={"resourceType": "Bundle", "entry": answers})
+
+    options = PushOptions(server="http://fhir.test/r4", retry=FAST, jobs=1, check_server=False)
+    report = push_paths([tmp_path], options, transport=httpx.MockTransport(handler))
+    assert [(r.file, r.status) for r in report.results] == [
+        ("a-bad.json", "failed"),
+        ("b-good.json", "pushed"),
+    ]
+    assert report.results[1].pieces == 1  # sent whole, as converted
+
+
+def test_retry_after_that_is_not_ascii_digits_falls_back_to_backoff() -> None:
+    # str.isdigit() accepts '²' (a latin-1 header byte 0xB2), which float() rejects: the request
+    # crashed with ValueError instead of being retried.
+    assert parse_retry_after("²") is None
+    assert parse_retry_after("１") is None
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) < 2:
+            return httpx.Response(503, headers=[(b"Retry-After", b"\xb2")])
+        return httpx.Response(200, json={"ok": 1})
+
+    with _client(handler) as client:
+        assert client.get_json("metadata") == {"ok": 1}
+    assert len(calls) == 2

@@ -102,7 +102,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # delay-seconds = 1*DIGIT (ASCII only)
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

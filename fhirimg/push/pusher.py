@@ -837,7 +837,9 @@ def _push_all(
             _gate=gate,
             _limit=limit,
         )
-        if result.learned_limit:
+        if result.learned_limit and result.status == "pushed":
+            # Only a limit the pieces were then accepted at: a refusal that merely read like
+            # "too large" must not cut every later bundle of the run.
             with lock:
                 learned[0] = min(learned[0] or result.learned_limit, result.learned_limit)
         observer.advanced(f.size)
