@@ -169,3 +169,18 @@ def test_operations_and_metadata_in_a_batch_are_well_formed_urls() -> None:
         ],
     }
     assert _problems(bundle) == []
+
+
+def test_primitive_extension_arrays_stay_aligned() -> None:
+    # FHIR JSON (json.html#primitive): `given` and `_given` are aligned with nulls; a position that
+    # is null in both holds nothing (ele-1), and arrays of different lengths are not aligned.
+    ext = {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}
+    good = {"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [None, ext]}]}
+    assert _problems(good) == []
+    both_null = {
+        "resourceType": "Patient",
+        "name": [{"given": ["a", None], "_given": [ext, None]}],
+    }
+    assert ("Patient.name[0].given[1]", "json") in _problems(both_null)
+    short = {"resourceType": "Patient", "name": [{"given": ["a"], "_given": [None, ext]}]}
+    assert ("Patient.name[0]._given", "json") in _problems(short)

@@ -48,6 +48,8 @@ def _walk(node: Any, path: str, out: Collector, *, nulls_ok: bool) -> None:
             # Arrays of primitives and their `_name` twins may hold nulls to keep positions aligned.
             twin = key[1:] if key.startswith("_") else f"_{key}"
             _walk(value, f"{path}.{key}", out, nulls_ok=twin in node)
+            if key.startswith("_") and isinstance(value, list):
+                _aligned(node.get(twin), value, path, twin, out)
     elif isinstance(node, list):
         if not node:
             out.error(path, "empty array: leave the element out instead")
@@ -63,3 +65,18 @@ def _walk(node: Any, path: str, out: Collector, *, nulls_ok: bool) -> None:
             out.error(path, "empty string: leave the element out instead")
         elif node.isspace():
             out.warning(path, "string holds only whitespace (it reads as empty in FHIR XML)")
+
+
+def _aligned(values: Any, extras: list[Any], path: str, name: str, out: Collector) -> None:
+    """``name`` and ``_name`` are parallel arrays (json.html#primitive): same length, and no
+    position null in both (it would hold neither a value nor an id/extension: ele-1)."""
+    if not isinstance(values, list):
+        return
+    if len(values) != len(extras):
+        out.error(
+            f"{path}._{name}",
+            f"_{name} has {len(extras)} items but {name} has {len(values)}: they must align",
+        )
+    for i, (value, extra) in enumerate(zip(values, extras, strict=False)):
+        if value is None and extra is None:
+            out.error(f"{path}.{name}[{i}]", "null in both arrays: the item has no value (ele-1)")
