@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirimg.validate import Severity, validate_resource
+from fhirimg.validate import Severity, detect_version, validate_resource
 
 PATIENT = "urn:uuid:11111111-1111-4111-8111-111111111111"
 ENDPOINT = "urn:uuid:55555555-5555-4555-8555-555555555555"
@@ -184,3 +184,22 @@ def test_primitive_extension_arrays_stay_aligned() -> None:
     assert ("Patient.name[0].given[1]", "json") in _problems(both_null)
     short = {"resourceType": "Patient", "name": [{"given": ["a"], "_given": [None, ext]}]}
     assert ("Patient.name[0]._given", "json") in _problems(short)
+
+
+def test_an_r5_document_reference_alone_is_detected_as_r5() -> None:
+    # R5 DocumentReference: modality, context 0..* Reference, Attachment.size integer64 (string);
+    # R4: masterIdentifier, context a backbone element, content.format.
+    attachment = {"contentType": "application/dicom", "url": "Binary/b1", "size": "144"}
+    r5 = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "modality": [{"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM"}]}],
+        "content": [{"attachment": attachment}],
+    }
+    assert detect_version(r5) == "r5"
+    assert detect_version({"resourceType": "Bundle", "entry": [{"resource": r5}]}) == "r5"
+    r5_sized = {"resourceType": "DocumentReference", "content": [{"attachment": attachment}]}
+    assert detect_version(r5_sized) == "r5"
+    r4 = {"resourceType": "DocumentReference", "context": {"period": {"start": "2024"}}}
+    assert detect_version(r4) == "r4"
+    assert detect_version({"resourceType": "DocumentReference", "masterIdentifier": {}}) == "r4"

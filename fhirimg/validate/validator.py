@@ -89,6 +89,20 @@ def detect_version(obj: Any) -> str:
             for s in res.get("series", []) or []:
                 if isinstance(s, dict) and isinstance(s.get("modality"), dict):
                     return "r5" if "coding" in s["modality"] else "r4"
+        if rtype == "DocumentReference":
+            # R5: modality, context 0..* Reference, Attachment.size integer64 (a JSON string);
+            # R4: masterIdentifier, context one backbone element, content.format.
+            if "modality" in res or isinstance(res.get("context"), list):
+                return "r5"
+            if "masterIdentifier" in res or isinstance(res.get("context"), dict):
+                return "r4"
+            for c in res.get("content", []) or []:
+                if isinstance(c, dict):
+                    if "format" in c:
+                        return "r4"
+                    att = c.get("attachment")
+                    if isinstance(att, dict) and isinstance(att.get("size"), str):
+                        return "r5"
         if rtype == "Endpoint":
             # R5: connectionType 1..* CodeableConcept and `payload`; R4: one Coding, payloadType.
             if "payload" in res or isinstance(res.get("connectionType"), list):
