@@ -25,7 +25,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import BaseTag
 
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
 
@@ -583,4 +583,4 @@ def _truncated_at(ds: Dataset) -> str | None:
     return None
 
 
-__all__ = ["iter_files", "read_file", "sniff", "Tag"]
+__all__ = ["Header", "iter_files", "read_file", "sniff"]
