@@ -22,12 +22,7 @@ import httpx
 import pytest
 
 from fhirimg import jsonio
-
-try:
-    from tests.fhir_server import FhirTestServer, start_fhir_server
-except ImportError:  # pragma: no cover - the server module is not there yet
-    FhirTestServer = Any  # type: ignore[misc,assignment]
-    start_fhir_server = None
+from tests.servers.fhir_server import FhirTestServer, start_fhir_server
 
 MRN_SYSTEM = "urn:oid:1.2.826.0.1.3680043.9.7704.1"
 ENDPOINT_SYSTEM = "https://fhirimg.dev/fhir/endpoint"
@@ -37,12 +32,10 @@ BINARY_EXT = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
 _NS = uuid.UUID("6f1c6c1e-2f0e-4f63-9d5e-0a8b7f0c1d2e")
 
 
-def _start(**kwargs: Any) -> Iterator[Any]:
+def _start(**kwargs: Any) -> Iterator[FhirTestServer]:
     # scripts/test.sh (and so CI) sets FHIRIMG_REQUIRE_SERVERS=1: there a server that does not
     # start fails the tests instead of skipping them.
     required = os.environ.get("FHIRIMG_REQUIRE_SERVERS") == "1"
-    if start_fhir_server is None:
-        pytest.fail("tests/fhir_server.py is not available")
     try:
         server = start_fhir_server(**kwargs)
     except Exception as exc:  # FhirServerError: not installed, or failed to start

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from fhirimg.cli import app
 from tests.conftest import count, search
-from tests.fhir_server import FhirTestServer
 from tests.helpers import SAMPLE
+from tests.servers.fhir_server import FhirTestServer
 
 pytestmark = pytest.mark.server
 runner = CliRunner()

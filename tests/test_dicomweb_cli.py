@@ -17,8 +17,8 @@ from fhirimg.cli import app
 from fhirimg.cli._app import err_console
 from fhirimg.convert import ConvertOptions
 from fhirimg.dicomweb import StudyQuery
-from tests.faultproxy import FaultProxy
 from tests.helpers import REPO, SAMPLE, bundles, load
+from tests.servers.faultproxy import FaultProxy
 from tests.test_dicomweb_orthanc import _start_or_skip
 
 runner = CliRunner()

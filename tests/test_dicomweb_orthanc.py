@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,8 @@ from fhirimg.push import BasicAuth, FhirClient, PushOptions, RetryPolicy
 from fhirimg.push.auth import AuthError
 from fhirimg.scan import read_file
 from tests.helpers import SAMPLE, bundles, load, resources
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import orthanc_server  # noqa: E402
-from orthanc_server import OrthancServer, in_private_netns, start_orthanc  # noqa: E402
+from tests.servers import orthanc_server
+from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
 
 pytestmark = pytest.mark.dicomweb
 FAST = RetryPolicy(max_attempts=2, backoff_base=0.05, jitter=False)

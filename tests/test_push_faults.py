@@ -21,7 +21,7 @@ from fhirimg import jsonio
 from fhirimg.cli import app
 from fhirimg.push import ClientCredentialsAuth, FhirClient, RetryPolicy
 from tests.conftest import MakeFolder, count, snapshot
-from tests.faultproxy import Fault, FaultProxy
+from tests.servers.faultproxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.server
 

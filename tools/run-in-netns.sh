@@ -6,7 +6,7 @@
 # are unreachable from outside, and the tests (same namespace) reach them on 127.0.0.1.
 #
 # Usage:  tools/run-in-netns.sh COMMAND [ARG...]
-#   e.g.  tools/run-in-netns.sh .venv/bin/python -m pytest tests/test_orthanc_server.py -q
+#   e.g.  tools/run-in-netns.sh .venv/bin/python -m pytest tests/servers/test_orthanc_server.py -q
 # The environment and working directory are kept; the exit code of COMMAND is returned.
 # Exit code 3: no private network namespace could be created (run as root).
 set -eu

