@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydicom.data import get_testdata_file
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data" / "dicom"
@@ -16,7 +17,18 @@ def load(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
 
 
-def bundles(out_dir: Path) -> dict[str, Any]:
+def pydicom_file(name: str) -> Path:
+    """A file of the test data pydicom ships (``CT_small.dcm``, ...), never downloaded.
+
+    ``get_testdata_file`` is typed ``str | Dataset | None`` (``read=True`` gives a Dataset, a
+    missing file None); this narrows it for mypy and names the file when it is missing.
+    """
+    path = get_testdata_file(name, download=False)
+    assert isinstance(path, str), f"pydicom test file {name} not available"
+    return Path(path)
+
+
+def bundles(out_dir: Path) -> dict[str, dict[str, Any]]:
     """The bundles in a convert output folder, by file name."""
     return {p.name: load(p) for p in sorted(out_dir.glob("study-*.json"))}
 

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from fhirimg.cli import app
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, pydicom_file
 
 runner = CliRunner()
 
@@ -21,7 +20,7 @@ runner = CliRunner()
 def test_short_form_writes_default_folder_and_says_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["convert", "."])
     assert result.exit_code == 0, result.output

@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.data import get_testdata_file
 
 from fhirimg import ConvertOptions, MapOptions, convert
 from fhirimg.fhir import release
 from fhirimg.validate import Severity, validate_resource
-from tests.helpers import GOLDEN, REPO, SAMPLE, bundles, load, resources, study_by_uid
+from tests.helpers import (
+    GOLDEN,
+    REPO,
+    SAMPLE,
+    bundles,
+    load,
+    pydicom_file,
+    resources,
+    study_by_uid,
+)
 
 STUDY_A = "2.25.85155649098386921766494752360926339228"
 STUDY_B = "2.25.199473283427071051488146072373703684864"
@@ -164,7 +172,7 @@ def test_duplicates_and_conflicts(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
-    ct = Path(get_testdata_file("CT_small.dcm"))
+    ct = pydicom_file("CT_small.dcm")
     shutil.copy(ct, src / "a" / "ct.dcm")
     shutil.copy(ct, src / "b" / "ct-copy.dcm")  # identical: counted once
     import pydicom
@@ -180,7 +188,7 @@ def test_duplicates_and_conflicts(tmp_path: Path) -> None:
 
 
 def test_output_folder_inside_input_is_not_read(tmp_path: Path) -> None:
-    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm")
     for _ in range(2):
         report = convert([tmp_path], ConvertOptions(out_dir=tmp_path / "fhirimg-out", jobs=1))
     assert report.files == {"converted": 1, "skipped": 0, "duplicate": 0, "failed": 0}
@@ -189,7 +197,7 @@ def test_output_folder_inside_input_is_not_read(tmp_path: Path) -> None:
 def test_pydicom_test_files(tmp_path: Path) -> None:
     """pydicom's own test corpus (test_files with the dicomdirtests tree, and charset_files):
     no crash, every file accounted for, every bundle valid."""
-    corpus = Path(get_testdata_file("CT_small.dcm")).parent.parent
+    corpus = pydicom_file("CT_small.dcm").parent.parent
     assert (corpus / "charset_files").is_dir()
     assert (corpus / "test_files" / "dicomdirtests").is_dir()
     files = [p for p in corpus.rglob("*") if p.is_file()]
@@ -206,7 +214,7 @@ def test_pydicom_test_files(tmp_path: Path) -> None:
 def test_charset_names_decode(tmp_path: Path) -> None:
     """ISO 2022 IR 87 (Japanese), ISO 2022 IR 149 (Korean) and GB18030 names from pydicom's
     charset files come out decoded, one HumanName per component group."""
-    corpus = Path(get_testdata_file("CT_small.dcm")).parent.parent / "charset_files"
+    corpus = pydicom_file("CT_small.dcm").parent.parent / "charset_files"
     names = ("chrH31.dcm", "chrI2.dcm", "chrX2.dcm")
     convert([corpus / n for n in names], ConvertOptions(out_dir=tmp_path, jobs=1))
     families = {
@@ -219,8 +227,8 @@ def test_charset_names_decode(tmp_path: Path) -> None:
     assert ("Wang", "王") in families
 
 
-_CT_BYTES = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-_MR_BYTES = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+_CT_BYTES = pydicom_file("CT_small.dcm").read_bytes()
+_MR_BYTES = pydicom_file("MR_small.dcm").read_bytes()
 
 
 @settings(

@@ -349,7 +349,8 @@ def test_streamed_store_is_byte_identical_with_a_boundary_clash(
     every instance back byte-identical."""
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    study, series = generate_uid(), {}  # new UIDs: the module's Orthanc holds the sample already
+    # New UIDs: the module's Orthanc holds the sample already.
+    study, series = generate_uid(), dict[str, str]()
     for i, f in enumerate(sorted((SAMPLE / "study_b_mr").iterdir())):
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID = study

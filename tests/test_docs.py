@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
-from typer.core import TyperOption
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fhirimg.cli import app
 
@@ -21,9 +21,14 @@ COMMAND_DOCS = {
 }
 
 
-def _commands() -> dict[str, typer.main.TyperCommand]:
+def _commands() -> dict[str, TyperCommand]:
     group = typer.main.get_command(app)
-    return dict(group.commands)  # type: ignore[attr-defined]
+    assert isinstance(group, TyperGroup), "the app has subcommands, so typer gives a group"
+    commands: dict[str, TyperCommand] = {}
+    for name, command in group.commands.items():
+        assert isinstance(command, TyperCommand), f"{name} is a group, not a command"
+        commands[name] = command
+    return commands
 
 
 def test_every_command_has_docs() -> None:

@@ -99,7 +99,8 @@ def test_accession_local_namespace_system_is_configurable() -> None:
 
     def acsn(options: MapOptions) -> dict[str, object]:
         study, _ = imaging_study([rec], "urn:uuid:p", None, release("r4"), options, Notes())
-        (ident,) = [i for i in study["identifier"] if i.get("type")]
+        typed: list[dict[str, object]] = [i for i in study["identifier"] if i.get("type")]
+        (ident,) = typed
         return ident
 
     without = acsn(MapOptions())

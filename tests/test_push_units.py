@@ -243,7 +243,7 @@ def test_plan_is_a_permutation_respecting_acyclic_references(
     limit: int, refs: list[list[int]]
 ) -> None:
     # Entry i may only reference entries with a smaller index: acyclic by construction.
-    entries = [
+    entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"urn:uuid:{i}",
             "resource": {"r": [{"reference": f"urn:uuid:{j}"} for j in deps if j < i]},
@@ -265,7 +265,7 @@ def test_cycles_keep_bundle_order() -> None:
 
 
 def test_rewrite_replaces_references_and_attachment_urls() -> None:
-    piece = [
+    piece: list[dict[str, Any]] = [
         {
             "fullUrl": "urn:uuid:m",
             "resource": {

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fhirimg import scan
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, pydicom_file
 
 PYDICOM_DATA = Path(pydicom.data.__file__).parent
 
@@ -64,7 +64,7 @@ def test_fast_parser_agrees_with_pydicom() -> None:
 
 
 def test_sniff_by_content_not_extension(tmp_path: Path) -> None:
-    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ct = pydicom_file("CT_small.dcm")
     (tmp_path / "noext").write_bytes(ct.read_bytes())
     (tmp_path / "image.dcm").write_bytes(b"this is not DICOM at all, despite the name" * 10)
     assert isinstance(scan.read_file(str(tmp_path / "noext")), InstanceRecord)
@@ -88,7 +88,7 @@ def test_dicomdir_skipped() -> None:
 
 
 def test_missing_uids_named(tmp_path: Path) -> None:
-    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     del ds.SeriesInstanceUID
     ds.save_as(tmp_path / "x.dcm")
     problem = scan.read_file(str(tmp_path / "x.dcm"))
@@ -96,7 +96,7 @@ def test_missing_uids_named(tmp_path: Path) -> None:
     assert problem.reason == "missing Series Instance UID (0020,000E)"
 
 
-_CT = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
+_CT = pydicom_file("CT_small.dcm").read_bytes()
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
