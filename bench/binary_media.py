@@ -79,8 +79,8 @@ CONVERT = """
 import sys
 from pathlib import Path
 from fhirimg import ConvertOptions, convert
-from fhirimg.binary import BinaryMode
-from fhirimg.media import MediaOptions
+from fhirimg.images.binary import BinaryMode
+from fhirimg.images.rendered import MediaOptions
 mode, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
 kw = {}
 if mode in ("inline", "beside"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from fhirimg.validate import iter_validate
+from fhirimg.validate import iter_validate, parse_layers
 from fhirimg.validate.model_layer import model_class
 from fhirimg.validate.runner import default_jobs, discover
 from fhirimg.validate.validator import detect_version
@@ -169,7 +169,7 @@ def main() -> None:
 
     def run(layers: str, jobs: int) -> Callable[[], None]:
         def go() -> None:
-            for _ in iter_validate(files, layers=layers, jobs=jobs):
+            for _ in iter_validate(files, layers=parse_layers(layers), jobs=jobs):
                 pass
 
         return go

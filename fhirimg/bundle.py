@@ -15,14 +15,13 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from fhirimg import ids, jsonio
 from fhirimg.fhir import Release
+from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, Notes, endpoint, imaging_study, patient, sort_records
 from fhirimg.model import InstanceRecord
-
-JSON = dict[str, Any]
 
 
 def entry(full_url: str, resource: JSON, request: JSON) -> JSON:
@@ -51,7 +50,7 @@ def study_bundle(
     """The transaction Bundle for the records of one study (any order; they are sorted here).
 
     ``instance_extensions`` (by SOP Instance UID) go on ``ImagingStudy.series.instance``: the
-    Binary links of :mod:`fhirimg.binary`.
+    Binary links of :mod:`fhirimg.images.binary`.
     """
     notes = Notes()
     recs = sort_records(records)
@@ -97,7 +96,6 @@ _SEP = b",\n"
 _TAIL = b"\n  ]\n}\n"
 _INDENT = b"    "  # entries sit two levels deep (Bundle.entry[i])
 DATA_PLACEHOLDER = "@@fhirimg-streamed-data@@"
-_CHUNK = 3 * (1 << 20)  # a multiple of 3: base64 of each chunk concatenates without padding
 
 
 class DataSource(Protocol):
@@ -160,6 +158,7 @@ def encode_entry(item: JSON, source: DataSource | None = None) -> EncodedEntry:
         return EncodedEntry(text)
     head, marker, tail = text.partition(DATA_PLACEHOLDER.encode())
     if not marker:
+        # A caller's bug (the builder forgot the placeholder), not bad input or a bad option.
         raise ValueError("an entry with a data source needs the data placeholder")
     return EncodedEntry(head, source, tail)
 

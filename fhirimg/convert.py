@@ -8,8 +8,9 @@ The pipeline is scan -> group -> map -> bundle -> validate -> write:
    settles duplicate SOP Instance UIDs;
 3. each study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is validated, and is written
    atomically; a bundle that does not validate is never written. With ``binary`` and/or ``media``
-   the study goes through :func:`fhirimg.pixels.write_study` instead, which streams Binary and
-   rendered-image entries after the same head, split at ``max_entries`` / ``max_bundle_mb``;
+   the study goes through the pixel study writer, :func:`fhirimg.images.writer.write_study`,
+   instead, which streams Binary and rendered-image entries after the same head, split at
+   ``max_entries`` / ``max_bundle_mb`` (the choice is :func:`_study_writer`);
 4. ``report.json`` accounts for every input file: converted, skipped, duplicate or failed.
 
 Nothing here prints: progress goes to an optional callback, results come back as a
@@ -26,17 +27,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fhirimg import ids, jsonio
-from fhirimg.binary import BinaryMode
 from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
 from fhirimg.group import PackedRecord, StudyIndex, unpack
+from fhirimg.images.binary import BinaryMode
+from fhirimg.images.rendered import MediaOptions
+from fhirimg.images.writer import PixelOptions, write_study
+from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions
-from fhirimg.media import MediaOptions
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
-from fhirimg.pixels import PixelOptions, write_study
 from fhirimg.scan import iter_files, read_file
+from fhirimg.validate import resource_errors
 
 DEFAULT_OUT = Path("fhirimg-out")
 REPORT_NAME = "report.json"
@@ -70,7 +73,8 @@ class ConvertOptions:
     integrity, imaging rules)."""
 
     def pixels(self) -> PixelOptions:
-        """The Binary / rendered-image / split options for :func:`fhirimg.pixels.write_study`."""
+        """The Binary / rendered-image / split options for the pixel study writer
+        (:func:`fhirimg.images.writer.write_study`)."""
         if self.max_entries is not None and self.max_entries < 1:
             raise ConfigError("max_entries must be at least 1")
         if self.max_bundle_mb is not None and self.max_bundle_mb <= 0:
@@ -115,8 +119,8 @@ class StudyOutcome:
     def ok(self) -> bool:
         return self.bundle is not None
 
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def as_json(self) -> JSON:
+        out: JSON = {
             "studyInstanceUid": self.study_instance_uid,
             "status": "written" if self.ok else "failed",
         }
@@ -165,7 +169,7 @@ class ConvertReport:
             return ExitCode.PARTIAL
         return ExitCode.OK
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JSON:
         return {
             "output": str(self.out_dir),
             "files": {"total": sum(self.files.values()), **self.files},
@@ -178,9 +182,9 @@ class ConvertReport:
             "exitCode": int(self.exit_code),
         }
 
-    def _pixel_summary(self) -> dict[str, Any]:
+    def _pixel_summary(self) -> JSON:
         """Counts of Binaries, rendered images and bundle parts (only when asked for)."""
-        out: dict[str, Any] = {}
+        out: JSON = {}
         if any(s.parts for s in self.studies):
             out["bundleFiles"] = sum(1 + len(s.parts) for s in self.studies if s.ok)
         if any(s.binaries is not None for s in self.studies):
@@ -202,7 +206,7 @@ class ConvertReport:
 
 def build_study(
     records: list[InstanceRecord], mapping: MapOptions, fhir_version: str, strict: bool = False
-) -> tuple[dict[str, Any], StudyOutcome]:
+) -> tuple[JSON, StudyOutcome]:
     """Build and validate one study's bundle. Pure: returns the bundle and its outcome.
 
     The outcome has ``errors`` (and the bundle must not be written) when validation fails.
@@ -210,7 +214,7 @@ def build_study(
     release = get_release(fhir_version)
     bundle, notes = study_bundle(records, mapping, release)
     study = bundle["entry"][-1]["resource"]
-    errors = release.errors(bundle, strict)
+    errors = resource_errors(bundle, release.name, strict)
     uid = records[0].study_instance_uid
     outcome = StudyOutcome(
         study_instance_uid=uid,
@@ -223,12 +227,29 @@ def build_study(
     return bundle, outcome
 
 
+StudyWriter = Callable[[list[InstanceRecord], MapOptions, str, Path, PixelOptions], StudyOutcome]
+"""Writes one study's bundle file(s) into a folder and says what became of the study."""
+
+
+def _study_writer(pixels: PixelOptions) -> StudyWriter:
+    """The one decision between the two study writers.
+
+    Without Binaries and rendered images (the default), :func:`_write_plain_study`: a study is a
+    Patient, an Endpoint and an ImagingStudy, small enough to build, validate and write whole, in
+    memory, as one bundle. With ``binary`` and/or ``media`` (:attr:`PixelOptions.active`),
+    :func:`_write_pixel_study`: the DICOM bytes and rendered images grow with the study, so the
+    pixel study writer streams them entry by entry after the same head and may split the bundle
+    into parts (``max_entries`` / ``max_bundle_mb``).
+    """
+    return _write_pixel_study if pixels.active else _write_plain_study
+
+
 def _write_study(
     blobs: list[bytes],
     mapping: MapOptions,
     fhir_version: str,
     out_dir: str,
-    pixels: PixelOptions | None = None,
+    pixels: PixelOptions,
 ) -> StudyOutcome:
     """Worker task: build, validate and (when valid) atomically write one study's bundle(s).
 
@@ -236,31 +257,40 @@ def _write_study(
     process that grouped them never had to unpickle them.
     """
     records = unpack(blobs)
-    if pixels is not None and pixels.active:
-        return _write_study_pixels(records, mapping, fhir_version, Path(out_dir), pixels)
-    try:
-        bundle, outcome = build_study(
-            records, mapping, fhir_version, strict=pixels is not None and pixels.strict
-        )
-    except Exception as exc:  # a mapping bug must cost one study, not the run
-        uid = records[0].study_instance_uid
-        return StudyOutcome(
-            uid, None, 0, len(records), errors=(f"internal error: {type(exc).__name__}: {exc}",)
-        )
-    if outcome.bundle:
-        jsonio.atomic_write(Path(out_dir) / outcome.bundle, jsonio.dumps(bundle))
-        remove_stale_parts(Path(out_dir), outcome.bundle)
-    return outcome
+    return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
 
 
-def _write_study_pixels(
+def _write_plain_study(
     records: list[InstanceRecord],
     mapping: MapOptions,
     fhir_version: str,
     out_dir: Path,
     pixels: PixelOptions,
 ) -> StudyOutcome:
-    """Worker task with Binaries and/or rendered images (:func:`fhirimg.pixels.write_study`)."""
+    """The plain study writer: one bundle built in memory (:func:`build_study`), written when
+    valid; ``pixels`` only says how strictly to validate."""
+    try:
+        bundle, outcome = build_study(records, mapping, fhir_version, strict=pixels.strict)
+    except Exception as exc:  # a mapping bug must cost one study, not the run
+        uid = records[0].study_instance_uid
+        return StudyOutcome(
+            uid, None, 0, len(records), errors=(f"internal error: {type(exc).__name__}: {exc}",)
+        )
+    if outcome.bundle:
+        jsonio.atomic_write(out_dir / outcome.bundle, jsonio.dumps(bundle))
+        remove_stale_parts(out_dir, outcome.bundle)
+    return outcome
+
+
+def _write_pixel_study(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: Path,
+    pixels: PixelOptions,
+) -> StudyOutcome:
+    """The pixel study writer (:func:`fhirimg.images.writer.write_study`): Binaries and/or
+    rendered images streamed after the head, possibly over several part files."""
     uid = records[0].study_instance_uid
     series = len({r.series_instance_uid for r in records})
     try:

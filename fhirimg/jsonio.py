@@ -2,18 +2,28 @@
 
 Output is deterministic: keys keep the insertion order the builders chose (``resourceType`` first),
 two-space indentation, a final newline. The same dict always gives the same bytes.
+
+:data:`JSON` and :data:`JSONMapping` are the one spelling of "a JSON object" in type hints
+(resources, bundles, DICOM JSON datasets); this module imports nothing from fhirimg, so every layer,
+the FHIR release seam included, may import them.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+JSON = dict[str, Any]
+"""A JSON object fhirimg builds or owns (a FHIR resource, an entry, a bundle): mutable."""
+
+JSONMapping = Mapping[str, Any]
+"""A JSON object only read (a parsed server reply, a DICOM JSON dataset): read-only view."""
 
 _OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 

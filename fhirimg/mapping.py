@@ -19,9 +19,8 @@ from pydicom.uid import UID
 from fhirimg import values
 from fhirimg.fhir import Release
 from fhirimg.fhir.base import StudyParts
+from fhirimg.jsonio import JSON
 from fhirimg.model import Code, InstanceRecord, Issuer
-
-JSON = dict[str, Any]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from fhirimg import ConvertOptions, convert, ids, jsonio
-from fhirimg.binary import EXTENSION_URL, BinaryMode, binary_id
-from fhirimg.fhir import release
+from fhirimg.images.binary import EXTENSION_URL, BinaryMode, binary_id
 from fhirimg.push import binaries_beside
-from fhirimg.validate import validate_resource
+from fhirimg.validate import ALL_LAYERS, resource_errors, validate_resource
 from tests.helpers import REPO, SAMPLE, load, resources
 
 LEGACY = "sample_data/dicom/study_c_mixed/legacy_no_meta.dcm"
@@ -47,7 +46,7 @@ def errors_of(
 ) -> list[str]:
     """Every error the validator finds with all its layers."""
     found = validate_resource(
-        bundle, fhir_version=version, layers="all", source=name, beside=beside
+        bundle, fhir_version=version, layers=ALL_LAYERS, source=name, beside=beside
     )
     return [f"{f.location}: {f.message}" for f in found if f.severity == "error"]
 
@@ -131,7 +130,7 @@ def test_streamed_file_is_the_canonical_serialisation(inline_out: Path) -> None:
 
 def test_inline_bundles_validate(inline_out: Path) -> None:
     for name, bundle in all_bundles(inline_out).items():
-        assert release("r4").errors(bundle) == [], name
+        assert resource_errors(bundle, "r4") == [], name
         assert errors_of(bundle, "r4") == [], name
 
 

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhirimg import ConvertOptions, MapOptions, convert
-from fhirimg.fhir import release
-from fhirimg.validate import Severity, validate_resource
+from fhirimg.validate import ALL_LAYERS, Severity, resource_errors, validate_resource
 from tests.helpers import (
     GOLDEN,
     REPO,
@@ -84,13 +83,13 @@ def test_golden_bundles(sample_out: Path) -> None:
 
 def test_bundles_validate_with_models(sample_out: Path) -> None:
     for name, bundle in bundles(sample_out).items():
-        assert release("r4").errors(bundle) == [], name
+        assert resource_errors(bundle, "r4") == [], name
 
 
 def test_bundles_pass_every_validator_layer(sample_out: Path) -> None:
     """What convert writes, the strict validator accepts: no error, no warning."""
     for name, bundle in bundles(sample_out).items():
-        findings = validate_resource(bundle, fhir_version="r4", layers="all", source=name)
+        findings = validate_resource(bundle, fhir_version="r4", layers=ALL_LAYERS, source=name)
         assert [f for f in findings if f.severity != Severity.INFORMATION] == [], name
 
 
@@ -206,7 +205,7 @@ def test_pydicom_test_files(tmp_path: Path) -> None:
     assert report.files["converted"] > 100
     assert all(s.ok for s in report.studies), [s.errors for s in report.studies if not s.ok]
     for name, bundle in bundles(tmp_path).items():
-        assert release("r4").errors(bundle) == [], name
+        assert resource_errors(bundle, "r4") == [], name
     listed = {f["path"] for f in load(tmp_path / "report.json")["files"]}
     assert listed == {str(p) for p in files}
 

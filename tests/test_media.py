@@ -15,9 +15,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from fhirimg import ConvertOptions, convert
-from fhirimg.binary import BinaryMode
-from fhirimg.fhir import release
-from fhirimg.media import FRAME_SYSTEM, MediaContent, MediaOptions, MediaPer
+from fhirimg.images.binary import BinaryMode
+from fhirimg.images.rendered import FRAME_SYSTEM, MediaContent, MediaOptions, MediaPer
+from fhirimg.validate import resource_errors
 from tests.helpers import REPO, load, resources
 from tests.test_binary import all_bundles, errors_of, run
 
@@ -91,7 +91,7 @@ def test_multiframe_middle_frame(media_out: Path) -> None:
 
 def test_media_bundles_validate(media_out: Path) -> None:
     for name, bundle in all_bundles(media_out).items():
-        assert release("r4").errors(bundle) == [], name
+        assert resource_errors(bundle, "r4") == [], name
         assert errors_of(bundle, "r4") == [], name
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fhirimg import ConvertOptions, MapOptions, convert
-from fhirimg.binary import EXTENSION_URL, BinaryMode
 from fhirimg.cli import app
-from fhirimg.fhir import release
-from fhirimg.media import MediaOptions
+from fhirimg.images.binary import EXTENSION_URL, BinaryMode
+from fhirimg.images.rendered import MediaOptions
+from fhirimg.validate import resource_errors
 from tests.helpers import REPO, SAMPLE, load, resources, study_by_uid
 from tests.test_binary import all_bundles, errors_of
 from tests.test_convert import STUDY_A
@@ -52,7 +52,7 @@ def test_r5_bundles_validate(r5_out: Path) -> None:
     bundles = all_bundles(r5_out)
     assert len(bundles) == 5
     for name, bundle in bundles.items():
-        assert release("r5").errors(bundle) == [], name
+        assert resource_errors(bundle, "r5") == [], name
         assert errors_of(bundle, "r5", name=name) == [], name
     assert load(r5_out / "report.json")["fhirVersion"] == "5.0.0"
 
@@ -115,7 +115,7 @@ def test_cli_r5_and_help_texts(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output  # the truncated sample file
     for bundle in all_bundles(tmp_path).values():
-        assert release("r5").errors(bundle) == []
+        assert resource_errors(bundle, "r5") == []
     bad = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(tmp_path), "--fhir-version", "r6"])
     assert bad.exit_code == 2, bad.output
 

@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from fhirimg.render import RenderError, render_file, window
+from fhirimg.errors import RenderError
+from fhirimg.images.render import render_file, window
 
 
 def test_window_linear_formula() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirimg.validate import Severity, detect_version, validate_resource
+from fhirimg.validate import ALL_LAYERS, Severity, detect_version, validate_resource
 
 PATIENT = "urn:uuid:11111111-1111-4111-8111-111111111111"
 ENDPOINT = "urn:uuid:55555555-5555-4555-8555-555555555555"
@@ -62,7 +62,7 @@ def _bundle() -> dict[str, Any]:
 def _problems(obj: dict[str, Any], release: str = "r4") -> list[tuple[str, str]]:
     return [
         (f.location, f.layer)
-        for f in validate_resource(obj, fhir_version=release, layers="all")
+        for f in validate_resource(obj, fhir_version=release, layers=ALL_LAYERS)
         if f.severity is not Severity.INFORMATION
     ]
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fhirimg.validate import Severity, validate_bytes
+from fhirimg.validate import ALL_LAYERS, Layer, Severity, validate_bytes
 
 CORPUS = Path(__file__).parent / "data" / "validate"
 MANIFEST: dict[str, dict[str, object]] = json.loads((CORPUS / "manifest.json").read_text())
 
 
-def _run(name: str, layers: str = "all") -> list[tuple[str, str]]:
+def _run(name: str, layers: frozenset[Layer] = ALL_LAYERS) -> list[tuple[str, str]]:
     path = CORPUS / "corpus" / name
     spec = MANIFEST[name]
     result = validate_bytes(

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhirimg.validate import Finding, Severity, detect_version, validate_paths, validate_resource
+from fhirimg.validate import (
+    ALL_LAYERS,
+    FAST_LAYERS,
+    Finding,
+    Severity,
+    detect_version,
+    validate_paths,
+    validate_resource,
+)
 from fhirimg.validate.bundle_layer import query_problem
 from fhirimg.validate.imaging_layer import uid_problem
 from fhirimg.validate.server import outcome_findings
@@ -59,8 +67,8 @@ def test_version_detection() -> None:
 
 def test_api_signature_and_fast_layers_skip_invariants() -> None:
     bundle = {"resourceType": "Bundle", "type": "transaction", "total": 1}
-    fast = validate_resource(bundle, fhir_version="r4", layers="fast", source="x.json")
-    full = validate_resource(bundle, fhir_version="r4", layers="all", source="x.json")
+    fast = validate_resource(bundle, fhir_version="r4", layers=FAST_LAYERS, source="x.json")
+    full = validate_resource(bundle, fhir_version="r4", layers=ALL_LAYERS, source="x.json")
     assert all(isinstance(f, Finding) for f in full)
     assert not [f for f in fast if f.layer == "invariant"]
     assert [f.location for f in full if f.layer == "invariant" and f.severity == "error"] == [
@@ -71,7 +79,7 @@ def test_api_signature_and_fast_layers_skip_invariants() -> None:
 
 def test_other_resource_types_get_information_not_errors() -> None:
     found = validate_resource(
-        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, layers="all"
+        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, layers=ALL_LAYERS
     )
     assert [f.severity for f in found] == [Severity.INFORMATION]
 

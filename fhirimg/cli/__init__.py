@@ -34,9 +34,8 @@ def main() -> None:
             f"[bold red]internal error[/] ({type(exc).__name__}): please report it; "
             "run again with FHIRIMG_DEBUG=1 for the traceback",
             highlight=False,
-            soft_wrap=True,
         )
-        sys.exit(int(ExitCode.INTERNAL))
+        sys.exit(70)
 
 
 __all__ = ["app", "main"]

@@ -1,12 +1,16 @@
-"""What a FHIR release must provide to the mapping (see :mod:`fhirimg.fhir`)."""
+"""What a FHIR release must provide to the mapping (see :mod:`fhirimg.fhir`).
+
+A leaf: it knows the shapes of each release and nothing of the pipeline. Checking a resource is
+:mod:`fhirimg.validate`'s job (:func:`fhirimg.validate.resource_errors`), which sits above this
+package and asks it for the models.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-JSON = dict[str, Any]
+from fhirimg.jsonio import JSON
 
 
 class Release(Protocol):
@@ -41,13 +45,6 @@ class Release(Protocol):
 
     def rendered_image(self, parts: ImageParts) -> JSON:
         """The resource for one rendered image: R4 Media, R5 DocumentReference."""
-        ...
-
-    def errors(
-        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
-    ) -> list[str]:
-        """Errors :mod:`fhirimg.validate` finds in ``resource`` (all layers when ``strict``);
-        ``known_binaries`` are ids of Binaries written outside this bundle."""
         ...
 
     def model_class(self, resource_type: str) -> Any:
@@ -96,38 +93,3 @@ def ordered(resource: JSON, order: tuple[str, ...]) -> JSON:
     out: JSON = {"resourceType": resource["resourceType"]}
     out.update((k, resource[k]) for k in order if k in resource)
     return out
-
-
-class ReleaseBase:
-    """What every release module shares: validation through :mod:`fhirimg.validate`."""
-
-    name: str
-
-    def errors(
-        self, resource: JSON, strict: bool = False, known_binaries: Collection[str] = ()
-    ) -> list[str]:
-        return validation_errors(resource, self.name, strict, known_binaries)
-
-
-def validation_errors(
-    resource: JSON, release: str, strict: bool = False, known_binaries: Collection[str] = ()
-) -> list[str]:
-    """The errors :mod:`fhirimg.validate` finds in ``resource``: its fast layers (JSON, models,
-    HL7 JSON Schema, bundle integrity, imaging rules), or all of them (FHIRPath invariants too)
-    when ``strict``. One validator for ``validate`` and ``convert``."""
-    from fhirimg.validate import Severity, validate_resource
-    from fhirimg.validate.findings import Layer
-    from fhirimg.validate.validator import ALL_LAYERS, FAST_LAYERS
-
-    wanted = ALL_LAYERS if strict else FAST_LAYERS
-    if resource.get("resourceType") != "Bundle":
-        # One entry of a bundle being streamed: its references point at other entries, so the
-        # bundle-integrity layer belongs to the bundle as a whole, not to the entry alone.
-        wanted = wanted - {Layer.BUNDLE}
-    layers = ",".join(sorted(layer.value for layer in wanted))
-    findings = validate_resource(
-        resource, fhir_version=release, layers=layers, known_binaries=known_binaries
-    )
-    return [
-        f"{f.location}: {f.message} [{f.layer}]" for f in findings if f.severity is Severity.ERROR
-    ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from fhirimg.fhir.base import JSON, ImageParts, ReleaseBase, StudyParts, ordered
+from fhirimg.fhir.base import ImageParts, StudyParts, ordered
+from fhirimg.jsonio import JSON
 
 _ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
@@ -21,7 +22,7 @@ _MEDIA_ORDER = (
 )  # fmt: skip
 
 
-class _R4(ReleaseBase):
+class _R4:
     name = "r4"
     fhir_version = "4.0.1"
     rendered_image_type = "Media"

@@ -14,7 +14,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from fhirimg.fhir.base import JSON, ImageParts, ReleaseBase, StudyParts, ordered
+from fhirimg.fhir.base import ImageParts, StudyParts, ordered
+from fhirimg.jsonio import JSON
 
 _ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
@@ -34,7 +35,7 @@ def _concept(coding: JSON) -> JSON:
     return {"text": coding["display"]}
 
 
-class _R5(ReleaseBase):
+class _R5:
     name = "r5"
     fhir_version = "5.0.0"
     rendered_image_type = "DocumentReference"

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from fhirimg.validate.findings import Finding, Layer, Severity, has_errors
 from fhirimg.validate.runner import FileResult, iter_validate, validate_bytes, validate_paths
-from fhirimg.validate.validator import detect_version, validate_resource
+from fhirimg.validate.validator import (
+    ALL_LAYERS,
+    FAST_LAYERS,
+    detect_version,
+    parse_layers,
+    resource_errors,
+    validate_resource,
+)
 
 __all__ = [
+    "ALL_LAYERS",
+    "FAST_LAYERS",
     "FileResult",
     "Finding",
     "Layer",
@@ -22,6 +31,8 @@ __all__ = [
     "detect_version",
     "has_errors",
     "iter_validate",
+    "parse_layers",
+    "resource_errors",
     "validate_bytes",
     "validate_paths",
     "validate_resource",

@@ -3,13 +3,15 @@
 fhir.resources checks required elements, single-vs-list, unknown elements, primitive regexes and
 choice exclusivity; it does not check required-binding codes, reference targets, invariants, id
 length, base64 or empty arrays (the other layers do). The models come from the release modules of
-:mod:`fhirimg.fhir` (the FHIR-version seam), loaded lazily because they take a while to load.
+:mod:`fhirimg.fhir` (the FHIR-version seam, below this package), which load them lazily because they
+take a while to load.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fhirimg.fhir import release as get_release
 from fhirimg.validate.findings import Collector, Finding, Layer
 
 
@@ -19,8 +21,6 @@ def model_class(release: str, resource_type: str) -> Any | None:
     The release modules (:mod:`fhirimg.fhir.r4`, :mod:`fhirimg.fhir.r5`) are the only places that
     import ``fhir.resources``: this asks them.
     """
-    from fhirimg.fhir import release as get_release
-
     return get_release(release).model_class(resource_type)
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import orjson
 
 from fhirimg.errors import InputError
-from fhirimg.validate import json_layer
+from fhirimg.validate import invariant_layer, json_layer, model_layer, schema_layer
 from fhirimg.validate.findings import Finding, Layer, Severity
-from fhirimg.validate.validator import layer_set, validate_resource
+from fhirimg.validate.validator import ALL_LAYERS, detect_version, validate_resource
 
 STDIN = "-"
 
@@ -60,14 +60,12 @@ def validate_bytes(
     *,
     source: str,
     fhir_version: str = "auto",
-    layers: str = "all",
+    layers: Collection[Layer] = ALL_LAYERS,
     beside: Path | None = None,
     skip_non_fhir: bool = False,
     known_binaries: Collection[str] = (),
 ) -> FileResult:
-    """Parse and validate one file's bytes."""
-    from fhirimg.validate.validator import detect_version
-
+    """Parse and validate one file's bytes (``layers``: see :func:`validate_resource`)."""
     obj, parsed = json_layer.parse(data, source)
     if obj is None:
         return FileResult(source, None, tuple(parsed.findings), len(data))
@@ -88,7 +86,7 @@ def validate_bytes(
     return FileResult(source, release, tuple(findings), len(data))
 
 
-def _one(args: tuple[str, str, str, bool]) -> FileResult:
+def _one(args: tuple[str, str, frozenset[Layer], bool]) -> FileResult:
     file, fhir_version, layers, skip_non_fhir = args
     try:
         data = Path(file).read_bytes()
@@ -129,16 +127,12 @@ def sibling_binaries(file: Path) -> set[str]:
     return found
 
 
-def _warm(layers: str) -> None:
+def _warm(layers: frozenset[Layer]) -> None:
     """Load models and schemas in a worker before it takes files (keeps per-file time even)."""
-    from fhirimg.validate import model_layer, schema_layer
-
     for release in ("r4", "r5"):
         schema_layer.schema_for(release)
         model_layer.model_class(release, "Bundle")
-    if Layer.INVARIANT in layer_set(layers):
-        from fhirimg.validate import invariant_layer
-
+    if Layer.INVARIANT in layers:
         for release in ("r4", "r5"):
             invariant_layer.invariants_for(release)
 
@@ -147,16 +141,16 @@ def iter_validate(
     paths: Sequence[str | Path],
     *,
     fhir_version: str = "auto",
-    layers: str = "all",
+    layers: Collection[Layer] = ALL_LAYERS,
     jobs: int = 1,
     server: str | None = None,
 ) -> Iterator[FileResult]:
-    """Validate every file under ``paths``; results come in input order.
+    """Validate every file under ``paths`` with ``layers``; results come in input order.
 
     With ``server``, each FHIR file is also sent to ``[server]/[type]/$validate`` (raises
     :class:`fhirimg.validate.server.ServerUnreachableError` when it cannot be reached).
     """
-    layer_set(layers)  # fail early on a bad layer list
+    wanted = frozenset(layers)
     files = list(discover(paths))
     if not files:
         raise InputError("no JSON files found in " + ", ".join(str(p) for p in paths))
@@ -166,7 +160,7 @@ def iter_validate(
         if f == STDIN:
             data = sys.stdin.buffer.read()
             result = validate_bytes(
-                data, source="<stdin>", fhir_version=fhir_version, layers=layers
+                data, source="<stdin>", fhir_version=fhir_version, layers=wanted
             )
             if server is not None and result.release is not None:
                 from fhirimg.validate.server import validate_on_server
@@ -177,13 +171,13 @@ def iter_validate(
                 )
             yield result
         else:
-            work.append((f, fhir_version, layers, f not in explicit))
+            work.append((f, fhir_version, wanted, f not in explicit))
     if jobs <= 1 or len(work) <= 1:
         results: Iterator[FileResult] = (_one(item) for item in work)
         yield from _with_server(results, server)
         return
     chunk = max(1, min(64, len(work) // (jobs * 4)))
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_warm, initargs=(layers,)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_warm, initargs=(wanted,)) as pool:
         yield from _with_server(pool.map(_one, work, chunksize=chunk), server)
 
 
@@ -210,7 +204,7 @@ def validate_paths(
     paths: Sequence[str | Path],
     *,
     fhir_version: str = "auto",
-    layers: str = "all",
+    layers: Collection[Layer] = ALL_LAYERS,
     jobs: int = 1,
     server: str | None = None,
 ) -> list[Finding]:

@@ -1,21 +1,28 @@
 """One validator, two callers (``fhirimg validate`` and ``convert``): runs the layers on one object.
 
 Layers (see docs/validate.md): ``json`` (1), ``model`` (2), ``schema`` (3), ``invariant`` (4),
-``bundle`` (5), ``imaging`` (6) and, from the CLI only, ``server``. ``layers="fast"`` runs 1, 2, 3,
-5 and 6 (each linear in the size of the bundle); ``layers="all"`` adds the FHIRPath invariants.
+``bundle`` (5), ``imaging`` (6) and, from the CLI only, ``server``. :data:`FAST_LAYERS` are 1, 2,
+3, 5 and 6 (each linear in the size of the bundle); :data:`ALL_LAYERS` adds the FHIRPath
+invariants. The library API takes a set of :class:`Layer`; the CLI's ``--layers`` text becomes one
+in :func:`parse_layers`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from fhirimg.validate import bundle_layer, imaging_layer, json_layer, model_layer, schema_layer
+from fhirimg.errors import ConfigError
+from fhirimg.validate import (
+    bundle_layer,
+    imaging_layer,
+    invariant_layer,
+    json_layer,
+    model_layer,
+    schema_layer,
+)
 from fhirimg.validate.findings import Finding, Layer, Severity
-
-log = logging.getLogger(__name__)
 
 RELEASES = ("r4", "r5")
 FAST_LAYERS = frozenset({Layer.JSON, Layer.MODEL, Layer.SCHEMA, Layer.BUNDLE, Layer.IMAGING})
@@ -24,20 +31,24 @@ _R5_ONLY = frozenset({"ImagingSelection"})
 _R4_ONLY = frozenset({"Media"})
 
 
-def layer_set(layers: str) -> frozenset[Layer]:
-    """``"fast"``, ``"all"`` or a comma-separated list of layer names.
+def parse_layers(text: str) -> frozenset[Layer]:
+    """The layers the CLI's ``--layers`` names: ``"fast"``, ``"all"`` or a comma-separated list.
 
-    >>> sorted(x.value for x in layer_set("json,bundle"))
+    Raises :class:`~fhirimg.errors.ConfigError` for an unknown name.
+
+    >>> sorted(x.value for x in parse_layers("json,bundle"))
     ['bundle', 'json']
+    >>> parse_layers("fast") == FAST_LAYERS
+    True
     """
-    if layers == "fast":
+    if text == "fast":
         return FAST_LAYERS
-    if layers == "all":
+    if text == "all":
         return ALL_LAYERS
     try:
-        return frozenset(Layer(name.strip()) for name in layers.split(",") if name.strip())
-    except ValueError as exc:
-        raise ValueError(f"unknown layer in {layers!r}: use fast, all or {_names()}") from exc
+        return frozenset(Layer(name.strip()) for name in text.split(",") if name.strip())
+    except ValueError:
+        raise ConfigError(f"unknown layer in {text!r}: use fast, all or {_names()}") from None
 
 
 def _names() -> str:
@@ -116,14 +127,15 @@ def validate_resource(
     obj: dict[str, Any],
     *,
     fhir_version: str = "r4",
-    layers: str = "fast",
+    layers: Collection[Layer] = FAST_LAYERS,
     source: str = "<memory>",
     beside: Path | None = None,
     known_binaries: Collection[str] = (),
 ) -> list[Finding]:
     """Validate one resource or Bundle (already parsed JSON) and return every finding.
 
-    ``fhir_version`` is "r4", "r5" or "auto"; ``layers`` "fast", "all" or a comma-separated list;
+    ``fhir_version`` is "r4", "r5" or "auto"; ``layers`` the :class:`Layer` values to run
+    (:data:`FAST_LAYERS` by default, :data:`ALL_LAYERS`, or any set; see :func:`parse_layers`);
     ``beside`` is the folder where a ``<stem>.binaries/`` folder may hold the Binaries (``stem``
     taken from ``source``); ``known_binaries`` are ids of Binaries that exist outside the bundle
     (other part files of a split study, or Binaries convert is about to write).
@@ -132,10 +144,10 @@ def validate_resource(
     >>> [(f.layer, f.location) for f in found if f.severity == "error"][:2]
     [('schema', 'Patient.gender')]
     """
-    wanted = layer_set(layers)
+    wanted = frozenset(layers)
     release = detect_version(obj) if fhir_version == "auto" else fhir_version.lower()
     if release not in RELEASES:
-        raise ValueError(f"unknown FHIR version {fhir_version!r}: use r4, r5 or auto")
+        raise ConfigError(f"unknown FHIR version {fhir_version!r}: use r4, r5 or auto")
     findings: list[Finding] = []
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
         findings.append(
@@ -158,8 +170,6 @@ def validate_resource(
         if Layer.SCHEMA in wanted:
             findings += schema_found
     if Layer.INVARIANT in wanted:
-        from fhirimg.validate import invariant_layer
-
         findings += invariant_layer.check(typed, source, release)
     if Layer.BUNDLE in wanted:
         findings += bundle_layer.check(obj, source, release)
@@ -169,3 +179,32 @@ def validate_resource(
             obj, source, release, beside=beside, stem=stem, known_binaries=known_binaries
         )
     return findings
+
+
+def resource_errors(
+    resource: dict[str, Any],
+    release: str,
+    strict: bool = False,
+    known_binaries: Collection[str] = (),
+) -> list[str]:
+    """The errors found in ``resource`` before it is written, as ``location: message [layer]``.
+
+    What ``convert`` asks ("never emit a resource that fails validation"): the fast layers (JSON,
+    models, HL7 JSON Schema, bundle integrity, imaging rules), or all of them (FHIRPath invariants
+    too) when ``strict``. ``known_binaries`` are ids of Binaries written outside this bundle.
+    One validator for ``validate`` and ``convert``.
+
+    >>> resource_errors({"resourceType": "Binary", "contentType": "text/plain"}, "r4")
+    []
+    """
+    wanted = ALL_LAYERS if strict else FAST_LAYERS
+    if resource.get("resourceType") != "Bundle":
+        # One entry of a bundle being streamed: its references point at other entries, so the
+        # bundle-integrity layer belongs to the bundle as a whole, not to the entry alone.
+        wanted = wanted - {Layer.BUNDLE}
+    findings = validate_resource(
+        resource, fhir_version=release, layers=wanted, known_binaries=known_binaries
+    )
+    return [
+        f"{f.location}: {f.message} [{f.layer}]" for f in findings if f.severity is Severity.ERROR
+    ]

@@ -2,7 +2,8 @@
 
 Which instances get an image (:func:`representatives`), the identifiers that make the conditional
 update idempotent (:func:`identifiers`), the Attachment (:func:`attachment`) and the release-neutral
-:class:`~fhirimg.fhir.base.ImageParts`. Pixels are rendered by :mod:`fhirimg.render`.
+:class:`~fhirimg.fhir.base.ImageParts`; the release seam (:mod:`fhirimg.fhir`) turns those into an
+R4 Media or an R5 DocumentReference. Pixels are rendered by :mod:`fhirimg.images.render`.
 
 Identifier of a rendered image (``Media.identifier``, ``DocumentReference.identifier``):
 
@@ -20,15 +21,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from fhirimg import ids, values
+from fhirimg.errors import ConfigError
 from fhirimg.fhir.base import ImageParts
+from fhirimg.images.render import FORMATS, Rendered
+from fhirimg.jsonio import JSON
 from fhirimg.mapping import BODY_PARTS, DCM, DICOM_UID_SYSTEM, SNOMED, search_token
 from fhirimg.model import InstanceRecord
-from fhirimg.render import FORMATS, Rendered
-
-JSON = dict[str, Any]
 
 FRAME_SYSTEM = "https://fhirimg.dev/fhir/sid/dicom-frame"
 
@@ -61,8 +61,6 @@ class MediaOptions:
     content: MediaContent = MediaContent.INLINE
 
     def __post_init__(self) -> None:
-        from fhirimg.errors import ConfigError
-
         if self.fmt not in FORMATS:
             raise ConfigError(f"unknown media format {self.fmt!r}: use png or jpeg")
         if self.size is not None and self.size < 1:

@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from fhirimg import ids, jsonio
-
-JSON = dict[str, Any]
+from fhirimg.jsonio import JSON
 
 EXTENSION_URL = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
 DICOM_MIME = "application/dicom"  # RFC 3240: a DICOM PS3.10 file

@@ -24,7 +24,6 @@ one instance (its Pixel Data element), never a study.
 from __future__ import annotations
 
 import io
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +31,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fhirimg.errors import FhirimgError
-
-log = logging.getLogger(__name__)
+from fhirimg.errors import RenderError
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 JPEG_QUALITY = 90
-
-
-class RenderError(FhirimgError):
-    """An image that cannot be decoded or rendered; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,8 @@ def window(
 
     PS3.3 C.11.2.1.2.1 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT) and C.11.2.1.3.1 (SIGMOID) with
     y_min = 0 and y_max = 255. LINEAR needs a width of at least 1, LINEAR_EXACT and SIGMOID more
-    than 0 (:class:`ValueError` otherwise).
+    than 0 (:class:`ValueError` otherwise: a width the file's own header gives, not an option;
+    :func:`grayscale`, its caller, catches it and falls back to the VOI LUT or the frame's range).
 
     >>> window(np.array([-1000, 40, 240, 1000]), 40, 400).tolist()
     [0, 128, 255, 255]
@@ -164,7 +158,7 @@ def grayscale(ds: Any, frame: NDArray[Any], index: int = 0) -> NDArray[np.uint8]
     if center is not None and width is not None:
         try:
             out = window(values, center, width, str(function))
-        except ValueError:
+        except ValueError:  # an unusable (0028,1051) Window Width: try the next VOI source
             out = None
     if out is None and "VOILUTSequence" in ds:  # (0028,3010)
         item = ds.VOILUTSequence[0]

@@ -1,4 +1,5 @@
-"""The two "images in FHIR" paths for one study: Binary (the DICOM bytes) and rendered images.
+"""The pixel study writer: the two "images in FHIR" paths for one study, Binary (the DICOM bytes)
+and rendered images.
 
 :func:`write_study` writes a study's bundle(s) with, after the Patient / Endpoint / ImagingStudy
 head, one Binary entry per instance (``--binary inline``) or one ``.dcm`` file per instance beside
@@ -23,15 +24,26 @@ instance for rendering, never the study.
 
 from __future__ import annotations
 
+import base64
 import functools
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fhirimg import ids, media
-from fhirimg.binary import (
+from fhirimg import ids
+from fhirimg.bundle import (
+    DATA_PLACEHOLDER,
+    EncodedEntry,
+    SplitWriter,
+    encode_entry,
+    entry,
+    study_bundle,
+)
+from fhirimg.errors import RenderError
+from fhirimg.fhir import Release
+from fhirimg.fhir import release as get_release
+from fhirimg.images import rendered as media
+from fhirimg.images.binary import (
     BinaryMode,
     DicomSource,
     binaries_folder,
@@ -42,23 +54,11 @@ from fhirimg.binary import (
     link_extension,
     write_beside,
 )
-from fhirimg.bundle import (
-    DATA_PLACEHOLDER,
-    EncodedEntry,
-    SplitWriter,
-    encode_entry,
-    entry,
-    study_bundle,
-)
-from fhirimg.fhir import Release
-from fhirimg.fhir import release as get_release
+from fhirimg.images.render import Rendered, render_file
+from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, sort_records
 from fhirimg.model import InstanceRecord
-from fhirimg.render import Rendered, RenderError, render_file
-
-log = logging.getLogger(__name__)
-
-JSON = dict[str, Any]
+from fhirimg.validate import resource_errors
 
 
 @dataclass(frozen=True)
@@ -105,20 +105,6 @@ class _Refs:
     study: str
 
 
-class _Source:
-    """A :class:`DicomSource` as a bundle data source (base64 streamed into ``Binary.data``)."""
-
-    def __init__(self, source: DicomSource) -> None:
-        self._source = source
-
-    @property
-    def length(self) -> int:
-        return self._source.length
-
-    def chunks(self) -> Iterator[bytes]:
-        return self._source.chunks()
-
-
 def _conditional(request: JSON) -> str | None:
     """A conditional reference that finds the resource an entry creates (``Type?query``)."""
     url = str(request.get("url", ""))
@@ -157,7 +143,9 @@ def write_study(
 
     head, notes = study_bundle(recs, mapping, release, extensions)
     out.warnings.extend(notes.items)
-    errors = release.errors(_skeleton(head, recs, options), options.strict, _known(recs, options))
+    errors = resource_errors(
+        _skeleton(head, recs, options), release.name, options.strict, _known(recs, options)
+    )
     if errors:
         out.errors.extend(errors)
         return out
@@ -176,7 +164,9 @@ def write_study(
             out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
         if options.binary is not None:
             folder = out_dir / binaries_folder(name)
-            _binaries(recs, options.binary, writer, folder, first, later, out, options.strict)
+            _binaries(
+                recs, options.binary, release, writer, folder, first, later, out, options.strict
+            )
         if options.media is not None:
             _rendered(
                 recs, options.media, mapping, release, writer, first, later, out, options.strict
@@ -216,6 +206,7 @@ def _known(recs: list[InstanceRecord], options: PixelOptions) -> set[str]:
 def _binaries(
     recs: list[InstanceRecord],
     mode: BinaryMode,
+    release: Release,
     writer: SplitWriter,
     folder: Path,
     first: _Refs,
@@ -243,11 +234,14 @@ def _binaries(
                 binary_resource(bid, refs.patient, DATA_PLACEHOLDER),
                 {"method": "PUT", "url": f"Binary/{bid}"},
             )
-            return encode_entry(item, _Source(source))
+            # A DicomSource is a bundle DataSource: its bytes stream into Binary.data as base64.
+            return encode_entry(item, source)
 
         # The resource is valid by construction except its data, which is base64 we encode.
+        # Checked as the release being written: R4 (R4B models) and R5 Binary have the same
+        # elements (contentType, securityContext, data), so either accepts the same resource.
         check = binary_resource(bid, first.patient, None)
-        if errs := get_release("r4").errors(check, strict):
+        if errs := resource_errors(check, release.name, strict):
             out.errors.extend(errs)
             continue
         writer.place(build)
@@ -304,7 +298,7 @@ def _rendered(
             rec, rendered, att, first.patient, first.study, mapping.timezone
         )
         out.warnings.extend(warns)
-        errors = release.errors(release.rendered_image(parts), strict)
+        errors = resource_errors(release.rendered_image(parts), release.name, strict)
         if errors:
             out.media_failures.append((rec.path, f"{rtype} not valid: {'; '.join(errors[:3])}"))
             continue
@@ -325,8 +319,6 @@ def _rendered(
 def _image_binary(
     rec: InstanceRecord, rendered: Rendered, first: _Refs, later: _Refs
 ) -> Callable[[bool], EncodedEntry]:
-    import base64
-
     bid = media.image_binary_id(rec.sop_instance_uid, rendered.frame)
     data = base64.b64encode(rendered.data).decode("ascii")
 
