@@ -15,5 +15,8 @@ class ExitCode(IntEnum):
     """The command line is wrong (unknown option, missing argument, bad value)."""
     CANNOT_START = 3
     """Nothing could be done: no input found, output not writable, server unreachable."""
+    INTERNAL = 70
+    """A bug in fhirimg (EX_SOFTWARE of sysexits.h): one line on stderr, the traceback only with
+    FHIRIMG_DEBUG=1. Please report it."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C; re-running continues where it stopped."""

@@ -52,7 +52,7 @@ def test_failed_files_named_on_stderr(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--timezone", "Mars/Olympus"], "unknown time zone"),
-        (["--fhir-version", "r3"], "unsupported --fhir-version"),
+        (["--fhir-version", "r3"], "Invalid value for '--fhir-version'"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

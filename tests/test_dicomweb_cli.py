@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli import app
 from fhirimg.cli._app import err_console
+from fhirimg.cli._options import Network
 from fhirimg.convert import ConvertOptions
 from fhirimg.dicomweb import StudyQuery
 from tests.helpers import REPO, SAMPLE, bundles
@@ -128,7 +129,7 @@ def test_cli_usage_errors(args: list[str]) -> None:
 
 
 def test_unreachable_pacs_gives_up_as_told(tmp_path: Path) -> None:
-    """``convert --from-dicomweb``'s runner takes a timeout and a retry count: no retries here,
+    """``convert --from-dicomweb``'s runner takes the network options: no retries here,
     so an unreachable PACS is exit 3 at once (the defaults retry for about 10 s)."""
     with pytest.raises(typer.Exit) as exited:
         _dw.run_convert_from_dicomweb(
@@ -136,8 +137,7 @@ def test_unreachable_pacs_gives_up_as_told(tmp_path: Path) -> None:
             None,
             StudyQuery(),
             ConvertOptions(out_dir=tmp_path),
-            timeout=1.0,
-            retries=0,
+            network=Network(timeout=1.0, retries=0),
         )
     assert exited.value.exit_code == 3
 

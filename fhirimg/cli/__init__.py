@@ -34,8 +34,9 @@ def main() -> None:
             f"[bold red]internal error[/] ({type(exc).__name__}): please report it; "
             "run again with FHIRIMG_DEBUG=1 for the traceback",
             highlight=False,
+            soft_wrap=True,
         )
-        sys.exit(70)
+        sys.exit(int(ExitCode.INTERNAL))
 
 
 __all__ = ["app", "main"]

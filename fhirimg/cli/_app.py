@@ -1,5 +1,8 @@
 """The Typer application object and what every command shares (console, logging, exit codes).
 
+This is the CLI's one error edge: :func:`fail` prints every error message, and :data:`EXIT_CODES`
+with :func:`exit_on_error` maps every library exception to its documented exit code.
+
 Commands live in their own modules (``convert_cmd``, ``validate_cmd``, ...) and register themselves on
 ``app``; each reads its options, calls one library function, prints, and sets the exit code.
 """
@@ -8,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from fhirimg.errors import AuthError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
 
 app = typer.Typer(
@@ -41,9 +48,78 @@ def configure_logging(verbose: int) -> None:
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Print ``message`` to stderr and return the Exit to raise with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print ``message`` to stderr as plain text and return the Exit to raise with ``code``.
+
+    Messages hold paths, URLs and server text: escaped, a folder named ``[x]`` or an
+    OperationOutcome saying ``[bold]`` prints as is instead of being read as rich markup (or
+    vanishing). ``soft_wrap``: one error, one line, greppable in a cron mail.
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(int(code))
+
+
+EXIT_CODES: Mapping[type[BaseException], ExitCode] = {
+    KeyboardInterrupt: ExitCode.INTERRUPTED,
+    FhirimgError: ExitCode.CANNOT_START,
+}
+"""The exit code of each exception a command can end with (docs/cli.md). The most specific class
+of an exception's MRO wins; a command adds its own entries (``validate``: a bad ``--layers`` is a
+usage error). Whatever is not here is a bug, exit 70 in :func:`fhirimg.cli.main`."""
+
+
+def exit_code_for(
+    exc: BaseException, codes: Mapping[type[BaseException], ExitCode] | None = None
+) -> ExitCode | None:
+    """The exit code :data:`EXIT_CODES` (with ``codes`` over it) gives ``exc``, or None.
+
+    >>> from fhirimg.errors import AuthError
+    >>> exit_code_for(AuthError("401")), exit_code_for(RuntimeError("bug"))
+    (<ExitCode.CANNOT_START: 3>, None)
+    >>> exit_code_for(ValueError("bad"), {ValueError: ExitCode.USAGE})
+    <ExitCode.USAGE: 2>
+    """
+    table = {**EXIT_CODES, **(codes or {})}
+    return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)
+
+
+@contextmanager
+def exit_on_error(
+    *,
+    codes: Mapping[type[BaseException], ExitCode] | None = None,
+    message: Callable[[BaseException], str] = str,
+    interrupted: str = "interrupted",
+) -> Iterator[None]:
+    """Turn the exceptions of the table into their exit code and a one-line message.
+
+    Every command runs its library call inside this instead of an except-ladder of its own, so
+    that one exception means one exit code everywhere. ``message`` words the error (``str`` by
+    default; ``convert --push`` says which server); ``interrupted`` is printed on Ctrl-C (a
+    command with a journal says that re-running continues). Anything else propagates: a bug.
+    """
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except BaseException as exc:
+        code = exit_code_for(exc, codes)
+        if code is None:
+            raise
+        if code is ExitCode.INTERRUPTED:
+            err_console.print(interrupted, markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(int(code)) from None
+        raise fail(message(exc), code) from None
+
+
+RESUMABLE = "interrupted: confirmed work is in the journal; run the same command to continue"
+"""What Ctrl-C prints in a command that keeps a journal (``push``, ``convert --push``)."""
+
+
+def server_message(exc: BaseException) -> str:
+    """The error line of a command that talks to servers: a server that cannot be used says so;
+    refused credentials, a locked journal and bad input speak for themselves."""
+    if isinstance(exc, PushError) and not isinstance(exc, AuthError):
+        return f"cannot use the server: {exc}"
+    return str(exc)
 
 
 VerboseOpt = Annotated[

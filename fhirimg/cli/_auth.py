@@ -1,10 +1,11 @@
 """Credentials from the command line, one implementation for every server a command talks to.
 
 The FHIR server's options (``--token``, ``--user``, ``--token-url``, ``--client-id``,
-``--scope``; ``push`` and ``verify``) and the PACS's ``--dicomweb-*`` options (``push``,
-``convert``, ``verify``) mean the same things and are checked the same way; only their names and
-environment variables differ (:class:`AuthNames`). Secrets come from the environment (or a hidden
-prompt), never from an option: options end up in shell history and ``ps`` listings.
+``--scope``; ``push``, ``convert --push`` and ``verify``) and the PACS's ``--dicomweb-*`` options
+(``push``, ``convert``, ``verify``), declared in :mod:`fhirimg.cli._options`, mean the same things
+and are checked the same way; only their names and environment variables differ
+(:class:`AuthNames`). Secrets come from the environment (or a hidden prompt), never from an option:
+options end up in shell history and ``ps`` listings.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Annotated
 
 import httpx
 import typer
-from rich.markup import escape
 
-from fhirimg.cli._app import err_console
+from fhirimg.cli._app import fail
 from fhirimg.exitcodes import ExitCode
-from fhirimg.push import BasicAuth, BearerAuth, ClientCredentialsAuth
-
-PANEL = "Authentication"
+from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth
 
 
 @dataclass(frozen=True)
@@ -57,50 +54,6 @@ DICOMWEB = AuthNames(
     secret_env="FHIRIMG_DICOMWEB_CLIENT_SECRET",
     prompt="DICOMweb password",
 )
-
-TokenOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="FHIRIMG_TOKEN",
-        help="Bearer token; prefer the env var FHIRIMG_TOKEN (keeps it out of shell history).",
-        show_envvar=False,
-        rich_help_panel=PANEL,
-    ),
-]
-UserOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--user",
-        help="HTTP basic auth user; password from env FHIRIMG_PASSWORD, else asked for.",
-        rich_help_panel=PANEL,
-    ),
-]
-TokenUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--token-url",
-        help="OAuth2 token endpoint for the client-credentials grant (secret from env "
-        "FHIRIMG_CLIENT_SECRET); tokens are refreshed on expiry and on 401.",
-        rich_help_panel=PANEL,
-    ),
-]
-ClientIdOpt = Annotated[
-    str | None,
-    typer.Option("--client-id", help="OAuth2 client id (with --token-url).", rich_help_panel=PANEL),
-]
-ScopeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--scope", help="OAuth2 scope to ask for (with --token-url).", rich_help_panel=PANEL
-    ),
-]
-
-
-def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Print ``message`` (plain text: no markup, no hard wrapping) and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    return typer.Exit(int(code))
 
 
 def _secret(name: str) -> str | None:

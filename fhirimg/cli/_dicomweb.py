@@ -1,6 +1,6 @@
-"""What the DICOMweb options of ``push``, ``convert`` and ``verify`` share: PACS credentials, and
-the runs behind ``push --dicomweb`` and ``convert --from-dicomweb`` (parse, call the library,
-print, exit), so that those commands only gain a few lines each."""
+"""The runs behind ``push --dicomweb`` and ``convert --from-dicomweb`` (parse, call the library,
+print, exit), so that those commands only gain a few lines each. The PACS credentials they share
+with ``verify`` are an option group in :mod:`fhirimg.cli._options`."""
 
 from __future__ import annotations
 
@@ -10,86 +10,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
-from fhirimg.cli._app import err_console
-from fhirimg.cli._auth import DICOMWEB, build_auth, fail
+from fhirimg.cli._app import RESUMABLE, err_console, exit_on_error, fail, server_message
+from fhirimg.cli._options import DICOMWEB_PANEL, Network
 from fhirimg.convert import ConvertOptions, ConvertReport
 from fhirimg.dicomweb.client import DicomwebClient
 from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
-from fhirimg.dicomweb.store import DicomwebPushReport, StoreOptions, store_and_push
-from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
+from fhirimg.dicomweb.store import store_and_push
+from fhirimg.dicomweb.store_results import DicomwebPushReport, StoreOptions
+from fhirimg.errors import ConfigError, FhirimgError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.push import AuthError, JournalLockedError, PushOptions, RetryPolicy
+from fhirimg.push import PushOptions
 
-PANEL = "DICOMweb"
-
-DicomwebTokenOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dicomweb-token",
-        envvar="FHIRIMG_DICOMWEB_TOKEN",
-        show_envvar=False,
-        help="Bearer token for the DICOMweb server; prefer env FHIRIMG_DICOMWEB_TOKEN.",
-        rich_help_panel=PANEL,
-    ),
-]
-DicomwebUserOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dicomweb-user",
-        help="HTTP basic auth user for the DICOMweb server; password from env "
-        "FHIRIMG_DICOMWEB_PASSWORD.",
-        rich_help_panel=PANEL,
-    ),
-]
-DicomwebTokenUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dicomweb-token-url",
-        help="OAuth2 token endpoint (client credentials) for the DICOMweb server; with "
-        "--dicomweb-client-id, secret from env FHIRIMG_DICOMWEB_CLIENT_SECRET.",
-        rich_help_panel=PANEL,
-    ),
-]
-DicomwebClientIdOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dicomweb-client-id",
-        help="OAuth2 client id for the DICOMweb server (with --dicomweb-token-url).",
-        rich_help_panel=PANEL,
-    ),
-]
-
-
-DicomwebTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--timeout",
-        min=0.1,
-        help="With --from-dicomweb: seconds to wait for each response of the DICOMweb server.",
-        rich_help_panel=PANEL,
-    ),
-]
-DicomwebRetriesOpt = Annotated[
-    int,
-    typer.Option(
-        "--retries",
-        min=0,
-        help="With --from-dicomweb: retries per request on connection errors, timeouts, 429 "
-        "and 5xx.",
-        rich_help_panel=PANEL,
-    ),
-]
-"""``--timeout`` / ``--retries`` for ``convert --from-dicomweb`` (``verify`` has its own, also
-for the FHIR server); defaults :data:`TIMEOUT` and :data:`RETRIES`."""
-TIMEOUT = 60.0
-RETRIES = RetryPolicy().max_attempts - 1  # what convert --from-dicomweb always did
+PANEL = DICOMWEB_PANEL
 
 _STAGES = {
     "read": "reading studies",
@@ -145,33 +84,6 @@ def progress_bar(show: bool) -> Iterator[_Bar | None]:
         yield bar
 
 
-def dicomweb_auth(
-    token: str | None,
-    user: str | None,
-    token_url: str | None = None,
-    client_id: str | None = None,
-) -> httpx.Auth | None:
-    """The PACS credentials from the ``--dicomweb-*`` options and their env variables.
-
-    >>> dicomweb_auth("t0k3n", None)
-    BearerAuth(token=***)
-    """
-    return build_auth(token, user, token_url, client_id, names=DICOMWEB)
-
-
-def _errors_to_exit(exc: BaseException) -> NoReturn:
-    if isinstance(exc, KeyboardInterrupt):
-        err_console.print(
-            "interrupted: confirmed work is in the journal; run the same command to continue"
-        )
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    if isinstance(exc, AuthError | JournalLockedError | InputError | ConfigError):
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
-    if isinstance(exc, PushError):
-        raise fail(f"cannot use the server: {exc}", ExitCode.CANNOT_START) from None
-    raise fail(str(exc), ExitCode.CANNOT_START) from None
-
-
 def run_push_dicomweb(
     paths: list[Path],
     dicomweb_url: str,
@@ -194,13 +106,13 @@ def run_push_dicomweb(
         force=push_options.force,
         dry_run=push_options.dry_run,
     )
-    try:
-        with progress_bar(not quiet and not push_options.dry_run) as bar:
-            report = store_and_push(
-                paths, store_options, push_options if with_fhir else None, progress=bar
-            )
-    except (KeyboardInterrupt, FhirimgError) as exc:
-        _errors_to_exit(exc)
+    with (
+        exit_on_error(message=server_message, interrupted=RESUMABLE),
+        progress_bar(not quiet and not push_options.dry_run) as bar,
+    ):
+        report = store_and_push(
+            paths, store_options, push_options if with_fhir else None, progress=bar
+        )
     _print_push(report, json_out=json_out, quiet=quiet)
     if report.store.aborted or (report.fhir is not None and report.fhir.aborted):
         stored = report.store.total("stored") + report.store.total("skipped")
@@ -260,26 +172,39 @@ def run_convert_from_dicomweb(
     query: StudyQuery,
     options: ConvertOptions,
     *,
-    timeout: float = TIMEOUT,
-    retries: int = RETRIES,
+    network: Network | None = None,
     progress: bool = False,
 ) -> ConvertReport:
     """``convert --from-dicomweb``: the report, or exit 3 when the server cannot be queried.
 
-    ``progress``: show a bar of studies read and bundles written (pass ``not quiet``; it stays
-    off when stderr is not a terminal).
+    ``network``: timeout, retries and CA bundle for the DICOMweb server (None: the defaults of the
+    options). ``progress``: show a bar
+    of studies read and bundles written (pass ``not quiet``; it stays off when stderr is not a
+    terminal).
     """
-    retry = RetryPolicy(max_attempts=retries + 1)
-    try:
-        with (
-            DicomwebClient(url, auth=auth, timeout=timeout, retry=retry) as client,
-            progress_bar(progress) as bar,
-        ):
-            return convert_from_dicomweb(client, query, replace(options), bar)
-    except (KeyboardInterrupt, FhirimgError) as exc:
-        _errors_to_exit(exc)
-    except OSError as exc:
-        raise fail(f"cannot write to {options.out_dir}: {exc}", ExitCode.CANNOT_START) from None
+    network = network or Network()
+    with (
+        exit_on_error(
+            codes={OSError: ExitCode.CANNOT_START},
+            message=lambda exc: _write_message(exc, options.out_dir),
+            interrupted=RESUMABLE,
+        ),
+        DicomwebClient(
+            url,
+            auth=auth,
+            timeout=network.timeout,
+            retry=network.retry,
+            verify=network.verify,
+        ) as client,
+        progress_bar(progress) as bar,
+    ):
+        return convert_from_dicomweb(client, query, replace(options), bar)
+
+
+def _write_message(exc: BaseException, out_dir: Path) -> str:
+    if isinstance(exc, FhirimgError):
+        return server_message(exc)
+    return f"cannot write to {out_dir}: {exc}"
 
 
 def study_query(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -26,13 +25,23 @@ from rich.progress import (
 from fhirimg import jsonio
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
+    RESUMABLE,
     JsonOpt,
     QuietOpt,
     VerboseOpt,
     app,
     configure_logging,
     err_console,
+    exit_on_error,
     fail,
+)
+from fhirimg.cli._options import (
+    DicomwebAuth,
+    FhirAuth,
+    FhirVersion,
+    Network,
+    option_groups,
+    push_options,
 )
 from fhirimg.convert import (
     DEFAULT_OUT,
@@ -42,13 +51,17 @@ from fhirimg.convert import (
     convert,
 )
 from fhirimg.convert import Progress as ProgressCallback
-from fhirimg.errors import ConfigError, PushError
+from fhirimg.dicomweb import StudyQuery
+from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
+from fhirimg.push import PushOptions
 
 log = logging.getLogger(__name__)
+
+_PUSH_PANEL = "Convert and push in one pass"
 
 
 class MediaFormat(StrEnum):
@@ -77,7 +90,9 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 
 
 @app.command("convert")
+@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth)
 def convert_command(
+    *,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -95,13 +110,14 @@ def convert_command(
         ),
     ] = DEFAULT_OUT,
     fhir_version: Annotated[
-        str,
+        FhirVersion,
         typer.Option(
             "--fhir-version",
             help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0; rendered images become "
             "DocumentReference, R5 has no Media).",
+            case_sensitive=False,
         ),
-    ] = "r4",
+    ] = FhirVersion.R4,
     dicomweb_url: Annotated[
         str | None,
         typer.Option(
@@ -144,7 +160,8 @@ def convert_command(
             "--push",
             help="Push each study's bundle to this FHIR server as soon as it is built (one "
             "streaming pass; no bundle files kept, report.json and the push journal are). "
-            "Bearer token from env FHIRIMG_TOKEN.",
+            "Credentials, TLS and retries as for 'fhirimg push'.",
+            rich_help_panel=_PUSH_PANEL,
         ),
     ] = None,
     strict: Annotated[
@@ -297,12 +314,9 @@ def convert_command(
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
-    dicomweb_token: _dw.DicomwebTokenOpt = None,
-    dicomweb_user: _dw.DicomwebUserOpt = None,
-    dicomweb_token_url: _dw.DicomwebTokenUrlOpt = None,
-    dicomweb_client_id: _dw.DicomwebClientIdOpt = None,
-    timeout: _dw.DicomwebTimeoutOpt = _dw.TIMEOUT,
-    retries: _dw.DicomwebRetriesOpt = _dw.RETRIES,
+    dicomweb_auth: DicomwebAuth,
+    auth: FhirAuth,
+    network: Network,
 ) -> None:
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
@@ -312,8 +326,6 @@ def convert_command(
     2 usage error, 3 output cannot be written.
     """
     configure_logging(verbose)
-    if fhir_version.lower() not in ("r4", "r5"):
-        raise fail(f"unsupported --fhir-version {fhir_version!r}: use r4 or r5", ExitCode.USAGE)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
         if url is not None and not _is_http_url(url):
             raise fail(f"{option} needs an http(s) URL, not {url!r}", ExitCode.USAGE)
@@ -333,7 +345,7 @@ def convert_command(
         )
     options = ConvertOptions(
         out_dir=out,
-        fhir_version=fhir_version.lower(),
+        fhir_version=fhir_version.value,
         mapping=MapOptions(
             timezone=timezone,
             patient_id_system=default_system,
@@ -358,44 +370,25 @@ def convert_command(
         max_bundle_mb=max_bundle_mb,
         strict=strict,
     )
+    query = (study, since, patient, accession, modality, qido)
     if from_dicomweb:
         if paths:
             raise fail("give DICOM PATHs or --from-dicomweb, not both", ExitCode.USAGE)
-        query = _dw.study_query(study, since, patient, accession, modality, qido)
-        auth = _dw.dicomweb_auth(
-            dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id
+        report = _from_dicomweb(
+            from_dicomweb, _dw.study_query(*query), dicomweb_auth, network, options, quiet
         )
-        report = _dw.run_convert_from_dicomweb(
-            from_dicomweb,
-            auth,
-            query,
-            options,
-            timeout=timeout,
-            retries=retries,
-            progress=not quiet,
-        )
-        if json_out:
-            sys.stdout.write(jsonio.dumps(report.summary()).decode())
-        if not quiet:
-            _print_summary(report)
-        raise typer.Exit(int(report.exit_code))
-    if not paths:
-        raise fail("give DICOM files or folders to convert, or --from-dicomweb URL", ExitCode.USAGE)
-    if _dw.any_of(study, since, patient, accession, modality, qido):
-        raise fail(
-            "--study, --since and the other query options need --from-dicomweb", ExitCode.USAGE
-        )
-    show_progress = not quiet and sys.stderr.isatty()
-    run = _streaming(push_url, out) if push_url else convert
-    try:
-        if show_progress:
-            report = _convert_with_progress(paths, options, run)
-        else:
-            report = run(paths, options)
-    except OSError as exc:
-        raise fail(f"cannot write to {out}: {exc.strerror or exc}", ExitCode.CANNOT_START) from None
-    except (PushError, ConfigError) as exc:
-        raise fail(f"cannot push to {push_url}: {exc}", ExitCode.CANNOT_START) from None
+    else:
+        if not paths:
+            raise fail(
+                "give DICOM files or folders to convert, or --from-dicomweb URL", ExitCode.USAGE
+            )
+        if _dw.any_of(*query):
+            raise fail(
+                "--study, --since and the other query options need --from-dicomweb",
+                ExitCode.USAGE,
+            )
+        push = push_options(push_url, auth, network) if push_url else None
+        report = _from_files(paths, options, push, quiet)
     if json_out:
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
     if not quiet:
@@ -403,16 +396,49 @@ def convert_command(
     raise typer.Exit(int(report.exit_code))
 
 
+def _from_dicomweb(
+    url: str,
+    query: StudyQuery,
+    auth: DicomwebAuth,
+    network: Network,
+    options: ConvertOptions,
+    quiet: bool,
+) -> ConvertReport:
+    """``convert --from-dicomweb``: QIDO-RS + WADO-RS metadata instead of files."""
+    return _dw.run_convert_from_dicomweb(
+        url, auth.build(), query, options, network=network, progress=not quiet
+    )
+
+
+def _from_files(
+    paths: list[Path], options: ConvertOptions, push: PushOptions | None, quiet: bool
+) -> ConvertReport:
+    """``convert PATH...``, and with ``push`` (``--push``) each study pushed as it is written."""
+    run = _streaming(push) if push is not None else convert
+
+    def message(exc: BaseException) -> str:
+        if isinstance(exc, FhirimgError) and push is not None:
+            return f"cannot push to {push.server}: {exc}"
+        if isinstance(exc, OSError):
+            return f"cannot write to {options.out_dir}: {exc.strerror or exc}"
+        return str(exc)
+
+    with exit_on_error(
+        codes={OSError: ExitCode.CANNOT_START},
+        message=message,
+        interrupted=RESUMABLE if push is not None else "interrupted",
+    ):
+        if not quiet and sys.stderr.isatty():
+            return _convert_with_progress(paths, options, run)
+        return run(paths, options)
+
+
 Runner = Callable[..., ConvertReport]
 
 
-def _streaming(server: str, out: Path) -> Runner:
+def _streaming(push: PushOptions) -> Runner:
     """``convert --push``: each study pushed as soon as it is written (fhirimg.convert_push)."""
     from fhirimg.convert_push import convert_and_push
-    from fhirimg.push import BearerAuth, PushOptions
-
-    token = os.environ.get("FHIRIMG_TOKEN")
-    push = PushOptions(server=server, auth=BearerAuth(token) if token else None)
 
     def run(
         paths: list[Path], options: ConvertOptions, progress: ProgressCallback | None = None

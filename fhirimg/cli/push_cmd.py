@@ -12,30 +12,35 @@ import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
-from fhirimg.cli import _auth
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
+    RESUMABLE,
     JsonOpt,
     QuietOpt,
     VerboseOpt,
     app,
     configure_logging,
     err_console,
+    exit_on_error,
+    fail,
+    server_message,
 )
-from fhirimg.errors import ConfigError, FhirimgError, InputError, PushError
+from fhirimg.cli._options import (
+    NETWORK_PANEL,
+    DicomwebAuth,
+    FhirAuth,
+    Network,
+    option_groups,
+    push_options,
+)
 from fhirimg.exitcodes import ExitCode
 from fhirimg.push import (
-    AuthError,
     BundleResult,
-    JournalLockedError,
     PushObserver,
-    PushOptions,
     PushReport,
-    RetryPolicy,
     push_paths,
 )
 
-_NET = "Network and retries"
 _RUN = "What to send"
 
 
@@ -94,12 +99,6 @@ class _RichProgress(PushObserver):
             _print_failure(result)
 
 
-def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Like ``_app.fail``, but the message is server text: no markup, no hard wrapping."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    return typer.Exit(int(code))
-
-
 def _print_failure(result: BundleResult) -> None:
     # soft_wrap: one refusal, one line (greppable in a cron mail); issues below when not in it.
     err_console.print(
@@ -141,7 +140,9 @@ def _summary(report: PushReport) -> str:
 
 
 @app.command("push")
+@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth)
 def push(
+    *,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -159,57 +160,17 @@ def push(
             show_default=False,
         ),
     ] = "",
-    token: _auth.TokenOpt = None,
-    user: _auth.UserOpt = None,
-    token_url: _auth.TokenUrlOpt = None,
-    client_id: _auth.ClientIdOpt = None,
-    scope: _auth.ScopeOpt = None,
-    ca_bundle: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-bundle",
-            help="PEM file of CA certificates to trust instead of the system's (TLS is always "
-            "verified).",
-            rich_help_panel=_NET,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout", min=0.1, help="Seconds to wait for each response.", rich_help_panel=_NET
-        ),
-    ] = 60.0,
-    retries: Annotated[
-        int,
-        typer.Option(
-            "--retries",
-            min=0,
-            help="Retries per request on connection errors, timeouts, 429 and 5xx.",
-            rich_help_panel=_NET,
-        ),
-    ] = 5,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            "--backoff",
-            min=0.0,
-            help="First retry wait in seconds; doubles each retry (with jitter), at most 60 s.",
-            rich_help_panel=_NET,
-        ),
-    ] = 1.0,
-    max_retry_time: Annotated[
-        float,
-        typer.Option(
-            "--max-retry-time",
-            min=0.0,
-            help="Give a request up when retrying it would take longer than this (seconds).",
-            rich_help_panel=_NET,
-        ),
-    ] = 600.0,
+    auth: FhirAuth,
+    network: Network,
     jobs: Annotated[
         int,
         typer.Option(
-            "--jobs", "-j", min=1, max=64, help="Bundles in flight at once.", rich_help_panel=_NET
+            "--jobs",
+            "-j",
+            min=1,
+            max=64,
+            help="Bundles in flight at once.",
+            rich_help_panel=NETWORK_PANEL,
         ),
     ] = 4,
     max_entries: Annotated[
@@ -265,10 +226,7 @@ def push(
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
-    dicomweb_token: _dw.DicomwebTokenOpt = None,
-    dicomweb_user: _dw.DicomwebUserOpt = None,
-    dicomweb_token_url: _dw.DicomwebTokenUrlOpt = None,
-    dicomweb_client_id: _dw.DicomwebClientIdOpt = None,
+    dicomweb_auth: DicomwebAuth,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -287,18 +245,10 @@ def push(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if not server and not dry_run and not dicomweb:
         raise fail("--server is required (or set FHIRIMG_SERVER)", ExitCode.USAGE)
-    auth = _auth.build_auth(token, user, token_url, client_id, scope)
-    options = PushOptions(
-        server=server or "http://dry-run.invalid",
-        auth=auth,
-        timeout=timeout,
-        retry=RetryPolicy(
-            max_attempts=retries + 1,
-            backoff_base=backoff,
-            backoff_max=max(60.0, backoff),
-            max_elapsed=max_retry_time,
-        ),
-        verify=ca_bundle if ca_bundle is not None else True,
+    options = push_options(
+        server or "http://dry-run.invalid",
+        auth,
+        network,
         jobs=jobs,
         max_entries=max_entries,
         auto_split=auto_split,
@@ -307,13 +257,12 @@ def push(
         dry_run=dry_run,
     )
     if dicomweb:
-        dw_auth = _dw.dicomweb_auth(
-            dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id
-        )
+        # Alone, --dicomweb takes the FHIR auth options; beside --server, its own --dicomweb-*.
+        dw_auth = dicomweb_auth.build()
         _dw.run_push_dicomweb(
             paths or [],
             dicomweb,
-            dw_auth if (server or dw_auth) else auth,
+            dw_auth if (server or dw_auth) else options.auth,
             options,
             with_fhir=bool(server),
             json_out=json_out,
@@ -321,23 +270,12 @@ def push(
         )
     show_bar = not quiet and not dry_run and err_console.is_terminal
     observer: PushObserver = _RichProgress() if show_bar else _PlainObserver()
-    try:
+    with exit_on_error(message=server_message, interrupted=RESUMABLE):
         if isinstance(observer, _RichProgress):
             with observer.live:
                 report = push_paths(paths or [], options, observer)
         else:
             report = push_paths(paths or [], options, observer)
-    except KeyboardInterrupt:
-        err_console.print(
-            "interrupted: confirmed work is in the journal; run the same command to continue"
-        )
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except (AuthError, JournalLockedError, InputError, ConfigError) as exc:
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
-    except PushError as exc:
-        raise fail(f"cannot use the server: {exc}", ExitCode.CANNOT_START) from None
-    except FhirimgError as exc:
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
 
     if json_out:
         sys.stdout.buffer.write(jsonio.dumps(report.to_json()))

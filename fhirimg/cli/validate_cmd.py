@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from typing import Annotated
 
 import typer
@@ -18,26 +17,20 @@ from fhirimg.cli._app import (
     app,
     configure_logging,
     err_console,
-    fail,
+    exit_on_error,
 )
-from fhirimg.errors import ConfigError, FhirimgError, InputError
+from fhirimg.cli._options import FhirVersionOrAuto
+from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.validate import FileResult, Severity, iter_validate, parse_layers
 from fhirimg.validate.runner import default_jobs, findings_json
-from fhirimg.validate.server import ServerUnreachableError
-
-
-class FhirVersion(str, Enum):  # noqa: UP042 - typer choices
-    auto = "auto"
-    r4 = "r4"
-    r5 = "r5"
-
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFORMATION: "dim"}
 
 
 @app.command("validate")
 def validate_command(
+    *,
     paths: Annotated[
         list[str],
         typer.Argument(
@@ -46,12 +39,13 @@ def validate_command(
         ),
     ],
     fhir_version: Annotated[
-        FhirVersion,
+        FhirVersionOrAuto,
         typer.Option(
             "--fhir-version",
             help="FHIR release to check against; auto looks at the content (default R4).",
+            case_sensitive=False,
         ),
-    ] = FhirVersion.auto,
+    ] = FhirVersionOrAuto.AUTO,
     strict: Annotated[
         bool, typer.Option("--strict", help="Treat warnings as errors (exit 1 on a warning).")
     ] = False,
@@ -83,7 +77,8 @@ def validate_command(
     configure_logging(verbose)
     workers = jobs or default_jobs()
     results: list[FileResult] = []
-    try:
+    # A bad --layers is a usage error; an unreachable --server or unreadable input, exit 3.
+    with exit_on_error(codes={ConfigError: ExitCode.USAGE}):
         for result in iter_validate(
             paths,
             fhir_version=fhir_version.value,
@@ -92,14 +87,6 @@ def validate_command(
             server=server,
         ):
             results.append(result)
-    except ConfigError as exc:  # a bad --layers / --fhir-version
-        raise fail(str(exc), ExitCode.USAGE) from None
-    except ServerUnreachableError as exc:
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
-    except InputError as exc:
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
-    except FhirimgError as exc:
-        raise fail(str(exc), ExitCode.CANNOT_START) from None
 
     bad = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
     counts = {s: sum(1 for r in results for f in r.findings if f.severity is s) for s in Severity}

@@ -12,28 +12,29 @@ import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
-from fhirimg.cli import _auth
-from fhirimg.cli._app import JsonOpt, QuietOpt, VerboseOpt, app, configure_logging, err_console
-from fhirimg.cli._auth import fail
-from fhirimg.cli._dicomweb import (
-    DicomwebClientIdOpt,
-    DicomwebTokenOpt,
-    DicomwebTokenUrlOpt,
-    DicomwebUserOpt,
-    _errors_to_exit,
-    any_of,
-    dicomweb_auth,
+from fhirimg.cli._app import (
+    JsonOpt,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    configure_logging,
+    err_console,
+    exit_on_error,
+    fail,
+    server_message,
 )
+from fhirimg.cli._options import DicomwebAuth, FhirAuth, RetriesOpt, TimeoutOpt, option_groups
 from fhirimg.dicomweb.verify import VerifyOptions, VerifyReport, verify_bundles, verify_server
-from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.push import FhirClient, RetryPolicy
+from fhirimg.http import FhirClient, RetryPolicy
 
 _SHOWN = 10  # differences printed per study; all of them are in --json
 
 
 @app.command("verify")
+@option_groups(auth=FhirAuth, dicomweb_auth=DicomwebAuth)
 def verify_command(
+    *,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -50,25 +51,14 @@ def verify_command(
             show_default=False,
         ),
     ] = None,
-    token: _auth.TokenOpt = None,
-    user: _auth.UserOpt = None,
-    token_url: _auth.TokenUrlOpt = None,
-    client_id: _auth.ClientIdOpt = None,
-    scope: _auth.ScopeOpt = None,
+    auth: FhirAuth,
     study: Annotated[
         list[str] | None,
         typer.Option("--study", help="Verify only this Study Instance UID (repeatable)."),
     ] = None,
-    dicomweb_token: DicomwebTokenOpt = None,
-    dicomweb_user: DicomwebUserOpt = None,
-    dicomweb_token_url: DicomwebTokenUrlOpt = None,
-    dicomweb_client_id: DicomwebClientIdOpt = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each response.")
-    ] = 60.0,
-    retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Retries per request on transient failures.")
-    ] = 3,
+    dicomweb_auth: DicomwebAuth,
+    timeout: TimeoutOpt = 60.0,
+    retries: RetriesOpt = 3,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -83,28 +73,26 @@ def verify_command(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if server and paths:
         raise fail("give bundle files or --server, not both", ExitCode.USAGE)
-    if not server and any_of(user, token_url, client_id, scope):
+    if not server and any((auth.user, auth.token_url, auth.client_id, auth.scope)):
         raise fail(
             "--user, --token-url, --client-id and --scope are the FHIR server's: give --server",
             ExitCode.USAGE,
         )
     # The FHIR server's credentials are those of `push --server` (one implementation).
-    auth = _auth.build_auth(token, user, token_url, client_id, scope) if server else None
+    fhir_auth = auth.build() if server else None
     retry = RetryPolicy(max_attempts=retries + 1)
     options = VerifyOptions(
-        auth=dicomweb_auth(dicomweb_token, dicomweb_user, dicomweb_token_url, dicomweb_client_id),
+        auth=dicomweb_auth.build(),
         timeout=timeout,
         retry=retry,
         study_uids=tuple(study or ()),
     )
-    try:
+    with exit_on_error(message=server_message):
         if server:
-            with FhirClient(server, auth=auth, timeout=timeout, retry=retry) as client:
+            with FhirClient(server, auth=fhir_auth, timeout=timeout, retry=retry) as client:
                 report = verify_server(client, options)
         else:
             report = verify_bundles(paths or [Path("fhirimg-out")], options)
-    except (KeyboardInterrupt, FhirimgError) as exc:
-        _errors_to_exit(exc)
     if json_out:
         sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
         sys.stdout.flush()
