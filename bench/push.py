@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fhirimg.push import PushOptions, RetryPolicy, push_paths  # noqa: E402
+from fhirimg.http import RetryPolicy  # noqa: E402
+from fhirimg.push import PushOptions, push_paths  # noqa: E402
 from tests.conftest import study_bundle, write_bundle  # noqa: E402
 from tests.fhir_server import start_fhir_server  # noqa: E402
 

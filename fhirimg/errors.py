@@ -47,3 +47,27 @@ class PushError(FhirimgError):
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+
+
+class ServerUnreachableError(PushError):
+    """No connection to a server (FHIR, DICOMweb, ``$validate``) could be made, retries included,
+    or it answered something that is not the protocol at all (``status`` is None for no answer).
+
+    A run stops on it rather than failing every remaining item after the same wait.
+    """
+
+
+class AuthError(PushError):
+    """A server (or an OAuth2 token endpoint) refused the credentials (HTTP 401/403).
+
+    Nothing will succeed until the credentials change, so a run aborts instead of going on.
+    """
+
+
+class DicomwebError(PushError):
+    """A DICOMweb server answered something that does not follow PS3.18 (or refused an instance),
+    or a file changed while it was being stored."""
+
+
+class JournalLockedError(FhirimgError):
+    """Another push holds the journal: two runs on one folder would race each other."""

@@ -23,12 +23,14 @@ from fhirimg.convert import ConvertOptions, convert
 from fhirimg.dicomweb import DicomwebClient, StudyQuery, convert_from_dicomweb, find_studies
 from fhirimg.dicomweb import client as dicomweb_client
 from fhirimg.dicomweb import store as dicomweb_store
-from fhirimg.dicomweb.store import StoreOptions, store_and_push, store_instances
+from fhirimg.dicomweb.store import store_and_push, store_instances
+from fhirimg.dicomweb.store_results import StoreOptions
 from fhirimg.dicomweb.verify import VerifyOptions, verify_bundles, verify_server
+from fhirimg.errors import AuthError
+from fhirimg.http import BasicAuth, FhirClient, RetryPolicy
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
-from fhirimg.push import BasicAuth, FhirClient, PushOptions, RetryPolicy
-from fhirimg.push.auth import AuthError
+from fhirimg.push import PushOptions
 from fhirimg.scan import read_file
 from tests.helpers import SAMPLE, bundles, load, resources
 from tests.servers import orthanc_server

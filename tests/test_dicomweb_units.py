@@ -18,7 +18,6 @@ from pydicom import dcmread
 from fhirimg.dicomweb import client as client_module
 from fhirimg.dicomweb.client import (
     DicomwebClient,
-    DicomwebError,
     MultipartFiles,
     StowResult,
     content_type_params,
@@ -27,8 +26,8 @@ from fhirimg.dicomweb.client import (
     scan_file,
 )
 from fhirimg.dicomweb.records import StudyQuery, qido_date, record_from_json
-from fhirimg.dicomweb.store import endpoint_addresses
-from fhirimg.errors import ConfigError
+from fhirimg.dicomweb.store_plan import endpoint_addresses
+from fhirimg.errors import ConfigError, DicomwebError
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
 from tests.helpers import SAMPLE
@@ -315,7 +314,7 @@ def test_store_files_streams_in_bounded_memory(tmp_path: Path) -> None:
 
 def test_dry_run_plans_count_as_fine() -> None:
     """push --dicomweb --dry-run: instances it would store do not make the study a failure."""
-    from fhirimg.dicomweb.store import StudyStore
+    from fhirimg.dicomweb.store_results import StudyStore
 
     planned = StudyStore(
         "b.json", Path("b.json"), "1.2.3", instances=3, has_endpoint=True, planned=3

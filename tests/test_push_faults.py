@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from fhirimg import jsonio
 from fhirimg.cli import app
-from fhirimg.push import ClientCredentialsAuth, FhirClient, RetryPolicy
+from fhirimg.http import ClientCredentialsAuth, FhirClient, RetryPolicy
 from tests.conftest import MakeFolder, count, snapshot
 from tests.servers.faultproxy import Fault, FaultProxy
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from fhirimg import jsonio
 from fhirimg.cli import app
-from fhirimg.push import FhirClient, Journal, RetryPolicy, push_bundle
+from fhirimg.http import FhirClient, RetryPolicy
+from fhirimg.push import Journal, push_bundle
 from tests.conftest import (
     MRN_SYSTEM,
     MakeFolder,

@@ -15,24 +15,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhirimg import jsonio
-from fhirimg.errors import PushError
-from fhirimg.push import (
-    AuthError,
+from fhirimg.errors import AuthError, JournalLockedError, PushError
+from fhirimg.http import (
     BasicAuth,
     BearerAuth,
     ClientCredentialsAuth,
     FhirClient,
-    Journal,
-    JournalLockedError,
     RetryPolicy,
+    parse_retry_after,
+)
+from fhirimg.push import (
+    Journal,
     binaries_beside,
     discover,
-    parse_retry_after,
     plan_pieces,
     too_large_limit,
 )
-from fhirimg.push.pusher import _CreateGate
 from fhirimg.push.split import dependency_order, rewrite_references, urn_references
+from fhirimg.push.transaction import CreateGate
 from tests.conftest import study_bundle, write_bundle
 
 FAST = RetryPolicy(max_attempts=4, backoff_base=0.001, backoff_max=0.01, max_elapsed=5)
@@ -331,7 +331,7 @@ def test_binaries_beside_reads_the_instance_extension(tmp_path: Path) -> None:
 
 
 def test_create_gate_serialises_first_creation_only() -> None:
-    gate = _CreateGate()
+    gate = CreateGate()
     first = gate.claim(["Patient?identifier=a", "Endpoint?identifier=e"])
     assert len(first) == 2
     got: list[list[str]] = []

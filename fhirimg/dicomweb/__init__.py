@@ -2,17 +2,18 @@
 
 - :mod:`fhirimg.dicomweb.client`: STOW-RS, QIDO-RS, WADO-RS and the multipart/related codec;
 - :mod:`fhirimg.dicomweb.records`: DICOM JSON to the internal model, conversion from a PACS;
-- :mod:`fhirimg.dicomweb.store`: store converted studies' instances in a PACS (``push --dicomweb``);
+- :mod:`fhirimg.dicomweb.store`: store converted studies' instances in a PACS (``push --dicomweb``),
+  as :mod:`~fhirimg.dicomweb.store_plan` plans it, reporting in :mod:`~fhirimg.dicomweb.store_results`;
 - :mod:`fhirimg.dicomweb.verify`: check that ImagingStudies and the PACS agree (``verify``).
 
-Docs: ``docs/dicomweb.md``.
+HTTP, retries and authentication are :mod:`fhirimg.http`'s, shared with ``push``; errors are in
+:mod:`fhirimg.errors` (:class:`~fhirimg.errors.DicomwebError`). Docs: ``docs/dicomweb.md``.
 """
 
 from __future__ import annotations
 
 from fhirimg.dicomweb.client import (
     DicomwebClient,
-    DicomwebError,
     StowResult,
     decode_multipart,
     encode_multipart,
@@ -26,7 +27,6 @@ from fhirimg.dicomweb.records import (
 
 __all__ = [
     "DicomwebClient",
-    "DicomwebError",
     "StowResult",
     "StudyQuery",
     "convert_from_dicomweb",

@@ -1,8 +1,8 @@
 """A DICOMweb client: STOW-RS, QIDO-RS and WADO-RS (PS3.18), with multipart/related encoding.
 
-Transport, authentication and retries are the FHIR push client's (:class:`fhirimg.push.FhirClient`):
-one retry policy (backoff, ``Retry-After``, 429/5xx, dropped connections) and one set of auth schemes
-for both kinds of server. Every request sent here is idempotent: STOW-RS of an instance the archive
+Transport, authentication and retries are :mod:`fhirimg.http`'s (:class:`~fhirimg.http.HttpClient`),
+as for the FHIR server: one retry policy (backoff, ``Retry-After``, 429/5xx, dropped connections) and
+one set of auth schemes for both kinds of server. Every request sent here is idempotent: STOW-RS of an instance the archive
 already holds stores it again (or keeps it), QIDO and WADO only read.
 
 Why not the ``dicomweb-client`` package: it is built on ``requests`` (a second HTTP stack beside
@@ -27,8 +27,8 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from fhirimg import jsonio
-from fhirimg.errors import PushError
-from fhirimg.push.client import FhirClient, RetryPolicy
+from fhirimg.errors import DicomwebError
+from fhirimg.http.client import HttpClient, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ __all__ = [
     "DICOM",
     "DICOM_JSON",
     "DicomwebClient",
-    "DicomwebError",
     "FilePart",
     "MultipartFiles",
     "StowResult",
@@ -55,10 +54,6 @@ QIDO_PAGE = 1000  # results asked for per QIDO-RS request (limit/offset paging)
 # Bytes of a file read at a time when hashing it or streaming it into a STOW-RS body: the memory a
 # request in flight needs, whatever the size of the files or of the batch.
 CHUNK = 1024 * 1024
-
-
-class DicomwebError(PushError):
-    """A DICOMweb server answered something that does not follow PS3.18 (or refused an instance)."""
 
 
 # --------------------------------------------------------------------------- multipart/related
@@ -320,7 +315,7 @@ def _int_or_none(value: Any) -> int | None:
 # --------------------------------------------------------------------------- the client
 class DicomwebClient:
     """STOW-RS, QIDO-RS and WADO-RS against one DICOMweb service base URL (e.g. Orthanc's
-    ``http://host:8042/dicom-web``). Thread-safe; shares the push client's retries and auth.
+    ``http://host:8042/dicom-web``). Thread-safe; retries and auth are :class:`HttpClient`'s.
 
     >>> DicomwebClient("http://pacs.example/dicom-web/").instance_url("1.2", "1.2.3", "1.2.3.4")
     'http://pacs.example/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4'
@@ -337,7 +332,7 @@ class DicomwebClient:
         max_connections: int = 10,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._http = FhirClient(
+        self._http = HttpClient(
             base_url,
             auth=auth,
             timeout=timeout,
@@ -386,6 +381,11 @@ class DicomwebClient:
         """The WADO-RS URL of one instance (also its name in a from-DICOMweb ``report.json``)."""
         return f"{self.base_url}/{self.instance_path(study, series, instance)}"
 
+    def check(self) -> None:
+        """Fail early when the server is unreachable or refuses the credentials: one QIDO-RS
+        search for at most one study (PS3.18 10.6), the cheapest request every archive answers."""
+        self._http.request("GET", "studies", params={"limit": "1"}, headers={"Accept": DICOM_JSON})
+
     # --- STOW-RS ---
     def store(self, instances: Sequence[bytes]) -> StowResult:
         """Store DICOM Part 10 instances with one STOW-RS request (``POST {base}/studies``).
@@ -402,7 +402,7 @@ class DicomwebClient:
         after a 401, such as OAuth2 client credentials: httpx then reads it into memory).
         """
         headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
-        # FhirClient.request hands `content` to httpx unchanged, and httpx takes any iterable of
+        # HttpClient.request hands `content` to httpx unchanged, and httpx takes any iterable of
         # bytes (a new iteration for each retry: MultipartFiles is re-iterable, not a generator).
         return self._stow(body, headers)
 

@@ -27,17 +27,16 @@ from fhirimg import values
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, convert_records
 from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.errors import ConfigError, PushError
+from fhirimg.jsonio import JSONMapping
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["StudyQuery", "convert_from_dicomweb", "find_studies", "record_from_json"]
 
-JSON = Mapping[str, Any]
-
 
 # --------------------------------------------------------------------------- values
-def _element(ds: JSON, tag: str) -> JSON | None:
+def _element(ds: JSONMapping, tag: str) -> JSONMapping | None:
     element = ds.get(tag)
     if element is None:
         element = ds.get(tag.lower())
@@ -75,7 +74,7 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _strings(ds: JSON, tag: str) -> list[str]:
+def _strings(ds: JSONMapping, tag: str) -> list[str]:
     element = _element(ds, tag)
     values = element.get("Value") if element else None
     if not isinstance(values, list):
@@ -83,22 +82,22 @@ def _strings(ds: JSON, tag: str) -> list[str]:
     return [_as_text(v) for v in values if v is not None]
 
 
-def _text(ds: JSON, tag: str) -> str | None:
+def _text(ds: JSONMapping, tag: str) -> str | None:
     """An element's value as stripped text (values joined by ``\\``), None when absent or empty."""
     text = "\\".join(_strings(ds, tag)).strip(" \0")
     return text or None
 
 
-def _multi(ds: JSON, tag: str) -> tuple[str, ...]:
+def _multi(ds: JSONMapping, tag: str) -> tuple[str, ...]:
     return tuple(s for s in (v.strip(" \0") for v in _strings(ds, tag)) if s)
 
 
-def _first_item(ds: JSON, tag: str) -> JSON | None:
+def _first_item(ds: JSONMapping, tag: str) -> JSONMapping | None:
     item = first_value(ds, tag)
     return item if isinstance(item, Mapping) else None
 
 
-def _issuer(item: JSON | None) -> Issuer | None:
+def _issuer(item: JSONMapping | None) -> Issuer | None:
     """An HL7 v2 HD from a sequence item: (0040,0031), (0040,0032), (0040,0033)."""
     if item is None:
         return None
@@ -106,7 +105,7 @@ def _issuer(item: JSON | None) -> Issuer | None:
     return issuer if (issuer.local or issuer.universal) else None
 
 
-def _codes(ds: JSON, tag: str) -> tuple[Code, ...]:
+def _codes(ds: JSONMapping, tag: str) -> tuple[Code, ...]:
     element = _element(ds, tag)
     items = element.get("Value") if element else None
     out = []
@@ -134,7 +133,9 @@ _REQUIRED = (
 )
 
 
-def record_from_json(dataset: JSON, path: str, size: int = 0) -> InstanceRecord | FileProblem:
+def record_from_json(
+    dataset: JSONMapping, path: str, size: int = 0
+) -> InstanceRecord | FileProblem:
     """One instance's DICOM JSON (WADO-RS metadata) as the record :func:`fhirimg.scan.read_file`
     would make of its file. ``path`` names the source (the instance's WADO-RS URL); ``size`` is the
     file size when known (DICOM JSON does not carry it).

@@ -20,11 +20,12 @@ import httpx
 
 from fhirimg import jsonio
 from fhirimg.dicomweb.client import DicomwebClient, first_value
-from fhirimg.dicomweb.store import WADO_RS
-from fhirimg.errors import InputError, PushError
-from fhirimg.push.auth import AuthError
-from fhirimg.push.client import FhirClient, RetryPolicy
-from fhirimg.push.pusher import discover
+from fhirimg.dicomweb.store_plan import WADO_RS
+from fhirimg.errors import AuthError, InputError, PushError
+from fhirimg.http.client import RetryPolicy
+from fhirimg.http.fhir import FhirClient
+from fhirimg.jsonio import JSONMapping
+from fhirimg.push import discover
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ __all__ = [
     "verify_bundles",
     "verify_server",
 ]
-
-JSON = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -111,14 +110,14 @@ class VerifyReport:
 
 
 # --------------------------------------------------------------------------- one study
-def _study_uid(study: JSON) -> str:
+def _study_uid(study: JSONMapping) -> str:
     for ident in study.get("identifier") or []:
         if ident.get("system") == "urn:dicom:uid":
             return str(ident.get("value", "")).removeprefix("urn:oid:")
     return ""
 
 
-def _fhir_instances(study: JSON) -> dict[tuple[str, str], str]:
+def _fhir_instances(study: JSONMapping) -> dict[tuple[str, str], str]:
     """(series uid, instance uid) -> SOP Class UID, as the ImagingStudy lists them."""
     out: dict[tuple[str, str], str] = {}
     for series in study.get("series") or []:
@@ -130,7 +129,7 @@ def _fhir_instances(study: JSON) -> dict[tuple[str, str], str]:
     return out
 
 
-def check_study(client: DicomwebClient, study: JSON, source: str) -> StudyCheck:
+def check_study(client: DicomwebClient, study: JSONMapping, source: str) -> StudyCheck:
     """Compare one ImagingStudy with what QIDO-RS lists for its Study Instance UID."""
     uid = _study_uid(study)
     check = StudyCheck(source, uid, client.base_url)
@@ -186,7 +185,7 @@ class _Clients:
             client.close()
 
 
-def _wado_address(endpoint: JSON | None) -> str | None:
+def _wado_address(endpoint: JSONMapping | None) -> str | None:
     if not endpoint or endpoint.get("resourceType") != "Endpoint":
         return None
     types = endpoint.get("connectionType")
@@ -204,7 +203,7 @@ def _wado_address(endpoint: JSON | None) -> str | None:
 
 
 def _verify_all(
-    items: Iterator[tuple[str, JSON, Callable[[str], JSON | None]]],
+    items: Iterator[tuple[str, JSONMapping, Callable[[str], JSONMapping | None]]],
     options: VerifyOptions,
     transport: httpx.BaseTransport | None,
 ) -> VerifyReport:
@@ -240,7 +239,7 @@ def verify_bundles(
     if not files:
         raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
 
-    def items() -> Iterator[tuple[str, JSON, Callable[[str], JSON | None]]]:
+    def items() -> Iterator[tuple[str, JSONMapping, Callable[[str], JSONMapping | None]]]:
         for f in files:
             bundle = jsonio.loads(f.path.read_bytes())
             by_url = {
@@ -263,9 +262,9 @@ def verify_server(
     """Verify every ImagingStudy on the FHIR server (search pages followed), or those of
     ``options.study_uids``. Raises :class:`PushError` when the FHIR server cannot be searched."""
     opts = options or VerifyOptions()
-    endpoints: dict[str, JSON | None] = {}
+    endpoints: dict[str, JSONMapping | None] = {}
 
-    def resolve(reference: str) -> JSON | None:
+    def resolve(reference: str) -> JSONMapping | None:
         if reference not in endpoints:
             try:
                 endpoints[reference] = fhir.get_json(reference)
@@ -283,7 +282,7 @@ def verify_server(
         else:
             yield "ImagingStudy?_count=100"
 
-    def items() -> Iterator[tuple[str, JSON, Callable[[str], JSON | None]]]:
+    def items() -> Iterator[tuple[str, JSONMapping, Callable[[str], JSONMapping | None]]]:
         for first in searches():
             url: str | None = first
             while url:

@@ -12,62 +12,50 @@ re-run after a crash or Ctrl-C continue where it stopped.
 Library entry points: :func:`push_paths` (files and folders, with a journal and ``jobs`` threads)
 and :func:`push_bundle` (one in-memory bundle, for streaming from ``convert``). The CLI is
 ``fhirimg push`` (``fhirimg/cli/push_cmd.py``); docs in ``docs/push.md``.
+
+The modules, by role: :mod:`~fhirimg.push.results` (options and results), :mod:`~fhirimg.push.files`
+(finding the input), :mod:`~fhirimg.push.transaction` (one bundle), :mod:`~fhirimg.push.run` (many
+bundles), :mod:`~fhirimg.push.split` (pieces of a bundle too large for the server) and
+:mod:`~fhirimg.push.journal` (what the server confirmed). The HTTP client, retries and
+authentication are :mod:`fhirimg.http`, shared with ``dicomweb`` and ``validate --server``.
 """
 
 from __future__ import annotations
 
-from fhirimg.push.auth import AuthError, BasicAuth, BearerAuth, ClientCredentialsAuth
-from fhirimg.push.client import (
-    FhirClient,
-    RetryPolicy,
-    ServerUnreachableError,
-    format_outcome,
-    outcome_issues,
-    parse_retry_after,
-)
-from fhirimg.push.journal import DEFAULT_JOURNAL_NAME, Journal, JournalLockedError
-from fhirimg.push.pusher import (
+from fhirimg.push.files import (
     BINARY_EXTENSION_URL,
     DEFAULT_FOLDER,
     BundleFile,
+    binaries_beside,
+    default_journal_path,
+    discover,
+)
+from fhirimg.push.journal import DEFAULT_JOURNAL_NAME, Journal
+from fhirimg.push.results import (
     BundleResult,
     PlannedRequest,
     PushObserver,
     PushOptions,
     PushReport,
-    binaries_beside,
-    default_journal_path,
-    discover,
-    push_bundle,
-    push_paths,
 )
+from fhirimg.push.run import push_paths
 from fhirimg.push.split import plan_pieces, too_large_limit
+from fhirimg.push.transaction import push_bundle
 
 __all__ = [
     "BINARY_EXTENSION_URL",
     "DEFAULT_FOLDER",
     "DEFAULT_JOURNAL_NAME",
-    "AuthError",
-    "BasicAuth",
-    "BearerAuth",
     "BundleFile",
     "BundleResult",
-    "ClientCredentialsAuth",
-    "FhirClient",
     "Journal",
-    "JournalLockedError",
     "PlannedRequest",
     "PushObserver",
     "PushOptions",
     "PushReport",
-    "RetryPolicy",
-    "ServerUnreachableError",
     "binaries_beside",
     "default_journal_path",
     "discover",
-    "format_outcome",
-    "outcome_issues",
-    "parse_retry_after",
     "plan_pieces",
     "push_bundle",
     "push_paths",

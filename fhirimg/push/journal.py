@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import JournalLockedError
 
 try:  # POSIX only; elsewhere the journal is simply not locked.
     import fcntl
@@ -39,14 +39,10 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_JOURNAL_NAME", "Journal", "JournalLockedError"]
+__all__ = ["DEFAULT_JOURNAL_NAME", "Journal"]
 
 DEFAULT_JOURNAL_NAME = ".fhirimg-push-journal.jsonl"
 _VERSION = 1
-
-
-class JournalLockedError(FhirimgError):
-    """Another push holds the journal: two runs on one folder would race each other."""
 
 
 def _now() -> str:

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from fhirimg.errors import ConfigError
+
 __all__ = [
     "conditional_reference",
     "dependency_order",
@@ -103,7 +105,7 @@ def plan_pieces(
     [2, 2, 1]
     """
     if max_entries < 1:
-        raise ValueError("max_entries must be at least 1")
+        raise ConfigError("max_entries must be at least 1")
     ordered = [entries[i] for i in dependency_order(entries)]
     return [ordered[k : k + max_entries] for k in range(0, len(ordered), max_entries)]
 

@@ -6,6 +6,9 @@ the server answers with an OperationOutcome, with status 200 whether or not it f
 read the same way). ``issue.severity`` maps to the finding severity (``fatal`` counts as an error),
 ``issue.expression`` (or the deprecated ``issue.location``) to the location and
 ``issue.diagnostics`` (or ``issue.details.text``) to the message.
+
+The request goes through :mod:`fhirimg.http` like every other server request, sent once (no
+retries: a validation run reports an unreachable server at once rather than after the backoff).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
 import orjson
 
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import PushError, ServerUnreachableError
+from fhirimg.http.client import RetryPolicy
+from fhirimg.http.fhir import FHIR_JSON, FhirClient
 from fhirimg.validate.findings import Finding, Layer, Severity
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,17 @@ _SEVERITY = {
 }
 
 
-class ServerUnreachableError(FhirimgError):
-    """The ``--server`` could not be reached, or did not answer with an OperationOutcome."""
+# $validate answers with an OperationOutcome whatever its status (200, or 400/422 for an invalid
+# resource on some servers): every answer is read, none is retried.
+_ANY_STATUS = frozenset(range(100, 600))
+
+
+def server_client(base: str, *, timeout: float = 120.0) -> FhirClient:
+    """A client for ``base``'s ``$validate``, to share over many files (close it when done).
+
+    Raises :class:`~fhirimg.errors.ConfigError` when ``base`` is not an http(s) URL.
+    """
+    return FhirClient(base, timeout=timeout, retry=RetryPolicy(max_attempts=1))
 
 
 def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
@@ -66,26 +79,29 @@ def validate_on_server(
     obj: dict[str, Any],
     *,
     file: str,
-    client: httpx.Client | None = None,
+    client: FhirClient | None = None,
     timeout: float = 120.0,
 ) -> list[Finding]:
     """POST ``obj`` to ``[base]/[type]/$validate`` and return the server's findings.
 
-    Raises :class:`ServerUnreachableError` when the server cannot be reached or answers without an
-    OperationOutcome.
+    ``client`` (from :func:`server_client`) is used when given, for ``base``. Raises
+    :class:`~fhirimg.errors.ServerUnreachableError` when the server cannot be reached or answers
+    without an OperationOutcome.
     """
     rtype = obj.get("resourceType", "Bundle")
-    url = f"{base.rstrip('/')}/{rtype}/$validate"
-    headers = {
-        "Content-Type": "application/fhir+json",
-        "Accept": "application/fhir+json",
-    }
+    path = f"{rtype}/$validate"
     own = client is None
-    http = client or httpx.Client(timeout=timeout)
+    http = client or server_client(base, timeout=timeout)
     try:
-        response = http.post(url, content=orjson.dumps(obj), headers=headers)
-    except httpx.HTTPError as exc:
-        raise ServerUnreachableError(f"cannot reach {base}: {exc}") from exc
+        response = http.request(
+            "POST",
+            path,
+            content=orjson.dumps(obj),
+            headers={"Content-Type": FHIR_JSON},
+            ok_statuses=_ANY_STATUS,
+        )
+    except PushError as exc:
+        raise ServerUnreachableError(f"cannot reach {base}: {exc}", status=exc.status) from exc
     finally:
         if own:
             http.close()
@@ -95,7 +111,9 @@ def validate_on_server(
         body = None
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         raise ServerUnreachableError(
-            f"{url} answered HTTP {response.status_code} without an OperationOutcome"
+            f"{http.base_url}/{path} answered HTTP {response.status_code} without an "
+            "OperationOutcome",
+            status=response.status_code,
         )
-    log.debug("%s: HTTP %s, %d issues", url, response.status_code, len(body.get("issue", [])))
+    log.debug("%s: HTTP %s, %d issues", path, response.status_code, len(body.get("issue", [])))
     return outcome_findings(body, file)

@@ -1,8 +1,16 @@
-"""An HTTP client for one FHIR server: JSON in and out, authentication, retries with backoff.
+"""The one HTTP client of fhirimg: one server base URL, authentication, retries with backoff.
 
-Retrying is safe here because everything fhirimg sends is idempotent by construction (conditional
-create and update, Binary PUT with deterministic ids): a transaction that timed out after the server
-committed it does nothing new when it is sent again.
+Every command that talks to a server (push to FHIR, STOW/QIDO/WADO to DICOMweb, ``$validate``,
+``verify``) goes through :class:`HttpClient`, and this module is the only place an
+:class:`httpx.Client` is built: connection limits, TLS verification, redirects (never followed:
+a redirect could carry credentials to another host) and retries are decided once, here.
+
+Retrying is safe because everything fhirimg sends is idempotent by construction (conditional
+create and update, Binary PUT with deterministic ids, STOW-RS of the same instance, reads): a
+request that timed out after the server acted on it does nothing new when it is sent again.
+
+The client knows HTTP, not FHIR or DICOM: a refusal is described by :meth:`HttpClient.refusal`,
+which :class:`fhirimg.http.fhir.FhirClient` overrides to read the OperationOutcome.
 """
 
 from __future__ import annotations
@@ -16,28 +24,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from fhirimg import jsonio
-from fhirimg.errors import ConfigError, PushError
-from fhirimg.push.auth import AuthError
+from fhirimg.errors import AuthError, ConfigError, PushError, ServerUnreachableError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "FHIR_JSON",
-    "FhirClient",
-    "ServerUnreachableError",
-    "RetryPolicy",
-    "format_outcome",
-    "outcome_issues",
-    "parse_retry_after",
-]
+__all__ = ["USER_AGENT", "HttpClient", "RetryPolicy", "parse_retry_after"]
 
-FHIR_JSON = "application/fhir+json"
+# Kept from when push had the only client: servers' access logs and allow-lists may match it.
+USER_AGENT = "fhirimg-push"
 
 # Transport failures worth another try: the request may not have arrived, or its answer was lost.
 _RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -45,10 +44,6 @@ _RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
-
-
-class ServerUnreachableError(PushError):
-    """No connection to the server could be made, retries included (``status`` is None)."""
 
 
 @dataclass(frozen=True)
@@ -113,40 +108,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def outcome_issues(outcome: Mapping[str, Any] | None) -> list[str]:
-    """One line per ``OperationOutcome.issue``: severity, code, text and where.
-
-    >>> outcome_issues({"resourceType": "OperationOutcome", "issue": [
-    ...     {"severity": "error", "code": "invalid", "details": {"text": "Missing name"},
-    ...      "expression": ["Patient.name"]}]})
-    ['error invalid: Missing name (at Patient.name)']
-    """
-    if not outcome or outcome.get("resourceType") != "OperationOutcome":
-        return []
-    lines = []
-    for issue in outcome.get("issue") or []:
-        if not isinstance(issue, dict):
-            continue
-        details = issue.get("details") or {}
-        text = details.get("text") or issue.get("diagnostics") or ""
-        if not text:
-            codings = details.get("coding") or []
-            text = ", ".join(str(c.get("display") or c.get("code")) for c in codings if c)
-        where = issue.get("expression") or issue.get("location") or []
-        line = f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".rstrip(": ")
-        if where:
-            line += f" (at {', '.join(map(str, where))})"
-        lines.append(line)
-    return lines
-
-
-def format_outcome(status: int | None, outcome: Mapping[str, Any] | None) -> str:
-    """``HTTP 422: error invalid: ...; error ...``: a refusal in one line."""
-    head = f"HTTP {status}" if status is not None else "no HTTP response"
-    issues = outcome_issues(outcome)
-    return f"{head}: {'; '.join(issues)}" if issues else head
-
-
 def _strip_userinfo(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -155,11 +116,18 @@ def _strip_userinfo(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
-class FhirClient:
-    """A FHIR REST client with retries, for one server base URL.
+class HttpClient:
+    """A retrying HTTP client for one server base URL; ``request`` paths are relative to it.
 
-    ``verify`` is True (the system's CAs), a path to a CA bundle file, or False (tests only). The
+    ``verify`` is True (the system's CAs), a path to a CA bundle file, or False (tests only).
+    ``headers`` are sent with every request (a per-request header of the same name wins). The
     client is thread-safe: ``--jobs`` threads share its connection pool.
+
+    >>> HttpClient("https://pacs.example/dicom-web/").base_url
+    'https://pacs.example/dicom-web'
+    >>> HttpClient("ftp://pacs.example")
+    Traceback (most recent call last):
+    fhirimg.errors.ConfigError: not an http(s) server URL: 'ftp://pacs.example'
     """
 
     def __init__(
@@ -171,6 +139,7 @@ class FhirClient:
         retry: RetryPolicy | None = None,
         verify: bool | str | Path = True,
         max_connections: int = 10,
+        headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         parts = urlsplit(base_url)
@@ -190,7 +159,7 @@ class FhirClient:
             timeout=httpx.Timeout(timeout),
             verify=verify_arg,
             limits=httpx.Limits(max_connections=max_connections),
-            headers={"Accept": FHIR_JSON, "User-Agent": "fhirimg-push"},
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
             transport=transport,
             follow_redirects=False,
         )
@@ -202,7 +171,7 @@ class FhirClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> FhirClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -213,7 +182,14 @@ class FhirClient:
         self._stop.set()
 
     def __repr__(self) -> str:
-        return f"FhirClient({self.base_url!r})"
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    # --- what a refusal says ---
+    def refusal(self, response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+        """A refused request's answer in one line, and the JSON detail to carry on the error
+        (:attr:`PushError.outcome`). Plain HTTP knows only the status; protocol clients say more.
+        """
+        return f"HTTP {response.status_code}", None
 
     # --- requests ---
     def request(
@@ -228,9 +204,10 @@ class FhirClient:
     ) -> httpx.Response:
         """Send one request, retrying per :attr:`retry`; return the 2xx response.
 
-        Raises :class:`PushError` (with the HTTP status and the OperationOutcome) on a refusal or
-        when retries run out, :class:`AuthError` on 401/403. ``url`` is relative to the base URL.
-        Statuses in ``ok_statuses`` are returned instead of raised.
+        Raises :class:`PushError` (with the HTTP status and what :meth:`refusal` found) on a
+        refusal or when retries run out, :class:`AuthError` on 401/403,
+        :class:`ServerUnreachableError` when no connection could be made. ``url`` is relative to
+        the base URL. Statuses in ``ok_statuses`` are returned instead of raised.
         """
         policy = self.retry
         started = time.monotonic()
@@ -255,8 +232,7 @@ class FhirClient:
                     log.debug("%s %s -> %d", method, _path_only(url), response.status_code)
                     return response
                 status = response.status_code
-                outcome = _outcome_of(response)
-                failure = format_outcome(status, outcome)
+                failure, outcome = self.refusal(response)
                 if status in (401, 403):
                     raise AuthError(
                         f"{method} {_path_only(url)}: {failure} (check the credentials)",
@@ -298,63 +274,7 @@ class FhirClient:
             if self._stop.wait(wait):
                 raise PushError(f"{method} {_path_only(url)}: {failure}; stopped", status=status)
 
-    def get_json(self, url: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """GET a FHIR resource or search Bundle as JSON."""
-        response = self.request("GET", url, params=params)
-        return _json_of(response)
-
-    def capabilities(self) -> dict[str, Any]:
-        """The server's CapabilityStatement (``GET [base]/metadata``); a cheap reachability test."""
-        return self.get_json("metadata")
-
-    def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
-        """POST a transaction (or batch) Bundle to the base URL; return the response Bundle."""
-        response = self.request(
-            "POST", "", content=jsonio.dumps(bundle), headers={"Content-Type": FHIR_JSON}
-        )
-        return _json_of(response)
-
-    def put_binary(
-        self,
-        binary_id: str,
-        data: bytes,
-        content_type: str = "application/dicom",
-        security_context: str | None = None,
-    ) -> httpx.Response:
-        """Upload raw bytes as ``Binary/<binary_id>`` (update-as-create, hence idempotent).
-
-        ``security_context`` (e.g. ``Patient/123``) goes in ``X-Security-Context`` and becomes
-        ``Binary.securityContext`` (FHIR R4 binary.html "Binary Security Context").
-        """
-        headers = {"Content-Type": content_type}
-        if security_context:
-            headers["X-Security-Context"] = security_context
-        return self.request("PUT", f"Binary/{binary_id}", content=data, headers=headers)
-
 
 def _path_only(url: str) -> str:
     # Log and report without the query: a search query may carry patient identifiers.
     return url.split("?", 1)[0] or "[base]"
-
-
-def _json_of(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = jsonio.loads(response.content) if response.content else {}
-    except ValueError as exc:
-        raise PushError(
-            f"the server answered HTTP {response.status_code} with a body that is not JSON",
-            status=response.status_code,
-        ) from exc
-    if not isinstance(body, dict):
-        raise PushError("the server answered with JSON that is not an object")
-    return body
-
-
-def _outcome_of(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = jsonio.loads(response.content) if response.content else None
-    except ValueError:
-        return None
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return body
-    return None

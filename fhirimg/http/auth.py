@@ -1,6 +1,9 @@
-"""Authentication for pushing to a FHIR server: bearer token, HTTP basic, OAuth2 client credentials.
+"""Authentication for every server fhirimg talks to (FHIR, DICOMweb): bearer token, HTTP basic,
+OAuth2 client credentials.
 
-Every scheme is an :class:`httpx.Auth`, so the client applies it to each request (retries included).
+Every scheme is an :class:`httpx.Auth`, so :class:`fhirimg.http.client.HttpClient` applies it to each
+request (retries included). The OAuth2 token request is yielded from the auth flow, so it too is sent
+by that client, with its TLS settings and connection pool.
 Secrets never appear in ``repr``, in log records or in error messages: a token or password is only
 ever written into an ``Authorization`` header.
 """
@@ -15,15 +18,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from fhirimg.errors import PushError
+from fhirimg.errors import AuthError, PushError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuthError", "BasicAuth", "BearerAuth", "ClientCredentialsAuth"]
-
-
-class AuthError(PushError):
-    """The server (or the token endpoint) refused our credentials: nothing can be pushed."""
+__all__ = ["BasicAuth", "BearerAuth", "ClientCredentialsAuth"]
 
 
 class BearerAuth(httpx.Auth):

@@ -1,0 +1,155 @@
+"""A FHIR REST client on top of :class:`fhirimg.http.client.HttpClient`: JSON in and out, refusals
+read from the server's OperationOutcome.
+
+Used by ``push`` (transactions, Binary uploads), ``verify`` (ImagingStudy searches) and
+``validate --server`` (``$validate``). What the FHIR specification says about an exchange lives
+here, not in the generic client: the ``application/fhir+json`` media type (FHIR R4 http.html
+"Content Types"), the OperationOutcome a server sends with a refusal (http.html "Managing return
+content"), the CapabilityStatement at ``[base]/metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fhirimg import jsonio
+from fhirimg.errors import PushError
+from fhirimg.http.client import HttpClient, RetryPolicy
+
+__all__ = ["FHIR_JSON", "FhirClient", "format_outcome", "outcome_issues"]
+
+FHIR_JSON = "application/fhir+json"
+
+
+def outcome_issues(outcome: Mapping[str, Any] | None) -> list[str]:
+    """One line per ``OperationOutcome.issue``: severity, code, text and where.
+
+    >>> outcome_issues({"resourceType": "OperationOutcome", "issue": [
+    ...     {"severity": "error", "code": "invalid", "details": {"text": "Missing name"},
+    ...      "expression": ["Patient.name"]}]})
+    ['error invalid: Missing name (at Patient.name)']
+    """
+    if not outcome or outcome.get("resourceType") != "OperationOutcome":
+        return []
+    lines = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details") or {}
+        text = details.get("text") or issue.get("diagnostics") or ""
+        if not text:
+            codings = details.get("coding") or []
+            text = ", ".join(str(c.get("display") or c.get("code")) for c in codings if c)
+        where = issue.get("expression") or issue.get("location") or []
+        line = f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".rstrip(": ")
+        if where:
+            line += f" (at {', '.join(map(str, where))})"
+        lines.append(line)
+    return lines
+
+
+def format_outcome(status: int | None, outcome: Mapping[str, Any] | None) -> str:
+    """``HTTP 422: error invalid: ...; error ...``: a refusal in one line.
+
+    >>> format_outcome(None, None)
+    'no HTTP response'
+    """
+    head = f"HTTP {status}" if status is not None else "no HTTP response"
+    issues = outcome_issues(outcome)
+    return f"{head}: {'; '.join(issues)}" if issues else head
+
+
+class FhirClient(HttpClient):
+    """A FHIR REST client with retries, for one server base URL (see :class:`HttpClient`).
+
+    >>> FhirClient("https://fhir.example/r4/")
+    FhirClient('https://fhir.example/r4')
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        verify: bool | str | Path = True,
+        max_connections: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            auth=auth,
+            timeout=timeout,
+            retry=retry,
+            verify=verify,
+            max_connections=max_connections,
+            headers={"Accept": FHIR_JSON},
+            transport=transport,
+        )
+
+    def refusal(self, response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+        """The status and the issues of the OperationOutcome the server sent with it, if any."""
+        outcome = _outcome_of(response)
+        return format_outcome(response.status_code, outcome), outcome
+
+    def get_json(self, url: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET a FHIR resource or search Bundle as JSON."""
+        response = self.request("GET", url, params=params)
+        return _json_of(response)
+
+    def capabilities(self) -> dict[str, Any]:
+        """The server's CapabilityStatement (``GET [base]/metadata``); a cheap reachability test."""
+        return self.get_json("metadata")
+
+    def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a transaction (or batch) Bundle to the base URL; return the response Bundle."""
+        response = self.request(
+            "POST", "", content=jsonio.dumps(bundle), headers={"Content-Type": FHIR_JSON}
+        )
+        return _json_of(response)
+
+    def put_binary(
+        self,
+        binary_id: str,
+        data: bytes,
+        content_type: str = "application/dicom",
+        security_context: str | None = None,
+    ) -> httpx.Response:
+        """Upload raw bytes as ``Binary/<binary_id>`` (update-as-create, hence idempotent).
+
+        ``security_context`` (e.g. ``Patient/123``) goes in ``X-Security-Context`` and becomes
+        ``Binary.securityContext`` (FHIR R4 binary.html "Binary Security Context").
+        """
+        headers = {"Content-Type": content_type}
+        if security_context:
+            headers["X-Security-Context"] = security_context
+        return self.request("PUT", f"Binary/{binary_id}", content=data, headers=headers)
+
+
+def _json_of(response: httpx.Response) -> dict[str, Any]:
+    """The response body as a JSON object (``{}`` when empty); :class:`PushError` otherwise."""
+    try:
+        body = jsonio.loads(response.content) if response.content else {}
+    except ValueError as exc:
+        raise PushError(
+            f"the server answered HTTP {response.status_code} with a body that is not JSON",
+            status=response.status_code,
+        ) from exc
+    if not isinstance(body, dict):
+        raise PushError("the server answered with JSON that is not an object")
+    return body
+
+
+def _outcome_of(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = jsonio.loads(response.content) if response.content else None
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return body
+    return None

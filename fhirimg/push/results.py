@@ -1,0 +1,153 @@
+"""What a push is asked to do and what became of it: :class:`PushOptions` in,
+:class:`PushReport` (one :class:`BundleResult` per bundle) out, :class:`PushObserver` hooks between.
+
+Data only: the CLI builds the options and prints the report (``--json`` is :meth:`PushReport.to_json`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from fhirimg.http.client import RetryPolicy
+
+__all__ = [
+    "BundleResult",
+    "PlannedRequest",
+    "PushObserver",
+    "PushOptions",
+    "PushReport",
+    "Status",
+]
+
+Status = Literal["pushed", "skipped", "failed", "planned"]
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """Everything ``push_paths`` needs to know; the CLI builds one from its options.
+
+    ``journal`` None means ``<first folder>/.fhirimg-push-journal.jsonl``; ``use_journal`` False
+    keeps no journal at all; ``force`` ignores what the journal holds (and still appends to it).
+    ``max_entries`` cuts every transaction to that many entries; ``auto_split`` retries a
+    transaction in pieces when the server refuses it as too large.
+    """
+
+    server: str
+    auth: httpx.Auth | None = None
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    verify: bool | str | Path = True
+    jobs: int = 4
+    max_entries: int | None = None
+    auto_split: bool = True
+    journal: Path | None = None
+    use_journal: bool = True
+    force: bool = False
+    dry_run: bool = False
+    check_server: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One request ``--dry-run`` would send."""
+
+    method: str
+    url: str
+    entries: int
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class BundleResult:
+    """What happened to one bundle."""
+
+    file: str
+    status: Status
+    entries: int = 0
+    bytes: int = 0
+    pieces: int = 0
+    binaries_uploaded: int = 0
+    binaries_skipped: int = 0
+    http_status: int | None = None
+    error: str | None = None
+    issues: list[str] = field(default_factory=list)
+    references: dict[str, str] = field(default_factory=dict)
+    planned: list[PlannedRequest] = field(default_factory=list)
+    learned_limit: int | None = None
+    unreachable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("references")
+        out.pop("learned_limit")
+        out.pop("unreachable")
+        if self.status != "planned":
+            out.pop("planned")
+        return out
+
+
+@dataclass
+class PushReport:
+    """The outcome of ``push_paths``: one :class:`BundleResult` per bundle file, in file order."""
+
+    server: str
+    results: list[BundleResult] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    aborted: str | None = None
+    elapsed_s: float = 0.0
+    journal: str | None = None
+    requests: int = 0
+    retries: int = 0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def pushed(self) -> int:
+        return self.count("pushed")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.aborted is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "pushed": self.pushed,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "planned": self.count("planned"),
+            "aborted": self.aborted,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "requests": self.requests,
+            "retries": self.retries,
+            "journal": self.journal,
+            "bundles": [r.to_json() for r in self.results],
+            "ignored": [{"file": f, "reason": why} for f, why in self.ignored],
+        }
+
+
+class PushObserver:
+    """Hooks for progress display; the default does nothing. Called from worker threads."""
+
+    def started(self, bundles: int, total_bytes: int) -> None:
+        """Before the first bundle: how many bundles and bytes (bundle JSON + Binary files)."""
+
+    def advanced(self, nbytes: int) -> None:
+        """``nbytes`` more were sent, or skipped as already confirmed."""
+
+    def finished(self, result: BundleResult) -> None:
+        """One bundle is done (pushed, skipped or failed)."""

@@ -1,0 +1,296 @@
+"""Pushing many bundles: every transaction Bundle under the given paths, ``jobs`` at a time, with
+one journal, one client and one run-wide view of the server (its size limit, whether it still
+answers, whether it still takes the credentials).
+
+A study ``convert`` split into part files is pushed in an order in which every reference
+resolves; a refusal of one bundle is reported and the run goes on, a refused credential or a
+server that stopped answering aborts it (confirmed work stays in the journal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
+from fhirimg.http.fhir import FhirClient, outcome_issues
+from fhirimg.push.files import (
+    DEFAULT_FOLDER,
+    BundleFile,
+    default_journal_path,
+    discover,
+    load_bundle,
+)
+from fhirimg.push.journal import Journal
+from fhirimg.push.results import BundleResult, PushObserver, PushOptions, PushReport
+from fhirimg.push.transaction import (
+    CreateGate,
+    conditional_keys,
+    push_bundle,
+    resolve_conditional_references,
+    resolve_patient,
+)
+
+__all__ = ["push_paths"]
+
+
+def _check_server(client: FhirClient) -> None:
+    """Fail early (and clearly) when the server is unreachable, refuses us, or is not R4."""
+    try:
+        capabilities = client.capabilities()
+    except AuthError:
+        raise
+    except PushError as exc:
+        if exc.status in (404, 405, 406):
+            return  # no /metadata: not fatal, the first transaction will tell.
+        raise
+    version = str(capabilities.get("fhirVersion", "4.0.1"))
+    if not version.startswith("4."):
+        raise PushError(f"the server speaks FHIR {version}; fhirimg bundles are R4 (4.0.1)")
+
+
+def push_paths(
+    paths: Sequence[Path],
+    options: PushOptions,
+    observer: PushObserver | None = None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> PushReport:
+    """Push every transaction Bundle under ``paths`` (default: ``fhirimg-out/``) to the server.
+
+    Raises :class:`InputError` when no bundle is found, :class:`PushError` (or its child
+    :class:`AuthError`) when the server cannot be used at all, and re-raises
+    ``KeyboardInterrupt`` after stopping cleanly (confirmed work is in the journal). Refusals of
+    single bundles are in the report.
+    """
+    started = time.monotonic()
+    observer = observer or PushObserver()
+    paths = list(paths) or [DEFAULT_FOLDER]
+    files, ignored = discover(paths)
+    if not files:
+        raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
+    report = PushReport(server=options.server.rstrip("/"), ignored=ignored)
+    journal_path = (options.journal or default_journal_path(paths)) if options.use_journal else None
+    report.journal = str(journal_path) if journal_path else None
+    journal = Journal(journal_path, ignore_existing=options.force, read_only=options.dry_run)
+    observer.started(len(files), sum(f.size + f.binaries_size for f in files))
+
+    if options.dry_run:
+        for f in files:
+            data, bundle = load_bundle(f.path)
+            if journal.bundle_done(report.server, hashlib.sha256(data).hexdigest()):
+                result = BundleResult(file=f.path.name, status="skipped")
+            else:
+                result = push_bundle(
+                    None, bundle, f.binaries, name=f.path.name,
+                    max_entries=options.max_entries, dry_run=True,
+                )  # fmt: skip
+            report.results.append(result)
+            observer.finished(result)
+        report.elapsed_s = time.monotonic() - started
+        return report
+
+    client = FhirClient(
+        options.server,
+        auth=options.auth,
+        timeout=options.timeout,
+        retry=options.retry,
+        verify=options.verify,
+        max_connections=max(options.jobs, 1) + 2,
+        transport=transport,
+    )
+    try:
+        if options.check_server:
+            _check_server(client)
+        with journal:
+            _push_all(client, files, options, journal, report, observer)
+    finally:
+        report.requests = client.stats_requests
+        report.retries = client.stats_retries
+        client.close()
+        report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _push_split_study(
+    client: FhirClient,
+    f: BundleFile,
+    data: bytes,
+    bundle: dict[str, Any],
+    options: PushOptions,
+    journal: Journal,
+    observer: PushObserver,
+    limit: Callable[[], int | None],
+) -> BundleResult:
+    """Push a study convert split into ``<stem>.json`` + ``<stem>.part-N.json``, in an order in
+    which every reference resolves on a strict server: the Patient first (alone), then the
+    parts' Binary entries, then the first file (its ImagingStudy links those Binaries), then the
+    parts' other entries (Media/DocumentReference point at the ImagingStudy). The parts'
+    conditional references are resolved to literal ids first. One part is in memory at a time.
+    Stops at the first refusal."""
+    total = BundleResult(file=f.path.name, status="pushed")
+    server = client.base_url
+    cache: dict[str, str] = {}
+    statuses: list[str] = []
+
+    def send(
+        name: str, piece: dict[str, Any], sha: str, binaries: Sequence[tuple[str, Path]]
+    ) -> bool:
+        if not journal.bundle_done(server, sha) and name != f.path.name:
+            piece = resolve_conditional_references(client, piece, cache)
+        result = push_bundle(
+            client, piece, binaries, name=name, sha256=sha, max_entries=limit(),
+            auto_split=options.auto_split, journal=journal, observer=observer,
+        )  # fmt: skip
+        total.entries += result.entries
+        total.pieces += result.pieces
+        total.binaries_uploaded += result.binaries_uploaded
+        total.binaries_skipped += result.binaries_skipped
+        statuses.append(result.status)
+        if result.status == "failed":
+            total.status, total.error = "failed", f"{name}: {result.error}"
+            total.http_status, total.issues = result.http_status, result.issues
+            total.unreachable = result.unreachable
+        return result.status != "failed"
+
+    def part_pieces(binaries: bool) -> bool:
+        for path in f.parts:
+            try:
+                raw, part = load_bundle(path)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path.name}: cannot read: {exc}") from exc
+            entries = [
+                e for e in part.get("entry") or []
+                if ((e.get("resource") or {}).get("resourceType") == "Binary") == binaries
+            ]  # fmt: skip
+            if not entries:
+                continue
+            sha = hashlib.sha256(raw).hexdigest() + ("#binaries" if binaries else "#rest")
+            if not send(path.name, {**part, "entry": entries}, sha, ()):
+                return False
+            if not binaries:
+                observer.advanced(path.stat().st_size)
+        return True
+
+    try:
+        if not journal.bundle_done(server, hashlib.sha256(data).hexdigest()):
+            resolve_patient(client, bundle)
+        if (
+            part_pieces(binaries=True)
+            and send(f.path.name, bundle, hashlib.sha256(data).hexdigest(), f.binaries)
+            and part_pieces(binaries=False)
+            and all(s == "skipped" for s in statuses)
+        ):
+            total.status = "skipped"
+    except AuthError:
+        raise
+    except PushError as exc:
+        total.status, total.error, total.http_status = "failed", str(exc), exc.status
+    except FhirimgError as exc:
+        # An unreadable part file (InputError) fails this study, not the whole run.
+        total.status, total.error = "failed", str(exc)
+    return total
+
+
+def _push_all(
+    client: FhirClient,
+    files: list[BundleFile],
+    options: PushOptions,
+    journal: Journal,
+    report: PushReport,
+    observer: PushObserver,
+) -> None:
+    gate = CreateGate()
+    learned: list[int | None] = [options.max_entries]
+    lock = threading.Lock()
+    results: dict[int, BundleResult] = {}
+
+    def one(n: int, f: BundleFile) -> BundleResult:
+        name = f.path.name
+        try:
+            data, bundle = load_bundle(f.path)
+        except (OSError, ValueError, InputError) as exc:
+            return BundleResult(file=name, status="failed", error=f"cannot read: {exc}")
+
+        def limit() -> int | None:
+            with lock:
+                return learned[0]
+
+        if f.parts:
+            claimed = gate.claim(conditional_keys(bundle))
+            ok = False
+            try:
+                result = _push_split_study(
+                    client, f, data, bundle, options, journal, observer, limit
+                )
+                ok = result.status != "failed"
+            finally:
+                gate.release(claimed, ok)
+            return result
+        result = push_bundle(
+            client,
+            bundle,
+            f.binaries,
+            name=name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            max_entries=limit(),
+            auto_split=options.auto_split,
+            journal=journal,
+            observer=observer,
+            _gate=gate,
+            _limit=limit,
+        )
+        if result.learned_limit and result.status == "pushed":
+            # Only a limit the pieces were then accepted at: a refusal that merely read like
+            # "too large" must not cut every later bundle of the run.
+            with lock:
+                learned[0] = min(learned[0] or result.learned_limit, result.learned_limit)
+        observer.advanced(f.size)
+        return result
+
+    executor = ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="push")
+    pending: dict[Future[BundleResult], int] = {}
+    queue = deque(enumerate(files))
+    try:
+        while queue or pending:
+            while queue and len(pending) < max(1, options.jobs) and report.aborted is None:
+                n, f = queue.popleft()
+                pending[executor.submit(one, n, f)] = n
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                n = pending.pop(future)
+                try:
+                    result = future.result()
+                except AuthError as exc:
+                    result = BundleResult(
+                        file=files[n].path.name, status="failed", http_status=exc.status,
+                        error=str(exc), issues=outcome_issues(exc.outcome),
+                    )  # fmt: skip
+                    report.aborted = f"the server refused the credentials: {exc}"
+                    client.stop()
+                results[n] = result
+                observer.finished(result)
+                if result.unreachable and report.aborted is None:
+                    # The server went away: the remaining bundles would each wait out the retries.
+                    report.aborted = f"the server stopped answering: {result.error}"
+    except BaseException:
+        client.stop()
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    for n, f in enumerate(files):
+        if n not in results:
+            results[n] = BundleResult(
+                file=f.path.name, status="failed", error="not attempted: the run was aborted"
+            )
+    report.results = [results[n] for n in range(len(files))]

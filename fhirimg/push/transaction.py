@@ -1,0 +1,360 @@
+"""Pushing one transaction Bundle (and the DICOM Binaries stored beside it) to a FHIR server.
+
+Skip it if the journal says this server already confirmed these exact bytes; otherwise resolve the
+Patient's server id (a one-entry transaction of the bundle's own conditional Patient create),
+upload each Binary raw (``PUT Binary/<id>``, ``X-Security-Context: Patient/<id>``), send the
+transaction (split into pieces when the server caps its size), and journal the confirmation.
+Every step is idempotent, so a retry, a re-run or a resume never duplicates anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fhirimg import jsonio
+from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, ServerUnreachableError
+from fhirimg.http.fhir import FhirClient, outcome_issues
+from fhirimg.push.journal import Journal
+from fhirimg.push.results import BundleResult, PlannedRequest, PushObserver
+from fhirimg.push.split import (
+    conditional_reference,
+    make_piece,
+    plan_pieces,
+    reference_from_location,
+    rewrite_references,
+    too_large_limit,
+    urn_references,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CreateGate",
+    "conditional_keys",
+    "push_bundle",
+    "resolve_conditional_references",
+    "resolve_patient",
+]
+
+_CONDITIONAL_REF = re.compile(r"^[A-Z][A-Za-z]+\?")
+
+
+class CreateGate:
+    """Keeps two bundles of one run from racing to create the same resource.
+
+    Two concurrent transactions that both conditionally create ``Patient?identifier=X`` can both
+    find nothing and both create. So the first bundle that names a conditional key claims it; others
+    naming it wait until that bundle is confirmed (then the resource exists and their conditional
+    create finds it) or failed (then the next one claims it). Keys are claimed in sorted order, so
+    two bundles never wait on each other.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy: set[str] = set()
+        self._done: set[str] = set()
+
+    def claim(self, keys: Iterable[str]) -> list[str]:
+        claimed: list[str] = []
+        for key in sorted(set(keys)):
+            with self._cond:
+                while key in self._busy:
+                    self._cond.wait()
+                if key in self._done:
+                    continue
+                self._busy.add(key)
+                claimed.append(key)
+        return claimed
+
+    def release(self, keys: Iterable[str], confirmed: bool) -> None:
+        with self._cond:
+            for key in keys:
+                self._busy.discard(key)
+                if confirmed:
+                    self._done.add(key)
+            self._cond.notify_all()
+
+
+def conditional_keys(bundle: Mapping[str, Any]) -> list[str]:
+    keys = []
+    for entry in bundle.get("entry") or []:
+        ref = conditional_reference(entry)
+        if ref and "?" in ref:
+            keys.append(ref)
+    return keys
+
+
+def _check_shape(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in ("transaction", "batch"):
+        raise InputError("not a transaction Bundle")
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise InputError("the Bundle has no entries")
+    for n, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+            raise InputError(f"entry {n} has no request.method and request.url")
+    return entries
+
+
+def _patient_entry(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    for entry in entries:
+        if (entry.get("resource") or {}).get("resourceType") == "Patient":
+            return entry
+    return None
+
+
+def resolve_patient(client: FhirClient, bundle: Mapping[str, Any]) -> str | None:
+    """The server reference (``Patient/<id>``) of the bundle's Patient, creating it if needed.
+
+    Sends the bundle's own Patient entry alone as a transaction: its conditional create finds or
+    makes the Patient, exactly as the whole bundle will a moment later. None when there is no
+    Patient entry or it is not idempotent (a plain POST would make a duplicate).
+    """
+    entry = _patient_entry(bundle.get("entry") or [])
+    if entry is None:
+        return None
+    if "?" not in (conditional_reference(entry) or "?") and not str(
+        (entry.get("request") or {}).get("method", "")
+    ).upper().startswith("PUT"):
+        log.warning("the Patient entry is a plain POST; Binaries get no security context")
+        return None
+    if urn_references(entry.get("resource") or {}):
+        log.warning("the Patient entry references other entries; Binaries get no security context")
+        return None
+    response = client.transaction(make_piece(bundle, [entry]))
+    answers = response.get("entry") or [{}]
+    location = (answers[0].get("response") or {}).get("location")
+    return reference_from_location(location)
+
+
+def _send_entries(
+    client: FhirClient,
+    bundle: Mapping[str, Any],
+    entries: list[dict[str, Any]],
+    max_entries: int | None,
+    auto_split: bool,
+    result: BundleResult,
+    observer: PushObserver,
+) -> None:
+    """Send the entries as one transaction, or as pieces (see :mod:`fhirimg.push.split`)."""
+    whole = max_entries is None or len(entries) <= max_entries
+    queue: deque[list[Mapping[str, Any]]] = deque(
+        [list(entries)] if whole else plan_pieces(entries, max_entries or len(entries))
+    )
+    mapping: dict[str, str] = {}
+    while queue:
+        piece = queue.popleft()
+        body: Mapping[str, Any]
+        if whole and len(piece) == len(entries) and not mapping:
+            body = bundle  # the bytes as converted, untouched
+        else:
+            body = make_piece(bundle, rewrite_references(piece, mapping))
+        try:
+            response = client.transaction(body)
+        except AuthError:
+            raise
+        except PushError as exc:
+            limit = too_large_limit(exc.status, exc.outcome) if auto_split else None
+            if limit is None or len(piece) <= 1:
+                raise
+            new_limit = limit if 0 < limit < len(piece) else max(1, (len(piece) + 1) // 2)
+            log.info(
+                "%s: the server refused %d entries as too many; splitting into pieces of %d",
+                result.file,
+                len(piece),
+                new_limit,
+            )
+            result.learned_limit = new_limit
+            whole = False
+            queue.extendleft(reversed(plan_pieces(piece, new_limit)))
+            continue
+        result.pieces += 1
+        answers = response.get("entry") or []
+        if len(answers) != len(piece):
+            raise PushError(
+                f"the server answered {len(answers)} entries for a transaction of {len(piece)}"
+            )
+        for entry, answer in zip(piece, answers, strict=True):
+            status = str((answer.get("response") or {}).get("status", ""))
+            if status and not status.lstrip().startswith("2"):
+                raise PushError(f"entry {entry.get('fullUrl')} answered {status}")
+            ref = reference_from_location((answer.get("response") or {}).get("location"))
+            ref = ref or conditional_reference(entry)
+            if ref and entry.get("fullUrl"):
+                mapping[str(entry["fullUrl"])] = ref
+    result.references = mapping
+
+
+def _plan_bundle(
+    bundle: Mapping[str, Any],
+    entries: list[dict[str, Any]],
+    binaries: Sequence[tuple[str, Path]],
+    max_entries: int | None,
+    result: BundleResult,
+) -> None:
+    plan = result.planned
+    patient = _patient_entry(entries)
+    if binaries and patient is not None:
+        one = len(jsonio.dumps(make_piece(bundle, [patient])))
+        plan.append(PlannedRequest("POST", "", 1, one, "Patient alone, for X-Security-Context"))
+    for binary_id, path in binaries:
+        plan.append(PlannedRequest("PUT", f"Binary/{binary_id}", 0, path.stat().st_size))
+    if max_entries is None or len(entries) <= max_entries:
+        plan.append(PlannedRequest("POST", "", len(entries), len(jsonio.dumps(bundle))))
+        return
+    pieces = plan_pieces(entries, max_entries)
+    for n, piece in enumerate(pieces, 1):
+        size = len(jsonio.dumps(make_piece(bundle, piece)))
+        plan.append(PlannedRequest("POST", "", len(piece), size, f"piece {n}/{len(pieces)}"))
+
+
+def push_bundle(
+    client: FhirClient | None,
+    bundle: dict[str, Any],
+    binaries: Sequence[tuple[str, Path]] = (),
+    *,
+    name: str = "bundle",
+    sha256: str | None = None,
+    max_entries: int | None = None,
+    auto_split: bool = True,
+    journal: Journal | None = None,
+    observer: PushObserver | None = None,
+    dry_run: bool = False,
+    _gate: CreateGate | None = None,
+    _limit: Callable[[], int | None] | None = None,
+) -> BundleResult:
+    """Push one in-memory transaction Bundle, and its Binary files first; return what happened.
+
+    ``binaries`` are ``(binary id, file)`` pairs uploaded raw as ``PUT Binary/<id>``. ``journal``
+    (optional) is consulted and appended to; ``sha256`` identifies the bundle there (default: the
+    hash of its canonical JSON). Raises :class:`AuthError` when the server refuses the
+    credentials; every other failure is reported in the result (``status == "failed"``).
+    """
+    observer = observer or PushObserver()
+    result = BundleResult(file=name, status="failed")
+    try:
+        entries = _check_shape(bundle)
+    except InputError as exc:
+        result.error = str(exc)
+        return result
+    result.entries = len(entries)
+    result.bytes = sum(p.stat().st_size for _, p in binaries if p.is_file())
+    if sha256 is None:
+        sha256 = hashlib.sha256(jsonio.dumps(bundle)).hexdigest()
+    if dry_run or client is None:
+        _plan_bundle(bundle, entries, binaries, max_entries, result)
+        result.status = "planned"
+        return result
+    server = client.base_url
+    if journal is not None and journal.bundle_done(server, sha256):
+        result.status = "skipped"
+        observer.advanced(result.bytes)
+        return result
+    gate = _gate or CreateGate()
+    claimed = gate.claim(conditional_keys(bundle))
+    if _limit is not None:
+        # Read after waiting on the gate: a bundle ahead of us may have learned the size limit.
+        max_entries = _limit()
+    confirmed = False
+    try:
+        _upload_binaries(client, bundle, binaries, journal, result, observer)
+        _send_entries(client, bundle, entries, max_entries, auto_split, result, observer)
+        confirmed = True
+    except AuthError:
+        raise
+    except PushError as exc:
+        result.error = str(exc)
+        result.http_status = exc.status
+        result.issues = outcome_issues(exc.outcome)
+        result.unreachable = isinstance(exc, ServerUnreachableError)
+        return result
+    except (FhirimgError, OSError) as exc:
+        result.error = str(exc)
+        return result
+    finally:
+        gate.release(claimed, confirmed)
+    if journal is not None:
+        journal.record_bundle(server, sha256, file=name, entries=len(entries))
+    result.status = "pushed"
+    return result
+
+
+def _upload_binaries(
+    client: FhirClient,
+    bundle: Mapping[str, Any],
+    binaries: Sequence[tuple[str, Path]],
+    journal: Journal | None,
+    result: BundleResult,
+    observer: PushObserver,
+) -> None:
+    missing = [str(p.name) for _, p in binaries if not p.is_file()]
+    if missing:
+        # Pushing the bundle would leave references to Binaries that do not exist: refuse.
+        raise InputError(f"{len(missing)} Binary file(s) missing beside the bundle: {missing[:3]}")
+    security_context: str | None = None
+    resolved = False
+    for binary_id, path in binaries:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if journal is not None and journal.binary_done(client.base_url, binary_id, digest):
+            result.binaries_skipped += 1
+            observer.advanced(len(data))
+            continue
+        if not resolved:
+            security_context = resolve_patient(client, bundle)
+            resolved = True
+        client.put_binary(binary_id, data, security_context=security_context)
+        if journal is not None:
+            journal.record_binary(client.base_url, binary_id, digest, size=len(data))
+        result.binaries_uploaded += 1
+        observer.advanced(len(data))
+
+
+def resolve_conditional_references(
+    client: FhirClient, bundle: dict[str, Any], cache: dict[str, str]
+) -> dict[str, Any]:
+    """``bundle`` with every conditional reference (``Patient?identifier=...``) replaced by the
+    literal ``Type/id`` the server finds for it: exactly one match, or :class:`PushError`.
+
+    Part files of a split study point at their study's Patient and ImagingStudy this way; not
+    every server resolves conditional references itself (Medplum, for one, refuses them).
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            ref = node.get("reference")
+            if isinstance(ref, str) and _CONDITIONAL_REF.match(ref):
+                out["reference"] = _resolve_one(client, ref, cache)
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    entries = [
+        {**e, "resource": walk(e["resource"])} if isinstance(e.get("resource"), dict) else e
+        for e in bundle.get("entry") or []
+    ]
+    return {**bundle, "entry": entries}
+
+
+def _resolve_one(client: FhirClient, ref: str, cache: dict[str, str]) -> str:
+    if ref not in cache:
+        found = client.get_json(ref)
+        matches = [
+            e["resource"]
+            for e in found.get("entry") or []
+            if (e.get("search") or {}).get("mode", "match") == "match" and "resource" in e
+        ]
+        if len(matches) != 1:
+            raise PushError(f"conditional reference {ref} matches {len(matches)} resources, not 1")
+        cache[ref] = f"{matches[0]['resourceType']}/{matches[0]['id']}"
+    return cache[ref]
