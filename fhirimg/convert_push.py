@@ -17,9 +17,9 @@ from pathlib import Path
 
 from fhirimg import jsonio
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
+from fhirimg.http import FhirClient
 from fhirimg.push import (
     DEFAULT_JOURNAL_NAME,
-    FhirClient,
     Journal,
     PushOptions,
     binaries_beside,
@@ -36,7 +36,7 @@ def convert_and_push(
     """Convert ``paths`` and push each study's bundle(s) to ``push.server`` as soon as written.
 
     Every study in the report carries its push status ("pushed", "skipped", "failed: ...").
-    Raises :class:`~fhirimg.errors.PushError` (or :class:`~fhirimg.push.AuthError`) when the
+    Raises :class:`~fhirimg.errors.PushError` (or :class:`~fhirimg.errors.AuthError`) when the
     server cannot be used at all; a refused study is reported, and the run goes on.
     """
     out_dir = Path(options.out_dir)

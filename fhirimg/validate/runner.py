@@ -148,7 +148,7 @@ def iter_validate(
     """Validate every file under ``paths`` with ``layers``; results come in input order.
 
     With ``server``, each FHIR file is also sent to ``[server]/[type]/$validate`` (raises
-    :class:`fhirimg.validate.server.ServerUnreachableError` when it cannot be reached).
+    :class:`fhirimg.errors.ServerUnreachableError` when it cannot be reached).
     """
     wanted = frozenset(layers)
     files = list(discover(paths))
@@ -186,11 +186,9 @@ def _with_server(results: Iterable[FileResult], server: str | None) -> Iterator[
     if server is None:
         yield from results
         return
-    import httpx
+    from fhirimg.validate.server import server_client, validate_on_server
 
-    from fhirimg.validate.server import validate_on_server
-
-    with httpx.Client(timeout=120.0) as client:
+    with server_client(server) as client:
         for r in results:
             if r.release is None:
                 yield r
