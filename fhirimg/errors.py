@@ -64,6 +64,18 @@ class AuthError(PushError):
     """
 
 
+class UntrustedUrlError(PushError):
+    """A URL that a server's answer or server data supplied (a search page's ``next`` link, an
+    absolute reference) points outside the configured server base URL: another scheme, host or
+    port, or a path outside the base path. It is not requested (credentials are bound to the
+    configured origin); the message names both hosts, credentials redacted."""
+
+
+class ResponseTooLargeError(PushError):
+    """A server's answer grew past the cap for its kind (see :mod:`fhirimg.http.limits`); reading
+    stopped there, so memory stays bounded whatever the server sends."""
+
+
 class DicomwebError(PushError):
     """A DICOMweb server answered something that does not follow PS3.18 (or refused an instance),
     or a file changed while it was being stored."""

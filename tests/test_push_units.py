@@ -62,7 +62,7 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 def _client(handler: Any, retry: RetryPolicy = FAST, **kw: Any) -> FhirClient:
     return FhirClient(
-        "http://fhir.test/r4", retry=retry, transport=httpx.MockTransport(handler), **kw
+        "https://fhir.test/r4", retry=retry, transport=httpx.MockTransport(handler), **kw
     )
 
 
@@ -159,7 +159,7 @@ def test_oauth_fetches_once_and_refreshes_on_401() -> None:
             return httpx.Response(200, json={})
         return httpx.Response(401)
 
-    auth = ClientCredentialsAuth("http://fhir.test/token", "id", "secret")
+    auth = ClientCredentialsAuth("https://fhir.test/token", "id", "secret")
     with _client(handler, auth=auth) as client:
         client.get_json("metadata")
         client.get_json("metadata")
@@ -170,7 +170,7 @@ def test_oauth_fetches_once_and_refreshes_on_401() -> None:
 
 
 def test_oauth_bad_secret_is_an_auth_error() -> None:
-    auth = ClientCredentialsAuth("http://fhir.test/token", "id", "wrong")
+    auth = ClientCredentialsAuth("https://fhir.test/token", "id", "wrong")
     handler = lambda r: httpx.Response(401, json={"error": "invalid_client"})  # noqa: E731
     with _client(handler, auth=auth) as client, pytest.raises(AuthError, match="token endpoint"):
         client.get_json("metadata")

@@ -3,28 +3,45 @@
 
 - :mod:`fhirimg.http.client`: :class:`HttpClient` (the only place an ``httpx.Client`` is built)
   and :class:`RetryPolicy`;
-- :mod:`fhirimg.http.auth`: bearer, basic and OAuth2 client-credentials authentication;
+- :mod:`fhirimg.http.auth`: bearer, basic and OAuth2 client-credentials authentication, bound to
+  an origin (:class:`OriginBoundAuth`);
+- :mod:`fhirimg.http.limits`: the size cap of each kind of answer and the deadline per request;
 - :mod:`fhirimg.http.fhir`: :class:`FhirClient`, the FHIR REST semantics (OperationOutcome,
   CapabilityStatement, transactions, Binary uploads).
 
 Errors are in :mod:`fhirimg.errors`: :class:`~fhirimg.errors.PushError` and its children
-:class:`~fhirimg.errors.AuthError` and :class:`~fhirimg.errors.ServerUnreachableError`.
+:class:`~fhirimg.errors.AuthError`, :class:`~fhirimg.errors.ServerUnreachableError`,
+:class:`~fhirimg.errors.UntrustedUrlError` and :class:`~fhirimg.errors.ResponseTooLargeError`.
 """
 
 from __future__ import annotations
 
-from fhirimg.http.auth import BasicAuth, BearerAuth, ClientCredentialsAuth
-from fhirimg.http.client import HttpClient, RetryPolicy, parse_retry_after
+from fhirimg.http.auth import (
+    BasicAuth,
+    BearerAuth,
+    ClientCredentialsAuth,
+    Origin,
+    OriginBoundAuth,
+    is_loopback,
+    origin_of,
+)
+from fhirimg.http.client import ClientCert, HttpClient, RetryPolicy, parse_retry_after, ssl_context
 from fhirimg.http.fhir import FhirClient, format_outcome, outcome_issues
 
 __all__ = [
     "BasicAuth",
     "BearerAuth",
+    "ClientCert",
     "ClientCredentialsAuth",
     "FhirClient",
     "HttpClient",
+    "Origin",
+    "OriginBoundAuth",
     "RetryPolicy",
     "format_outcome",
+    "is_loopback",
+    "origin_of",
     "outcome_issues",
     "parse_retry_after",
+    "ssl_context",
 ]

@@ -6,23 +6,120 @@ request (retries included). The OAuth2 token request is yielded from the auth fl
 by that client, with its TLS settings and connection pool.
 Secrets never appear in ``repr``, in log records or in error messages: a token or password is only
 ever written into an ``Authorization`` header.
+
+Credentials are bound to an origin (scheme, host, port; RFC 6454): :class:`HttpClient` wraps its auth
+in :class:`OriginBoundAuth`, which adds nothing to a request for any other origin, so a URL taken
+from a server's answer (a ``next`` link, an absolute reference, an ``Endpoint.address``) never
+carries them elsewhere, nor over ``http://`` to the same host. The OAuth2 client secret goes only to
+the configured token URL (and redirects are never followed).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 
 from fhirimg.errors import AuthError, PushError
+from fhirimg.http.limits import TOKEN_MAX, read_body
+from fhirimg.safetext import redact_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BasicAuth", "BearerAuth", "ClientCredentialsAuth"]
+__all__ = [
+    "BasicAuth",
+    "BearerAuth",
+    "ClientCredentialsAuth",
+    "Origin",
+    "OriginBoundAuth",
+    "is_loopback",
+    "origin_of",
+]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Origin(NamedTuple):
+    """An origin (RFC 6454): scheme, host (lower case), port (the default written out).
+
+    >>> origin_of("HTTPS://Fhir.Example/r4?x=1")
+    Origin(scheme='https', host='fhir.example', port=443)
+    >>> str(origin_of("http://[::1]:8080/"))
+    'http://[::1]:8080'
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def origin_of(url: str | httpx.URL) -> Origin:
+    """The :class:`Origin` of an absolute URL (``port`` 0 for an unknown scheme without one)."""
+    if isinstance(url, httpx.URL):
+        scheme, host, port = url.scheme, url.host, url.port
+    else:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme, parts.hostname or "", parts.port
+    scheme = scheme.lower()
+    return Origin(scheme, host.lower(), port or _DEFAULT_PORTS.get(scheme, 0))
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves the machine.
+
+    >>> [is_loopback(h) for h in ("localhost", "127.0.0.2", "::1", "[::1]", "10.0.0.1", "pacs")]
+    [True, True, True, True, False, False]
+    """
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OriginBoundAuth(httpx.Auth):
+    """``auth`` applied only to requests for ``origin``; any other request goes out without it.
+
+    :class:`~fhirimg.http.client.HttpClient` wraps every auth it is given in one, bound to the
+    origin of its base URL, so that no caller can send credentials to a URL a server supplied.
+
+    >>> OriginBoundAuth(BearerAuth("s3cret"), origin_of("https://fhir.example"))
+    OriginBoundAuth(BearerAuth(token=***), 'https://fhir.example:443')
+    """
+
+    def __init__(self, auth: httpx.Auth, origin: Origin) -> None:
+        self.auth = auth
+        self.origin = origin
+        # httpx reads these to decide whether to load bodies before calling the flow.
+        self.requires_request_body = auth.requires_request_body
+        self.requires_response_body = auth.requires_response_body
+
+    def __repr__(self) -> str:
+        return f"OriginBoundAuth({self.auth!r}, {str(self.origin)!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if origin_of(request.url) != self.origin:
+            log.warning(
+                "not sending credentials to %s: they are for %s",
+                redact_url(str(request.url).split("?", 1)[0]),
+                self.origin,
+            )
+            yield request
+            return
+        yield from self.auth.auth_flow(request)
 
 
 class BearerAuth(httpx.Auth):
@@ -75,9 +172,10 @@ class ClientCredentialsAuth(httpx.Auth):
     ClientCredentialsAuth(token_url='https://auth.example/token', client_id='fhirimg', secret=***)
     """
 
-    # The body is replayed after a 401, and the token endpoint's answer is read inside the flow.
+    # The body is replayed after a 401. The token endpoint's answer is read inside the flow, with a
+    # cap (TOKEN_MAX); httpx is not asked to read answers (it would read them whole, uncapped).
     requires_request_body = True
-    requires_response_body = True
+    requires_response_body = False
 
     # Refresh this many seconds before the announced expiry, to cover clock skew and transit time.
     EARLY_REFRESH_S = 30.0
@@ -110,6 +208,14 @@ class ClientCredentialsAuth(httpx.Auth):
         return next(httpx.BasicAuth(self.client_id, self._secret).auth_flow(request))
 
     def _accept_token(self, response: httpx.Response) -> str:
+        server = redact_url(self.token_url)
+        read_body(
+            response,
+            TOKEN_MAX,
+            server=server,
+            what="token response",
+            truncate=not response.is_success,
+        )
         if response.status_code in (400, 401, 403):
             raise AuthError(
                 f"the token endpoint refused the client credentials (HTTP {response.status_code})",

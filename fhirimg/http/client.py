@@ -11,13 +11,29 @@ request that timed out after the server acted on it does nothing new when it is 
 
 The client knows HTTP, not FHIR or DICOM: a refusal is described by :meth:`HttpClient.refusal`,
 which :class:`fhirimg.http.fhir.FhirClient` overrides to read the OperationOutcome.
+
+Its promises, kept here so that no caller can forget them (issue 18; docs/security.md "Network and
+TLS"):
+
+- credentials are bound to the origin of the base URL (:class:`~fhirimg.http.auth.OriginBoundAuth`),
+  and no request leaves the base URL: a URL outside it, from a caller or from a server's answer, is
+  refused with :class:`~fhirimg.errors.UntrustedUrlError` (:meth:`HttpClient.under_base`,
+  :meth:`HttpClient.get_link`);
+- credentials never go over plain ``http://`` except to a loopback host, unless
+  ``allow_insecure_http`` (then a warning, once per host);
+- every answer has a size cap and every attempt a deadline (:mod:`fhirimg.http.limits`);
+- TLS is always verified: the CA bundle given, else ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, else
+  certifi's bundle (httpx 0.28's default, not the operating system's store); a client certificate
+  for mutual TLS when given. A TLS failure is not retried and says which server and what to check.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import posixpath
 import random
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -29,11 +45,41 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from fhirimg.errors import AuthError, ConfigError, PushError, ServerUnreachableError
+from fhirimg.errors import (
+    AuthError,
+    ConfigError,
+    PushError,
+    ResponseTooLargeError,
+    ServerUnreachableError,
+    UntrustedUrlError,
+)
+from fhirimg.http.auth import ClientCredentialsAuth, OriginBoundAuth, is_loopback, origin_of
+from fhirimg.http.limits import (
+    DEFAULT_MAX,
+    REFUSAL_MAX,
+    DeadlineExceeded,
+    Sink,
+    deadline_scope,
+    deadline_transport,
+    default_deadline,
+    read_body,
+)
+from fhirimg.safetext import redact_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["USER_AGENT", "HttpClient", "RetryPolicy", "parse_retry_after"]
+__all__ = [
+    "USER_AGENT",
+    "ClientCert",
+    "HttpClient",
+    "RetryPolicy",
+    "check_cleartext",
+    "parse_retry_after",
+    "ssl_context",
+]
+
+ClientCert = tuple[str | Path, str | Path]
+"""A client certificate for mutual TLS: (certificate PEM file, private key PEM file)."""
 
 # Kept from when push had the only client: servers' access logs and allow-lists may match it.
 USER_AGENT = "fhirimg-push"
@@ -108,6 +154,93 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+_warned_hosts: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def check_cleartext(url: str, allow_insecure_http: bool, what: str = "credentials") -> None:
+    """Refuse to send ``what`` to an ``http://`` URL unless its host is loopback or
+    ``allow_insecure_http``; then warn once per host (a ``logging`` warning naming it).
+
+    >>> check_cleartext("https://fhir.example/r4", False)
+    >>> check_cleartext("http://127.0.0.1:8080/fhir", False)
+    >>> check_cleartext("http://fhir.example/r4", False)
+    Traceback (most recent call last):
+    fhirimg.errors.ConfigError: refusing to send credentials over plain http:// to fhir.example: use https://, or allow it with --allow-insecure-http (allow_insecure_http=True)
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme.lower() != "http" or is_loopback(host):
+        return
+    if not allow_insecure_http:
+        raise ConfigError(
+            f"refusing to send {what} over plain http:// to {host}: use https://, or allow it "
+            "with --allow-insecure-http (allow_insecure_http=True)"
+        )
+    with _warned_lock:
+        first = host not in _warned_hosts
+        _warned_hosts.add(host)
+    if first:
+        log.warning("sending %s over plain http:// to %s: readable on the network", what, host)
+
+
+def ssl_context(
+    verify: bool | str | Path = True, client_cert: ClientCert | None = None
+) -> ssl.SSLContext:
+    """The TLS settings of a client: the CA bundle ``verify`` names (True: ``SSL_CERT_FILE``,
+    else ``SSL_CERT_DIR``, else certifi's bundle, as httpx 0.28 does), and the client certificate
+    (``(cert, key)`` PEM files) presented to servers that ask for one (mutual TLS).
+    ``verify=False`` turns verification off (tests only). Raises :class:`ConfigError` for a
+    missing or unreadable file.
+    """
+    if verify is True or verify is False:
+        context = httpx.create_ssl_context(verify=verify)
+    else:
+        if not Path(verify).is_file():
+            raise ConfigError(f"CA bundle not found: {verify}")
+        try:
+            context = ssl.create_default_context(cafile=str(verify))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot read the CA bundle {verify}: {exc}") from None
+    if client_cert is not None:
+        cert, key = client_cert
+        for path in (cert, key):
+            if not Path(path).is_file():
+                raise ConfigError(f"client certificate file not found: {path}")
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"cannot use the client certificate {cert} with the key {key}: {exc}"
+            ) from None
+    return context
+
+
+def _tls_failure(exc: BaseException, server: str) -> str | None:
+    """What to tell about a TLS failure in ``exc``'s causes, or None when it is not one that
+    retrying could not fix (a dropped TLS connection is retried like any other)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    text = str(cause)
+    if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        hint = "its certificate is not trusted: give its CA with --ca-bundle (or SSL_CERT_FILE)"
+    elif "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+        hint = "it requires a client certificate: give one with --client-cert and --client-key"
+    elif "ALERT" in text.upper() and "CERTIFICATE" in text.upper():
+        hint = (
+            "it refused the client certificate (--client-cert): is it one its CA signed, "
+            "and not expired?"
+        )
+    elif "HANDSHAKE" in text.upper() or "WRONG_VERSION_NUMBER" in text:
+        hint = "the TLS handshake failed (is it a TLS port?)"
+    else:
+        return None
+    return f"TLS with {server} failed: {hint} ({text})"
+
+
 def _strip_userinfo(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -119,7 +252,11 @@ def _strip_userinfo(url: str) -> str:
 class HttpClient:
     """A retrying HTTP client for one server base URL; ``request`` paths are relative to it.
 
-    ``verify`` is True (the system's CAs), a path to a CA bundle file, or False (tests only).
+    ``verify`` is True (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's CAs), a path
+    to a CA bundle file, or False (tests only); ``client_cert`` a (certificate, key) pair of PEM
+    files for mutual TLS. ``auth`` is bound to the origin of ``base_url`` and refused over plain
+    ``http://`` to a host that is not loopback unless ``allow_insecure_http``. ``timeout`` bounds
+    each network read; ``deadline`` one whole attempt (default :func:`default_deadline`).
     ``headers`` are sent with every request (a per-request header of the same name wins). The
     client is thread-safe: ``--jobs`` threads share its connection pool.
 
@@ -141,6 +278,9 @@ class HttpClient:
         max_connections: int = 10,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        client_cert: ClientCert | None = None,
+        deadline: float | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -148,19 +288,28 @@ class HttpClient:
         if parts.username or parts.password:
             raise ConfigError("put credentials in --user/--token, not in the server URL")
         self.base_url = base_url.rstrip("/")
+        self.origin = origin_of(self.base_url)
+        self._base_path = posixpath.normpath(parts.path or "/").rstrip("/")
+        self.server = redact_url(self.base_url)  # how messages name this server
         self.retry = retry or RetryPolicy()
+        self.deadline = deadline if deadline is not None else default_deadline(timeout)
         self._stop = threading.Event()
-        verify_arg: bool | str = str(verify) if isinstance(verify, Path) else verify
-        if isinstance(verify_arg, str) and not Path(verify_arg).is_file():
-            raise ConfigError(f"CA bundle not found: {verify_arg}")
+        if auth is not None:
+            # No secret over cleartext, and none to any other origin (issue 18 items 1-3).
+            check_cleartext(self.base_url, allow_insecure_http)
+            if isinstance(auth, ClientCredentialsAuth):
+                check_cleartext(auth.token_url, allow_insecure_http, "the OAuth2 client secret")
+            auth = OriginBoundAuth(auth, self.origin)
+        context = ssl_context(verify, client_cert)
+        limits = httpx.Limits(max_connections=max_connections)
         self._http = httpx.Client(
             base_url=self.base_url + "/",
             auth=auth,
             timeout=httpx.Timeout(timeout),
-            verify=verify_arg,
-            limits=httpx.Limits(max_connections=max_connections),
+            verify=context,
+            limits=limits,
             headers={"User-Agent": USER_AGENT, **(headers or {})},
-            transport=transport,
+            transport=transport or deadline_transport(context, limits),
             follow_redirects=False,
         )
         self._stats_lock = threading.Lock()
@@ -184,6 +333,60 @@ class HttpClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
 
+    # --- where requests may go ---
+    def _is_under(self, url: httpx.URL) -> bool:
+        if origin_of(url) != self.origin or url.userinfo:
+            return False
+        segments = url.path.split("/")
+        if any(s in (".", "..") for s in segments):
+            return False
+        path = url.path.rstrip("/")
+        return (
+            not self._base_path or path == self._base_path or path.startswith(self._base_path + "/")
+        )
+
+    def under_base(self, url: str) -> bool:
+        """Whether ``url`` (absolute, or relative to the base URL as a link in an answer is)
+        is under the base URL: the same origin (scheme, host, port) and a path within the base
+        path, no ``..`` segments, no user name.
+
+        >>> client = HttpClient("https://fhir.example/r4")
+        >>> [client.under_base(u) for u in ("https://fhir.example/r4/Patient?_page=2",
+        ...     "https://FHIR.example:443/r4", "http://fhir.example/r4/Patient",
+        ...     "https://fhir.example/r4-admin", "https://fhir.example/r4/../admin",
+        ...     "https://other.example/r4/Patient", "Patient/1", "/r4/Patient", "/admin")]
+        [True, True, False, False, False, False, True, True, False]
+        """
+        try:
+            target = httpx.URL(self.base_url + "/").join(url)
+        except (httpx.InvalidURL, ValueError):
+            return False
+        return self._is_under(target)
+
+    def _untrusted(self, url: str | httpx.URL) -> UntrustedUrlError:
+        shown = redact_url(str(url).split("?", 1)[0])
+        return UntrustedUrlError(
+            f"refusing to request {shown}: it is not under the configured server {self.server} "
+            f"(host {origin_of(str(url)).host or '?'} is not {self.origin.host}, or the path is "
+            "outside the base path); credentials stay with the server they were given for"
+        )
+
+    def get_link(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = DEFAULT_MAX,
+    ) -> httpx.Response:
+        """GET a URL that a server supplied (a search page's ``next`` link, an absolute
+        reference): only when :meth:`under_base` allows it, else :class:`UntrustedUrlError`
+        naming both hosts (nothing is sent). Retries, caps and auth as :meth:`request`.
+        """
+        if not self.under_base(url):
+            raise self._untrusted(url)
+        target = httpx.URL(self.base_url + "/").join(url)
+        return self.request("GET", str(target), headers=headers, max_bytes=max_bytes)
+
     # --- what a refusal says ---
     def refusal(self, response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
         """A refused request's answer in one line, and the JSON detail to carry on the error
@@ -201,13 +404,19 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         ok_statuses: frozenset[int] = frozenset(),
+        max_bytes: int = DEFAULT_MAX,
+        sink: Sink | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying per :attr:`retry`; return the 2xx response.
+        """Send one request, retrying per :attr:`retry`; return the 2xx response, its body read.
 
         Raises :class:`PushError` (with the HTTP status and what :meth:`refusal` found) on a
         refusal or when retries run out, :class:`AuthError` on 401/403,
-        :class:`ServerUnreachableError` when no connection could be made. ``url`` is relative to
-        the base URL. Statuses in ``ok_statuses`` are returned instead of raised.
+        :class:`ServerUnreachableError` when no connection could be made or TLS failed,
+        :class:`ResponseTooLargeError` when the answer passes ``max_bytes`` (not retried),
+        :class:`UntrustedUrlError` when ``url`` is not under the base URL (nothing is sent).
+        ``url`` is relative to the base URL (or absolute, under it). Statuses in ``ok_statuses``
+        are returned instead of raised. With ``sink``, a successful answer's body is handed to it
+        chunk by chunk instead (the response's ``content`` is then empty).
         """
         policy = self.retry
         started = time.monotonic()
@@ -218,12 +427,30 @@ class HttpClient:
                 self.stats_requests += 1
             retry_after: float | None = None
             unreachable = False
+            attempt_started = time.monotonic()
+            request = self._http.build_request(
+                method, url.lstrip("/"), content=content, headers=headers, params=params
+            )
+            if not self._is_under(request.url):
+                raise self._untrusted(request.url)
             try:
-                response = self._http.request(
-                    method, url.lstrip("/"), content=content, headers=headers, params=params
-                )
+                response = self._send(request, ok_statuses, max_bytes, sink)
+            except ResponseTooLargeError:
+                raise
             except _RETRYABLE_ERRORS as exc:
-                failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                tls = _tls_failure(exc, self.server)
+                if tls is not None:
+                    raise ServerUnreachableError(f"{method} {_path_only(url)}: {tls}") from None
+                if isinstance(exc, DeadlineExceeded) or (
+                    isinstance(exc, httpx.TimeoutException)
+                    and time.monotonic() - attempt_started >= self.deadline - 0.01
+                ):
+                    failure = (
+                        f"no complete answer from {self.server} within the deadline of "
+                        f"{self.deadline:g} s (--max-time)"
+                    )
+                else:
+                    failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 unreachable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 status: int | None = None
                 outcome: dict[str, Any] | None = None
@@ -254,7 +481,7 @@ class HttpClient:
                 )
                 error = ServerUnreachableError if unreachable else PushError
                 raise error(
-                    f"{method} {_path_only(url)}: {failure}; gave up after {why}",
+                    f"{method} {_path_only(url)} at {self.server}: {failure}; gave up after {why}",
                     status=status,
                     outcome=outcome,
                 )
@@ -273,6 +500,30 @@ class HttpClient:
                 self.stats_retries += 1
             if self._stop.wait(wait):
                 raise PushError(f"{method} {_path_only(url)}: {failure}; stopped", status=status)
+
+    def _send(
+        self,
+        request: httpx.Request,
+        ok_statuses: frozenset[int],
+        max_bytes: int,
+        sink: Sink | None,
+    ) -> httpx.Response:
+        """One attempt, within :attr:`deadline`: the response with its body read (capped)."""
+        with deadline_scope(self.deadline):
+            response = self._http.send(request, stream=True)
+            try:
+                if response.is_success or response.status_code in ok_statuses:
+                    read_body(
+                        response,
+                        max_bytes,
+                        server=self.server,
+                        sink=sink if response.is_success else None,
+                    )
+                else:  # a refusal: its first MiB is enough to say why
+                    read_body(response, REFUSAL_MAX, server=self.server, truncate=True)
+            finally:
+                response.close()
+        return response
 
 
 def _path_only(url: str) -> str:

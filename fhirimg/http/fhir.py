@@ -18,7 +18,8 @@ import httpx
 
 from fhirimg import jsonio
 from fhirimg.errors import PushError
-from fhirimg.http.client import HttpClient, RetryPolicy
+from fhirimg.http.client import ClientCert, HttpClient, RetryPolicy
+from fhirimg.http.limits import CAPABILITY_MAX, SEARCH_PAGE_MAX, TRANSACTION_MAX
 
 __all__ = ["FHIR_JSON", "FhirClient", "format_outcome", "outcome_issues"]
 
@@ -80,6 +81,9 @@ class FhirClient(HttpClient):
         verify: bool | str | Path = True,
         max_connections: int = 10,
         transport: httpx.BaseTransport | None = None,
+        client_cert: ClientCert | None = None,
+        deadline: float | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         super().__init__(
             base_url,
@@ -90,6 +94,9 @@ class FhirClient(HttpClient):
             max_connections=max_connections,
             headers={"Accept": FHIR_JSON},
             transport=transport,
+            client_cert=client_cert,
+            deadline=deadline,
+            allow_insecure_http=allow_insecure_http,
         )
 
     def refusal(self, response: httpx.Response) -> tuple[str, dict[str, Any] | None]:
@@ -97,19 +104,37 @@ class FhirClient(HttpClient):
         outcome = _outcome_of(response)
         return format_outcome(response.status_code, outcome), outcome
 
-    def get_json(self, url: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """GET a FHIR resource or search Bundle as JSON."""
-        response = self.request("GET", url, params=params)
+    def get_json(
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        max_bytes: int = SEARCH_PAGE_MAX,
+    ) -> dict[str, Any]:
+        """GET a FHIR resource or search Bundle as JSON (at most ``max_bytes``; a URL outside the
+        base URL is refused, see :meth:`HttpClient.request`)."""
+        response = self.request("GET", url, params=params, max_bytes=max_bytes)
         return _json_of(response)
 
+    def get_link_json(self, url: str, *, max_bytes: int = SEARCH_PAGE_MAX) -> dict[str, Any]:
+        """GET a server-supplied link (a search page's ``next``, an absolute reference) as JSON:
+        only under the base URL (:meth:`HttpClient.get_link`), at most ``max_bytes``."""
+        return _json_of(self.get_link(url, max_bytes=max_bytes))
+
     def capabilities(self) -> dict[str, Any]:
-        """The server's CapabilityStatement (``GET [base]/metadata``); a cheap reachability test."""
-        return self.get_json("metadata")
+        """The server's CapabilityStatement (``GET [base]/metadata``); a cheap reachability test.
+        At most :data:`~fhirimg.http.limits.CAPABILITY_MAX` (16 MiB)."""
+        return self.get_json("metadata", max_bytes=CAPABILITY_MAX)
 
     def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
-        """POST a transaction (or batch) Bundle to the base URL; return the response Bundle."""
+        """POST a transaction (or batch) Bundle to the base URL; return the response Bundle
+        (at most :data:`~fhirimg.http.limits.TRANSACTION_MAX`, 256 MiB)."""
         response = self.request(
-            "POST", "", content=jsonio.dumps(bundle), headers={"Content-Type": FHIR_JSON}
+            "POST",
+            "",
+            content=jsonio.dumps(bundle),
+            headers={"Content-Type": FHIR_JSON},
+            max_bytes=TRANSACTION_MAX,
         )
         return _json_of(response)
 
