@@ -200,6 +200,9 @@ def store_instances(
         timeout=options.timeout,
         retry=options.retry,
         verify=options.verify,
+        client_cert=options.client_cert,
+        deadline=options.deadline,
+        allow_insecure_http=options.allow_insecure_http,
         max_connections=max(options.jobs, 1) + 2,
         transport=transport,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from fhirimg.http.client import RetryPolicy
+from fhirimg.http.client import ClientCert, RetryPolicy
 from fhirimg.push import PushReport
 
 __all__ = ["DicomwebPushReport", "StoreOptions", "StoreReport", "StudyStore"]
@@ -33,6 +33,9 @@ class StoreOptions:
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     verify: bool | str | Path = True
+    client_cert: ClientCert | None = None  # (certificate, key) PEM files for mutual TLS
+    deadline: float | None = None  # seconds per request attempt (None: max(120, 4 x timeout))
+    allow_insecure_http: bool = False  # credentials over http:// to a host that is not loopback
     jobs: int = 4
     batch_instances: int = 50
     batch_bytes: int = 64 * 1024 * 1024

@@ -229,7 +229,9 @@ def _tls_failure(exc: BaseException, server: str) -> str | None:
         hint = "its certificate is not trusted: give its CA with --ca-bundle (or SSL_CERT_FILE)"
     elif "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
         hint = "it requires a client certificate: give one with --client-cert and --client-key"
-    elif "ALERT" in text.upper() and "CERTIFICATE" in text.upper():
+    elif "ALERT" in text.upper() and any(
+        word in text.upper() for word in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED")
+    ):
         hint = (
             "it refused the client certificate (--client-cert): is it one its CA signed, "
             "and not expired?"
