@@ -28,13 +28,16 @@ import httpx
 
 from fhirimg import jsonio
 from fhirimg.errors import DicomwebError
-from fhirimg.http.client import HttpClient, RetryPolicy
+from fhirimg.http.client import ClientCert, HttpClient, RetryPolicy
+from fhirimg.http.limits import METADATA_MAX, SEARCH_PAGE_MAX
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DICOM",
     "DICOM_JSON",
+    "QIDO_MAX_RESULTS",
+    "QIDO_PAGE",
     "DicomwebClient",
     "FilePart",
     "MultipartFiles",
@@ -51,6 +54,10 @@ DICOM_JSON = "application/dicom+json"
 # Orthanc answers 400 to a bare "application/dicom": ask for the multipart form (PS3.18 8.7.3.3).
 _MULTIPART_DICOM = f'multipart/related; type="{DICOM}"'
 QIDO_PAGE = 1000  # results asked for per QIDO-RS request (limit/offset paging)
+# Results one QIDO-RS query may return at most (100 full pages): a server that never stops
+# answering, or keeps inventing new results, ends here with an error, not with the memory gone.
+# Far above one study's instances or a day's studies; a query matching more should be narrowed.
+QIDO_MAX_RESULTS = 100_000
 # Bytes of a file read at a time when hashing it or streaming it into a STOW-RS body: the memory a
 # request in flight needs, whatever the size of the files or of the batch.
 CHUNK = 1024 * 1024
@@ -305,6 +312,18 @@ class StowResult:
         return result
 
 
+def _page_digest(page: list[Any]) -> bytes:
+    """What identifies a QIDO-RS page: the Study, Series and SOP Instance UIDs of its results,
+    in order (other attributes may change between two answers of the same page)."""
+    digest = hashlib.sha256()
+    for item in page:
+        for tag in ("0020000D", "0020000E", "00080018"):
+            value = first_value(item, tag) if isinstance(item, Mapping) else None
+            digest.update(str(value).encode("utf-8", "replace") + b"\0")
+        digest.update(b"\n")
+    return digest.digest()
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -315,7 +334,12 @@ def _int_or_none(value: Any) -> int | None:
 # --------------------------------------------------------------------------- the client
 class DicomwebClient:
     """STOW-RS, QIDO-RS and WADO-RS against one DICOMweb service base URL (e.g. Orthanc's
-    ``http://host:8042/dicom-web``). Thread-safe; retries and auth are :class:`HttpClient`'s.
+    ``http://host:8042/dicom-web``). Thread-safe; retries, auth (bound to the base URL's origin),
+    TLS, size caps and deadlines are :class:`HttpClient`'s.
+
+    QIDO-RS paging is bounded: at most ``max_results`` results per query
+    (:data:`QIDO_MAX_RESULTS`), and a page that repeats an earlier one stops the query; both are
+    a :class:`DicomwebError` naming the server (see :meth:`iter_studies`).
 
     >>> DicomwebClient("http://pacs.example/dicom-web/").instance_url("1.2", "1.2.3", "1.2.3.4")
     'http://pacs.example/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4'
@@ -331,6 +355,10 @@ class DicomwebClient:
         verify: bool | str | Path = True,
         max_connections: int = 10,
         transport: httpx.BaseTransport | None = None,
+        client_cert: ClientCert | None = None,
+        deadline: float | None = None,
+        allow_insecure_http: bool = False,
+        max_results: int = QIDO_MAX_RESULTS,
     ) -> None:
         self._http = HttpClient(
             base_url,
@@ -340,8 +368,13 @@ class DicomwebClient:
             verify=verify,
             max_connections=max_connections,
             transport=transport,
+            client_cert=client_cert,
+            deadline=deadline,
+            allow_insecure_http=allow_insecure_http,
         )
         self.base_url = self._http.base_url
+        self.server = self._http.server  # how messages name it: redacted, no controls
+        self.max_results = max_results
 
     def close(self) -> None:
         self._http.close()
@@ -414,13 +447,7 @@ class DicomwebClient:
             headers={**headers, "Accept": DICOM_JSON},
             ok_statuses=frozenset({409}),
         )
-        try:
-            answer = jsonio.loads(response.content) if response.content else {}
-        except ValueError as exc:
-            raise DicomwebError(
-                f"STOW-RS answered HTTP {response.status_code} with a body that is not DICOM JSON",
-                status=response.status_code,
-            ) from exc
+        answer = self._json(response, "STOW-RS") if response.content else {}
         if isinstance(answer, list) and answer:  # some servers wrap the dataset in an array
             answer = answer[0]
         if not isinstance(answer, dict):
@@ -429,34 +456,70 @@ class DicomwebClient:
 
     # --- QIDO-RS ---
     def _search(self, path: str, params: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        """All results of one QIDO-RS query, page by page (``limit``/``offset``)."""
+        """The results of one QIDO-RS query, page by page (``limit``/``offset``, PS3.18 8.3.4.4),
+        each page dropped once its results are handed on: memory follows one page.
+
+        Bounded whatever the server answers: each page by the HTTP layer's size cap, the query by
+        :attr:`max_results`. A page holding the same results as an earlier one (a server that
+        ignores ``offset`` and answers the first page for ever) stops the query with
+        :class:`DicomwebError`, as does a query matching more than :attr:`max_results`: an
+        incomplete list must not pass for a complete one.
+        """
         offset = 0
-        seen_first: str | None = None
+        seen: set[bytes] = set()  # a digest of each page's results
         while True:
             query = {**params, "limit": str(QIDO_PAGE), "offset": str(offset)}
             # Wildcards stay literal: Orthanc 1.10 does not take %2A for '*' (PS3.18 8.3.4.6).
             url = f"{path}?{urlencode(query, safe='*?', quote_via=quote)}"
-            response = self._http.request("GET", url, headers={"Accept": DICOM_JSON})
+            response = self._http.request(
+                "GET", url, headers={"Accept": DICOM_JSON}, max_bytes=SEARCH_PAGE_MAX
+            )
             if response.status_code == 204 or not response.content:
                 return  # PS3.18 8.3.4.4: no match
-            page = jsonio.loads(response.content)
+            page = self._json(response, f"QIDO-RS {path}")
             if not isinstance(page, list):
-                raise DicomwebError(f"QIDO-RS {path} answered something that is not a JSON array")
+                raise DicomwebError(
+                    f"QIDO-RS {path} at {self.server} answered JSON that is not an array of "
+                    "DICOM JSON datasets",
+                    status=response.status_code,
+                )
             if not page:
                 return
-            first = jsonio.dumps(page[0]).decode()
-            if offset and first == seen_first:
-                log.warning("QIDO-RS %s ignores offset; stopping after one page", path)
-                return
-            seen_first = first
+            digest = _page_digest(page)
+            if digest in seen:
+                raise DicomwebError(
+                    f"QIDO-RS {path} at {self.server}: the page at offset {offset} holds the "
+                    f"same results as an earlier page (the server does not page with "
+                    f"limit/offset); stopped after {len(seen) + 1} requests"
+                )
+            seen.add(digest)
+            if offset + len(page) > self.max_results:
+                raise DicomwebError(
+                    f"QIDO-RS {path} at {self.server} matches more than {self.max_results} "
+                    "results, the most one query may return: narrow it (--study, --since, "
+                    "--patient, --modality, --qido)"
+                )
             yield from (item for item in page if isinstance(item, dict))
             if len(page) < QIDO_PAGE:
                 return
-            offset += len(page)
+            offset += len(page)  # > 0: the offset always advances
+            del page
+
+    def iter_studies(self, params: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """QIDO-RS ``GET {base}/studies?...``: one DICOM JSON dataset per matching study, as the
+        pages arrive (see :meth:`_search` for the bounds)."""
+        return self._search("studies", params or {})
+
+    def iter_instances(
+        self, study: str, params: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """QIDO-RS ``GET {base}/studies/{study}/instances`` (each with its Series Instance UID),
+        as the pages arrive."""
+        return self._search(f"{self.study_path(study)}/instances", params or {})
 
     def search_studies(self, params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """QIDO-RS ``GET {base}/studies?...``: one DICOM JSON dataset per matching study."""
-        return list(self._search("studies", params or {}))
+        return list(self.iter_studies(params))
 
     def search_series(
         self, study: str, params: Mapping[str, str] | None = None
@@ -468,18 +531,39 @@ class DicomwebClient:
         self, study: str, params: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """QIDO-RS ``GET {base}/studies/{study}/instances`` (each with its Series Instance UID)."""
-        return list(self._search(f"{self.study_path(study)}/instances", params or {}))
+        return list(self.iter_instances(study, params))
+
+    def _json(self, response: httpx.Response, what: str) -> Any:
+        """The body as JSON; :class:`DicomwebError` naming the server when it is not JSON (an
+        HTML error page, a cut answer, nesting deeper than the parser's limit): the server's
+        fault, never fhirimg's."""
+        try:
+            return jsonio.loads(response.content)
+        except (ValueError, RecursionError) as exc:
+            raise DicomwebError(
+                f"{what} at {self.server} answered HTTP {response.status_code} with a body that "
+                f"is not JSON ({type(exc).__name__})",
+                status=response.status_code,
+            ) from None
 
     # --- WADO-RS ---
     def study_metadata(self, study: str) -> list[dict[str, Any]]:
         """WADO-RS ``GET {base}/studies/{study}/metadata``: every instance's header as DICOM JSON,
         bulk data (pixels) as ``BulkDataURI`` references, never downloaded."""
         response = self._http.request(
-            "GET", f"{self.study_path(study)}/metadata", headers={"Accept": DICOM_JSON}
+            "GET",
+            f"{self.study_path(study)}/metadata",
+            headers={"Accept": DICOM_JSON},
+            max_bytes=METADATA_MAX,
         )
-        body = jsonio.loads(response.content) if response.content else []
+        body = (
+            self._json(response, f"WADO-RS metadata of study {study}") if response.content else []
+        )
         if not isinstance(body, list):
-            raise DicomwebError(f"WADO-RS metadata of study {study} is not a JSON array")
+            raise DicomwebError(
+                f"WADO-RS metadata of study {study} at {self.server} is not a JSON array",
+                status=response.status_code,
+            )
         return [item for item in body if isinstance(item, dict)]
 
     def retrieve_instance(self, study: str, series: str, instance: str) -> bytes:

@@ -29,6 +29,7 @@ from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.errors import ConfigError, PushError
 from fhirimg.jsonio import JSONMapping
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
+from fhirimg.safetext import clean
 
 log = logging.getLogger(__name__)
 
@@ -268,17 +269,21 @@ class StudyQuery:
 
 
 def find_studies(client: DicomwebClient, query: StudyQuery) -> list[str]:
-    """The Study Instance UIDs matching ``query`` (QIDO-RS), sorted, without duplicates."""
+    """The Study Instance UIDs matching ``query`` (QIDO-RS), sorted, without duplicates.
+
+    Only the UIDs are kept: each QIDO-RS page is dropped once read, and the pages are bounded
+    (:data:`~fhirimg.dicomweb.client.QIDO_MAX_RESULTS` results per query, a repeated page is an
+    error; see :meth:`DicomwebClient.iter_studies`).
+    """
     params = query.params()
+    searches = (
+        [{**params, "StudyInstanceUID": uid} for uid in query.study_uids]
+        if query.study_uids
+        else [params]
+    )
     found: set[str] = set()
-    if query.study_uids:
-        for uid in query.study_uids:
-            for study in client.search_studies({**params, "StudyInstanceUID": uid}):
-                value = first_value(study, "0020000D")
-                if value:
-                    found.add(str(value))
-    else:
-        for study in client.search_studies(params):
+    for search in searches:
+        for study in client.iter_studies(search):
             value = first_value(study, "0020000D")
             if value:
                 found.add(str(value))
@@ -295,9 +300,10 @@ def study_records(client: DicomwebClient, study: str) -> Batch:
     try:
         metadata = client.study_metadata(study)
     except PushError as exc:
+        # The server's text goes into report.json and onto the terminal: no control codes.
         return [
             FileProblem(
-                f"{client.base_url}/{client.study_path(study)}", FileStatus.FAILED, str(exc)
+                f"{client.base_url}/{client.study_path(study)}", FileStatus.FAILED, clean(exc)
             )
         ]
     out: Batch = []
@@ -345,7 +351,7 @@ def convert_from_dicomweb(
     if not opts.mapping.dicomweb_url:
         opts = replace(opts, mapping=replace(opts.mapping, dicomweb_url=client.base_url))
     studies = find_studies(client, query)
-    log.info("%d studies to convert from %s", len(studies), client.base_url)
+    log.info("%d studies to convert from %s", len(studies), client.server)
 
     def source(_: Executor | None) -> Iterator[Batch]:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="wado") as pool:

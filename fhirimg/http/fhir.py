@@ -20,6 +20,7 @@ from fhirimg import jsonio
 from fhirimg.errors import PushError
 from fhirimg.http.client import ClientCert, HttpClient, RetryPolicy
 from fhirimg.http.limits import CAPABILITY_MAX, SEARCH_PAGE_MAX, TRANSACTION_MAX
+from fhirimg.safetext import clean
 
 __all__ = ["FHIR_JSON", "FhirClient", "format_outcome", "outcome_issues"]
 
@@ -29,10 +30,16 @@ FHIR_JSON = "application/fhir+json"
 def outcome_issues(outcome: Mapping[str, Any] | None) -> list[str]:
     """One line per ``OperationOutcome.issue``: severity, code, text and where.
 
+    The text is the server's: terminal control codes are removed (:func:`fhirimg.safetext.clean`)
+    and it is kept to one line, so that it can go into messages, report.json and the journal.
+
     >>> outcome_issues({"resourceType": "OperationOutcome", "issue": [
     ...     {"severity": "error", "code": "invalid", "details": {"text": "Missing name"},
     ...      "expression": ["Patient.name"]}]})
     ['error invalid: Missing name (at Patient.name)']
+    >>> outcome_issues({"resourceType": "OperationOutcome", "issue": [
+    ...     {"severity": "error", "code": "invalid", "diagnostics": "bad\\x1b[2J\\x1b]0;t\\x07\\nx"}]})
+    ['error invalid: bad x']
     """
     if not outcome or outcome.get("resourceType") != "OperationOutcome":
         return []
@@ -49,7 +56,7 @@ def outcome_issues(outcome: Mapping[str, Any] | None) -> list[str]:
         line = f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".rstrip(": ")
         if where:
             line += f" (at {', '.join(map(str, where))})"
-        lines.append(line)
+        lines.append(" ".join(clean(line).split()))
     return lines
 
 

@@ -9,6 +9,11 @@ read the same way). ``issue.severity`` maps to the finding severity (``fatal`` c
 
 The request goes through :mod:`fhirimg.http` like every other server request, sent once (no
 retries: a validation run reports an unreachable server at once rather than after the backoff).
+
+The answer is the server's, not trusted: a body that is not JSON, JSON nested past the parser's
+depth limit, or no OperationOutcome is :class:`~fhirimg.errors.ServerUnreachableError` naming the
+server (exit 3, never a crash), and the issues' text has its terminal control codes removed
+(:func:`fhirimg.safetext.clean`) before it becomes a finding.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import orjson
 
+from fhirimg import jsonio
 from fhirimg.errors import PushError, ServerUnreachableError
-from fhirimg.http.client import RetryPolicy
+from fhirimg.http.client import RetryPolicy, TlsSettings
 from fhirimg.http.fhir import FHIR_JSON, FhirClient
+from fhirimg.safetext import clean, redact_url
 from fhirimg.validate.findings import Finding, Layer, Severity
 
 log = logging.getLogger(__name__)
@@ -38,12 +46,28 @@ _SEVERITY = {
 _ANY_STATUS = frozenset(range(100, 600))
 
 
-def server_client(base: str, *, timeout: float = 120.0) -> FhirClient:
-    """A client for ``base``'s ``$validate``, to share over many files (close it when done).
+def server_client(
+    base: str,
+    *,
+    timeout: float = 120.0,
+    auth: httpx.Auth | None = None,
+    tls: TlsSettings | None = None,
+) -> FhirClient:
+    """A client for ``base``'s ``$validate``, to share over many files (close it when done);
+    ``auth``: the server's credentials (``validate --server`` takes those of ``push``).
 
     Raises :class:`~fhirimg.errors.ConfigError` when ``base`` is not an http(s) URL.
     """
-    return FhirClient(base, timeout=timeout, retry=RetryPolicy(max_attempts=1))
+    tls = tls or TlsSettings()
+    return FhirClient(
+        base,
+        auth=auth,
+        timeout=timeout,
+        retry=RetryPolicy(max_attempts=1),
+        verify=tls.verify,
+        client_cert=tls.client_cert,
+        allow_insecure_http=tls.allow_insecure_http,
+    )
 
 
 def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
@@ -67,9 +91,9 @@ def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
             or (details.get("text") if isinstance(details, dict) else None)
             or str(issue.get("code", "issue"))
         )
-        location = str(where[0]) if isinstance(where, list) and where else "$"
+        location = clean(where[0]) if isinstance(where, list) and where else "$"
         out.append(
-            Finding(severity, file, location, " ".join(str(message).split()), Layer.SERVER.value)
+            Finding(severity, file, location, " ".join(clean(message).split()), Layer.SERVER.value)
         )
     return out
 
@@ -101,17 +125,25 @@ def validate_on_server(
             ok_statuses=_ANY_STATUS,
         )
     except PushError as exc:
-        raise ServerUnreachableError(f"cannot reach {base}: {exc}", status=exc.status) from exc
+        raise ServerUnreachableError(
+            f"cannot use {redact_url(base)}: {exc}", status=exc.status
+        ) from exc
     finally:
         if own:
             http.close()
     try:
-        body = response.json()
-    except ValueError:
-        body = None
+        # orjson, not response.json(): the standard json module overflows the stack (a
+        # RecursionError, not a ValueError) on deeply nested arrays; orjson stops at depth 1024.
+        body = jsonio.loads(response.content) if response.content else None
+    except (ValueError, RecursionError):
+        raise ServerUnreachableError(
+            f"{redact_url(http.base_url)}/{path} answered HTTP {response.status_code} with a "
+            "body that is not JSON (or nested too deep)",
+            status=response.status_code,
+        ) from None
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         raise ServerUnreachableError(
-            f"{http.base_url}/{path} answered HTTP {response.status_code} without an "
+            f"{redact_url(http.base_url)}/{path} answered HTTP {response.status_code} without an "
             "OperationOutcome",
             status=response.status_code,
         )
