@@ -78,18 +78,25 @@ def log() -> RequestLog:
     return RequestLog()
 
 
+def _real_errors(server: HostileServer) -> list[str]:
+    # A client that stops reading a huge answer closes the connection under the server's feet:
+    # expected here, not a fault of the server.
+    dropped = ("ConnectionResetError", "BrokenPipeError")
+    return [e for e in server.errors if not any(d in e for d in dropped)]
+
+
 @pytest.fixture
 def fhir(log: RequestLog) -> Iterator[HostileServer]:
     with HostileServer(log=log) as server:
         yield server
-    assert server.errors == []
+    assert _real_errors(server) == []
 
 
 @pytest.fixture
 def elsewhere(log: RequestLog) -> Iterator[HostileServer]:
     with HostileServer(log=log) as server:
         yield server
-    assert server.errors == []
+    assert _real_errors(server) == []
 
 
 # --------------------------------------------------------------------------- origin binding
@@ -181,7 +188,7 @@ def test_oauth_secret_goes_to_the_token_url_and_the_token_to_the_server(
         assert [r.headers.get("authorization") for r in log.requests(origin=fhir)] == [
             f"Bearer {SECRET}"
         ]
-        assert idp.errors == []
+        assert _real_errors(idp) == []
 
 
 # --------------------------------------------------------------------------- cleartext
@@ -498,3 +505,24 @@ def test_cli_max_time(fhir: HostileServer) -> None:
     assert code == 3, output
     assert "deadline of 1 s" in output, output
     assert time.monotonic() - started < 5
+
+
+def test_cli_validate_server_with_mutual_tls(mtls: HostileServer, tmp_path: Path) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}],
+    }
+    mtls.route("POST", "/Patient/$validate", hostile.json(outcome))
+    resource = tmp_path / "patient.json"
+    resource.write_text('{"resourceType": "Patient", "id": "p1"}')
+    cert, key = mtls.client_cert
+    server = ["--server", mtls.base_url, "--ca-bundle", str(mtls.ca_pem)]
+    code, output = _cli(
+        "validate", str(resource), *server, "--client-cert", str(cert), "--client-key", str(key)
+    )
+    assert code in (0, 1), output
+    assert mtls.log.requests(method="POST", path="/Patient/$validate"), mtls.log.describe()
+
+    code, output = _cli("validate", str(resource), *server)
+    assert code == 3, output
+    assert f"127.0.0.1:{mtls.port}" in output, output

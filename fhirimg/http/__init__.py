@@ -25,7 +25,14 @@ from fhirimg.http.auth import (
     is_loopback,
     origin_of,
 )
-from fhirimg.http.client import ClientCert, HttpClient, RetryPolicy, parse_retry_after, ssl_context
+from fhirimg.http.client import (
+    ClientCert,
+    HttpClient,
+    RetryPolicy,
+    TlsSettings,
+    parse_retry_after,
+    ssl_context,
+)
 from fhirimg.http.fhir import FhirClient, format_outcome, outcome_issues
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "Origin",
     "OriginBoundAuth",
     "RetryPolicy",
+    "TlsSettings",
     "format_outcome",
     "is_loopback",
     "origin_of",

@@ -72,6 +72,7 @@ __all__ = [
     "USER_AGENT",
     "ClientCert",
     "HttpClient",
+    "TlsSettings",
     "RetryPolicy",
     "check_cleartext",
     "parse_retry_after",
@@ -80,6 +81,18 @@ __all__ = [
 
 ClientCert = tuple[str | Path, str | Path]
 """A client certificate for mutual TLS: (certificate PEM file, private key PEM file)."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How to reach a server safely, as one value for code that hands it on to a client it builds
+    (``validate --server``): the CA bundle or True (``verify``), the client certificate, and
+    whether credentials may go over plain ``http://`` (see :class:`HttpClient`)."""
+
+    verify: bool | str | Path = True
+    client_cert: ClientCert | None = None
+    allow_insecure_http: bool = False
+
 
 # Kept from when push had the only client: servers' access logs and allow-lists may match it.
 USER_AGENT = "fhirimg-push"
