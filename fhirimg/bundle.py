@@ -166,10 +166,10 @@ def encode_entry(item: JSON, source: DataSource | None = None) -> EncodedEntry:
 class _Part:
     """One bundle file being written (to a temporary file until :meth:`SplitWriter.commit`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: jsonio.Modes = jsonio.PRIVATE) -> None:
         self.path = path
         self.fh: BinaryIO
-        self.fh, self.tmp = jsonio.open_temp(path)
+        self.fh, self.tmp = jsonio.open_temp(path, mode)
         self.fh.write(_HEAD)
         self.size = len(_HEAD) + len(_TAIL)
         self.entries = 0
@@ -211,17 +211,24 @@ class SplitWriter:
     (a single Binary larger than ``max_bytes`` gets a part of its own, and a note).
 
     Files appear (atomically renamed) only at :meth:`commit`; :meth:`abort` leaves nothing behind.
+    They get ``mode`` (owner-only by default, :class:`fhirimg.jsonio.Modes`).
     Parts left over from an earlier run of the same study are removed at commit.
     """
 
     def __init__(
-        self, out_dir: Path, bundle_name: str, max_entries: int | None, max_bytes: int | None
+        self,
+        out_dir: Path,
+        bundle_name: str,
+        max_entries: int | None,
+        max_bytes: int | None,
+        mode: jsonio.Modes = jsonio.PRIVATE,
     ) -> None:
         self.out_dir = out_dir
         self.bundle_name = bundle_name
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self.parts: list[_Part] = [_Part(out_dir / bundle_name)]
+        self.mode = mode
+        self.parts: list[_Part] = [_Part(out_dir / bundle_name, mode)]
         self.notes: list[str] = []
 
     @property
@@ -248,7 +255,7 @@ class SplitWriter:
             return
         was_first = self.in_first
         part.close()
-        part = _Part(self.out_dir / part_name(self.bundle_name, len(self.parts) + 1))
+        part = _Part(self.out_dir / part_name(self.bundle_name, len(self.parts) + 1), self.mode)
         self.parts.append(part)
         if was_first:
             entry = build(False)

@@ -38,6 +38,7 @@ from fhirimg.images.writer import PixelOptions, write_study
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+from fhirimg.safetext import refuse_url_credentials
 from fhirimg.scan import iter_files, read_file
 from fhirimg.validate import resource_errors
 
@@ -71,6 +72,26 @@ class ConvertOptions:
     """Validate every bundle with all layers of :mod:`fhirimg.validate` (FHIRPath invariants
     too) before writing it; by default the fast layers (JSON, models, HL7 JSON Schema, bundle
     integrity, imaging rules)."""
+    group_readable: bool = False
+    """Write files 0640 and folders 0750 (a shared research folder); by default what holds
+    patient data is owner-only: files 0600, the folders fhirimg creates 0700."""
+
+    @property
+    def modes(self) -> jsonio.Modes:
+        """The permissions of what this conversion writes (:class:`fhirimg.jsonio.Modes`)."""
+        return jsonio.modes(self.group_readable)
+
+    def check(self) -> None:
+        """Raise :class:`~fhirimg.errors.ConfigError` for options that cannot be used: a bad
+        release, bad split limits, a DICOMweb URL holding credentials (it would be written into
+        every bundle's Endpoint)."""
+        get_release(self.fhir_version)
+        self.pixels()
+        refuse_url_credentials(
+            self.mapping.dicomweb_url,
+            "the DICOMweb URL",
+            "give the PACS credentials with the --dicomweb-* options",
+        )
 
     def pixels(self) -> PixelOptions:
         """The Binary / rendered-image / split options for the pixel study writer
@@ -87,6 +108,7 @@ class ConvertOptions:
                 int(self.max_bundle_mb * 1_000_000) if self.max_bundle_mb is not None else None
             ),
             strict=self.strict,
+            modes=self.modes,
         )
 
 
@@ -277,7 +299,7 @@ def _write_plain_study(
             uid, None, 0, len(records), errors=(f"internal error: {type(exc).__name__}: {exc}",)
         )
     if outcome.bundle:
-        jsonio.atomic_write(out_dir / outcome.bundle, jsonio.dumps(bundle))
+        jsonio.atomic_write(out_dir / outcome.bundle, jsonio.dumps(bundle), mode=pixels.modes)
         remove_stale_parts(out_dir, outcome.bundle)
     return outcome
 
@@ -420,12 +442,13 @@ def convert_records(
     written study before the next one is taken.
     """
     opts = options or ConvertOptions()
-    get_release(opts.fhir_version)  # fail early on a bad release name
-    pixels = opts.pixels()  # and on bad pixel options
+    opts.check()  # fail early on bad options
+    pixels = opts.pixels()
     out_dir = Path(opts.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files_dir = bundle_dir or out_dir
-    files_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, files_dir):
+        if not folder.is_dir():  # made owner-only; an existing one (or a link to one) is kept
+            jsonio.make_folder(folder, opts.modes)
     jobs = resolve_jobs(opts.jobs)
     executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     try:
@@ -490,7 +513,7 @@ def _write_report(
     head = jsonio.dumps(doc).rstrip(b"\n")
     marker = b'"files": []'
     assert head.endswith(marker + b"\n}")
-    with jsonio.atomic_writer(path) as fh:
+    with jsonio.atomic_writer(path, mode=opts.modes) as fh:
         fh.write(head[: -len(b"[]\n}")])
         first = True
         for item in files():

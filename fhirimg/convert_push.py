@@ -1,6 +1,7 @@
 """``convert --push``: convert and push study by study, keeping no bundle files.
 
-Each study's bundle files are written to a private folder inside the output folder, pushed at once
+Each study's bundle files are written to a private folder (``mkdtemp``: a new name, 0700, so no
+link planted beforehand can be in its way) inside the output folder, pushed at once
 with :func:`fhirimg.push.push_bundle` (Binaries beside the bundle are uploaded raw first), and
 deleted; the next study is only taken after that. Disk use follows one study, nothing is left
 behind but ``report.json`` and the push journal, and a re-run skips what the journal says the
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from fhirimg import jsonio
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
+from fhirimg.errors import FhirimgError
 from fhirimg.http import FhirClient
 from fhirimg.push import (
     DEFAULT_JOURNAL_NAME,
@@ -25,6 +27,7 @@ from fhirimg.push import (
     binaries_beside,
     push_bundle,
 )
+from fhirimg.safetext import refuse_url_credentials
 
 
 def convert_and_push(
@@ -39,8 +42,13 @@ def convert_and_push(
     Raises :class:`~fhirimg.errors.PushError` (or :class:`~fhirimg.errors.AuthError`) when the
     server cannot be used at all; a refused study is reported, and the run goes on.
     """
+    options.check()
+    refuse_url_credentials(
+        push.server, "the FHIR server URL", "give credentials with --token, --user or --token-url"
+    )
     out_dir = Path(options.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.is_dir():
+        jsonio.make_folder(out_dir, options.modes)
     journal_path = push.journal or out_dir / DEFAULT_JOURNAL_NAME
     client = FhirClient(
         push.server,
@@ -48,11 +56,14 @@ def convert_and_push(
         timeout=push.timeout,
         retry=push.retry,
         verify=push.verify,
+        client_cert=push.client_cert,
+        deadline=push.deadline,
+        allow_insecure_http=push.allow_insecure_http,
     )
     try:
         client.capabilities()  # fail early: unreachable server, refused credentials
         with (
-            Journal(journal_path, ignore_existing=push.force) as journal,
+            Journal(journal_path, ignore_existing=push.force, mode=options.modes) as journal,
             tempfile.TemporaryDirectory(prefix=".fhirimg-stream-", dir=out_dir) as tmp,
         ):
 
@@ -78,10 +89,15 @@ def _push_study(
         for name in names:
             path = folder / name
             bundle = jsonio.loads(path.read_bytes())
+            try:
+                binaries = binaries_beside(path, bundle)
+            except FhirimgError as exc:
+                status = f"failed: {exc}"
+                break
             result = push_bundle(
                 client,
                 bundle,
-                binaries_beside(path, bundle),
+                binaries,
                 name=name,
                 max_entries=push.max_entries,
                 auto_split=push.auto_split,

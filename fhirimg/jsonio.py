@@ -4,8 +4,11 @@ Output is deterministic: keys keep the insertion order the builders chose (``res
 two-space indentation, a final newline. The same dict always gives the same bytes.
 
 :data:`JSON` and :data:`JSONMapping` are the one spelling of "a JSON object" in type hints
-(resources, bundles, DICOM JSON datasets); this module imports nothing from fhirimg, so every layer,
-the FHIR release seam included, may import them.
+(resources, bundles, DICOM JSON datasets); this module imports nothing from fhirimg but the
+exception tree (a leaf), so every layer, the FHIR release seam included, may import them.
+
+Everything written here is owner-only unless asked otherwise (:class:`Modes`): the files hold
+patient data.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from fhirimg.errors import InputError
 
 JSON = dict[str, Any]
 """A JSON object fhirimg builds or owns (a FHIR resource, an entry, a bundle): mutable."""
@@ -42,26 +48,73 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+@dataclass(frozen=True)
+class Modes:
+    """The permission bits of the files and folders fhirimg creates.
+
+    What fhirimg writes holds patient data (bundles, ``.dcm`` copies, report.json, the push
+    journal), so the default, :data:`PRIVATE`, is owner-only whatever the umask: files 0600,
+    folders 0700. :data:`GROUP_READABLE` (``--group-readable``) is for shared research folders:
+    files 0640, folders 0750. The bits are set exactly (``fchmod``), not narrowed by the umask.
+    Only what fhirimg creates gets them; existing folders keep theirs.
+
+    >>> oct(PRIVATE.file), oct(GROUP_READABLE.folder)
+    ('0o600', '0o750')
+    """
+
+    file: int = 0o600
+    folder: int = 0o700
 
 
-_FILE_MODE = _file_mode()
+PRIVATE = Modes()
+GROUP_READABLE = Modes(file=0o640, folder=0o750)
 
 
-def open_temp(path: Path) -> tuple[BinaryIO, Path]:
+def modes(group_readable: bool) -> Modes:
+    """:data:`GROUP_READABLE` or :data:`PRIVATE`."""
+    return GROUP_READABLE if group_readable else PRIVATE
+
+
+def make_folder(path: Path, mode: Modes = PRIVATE) -> None:
+    """Create ``path`` and its missing parents with ``mode.folder``; existing folders are kept
+    as they are.
+
+    A folder fhirimg writes into must be a real folder, not a symbolic link planted there (its
+    target would receive patient data): raises :class:`~fhirimg.errors.InputError` when ``path``
+    is a symbolic link. Links further up (``--out`` given as a link) are the user's choice.
+    """
+    if path.is_symlink():
+        raise InputError(f"refusing to write into {path}: it is a symbolic link")
+    missing: list[Path] = []
+    here = path
+    while not here.exists() and not here.is_symlink() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode.folder)
+        except FileExistsError:
+            if folder.is_symlink() or not folder.is_dir():
+                raise
+            continue  # made at the same moment by another worker: fine, it is a folder
+        os.chmod(folder, mode.folder)  # mkdir's mode is narrowed by the umask
+    if not path.is_dir():
+        raise InputError(f"cannot write into {path}: not a folder")
+
+
+def open_temp(path: Path, mode: Modes = PRIVATE) -> tuple[BinaryIO, Path]:
     """A new temporary file beside ``path`` (same folder, so a rename onto ``path`` is atomic),
-    open for writing, with the mode an ordinary new file gets (mkstemp alone gives 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    open for writing, with ``mode.file`` (owner-only by default: mkstemp's own 0600). The folder
+    is created with :func:`make_folder` when missing."""
+    if not path.parent.is_dir():
+        make_folder(path.parent, mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
+    os.fchmod(fd, mode.file)
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
 @contextmanager
-def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, durable: bool = False, mode: Modes = PRIVATE) -> Iterator[BinaryIO]:
     """A file handle whose content replaces ``path`` only when the block ends without error.
 
     Readers see the old file or the whole new one, never half: the bytes go to a temporary file in
@@ -69,8 +122,12 @@ def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     run leaves at most a ``.tmp`` file, never a cut bundle. ``durable`` also flushes the file to
     disk before the rename (fsync): slower, and only needed to survive a power cut, since a re-run
     rewrites everything anyway.
+
+    The rename replaces whatever ``path`` was, a symbolic link included (the link, not its
+    target): a link planted at ``path`` never receives the bytes. The new file has ``mode``
+    (:class:`Modes`; owner-only by default).
     """
-    fh, tmp = open_temp(path)
+    fh, tmp = open_temp(path, mode)
     try:
         with fh:
             yield fh
@@ -83,7 +140,7 @@ def atomic_writer(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = False, mode: Modes = PRIVATE) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
-    with atomic_writer(path, durable) as fh:
+    with atomic_writer(path, durable, mode) as fh:
         fh.write(data)

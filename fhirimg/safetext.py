@@ -9,7 +9,10 @@ Two kinds of text reach people's terminals and logs from outside fhirimg's contr
   (U+0080..U+009F) does the same on terminals that honour 8-bit controls. rich escapes its own markup,
   not these. :func:`clean` removes them (ECMA-48 C0/C1 controls), keeping tab and newline.
 
-This module imports nothing from fhirimg: every layer may use it.
+:func:`refuse_url_credentials` is the one check that a URL the user gave carries no credential,
+used wherever fhirimg takes a server URL (library options and every command's URL options).
+
+This module imports nothing from fhirimg but the exception tree (a leaf): every layer may use it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["CREDENTIAL_PARAMS", "clean", "credential_params", "redact_url"]
+from fhirimg.errors import ConfigError
+
+__all__ = [
+    "CREDENTIAL_PARAMS",
+    "clean",
+    "credential_params",
+    "redact_url",
+    "redact_urls",
+    "refuse_url_credentials",
+    "url_credentials",
+]
 
 # Query parameters that carry a credential in the wild (OAuth2 RFC 6750 2.3 access_token, API
 # keys, signed-URL signatures). Compared case-insensitively.
@@ -108,3 +121,60 @@ def redact_url(url: str) -> str:
             [(k, "***" if k.lower() in CREDENTIAL_PARAMS else v) for k, v in pairs], safe="*/:"
         )
     return clean(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`redact_url`: the last line of defence
+    of a message that names a server (the CLI's ``fail`` applies it to every error line).
+
+    >>> redact_urls("cannot reach 'http://u:pw@fhir.example/r4?token=x': refused")
+    "cannot reach 'http://fhir.example/r4?token=***': refused"
+    """
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def url_credentials(url: str) -> list[str]:
+    """What in ``url`` is a credential: its user name / password, and credential-like query
+    parameters (:data:`CREDENTIAL_PARAMS`). Empty when there is none.
+
+    >>> url_credentials("https://alice:s3cret@pacs/dicom-web?access_token=x&limit=5")
+    ['a user name and password', 'the query parameter access_token']
+    >>> url_credentials("https://pacs.example/dicom-web")
+    []
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = []
+    if parts.username is not None or parts.password is not None:
+        found.append("a user name and password")
+    found += [f"the query parameter {name}" for name in credential_params(url)]
+    return found
+
+
+def refuse_url_credentials(url: str | None, option: str, how: str = "") -> None:
+    """Raise :class:`~fhirimg.errors.ConfigError` when ``url`` carries a credential.
+
+    A URL is written into bundles (``Endpoint.address``), the journal and messages; a password
+    or token in it would be published to every reader. ``option`` names where the URL came from
+    (``--dicomweb-url``), ``how`` the proper way to give the credential. The message shows the
+    URL redacted.
+
+    >>> refuse_url_credentials("https://pacs.example/dicom-web", "--dicomweb-url")
+    >>> refuse_url_credentials("https://u:pw@pacs.example/", "--dicomweb-url")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fhirimg.errors.ConfigError: --dicomweb-url https://pacs.example/ holds a user name and ...
+    """
+    if not url:
+        return
+    found = url_credentials(url)
+    if found:
+        advice = f"; {how}" if how else ""
+        raise ConfigError(
+            f"{option} {redact_url(url)} holds {' and '.join(found)}: credentials must not be "
+            f"in a URL (it is written into bundles, journals and messages){advice}"
+        )

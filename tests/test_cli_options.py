@@ -27,7 +27,7 @@ def _options(command: str) -> dict[str, Option]:
 @pytest.mark.parametrize(
     ("group", "commands"),
     [
-        (FhirAuth, ["push", "convert", "verify"]),
+        (FhirAuth, ["push", "convert", "verify", "validate"]),
         (Network, ["push", "convert"]),
         (DicomwebAuth, ["push", "convert", "verify"]),
     ],

@@ -84,11 +84,19 @@ def test_failed_first_write_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_written_file_gets_the_ordinary_mode(tmp_path: Path) -> None:
-    """mkstemp alone gives 0600; an output file is as readable as any file the user creates."""
-    path = tmp_path / "bundle.json"
-    jsonio.atomic_write(path, b"{}\n", durable=True)
-    mask = os.umask(0)
-    os.umask(mask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+def test_written_file_is_owner_only(tmp_path: Path) -> None:
+    """Output holds patient data: 0600 whatever the umask (mkstemp's mode, kept), 0640 when
+    asked for group-readable output; folders made on the way 0700 / 0750."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "new" / "bundle.json"
+        jsonio.atomic_write(path, b"{}\n", durable=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        shared = tmp_path / "shared" / "bundle.json"
+        jsonio.atomic_write(shared, b"{}\n", mode=jsonio.GROUP_READABLE)
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+        assert stat.S_IMODE(shared.parent.stat().st_mode) == 0o750
+    finally:
+        os.umask(old)
     assert path.read_bytes() == b"{}\n"

@@ -1,25 +1,37 @@
 """Credentials from the command line, one implementation for every server a command talks to.
 
 The FHIR server's options (``--token``, ``--user``, ``--token-url``, ``--client-id``,
-``--scope``; ``push``, ``convert --push`` and ``verify``) and the PACS's ``--dicomweb-*`` options
-(``push``, ``convert``, ``verify``), declared in :mod:`fhirimg.cli._options`, mean the same things
-and are checked the same way; only their names and environment variables differ
-(:class:`AuthNames`). Secrets come from the environment (or a hidden prompt), never from an option:
-options end up in shell history and ``ps`` listings.
+``--scope`` and the ``*-file`` options; ``push``, ``convert --push``, ``validate --server`` and
+``verify``) and the PACS's ``--dicomweb-*`` options (``push``, ``convert``, ``verify``), declared
+in :mod:`fhirimg.cli._options`, mean the same things and are checked the same way; only their
+names and environment variables differ (:class:`AuthNames`).
+
+Secrets come from a file (``--token-file``, ``--password-file``, ``--client-secret-file``: the
+first line), the environment, or a hidden prompt. ``--token VALUE`` still works but warns once:
+a value on the command line is visible to every local user in ``ps`` and stays in shell history.
+A secret file readable by group or others gets a warning too (not a refusal, as ssh does for
+keys: secrets mounted by container platforms are often 0644).
+
+:func:`check_url` refuses a URL option holding credentials (``https://user:PW@host``,
+``?access_token=``), naming the options to use instead.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import typer
 
-from fhirimg.cli._app import fail
+from fhirimg.cli._app import err_console, fail
+from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth
+from fhirimg.safetext import refuse_url_credentials
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,18 @@ class AuthNames:
     secret_env: str
     prompt: str
     """Start of the password prompt, e.g. ``"Password"`` (`` for USER`` is added)."""
+    token_env: str
+    token_file: str
+    password_file: str
+    secret_file: str
+
+    @property
+    def credentials_hint(self) -> str:
+        """How to give this server's credentials properly (for messages)."""
+        return (
+            f"give credentials with {self.user} (password from {self.password_file}, "
+            f"{self.password_env} or the prompt), {self.token_file} or {self.token_url}"
+        )
 
 
 FHIR = AuthNames(
@@ -44,6 +68,10 @@ FHIR = AuthNames(
     password_env="FHIRIMG_PASSWORD",
     secret_env="FHIRIMG_CLIENT_SECRET",
     prompt="Password",
+    token_env="FHIRIMG_TOKEN",
+    token_file="--token-file",
+    password_file="--password-file",
+    secret_file="--client-secret-file",
 )
 DICOMWEB = AuthNames(
     token="--dicomweb-token",
@@ -53,7 +81,63 @@ DICOMWEB = AuthNames(
     password_env="FHIRIMG_DICOMWEB_PASSWORD",
     secret_env="FHIRIMG_DICOMWEB_CLIENT_SECRET",
     prompt="DICOMweb password",
+    token_env="FHIRIMG_DICOMWEB_TOKEN",
+    token_file="--dicomweb-token-file",
+    password_file="--dicomweb-password-file",
+    secret_file="--dicomweb-client-secret-file",
 )
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """One warning line on stderr per ``key`` and process (never the secret itself)."""
+    if key not in _warned:
+        _warned.add(key)
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _on_command_line(value: str, env: str) -> bool:
+    """Whether the option's ``value`` came from the command line: the environment variable the
+    option also reads does not hold it (Typer fills the option from either)."""
+    return os.environ.get(env) != value
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """The secret in ``path``: its first line without the line break. A usage error (exit 2)
+    when it cannot be read or is empty; a warning (once) when group or others may read it.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "token"
+    >>> _ = f.write_text("s3cret\\n"); f.chmod(0o600)
+    >>> read_secret_file(f, "--token-file")
+    's3cret'
+    """
+    try:
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            first = fh.readline(64 * 1024)
+    except OSError as exc:
+        raise fail(f"cannot read {option} {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        _warn_once(
+            f"mode:{path}",
+            f"{option} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}",
+        )
+    secret = first.decode("utf-8", "replace").rstrip("\r\n")
+    if not secret:
+        raise fail(f"{option} {path}: the first line is empty", ExitCode.USAGE)
+    return secret
+
+
+def check_url(url: str | None, option: str, names: AuthNames | None = FHIR) -> None:
+    """Exit 2 when the URL option ``option`` holds credentials (user info, ``?access_token=``);
+    the message shows the URL redacted and names the proper options (``names``' ones)."""
+    try:
+        refuse_url_credentials(url, option, names.credentials_hint if names else "")
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
 
 
 def _secret(name: str) -> str | None:
@@ -69,6 +153,9 @@ def build_auth(
     scope: str | None = None,
     *,
     names: AuthNames = FHIR,
+    token_file: Path | None = None,
+    password_file: Path | None = None,
+    secret_file: Path | None = None,
 ) -> httpx.Auth | None:
     """The :class:`httpx.Auth` the options ask for, or None; a usage error (exit 2) when they
     contradict each other or a secret is missing and there is no terminal to ask on.
@@ -80,29 +167,55 @@ def build_auth(
     """
     chosen = [
         name
-        for name, value in ((names.token, token), (names.user, user), (names.token_url, token_url))
+        for name, value in (
+            (names.token, token),
+            (names.token_file, token_file),
+            (names.user, user),
+            (names.token_url, token_url),
+        )
         if value
     ]
     if len(chosen) > 1:
         raise fail(f"choose one way to authenticate, not {' and '.join(chosen)}", ExitCode.USAGE)
+    check_url(token_url, names.token_url, None)
+    if password_file and not user:
+        raise fail(f"{names.password_file} needs {names.user}", ExitCode.USAGE)
+    if secret_file and not token_url:
+        raise fail(f"{names.secret_file} needs {names.token_url}", ExitCode.USAGE)
+    if token and _on_command_line(token, names.token_env):
+        _warn_once(
+            names.token,
+            f"{names.token} on the command line is visible to other local users (ps) and stays "
+            f"in shell history; use {names.token_file} FILE or the environment variable "
+            f"{names.token_env}",
+        )
+    if token_file:
+        token = read_secret_file(token_file, names.token_file)
     if token:
         return BearerAuth(token)
     if user:
-        password = _secret(names.password_env)
+        if password_file:
+            password: str | None = read_secret_file(password_file, names.password_file)
+        else:
+            password = _secret(names.password_env)
         if password is None:
             if not sys.stdin.isatty():
                 raise fail(
-                    f"{names.user} needs a password: set {names.password_env} (no terminal to "
-                    "ask on)",
+                    f"{names.user} needs a password: use {names.password_file} or set "
+                    f"{names.password_env} (no terminal to ask on)",
                     ExitCode.USAGE,
                 )
             password = typer.prompt(f"{names.prompt} for {user}", hide_input=True, err=True)
         return BasicAuth(user, password)
     if token_url:
-        secret = _secret(names.secret_env)
+        if secret_file:
+            secret: str | None = read_secret_file(secret_file, names.secret_file)
+        else:
+            secret = _secret(names.secret_env)
         if not client_id or secret is None:
             raise fail(
-                f"{names.token_url} needs {names.client_id} and the secret in {names.secret_env}",
+                f"{names.token_url} needs {names.client_id} and the secret in "
+                f"{names.secret_file} or {names.secret_env}",
                 ExitCode.USAGE,
             )
         return ClientCredentialsAuth(token_url, client_id, secret, scope)

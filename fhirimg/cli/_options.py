@@ -24,8 +24,10 @@ from typing import Annotated, Any, get_type_hints
 import httpx
 import typer
 
+from fhirimg.cli._app import fail
 from fhirimg.cli._auth import DICOMWEB, build_auth
-from fhirimg.http import RetryPolicy
+from fhirimg.exitcodes import ExitCode
+from fhirimg.http import ClientCert, RetryPolicy, TlsSettings
 from fhirimg.push import PushOptions
 
 
@@ -54,8 +56,17 @@ TokenOpt = Annotated[
     typer.Option(
         "--token",
         envvar="FHIRIMG_TOKEN",
-        help="Bearer token; prefer the env var FHIRIMG_TOKEN (keeps it out of shell history).",
+        help="Bearer token. A value here is visible in ps and shell history (warned): prefer "
+        "--token-file or the env var FHIRIMG_TOKEN.",
         show_envvar=False,
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="Read the bearer token from the first line of this file (keep it chmod 600).",
         rich_help_panel=AUTH_PANEL,
     ),
 ]
@@ -63,7 +74,16 @@ UserOpt = Annotated[
     str | None,
     typer.Option(
         "--user",
-        help="HTTP basic auth user; password from env FHIRIMG_PASSWORD, else asked for.",
+        help="HTTP basic auth user; password from --password-file, env FHIRIMG_PASSWORD, "
+        "else asked for.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+PasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--password-file",
+        help="With --user: read the password from the first line of this file.",
         rich_help_panel=AUTH_PANEL,
     ),
 ]
@@ -71,8 +91,17 @@ TokenUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--token-url",
-        help="OAuth2 token endpoint for the client-credentials grant (secret from env "
-        "FHIRIMG_CLIENT_SECRET); tokens are refreshed on expiry and on 401.",
+        help="OAuth2 token endpoint for the client-credentials grant (secret from "
+        "--client-secret-file or env FHIRIMG_CLIENT_SECRET); tokens are refreshed on expiry "
+        "and on 401.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+ClientSecretFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-secret-file",
+        help="With --token-url: read the OAuth2 client secret from the first line of this file.",
         rich_help_panel=AUTH_PANEL,
     ),
 ]
@@ -95,7 +124,16 @@ DicomwebTokenOpt = Annotated[
         "--dicomweb-token",
         envvar="FHIRIMG_DICOMWEB_TOKEN",
         show_envvar=False,
-        help="Bearer token for the DICOMweb server; prefer env FHIRIMG_DICOMWEB_TOKEN.",
+        help="Bearer token for the DICOMweb server (visible in ps, warned): prefer "
+        "--dicomweb-token-file or env FHIRIMG_DICOMWEB_TOKEN.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-token-file",
+        help="Read the DICOMweb server's bearer token from the first line of this file.",
         rich_help_panel=DICOMWEB_PANEL,
     ),
 ]
@@ -103,8 +141,16 @@ DicomwebUserOpt = Annotated[
     str | None,
     typer.Option(
         "--dicomweb-user",
-        help="HTTP basic auth user for the DICOMweb server; password from env "
-        "FHIRIMG_DICOMWEB_PASSWORD.",
+        help="HTTP basic auth user for the DICOMweb server; password from "
+        "--dicomweb-password-file or env FHIRIMG_DICOMWEB_PASSWORD.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebPasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-password-file",
+        help="With --dicomweb-user: read the password from the first line of this file.",
         rich_help_panel=DICOMWEB_PANEL,
     ),
 ]
@@ -113,7 +159,16 @@ DicomwebTokenUrlOpt = Annotated[
     typer.Option(
         "--dicomweb-token-url",
         help="OAuth2 token endpoint (client credentials) for the DICOMweb server; with "
-        "--dicomweb-client-id, secret from env FHIRIMG_DICOMWEB_CLIENT_SECRET.",
+        "--dicomweb-client-id, secret from --dicomweb-client-secret-file or env "
+        "FHIRIMG_DICOMWEB_CLIENT_SECRET.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebClientSecretFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-client-secret-file",
+        help="With --dicomweb-token-url: read the client secret from the first line of this file.",
         rich_help_panel=DICOMWEB_PANEL,
     ),
 ]
@@ -130,8 +185,61 @@ CaBundleOpt = Annotated[
     Path | None,
     typer.Option(
         "--ca-bundle",
-        help="PEM file of CA certificates to trust instead of the system's (TLS is always "
-        "verified).",
+        help="PEM file of CA certificates to trust for every server of the command, instead of "
+        "SSL_CERT_FILE or certifi's bundle (TLS is always verified).",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+ClientCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-cert",
+        help="PEM client certificate for mutual TLS with the FHIR server (with --client-key).",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+ClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-key",
+        help="PEM private key of --client-cert (unencrypted).",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+DicomwebClientCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-client-cert",
+        help="PEM client certificate for mutual TLS with the DICOMweb server (with "
+        "--dicomweb-client-key).",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+DicomwebClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-client-key",
+        help="PEM private key of --dicomweb-client-cert (unencrypted).",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+AllowInsecureHttpOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure-http",
+        help="Allow credentials over plain http:// to hosts other than localhost (warns once "
+        "per host); refused otherwise.",
+        rich_help_panel=NETWORK_PANEL,
+    ),
+]
+MaxTimeOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-time",
+        min=1.0,
+        help="Seconds one request may take in all, connecting to last byte (like curl "
+        "--max-time); default max(120, 4 x --timeout).",
+        show_default=False,
         rich_help_panel=NETWORK_PANEL,
     ),
 ]
@@ -176,17 +284,30 @@ MaxRetryTimeOpt = Annotated[
 @dataclass(frozen=True)
 class FhirAuth:
     """The FHIR server's credentials: ``--token``, ``--user``, ``--token-url``, ``--client-id``,
-    ``--scope`` (secrets from the environment, see :mod:`fhirimg.cli._auth`)."""
+    ``--scope``, and the secrets' files ``--token-file``, ``--password-file``,
+    ``--client-secret-file`` (or the environment, see :mod:`fhirimg.cli._auth`)."""
 
     token: TokenOpt = None
+    token_file: TokenFileOpt = None
     user: UserOpt = None
+    password_file: PasswordFileOpt = None
     token_url: TokenUrlOpt = None
     client_id: ClientIdOpt = None
+    client_secret_file: ClientSecretFileOpt = None
     scope: ScopeOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
-        return build_auth(self.token, self.user, self.token_url, self.client_id, self.scope)
+        return build_auth(
+            self.token,
+            self.user,
+            self.token_url,
+            self.client_id,
+            self.scope,
+            token_file=self.token_file,
+            password_file=self.password_file,
+            secret_file=self.client_secret_file,
+        )
 
 
 @dataclass(frozen=True)
@@ -194,9 +315,12 @@ class DicomwebAuth:
     """The DICOMweb server's credentials: the ``--dicomweb-*`` twins of :class:`FhirAuth`."""
 
     dicomweb_token: DicomwebTokenOpt = None
+    dicomweb_token_file: DicomwebTokenFileOpt = None
     dicomweb_user: DicomwebUserOpt = None
+    dicomweb_password_file: DicomwebPasswordFileOpt = None
     dicomweb_token_url: DicomwebTokenUrlOpt = None
     dicomweb_client_id: DicomwebClientIdOpt = None
+    dicomweb_client_secret_file: DicomwebClientSecretFileOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
@@ -206,22 +330,65 @@ class DicomwebAuth:
             self.dicomweb_token_url,
             self.dicomweb_client_id,
             names=DICOMWEB,
+            token_file=self.dicomweb_token_file,
+            password_file=self.dicomweb_password_file,
+            secret_file=self.dicomweb_client_secret_file,
         )
 
 
+def _pair(cert: Path | None, key: Path | None, names: str) -> ClientCert | None:
+    if (cert is None) != (key is None):
+        raise fail(f"{names} go together: give both or neither", ExitCode.USAGE)
+    return (cert, key) if cert is not None and key is not None else None
+
+
 @dataclass(frozen=True)
-class Network:
-    """How to talk to a server: ``--ca-bundle``, ``--timeout`` and the retry options.
+class Tls:
+    """How to reach a FHIR server safely: ``--ca-bundle``, ``--client-cert``, ``--client-key``,
+    ``--allow-insecure-http`` (``validate --server``; :class:`Network` adds the rest).
+
+    >>> Tls().verify, Tls().client_cert_pair
+    (True, None)
+    """
+
+    ca_bundle: CaBundleOpt = None
+    client_cert: ClientCertOpt = None
+    client_key: ClientKeyOpt = None
+    allow_insecure_http: AllowInsecureHttpOpt = False
+
+    @property
+    def verify(self) -> bool | Path:
+        """httpx's ``verify``: the CA bundle when given, else True (``SSL_CERT_FILE`` /
+        ``SSL_CERT_DIR`` when set, else certifi's CAs; never off)."""
+        return self.ca_bundle if self.ca_bundle is not None else True
+
+    @property
+    def client_cert_pair(self) -> ClientCert | None:
+        """(certificate, key) for the FHIR server, or None; exit 2 when only one is given."""
+        return _pair(self.client_cert, self.client_key, "--client-cert and --client-key")
+
+    @property
+    def settings(self) -> TlsSettings:
+        """The FHIR server's TLS settings as the library takes them."""
+        return TlsSettings(self.verify, self.client_cert_pair, self.allow_insecure_http)
+
+
+@dataclass(frozen=True)
+class Network(Tls):
+    """How to talk to a server: TLS (:class:`Tls`), ``--timeout``, ``--max-time``, the retry
+    options, and the DICOMweb server's client certificate.
 
     >>> Network(retries=2, backoff=0.5).retry.max_attempts
     3
     """
 
-    ca_bundle: CaBundleOpt = None
     timeout: TimeoutOpt = 60.0
+    max_time: MaxTimeOpt = None
     retries: RetriesOpt = 5
     backoff: BackoffOpt = 1.0
     max_retry_time: MaxRetryTimeOpt = 600.0
+    dicomweb_client_cert: DicomwebClientCertOpt = None
+    dicomweb_client_key: DicomwebClientKeyOpt = None
 
     @property
     def retry(self) -> RetryPolicy:
@@ -235,9 +402,13 @@ class Network:
         )
 
     @property
-    def verify(self) -> bool | Path:
-        """httpx's ``verify``: the CA bundle when given, else the system's CAs (never off)."""
-        return self.ca_bundle if self.ca_bundle is not None else True
+    def dicomweb_cert_pair(self) -> ClientCert | None:
+        """(certificate, key) for the DICOMweb server, or None; exit 2 when only one is given."""
+        return _pair(
+            self.dicomweb_client_cert,
+            self.dicomweb_client_key,
+            "--dicomweb-client-cert and --dicomweb-client-key",
+        )
 
 
 def push_options(server: str, auth: FhirAuth, network: Network, **more: Any) -> PushOptions:
@@ -254,6 +425,9 @@ def push_options(server: str, auth: FhirAuth, network: Network, **more: Any) -> 
         timeout=network.timeout,
         retry=network.retry,
         verify=network.verify,
+        client_cert=network.client_cert_pair,
+        deadline=network.max_time,
+        allow_insecure_http=network.allow_insecure_http,
         **more,
     )
 
@@ -315,6 +489,7 @@ __all__ = [
     "FhirVersion",
     "FhirVersionOrAuto",
     "Network",
+    "Tls",
     "option_groups",
     "push_options",
 ]

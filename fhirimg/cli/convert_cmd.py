@@ -35,6 +35,7 @@ from fhirimg.cli._app import (
     exit_on_error,
     fail,
 )
+from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
     DicomwebAuth,
     FhirAuth,
@@ -58,6 +59,7 @@ from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
 from fhirimg.push import PushOptions
+from fhirimg.safetext import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,14 @@ def convert_command(
             case_sensitive=False,
         ),
     ] = MediaContent.INLINE,
+    group_readable: Annotated[
+        bool,
+        typer.Option(
+            "--group-readable",
+            help="Make the output readable by the group (files 0640, new folders 0750) for a "
+            "shared research folder. Default: owner-only (0600 / 0700), it holds patient data.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -328,7 +338,11 @@ def convert_command(
     configure_logging(verbose)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
         if url is not None and not _is_http_url(url):
-            raise fail(f"{option} needs an http(s) URL, not {url!r}", ExitCode.USAGE)
+            raise fail(f"{option} needs an http(s) URL, not {redact_url(url)!r}", ExitCode.USAGE)
+    # A URL with credentials would be written into every bundle (Endpoint.address) or the journal.
+    check_url(dicomweb_url, "--dicomweb-url", DICOMWEB)
+    check_url(from_dicomweb, "--from-dicomweb", DICOMWEB)
+    check_url(push_url, "--push", FHIR)
     if timezone:
         try:
             ZoneInfo(timezone)
@@ -369,6 +383,7 @@ def convert_command(
         max_entries=max_entries,
         max_bundle_mb=max_bundle_mb,
         strict=strict,
+        group_readable=group_readable,
     )
     query = (study, since, patient, accession, modality, qido)
     if from_dicomweb:
@@ -387,7 +402,11 @@ def convert_command(
                 "--study, --since and the other query options need --from-dicomweb",
                 ExitCode.USAGE,
             )
-        push = push_options(push_url, auth, network) if push_url else None
+        push = (
+            push_options(push_url, auth, network, group_readable=group_readable)
+            if push_url
+            else None
+        )
         report = _from_files(paths, options, push, quiet)
     if json_out:
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
@@ -418,7 +437,7 @@ def _from_files(
 
     def message(exc: BaseException) -> str:
         if isinstance(exc, FhirimgError) and push is not None:
-            return f"cannot push to {push.server}: {exc}"
+            return f"cannot push to {redact_url(push.server)}: {exc}"
         if isinstance(exc, OSError):
             return f"cannot write to {options.out_dir}: {exc.strerror or exc}"
         return str(exc)

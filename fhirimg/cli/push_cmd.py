@@ -25,6 +25,7 @@ from fhirimg.cli._app import (
     fail,
     server_message,
 )
+from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
     NETWORK_PANEL,
     DicomwebAuth,
@@ -227,6 +228,15 @@ def push(
         ),
     ] = None,
     dicomweb_auth: DicomwebAuth,
+    group_readable: Annotated[
+        bool,
+        typer.Option(
+            "--group-readable",
+            help="Create the journal readable by the group (0640) for a shared research "
+            "folder. Default: owner-only (0600).",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -245,6 +255,8 @@ def push(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if not server and not dry_run and not dicomweb:
         raise fail("--server is required (or set FHIRIMG_SERVER)", ExitCode.USAGE)
+    check_url(server, "--server", FHIR)
+    check_url(dicomweb, "--dicomweb", DICOMWEB if server else FHIR)
     options = push_options(
         server or "http://dry-run.invalid",
         auth,
@@ -255,6 +267,7 @@ def push(
         journal=journal,
         force=force,
         dry_run=dry_run,
+        group_readable=group_readable,
     )
     if dicomweb:
         # Alone, --dicomweb takes the FHIR auth options; beside --server, its own --dicomweb-*.
@@ -267,6 +280,9 @@ def push(
             with_fhir=bool(server),
             json_out=json_out,
             quiet=quiet,
+            # Like the auth options: alone, --dicomweb may use --client-cert too.
+            client_cert=network.dicomweb_cert_pair
+            or (None if server else network.client_cert_pair),
         )
     show_bar = not quiet and not dry_run and err_console.is_terminal
     observer: PushObserver = _RichProgress() if show_bar else _PlainObserver()

@@ -18,8 +18,10 @@ from fhirimg.cli._app import (
     configure_logging,
     err_console,
     exit_on_error,
+    fail,
 )
-from fhirimg.cli._options import FhirVersionOrAuto
+from fhirimg.cli._auth import check_url
+from fhirimg.cli._options import FhirAuth, FhirVersionOrAuto, Tls, option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.validate import FileResult, Severity, iter_validate, parse_layers
@@ -29,6 +31,7 @@ _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFOR
 
 
 @app.command("validate")
+@option_groups(auth=FhirAuth, tls=Tls)
 def validate_command(
     *,
     paths: Annotated[
@@ -69,12 +72,19 @@ def validate_command(
             "bundle,imaging.",
         ),
     ] = "all",
+    auth: FhirAuth,
+    tls: Tls,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Check FHIR R4/R5 Bundles and resources: JSON, models, HL7 schema, invariants, bundle
     integrity and imaging rules. Exit 0 when no errors, 1 when errors were found."""
     configure_logging(verbose)
+    check_url(server, "--server")
+    if not server and auth != FhirAuth(token=auth.token):  # a token may come from the env
+        raise fail("the authentication options are for --server: give --server", ExitCode.USAGE)
+    # The $validate server's credentials are those of `push --server` (one implementation).
+    server_auth = auth.build() if server else None
     workers = jobs or default_jobs()
     results: list[FileResult] = []
     # A bad --layers is a usage error; an unreachable --server or unreadable input, exit 3.
@@ -85,6 +95,8 @@ def validate_command(
             layers=parse_layers(layers),
             jobs=workers,
             server=server,
+            server_auth=server_auth,
+            server_tls=tls.settings,
         ):
             results.append(result)
 

@@ -24,6 +24,7 @@ from fhirimg.dicomweb.store_results import StudyStore
 from fhirimg.errors import InputError
 from fhirimg.model import InstanceRecord
 from fhirimg.push import BINARY_EXTENSION_URL
+from fhirimg.push.files import beside_file
 from fhirimg.scan import read_file
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,11 @@ def plan_study(
     for sop, binary_id in wanted.items():
         if sop in sources:
             continue
-        candidate = binaries / f"{binary_id}.dcm" if binary_id else None
+        try:  # an id from the bundle: checked before it names a file (no ../, no links out)
+            candidate = beside_file(binaries, binary_id) if binary_id else None
+        except InputError as exc:
+            result.failed.append((sop, str(exc)))
+            continue
         if candidate is not None and candidate.is_file():
             sources[sop] = SourceFile(sop, candidate, candidate.stat().st_size)
         else:

@@ -138,11 +138,18 @@ def binary_resource(binary_id_: str, patient_ref: str, data: str | None) -> JSON
     return res
 
 
-def write_beside(folder: Path, binary_id_: str, source: DicomSource) -> int:
+def write_beside(
+    folder: Path, binary_id_: str, source: DicomSource, mode: jsonio.Modes = jsonio.PRIVATE
+) -> int:
     """Copy one Binary's bytes to ``<folder>/<id>.dcm`` (temporary file + rename, so a reader
-    never sees half a file). Returns the number of bytes written."""
+    never sees half a file). Returns the number of bytes written.
+
+    ``folder`` is made with ``mode`` when missing, and must not be a symbolic link (one planted
+    in the output folder would receive the DICOM copies): :class:`~fhirimg.errors.InputError`.
+    """
+    jsonio.make_folder(folder, mode)
     written = 0
-    with jsonio.atomic_writer(folder / f"{binary_id_}.dcm") as fh:
+    with jsonio.atomic_writer(folder / f"{binary_id_}.dcm", mode=mode) as fh:
         for chunk in source.chunks():
             fh.write(chunk)
             written += len(chunk)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fhirimg import ids
+from fhirimg import ids, jsonio
 from fhirimg.bundle import (
     DATA_PLACEHOLDER,
     EncodedEntry,
@@ -73,6 +73,8 @@ class PixelOptions:
     """At most this many bytes per bundle file (a single larger entry gets a file of its own)."""
     strict: bool = False
     """Validate with every layer (FHIRPath invariants too), not only the fast ones."""
+    modes: jsonio.Modes = jsonio.PRIVATE
+    """Permissions of the files and folders written (owner-only unless group-readable)."""
 
     @property
     def active(self) -> bool:
@@ -156,7 +158,7 @@ def write_study(
         _conditional(entries[-1]["request"]) or entries[-1]["fullUrl"],
     )
 
-    writer = SplitWriter(out_dir, name, options.max_entries, options.max_bytes)
+    writer = SplitWriter(out_dir, name, options.max_entries, options.max_bytes, options.modes)
     try:
         for item in entries:
             writer.add_head(encode_entry(item))
@@ -164,9 +166,7 @@ def write_study(
             out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
         if options.binary is not None:
             folder = out_dir / binaries_folder(name)
-            _binaries(
-                recs, options.binary, release, writer, folder, first, later, out, options.strict
-            )
+            _binaries(recs, options, release, writer, folder, first, later, out)
         if options.media is not None:
             _rendered(
                 recs, options.media, mapping, release, writer, first, later, out, options.strict
@@ -205,15 +205,15 @@ def _known(recs: list[InstanceRecord], options: PixelOptions) -> set[str]:
 
 def _binaries(
     recs: list[InstanceRecord],
-    mode: BinaryMode,
+    options: PixelOptions,
     release: Release,
     writer: SplitWriter,
     folder: Path,
     first: _Refs,
     later: _Refs,
     out: StudyFiles,
-    strict: bool,
 ) -> None:
+    mode, strict = options.binary, options.strict
     for rec in recs:
         source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
         if not source.exact:
@@ -223,7 +223,7 @@ def _binaries(
             )
         bid = binary_id(rec.sop_instance_uid)
         if mode == BinaryMode.BESIDE:
-            out.binary_bytes += write_beside(folder, bid, source)
+            out.binary_bytes += write_beside(folder, bid, source, options.modes)
             out.binaries += 1
             continue
 

@@ -4,6 +4,12 @@ study ``convert`` split, and the Binary files beside each bundle.
 A Binary travels beside its bundle as ``<bundle stem>.binaries/<id>.dcm``, pointed at by the
 project's instance-binary extension on ``ImagingStudy.series.instance`` (see
 ``docs/binary-link-extension.md``).
+
+A bundle is input, not trusted: an id taken from it becomes a file name here and a URL path on the
+server, so it must be a FHIR id (:func:`check_id`, FHIR datatypes ``id``: ``[A-Za-z0-9-.]{1,64}``,
+and not ``.`` or ``..``) before it is used, and the file it names must lie inside the
+``.binaries/`` folder (:func:`beside_file`). ``Binary/../../x`` or ``Binary//etc/passwd`` fail the
+bundle with the reason instead of reading a file elsewhere and uploading it.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from typing import Any
 from fhirimg import jsonio
 from fhirimg.errors import InputError
 from fhirimg.push.journal import DEFAULT_JOURNAL_NAME
+from fhirimg.safetext import clean
 
 __all__ = [
     "BINARY_EXTENSION_URL",
     "DEFAULT_FOLDER",
     "BundleFile",
+    "beside_file",
     "binaries_beside",
+    "check_id",
+    "is_fhir_id",
     "default_journal_path",
     "discover",
     "load_bundle",
@@ -32,6 +42,44 @@ DEFAULT_FOLDER = Path("fhirimg-out")
 # The project's extension linking ImagingStudy.series.instance to its Binary (see the spec notes:
 # no HL7/IHE/DICOM extension exists for it).
 BINARY_EXTENSION_URL = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
+
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_fhir_id(value: object) -> bool:
+    """Whether ``value`` is a FHIR id (datatypes ``id``) that is safe in a path and a URL: the
+    regex, and not only dots (``.`` and ``..`` match it but walk folders and URL paths).
+
+    >>> [is_fhir_id(v) for v in ("a-1.b", "..", "../x", "/etc/passwd", "x" * 65, 7)]
+    [True, False, False, False, False, False]
+    """
+    return isinstance(value, str) and bool(_FHIR_ID.fullmatch(value)) and value.strip(".") != ""
+
+
+def check_id(value: object, what: str) -> str:
+    """``value`` when it is a FHIR id (:func:`is_fhir_id`), else :class:`InputError` naming
+    ``what`` (``"Binary id"``) and the value (control characters removed)."""
+    if not is_fhir_id(value):
+        shown = clean(repr(value))[:80]
+        raise InputError(f"{what} {shown} is not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters)")
+    return str(value)
+
+
+def beside_file(folder: Path, binary_id: str) -> Path:
+    """``<folder>/<binary_id>.dcm``, checked: the id is a FHIR id, the folder is not a symbolic
+    link, and the file, links resolved, is inside the folder. Raises :class:`InputError`.
+
+    >>> beside_file(Path("out/study-1.binaries"), "ab-1")
+    PosixPath('out/study-1.binaries/ab-1.dcm')
+    """
+    check_id(binary_id, "Binary id")
+    path = folder / f"{binary_id}.dcm"
+    if folder.is_symlink():
+        raise InputError(f"{folder.name} is a symbolic link: Binaries are read only from a folder")
+    if path.exists() and path.resolve().parent != folder.resolve():
+        raise InputError(f"{folder.name}/{path.name} leads outside {folder.name}/")
+    return path
 
 
 @dataclass(frozen=True)
@@ -44,6 +92,8 @@ class BundleFile:
     binaries_size: int
     parts: tuple[Path, ...] = ()
     """The further files of a study convert split (``<stem>.part-N.json``), pushed with it."""
+    problem: str | None = None
+    """Why the bundle cannot be pushed (a crafted Binary id, ...): it fails with this reason."""
 
 
 def binaries_beside(
@@ -54,6 +104,9 @@ def binaries_beside(
     The files are ``<bundle stem>.binaries/<id>.dcm`` next to the bundle. Binaries carried inline
     as ``PUT Binary/<id>`` entries are not listed (they travel inside the transaction), nor those
     whose ids are in ``elsewhere`` (inline in the other part files of a split study).
+
+    Raises :class:`InputError` for an id that is not a FHIR id or a file outside the folder
+    (:func:`beside_file`).
     """
     folder = path.with_name(f"{path.stem}.binaries")
     inline = {
@@ -75,7 +128,8 @@ def binaries_beside(
                     if not ref.startswith("Binary/") or ref in inline:
                         continue
                     binary_id = ref.removeprefix("Binary/")
-                    found.setdefault(binary_id, folder / f"{binary_id}.dcm")
+                    if binary_id not in found:
+                        found[binary_id] = beside_file(folder, binary_id)
     return list(found.items())
 
 
@@ -126,7 +180,11 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
             continue
         parts = tuple(sorted(path.parent.glob(f"{path.stem}.part-*.json"), key=_part_number))
         in_parts = {i for part in parts for i in _inline_binary_ids(part)}
-        binaries = tuple(binaries_beside(path, bundle, in_parts))
+        try:
+            binaries = tuple(binaries_beside(path, bundle, in_parts))
+        except InputError as exc:
+            files.append(BundleFile(path, len(data), (), 0, parts, problem=str(exc)))
+            continue
         size = sum(p.stat().st_size for _, p in binaries if p.is_file())
         size += sum(p.stat().st_size for p in parts)
         files.append(BundleFile(path, len(data), binaries, size, parts))

@@ -16,6 +16,10 @@ A bundle is keyed by (server, sha256 of its JSON bytes): an edited bundle has an
 pushed again. A Binary is keyed by (server, id, sha256 of its bytes); a DICOM instance stored with
 STOW-RS (``push --dicomweb``) by (DICOMweb base URL, SOP Instance UID, sha256 of its file). The file also holds an
 exclusive ``flock`` while a push runs, so two overlapping cron runs cannot race each other.
+
+The journal names files and servers, so it is created owner-only (0600, or 0640 with
+``group_readable``), and it is opened with ``O_NOFOLLOW``: a symbolic link planted at its path is
+refused (:class:`~fhirimg.errors.InputError`) instead of having its target appended to.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 
 import orjson
 
-from fhirimg.errors import JournalLockedError
+from fhirimg import jsonio
+from fhirimg.errors import InputError, JournalLockedError
 
 try:  # POSIX only; elsewhere the journal is simply not locked.
     import fcntl
@@ -43,6 +48,22 @@ __all__ = ["DEFAULT_JOURNAL_NAME", "Journal"]
 
 DEFAULT_JOURNAL_NAME = ".fhirimg-push-journal.jsonl"
 _VERSION = 1
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (O_NOFOLLOW; ELOOP otherwise)."""
+    try:
+        return os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if path.is_symlink():
+            raise InputError(
+                f"refusing to use the journal {path}: it is a symbolic link (fhirimg writes "
+                "its journal only as a file of its own)"
+            ) from None
+        raise exc
 
 
 def _now() -> str:
@@ -65,22 +86,28 @@ class Journal:
     """
 
     def __init__(
-        self, path: Path | None, *, ignore_existing: bool = False, read_only: bool = False
+        self,
+        path: Path | None,
+        *,
+        ignore_existing: bool = False,
+        read_only: bool = False,
+        mode: jsonio.Modes = jsonio.PRIVATE,
     ) -> None:
         self.path = path
         self.read_only = read_only
+        self.mode = mode
         self._lock = threading.Lock()
         self._bundles: set[tuple[str, str]] = set()
         self._binaries: set[tuple[str, str, str]] = set()
         self._instances: set[tuple[str, str, str]] = set()
         self._fd: int | None = None
         self.torn_lines = 0
-        if path is not None and path.exists() and not ignore_existing:
+        if path is not None and (path.exists() or path.is_symlink()) and not ignore_existing:
             self._load(path)
 
     # --- reading ---
     def _load(self, path: Path) -> None:
-        with path.open("rb") as fh:
+        with os.fdopen(_open(path, os.O_RDONLY), "rb") as fh:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -123,8 +150,14 @@ class Journal:
         """Open for appending and take the exclusive lock (raises :class:`JournalLockedError`)."""
         if self.path is None or self.read_only or self._fd is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not self.path.parent.is_dir():
+            jsonio.make_folder(self.path.parent, self.mode)
+        try:
+            # A new journal: created here, so it gets our mode whatever the umask.
+            fd = _open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+            os.fchmod(fd, self.mode.file)
+        except FileExistsError:
+            fd = _open(self.path, os.O_WRONLY | os.O_APPEND)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -136,10 +169,13 @@ class Journal:
         # A torn last line without its newline would glue onto the next record: end it first.
         size = os.fstat(fd).st_size
         if size:
-            with self.path.open("rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    os.write(fd, b"\n")
+            reader = _open(self.path, os.O_RDONLY)
+            try:
+                last = os.pread(reader, 1, size - 1)
+            finally:
+                os.close(reader)
+            if last != b"\n":
+                os.write(fd, b"\n")
         self._fd = fd
         return self
 

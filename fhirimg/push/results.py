@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import httpx
 
-from fhirimg.http.client import RetryPolicy
+from fhirimg.http.client import ClientCert, RetryPolicy
 
 __all__ = [
     "BundleResult",
@@ -33,7 +33,8 @@ class PushOptions:
     ``journal`` None means ``<first folder>/.fhirimg-push-journal.jsonl``; ``use_journal`` False
     keeps no journal at all; ``force`` ignores what the journal holds (and still appends to it).
     ``max_entries`` cuts every transaction to that many entries; ``auto_split`` retries a
-    transaction in pieces when the server refuses it as too large.
+    transaction in pieces when the server refuses it as too large. ``group_readable`` creates the
+    journal 0640 instead of owner-only 0600.
     """
 
     server: str
@@ -41,6 +42,9 @@ class PushOptions:
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     verify: bool | str | Path = True
+    client_cert: ClientCert | None = None  # (certificate, key) PEM files for mutual TLS
+    deadline: float | None = None  # seconds per request attempt (None: max(120, 4 x timeout))
+    allow_insecure_http: bool = False  # credentials over http:// to a host that is not loopback
     jobs: int = 4
     max_entries: int | None = None
     auto_split: bool = True
@@ -49,6 +53,7 @@ class PushOptions:
     force: bool = False
     dry_run: bool = False
     check_server: bool = True
+    group_readable: bool = False
 
 
 @dataclass(frozen=True)

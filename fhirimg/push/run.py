@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.files import (
@@ -38,8 +39,17 @@ from fhirimg.push.transaction import (
     resolve_conditional_references,
     resolve_patient,
 )
+from fhirimg.safetext import refuse_url_credentials
 
 __all__ = ["push_paths"]
+
+
+_CREDENTIALS = "give credentials with --token, --user or --token-url (PushOptions.auth)"
+
+
+def _refused(f: BundleFile) -> BundleResult:
+    """The result of a bundle :func:`discover` found unusable (a crafted Binary id, ...)."""
+    return BundleResult(file=f.path.name, status="failed", error=f.problem)
 
 
 def _check_server(client: FhirClient) -> None:
@@ -73,6 +83,7 @@ def push_paths(
     """
     started = time.monotonic()
     observer = observer or PushObserver()
+    refuse_url_credentials(options.server, "the FHIR server URL", _CREDENTIALS)
     paths = list(paths) or [DEFAULT_FOLDER]
     files, ignored = discover(paths)
     if not files:
@@ -80,11 +91,20 @@ def push_paths(
     report = PushReport(server=options.server.rstrip("/"), ignored=ignored)
     journal_path = (options.journal or default_journal_path(paths)) if options.use_journal else None
     report.journal = str(journal_path) if journal_path else None
-    journal = Journal(journal_path, ignore_existing=options.force, read_only=options.dry_run)
+    journal = Journal(
+        journal_path,
+        ignore_existing=options.force,
+        read_only=options.dry_run,
+        mode=jsonio.modes(options.group_readable),
+    )
     observer.started(len(files), sum(f.size + f.binaries_size for f in files))
 
     if options.dry_run:
         for f in files:
+            if f.problem is not None:
+                report.results.append(_refused(f))
+                observer.finished(report.results[-1])
+                continue
             data, bundle = load_bundle(f.path)
             if journal.bundle_done(report.server, hashlib.sha256(data).hexdigest()):
                 result = BundleResult(file=f.path.name, status="skipped")
@@ -104,6 +124,9 @@ def push_paths(
         timeout=options.timeout,
         retry=options.retry,
         verify=options.verify,
+        client_cert=options.client_cert,
+        deadline=options.deadline,
+        allow_insecure_http=options.allow_insecure_http,
         max_connections=max(options.jobs, 1) + 2,
         transport=transport,
     )
@@ -215,6 +238,8 @@ def _push_all(
 
     def one(n: int, f: BundleFile) -> BundleResult:
         name = f.path.name
+        if f.problem is not None:
+            return _refused(f)
         try:
             data, bundle = load_bundle(f.path)
         except (OSError, ValueError, InputError) as exc:

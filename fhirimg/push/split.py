@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _URN = "urn:uuid:"
+# FHIR datatypes id, not only dots (see fhirimg.push.files.is_fhir_id; split imports no sibling).
+_ID = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")
 
 
 def _strings(obj: Any) -> Iterator[str]:
@@ -143,14 +145,16 @@ def reference_from_location(location: str | None) -> str | None:
     'ImagingStudy/ab-1'
     >>> reference_from_location(None) is None
     True
+    >>> reference_from_location("http://s/fhir/Patient/..") is None
+    True
     """
     if not location:
         return None
     parts = [p for p in urlsplit(location).path.split("/") if p]
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    if len(parts) < 2 or not parts[-2][:1].isupper():
-        return None
+    if len(parts) < 2 or not parts[-2][:1].isupper() or not _ID.fullmatch(parts[-1]):
+        return None  # not Type/id with a FHIR id: the server's answer is not used
     return f"{parts[-2]}/{parts[-1]}"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, ServerUnreachableError
 from fhirimg.http.fhir import FhirClient, outcome_issues
+from fhirimg.push.files import check_id
 from fhirimg.push.journal import Journal
 from fhirimg.push.results import BundleResult, PlannedRequest, PushObserver
 from fhirimg.push.split import (
@@ -32,6 +33,7 @@ from fhirimg.push.split import (
     too_large_limit,
     urn_references,
 )
+from fhirimg.safetext import clean
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,32 @@ def _check_shape(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
         request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
             raise InputError(f"entry {n} has no request.method and request.url")
+        _check_request_url(n, str(request["url"]))
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and "id" in resource:
+            check_id(resource["id"], f"entry {n}: resource.id")
     return entries
+
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
+_OPERATION = re.compile(r"\$[A-Za-z][A-Za-z0-9\-]{0,63}")
+
+
+def _check_request_url(n: int, url: str) -> None:
+    """``request.url`` is relative to the server base: ``Type``, ``Type/id``, ``Type?query``
+    (and ``_history`` / ``$operation`` segments). Its ids must be FHIR ids: a ``..`` or a
+    leading ``/`` would address another path on the server.
+    """
+    path = url.split("?", 1)[0]
+    segments = path.split("/")
+    if not _RESOURCE_TYPE.fullmatch(segments[0]):
+        raise InputError(
+            f"entry {n}: request.url {clean(repr(url))[:80]} is not relative to the server "
+            "(Type, Type/id or Type?query)"
+        )
+    for segment in segments[1:]:
+        if segment != "_history" and not _OPERATION.fullmatch(segment):
+            check_id(segment, f"entry {n}: the id in request.url")
 
 
 def _patient_entry(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -233,7 +260,9 @@ def push_bundle(
 ) -> BundleResult:
     """Push one in-memory transaction Bundle, and its Binary files first; return what happened.
 
-    ``binaries`` are ``(binary id, file)`` pairs uploaded raw as ``PUT Binary/<id>``. ``journal``
+    ``binaries`` are ``(binary id, file)`` pairs uploaded raw as ``PUT Binary/<id>``; every id
+    taken from the bundle (entry ids, ``request.url``, the Binary ids) must be a FHIR id, or the
+    bundle fails with the reason before anything is read or sent. ``journal``
     (optional) is consulted and appended to; ``sha256`` identifies the bundle there (default: the
     hash of its canonical JSON). Raises :class:`AuthError` when the server refuses the
     credentials; every other failure is reported in the result (``status == "failed"``).
@@ -242,6 +271,8 @@ def push_bundle(
     result = BundleResult(file=name, status="failed")
     try:
         entries = _check_shape(bundle)
+        for binary_id, _ in binaries:
+            check_id(binary_id, "Binary id")
     except InputError as exc:
         result.error = str(exc)
         return result

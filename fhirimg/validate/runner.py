@@ -15,13 +15,18 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from fhirimg.errors import InputError
+from fhirimg.http.client import TlsSettings
 from fhirimg.validate import invariant_layer, json_layer, model_layer, schema_layer
 from fhirimg.validate.findings import Finding, Layer, Severity
 from fhirimg.validate.validator import ALL_LAYERS, detect_version, validate_resource
+
+if TYPE_CHECKING:  # the workers never talk to a server: no HTTP import for them
+    import httpx
 
 STDIN = "-"
 
@@ -144,11 +149,14 @@ def iter_validate(
     layers: Collection[Layer] = ALL_LAYERS,
     jobs: int = 1,
     server: str | None = None,
+    server_auth: httpx.Auth | None = None,
+    server_tls: TlsSettings | None = None,
 ) -> Iterator[FileResult]:
     """Validate every file under ``paths`` with ``layers``; results come in input order.
 
     With ``server``, each FHIR file is also sent to ``[server]/[type]/$validate`` (raises
-    :class:`fhirimg.errors.ServerUnreachableError` when it cannot be reached).
+    :class:`fhirimg.errors.ServerUnreachableError` when it cannot be reached), with the
+    credentials ``server_auth`` and the CA bundle and client certificate of ``server_tls``.
     """
     wanted = frozenset(layers)
     files = list(discover(paths))
@@ -163,9 +171,12 @@ def iter_validate(
                 data, source="<stdin>", fhir_version=fhir_version, layers=wanted
             )
             if server is not None and result.release is not None:
-                from fhirimg.validate.server import validate_on_server
+                from fhirimg.validate.server import server_client, validate_on_server
 
-                extra = validate_on_server(server, orjson.loads(data), file="<stdin>")
+                with server_client(server, auth=server_auth, tls=server_tls) as client:
+                    extra = validate_on_server(
+                        server, orjson.loads(data), file="<stdin>", client=client
+                    )
                 result = FileResult(
                     result.file, result.release, result.findings + tuple(extra), result.size
                 )
@@ -174,21 +185,28 @@ def iter_validate(
             work.append((f, fhir_version, wanted, f not in explicit))
     if jobs <= 1 or len(work) <= 1:
         results: Iterator[FileResult] = (_one(item) for item in work)
-        yield from _with_server(results, server)
+        yield from _with_server(results, server, server_auth, server_tls)
         return
     chunk = max(1, min(64, len(work) // (jobs * 4)))
     with ProcessPoolExecutor(max_workers=jobs, initializer=_warm, initargs=(wanted,)) as pool:
-        yield from _with_server(pool.map(_one, work, chunksize=chunk), server)
+        yield from _with_server(
+            pool.map(_one, work, chunksize=chunk), server, server_auth, server_tls
+        )
 
 
-def _with_server(results: Iterable[FileResult], server: str | None) -> Iterator[FileResult]:
+def _with_server(
+    results: Iterable[FileResult],
+    server: str | None,
+    auth: httpx.Auth | None = None,
+    tls: TlsSettings | None = None,
+) -> Iterator[FileResult]:
     """Add the ``$validate`` findings of ``server`` to each FHIR file's result (main process)."""
     if server is None:
         yield from results
         return
     from fhirimg.validate.server import server_client, validate_on_server
 
-    with server_client(server) as client:
+    with server_client(server, auth=auth, tls=tls) as client:
         for r in results:
             if r.release is None:
                 yield r
