@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from fhirimg.errors import AuthError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
+from fhirimg.safetext import clean, redact_urls
 
 app = typer.Typer(
     name="fhirimg",
@@ -45,16 +46,34 @@ def configure_logging(verbose: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request's whole URL at INFO, and httpcore its traffic at DEBUG: QIDO-RS and
+    # FHIR search queries carry PatientID, AccessionNumber, names. fhirimg.http logs each request
+    # itself, path only, so theirs stay off at every -v level.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def shown(text: object) -> str:
+    """``text`` (a path, a URL, a server's words) fit for a rich message: terminal control codes
+    removed (:func:`fhirimg.safetext.clean`: an ESC from a server cannot clear the screen or
+    retitle the window) and rich markup escaped (``[bold]`` prints as is).
+
+    >>> shown("refused\\x1b[2J [bold]x[/bold]")
+    'refused \\\\[bold]x\\\\[/bold]'
+    """
+    return escape(clean(text))
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
     """Print ``message`` to stderr as plain text and return the Exit to raise with ``code``.
 
-    Messages hold paths, URLs and server text: escaped, a folder named ``[x]`` or an
-    OperationOutcome saying ``[bold]`` prints as is instead of being read as rich markup (or
-    vanishing). ``soft_wrap``: one error, one line, greppable in a cron mail.
+    Messages hold paths, URLs and server text: through :func:`shown`, an OperationOutcome saying
+    ``[bold]`` or holding an escape sequence prints as text instead of being read as rich markup
+    or by the terminal. ``soft_wrap``: one error, one line, greppable in a cron mail.
     """
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    # redact_urls: a URL with a password in it is never printed, whoever built the message.
+    text = shown(redact_urls(message))
+    err_console.print(f"[bold red]error:[/] {text}", soft_wrap=True, highlight=False)
     return typer.Exit(int(code))
 
 

@@ -14,19 +14,27 @@ from typing import Any, NoReturn
 
 import httpx
 import typer
-from rich.markup import escape
 
 from fhirimg import jsonio
-from fhirimg.cli._app import RESUMABLE, err_console, exit_on_error, fail, server_message
+from fhirimg.cli._app import (
+    RESUMABLE,
+    err_console,
+    exit_on_error,
+    fail,
+    server_message,
+    shown,
+)
 from fhirimg.cli._options import DICOMWEB_PANEL, Network
 from fhirimg.convert import ConvertOptions, ConvertReport
 from fhirimg.dicomweb.client import DicomwebClient
 from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
 from fhirimg.dicomweb.store import store_and_push
 from fhirimg.dicomweb.store_results import DicomwebPushReport, StoreOptions
-from fhirimg.errors import ConfigError, FhirimgError
+from fhirimg.errors import ConfigError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
+from fhirimg.http import ClientCert
 from fhirimg.push import PushOptions
+from fhirimg.safetext import redact_url
 
 PANEL = DICOMWEB_PANEL
 
@@ -93,14 +101,19 @@ def run_push_dicomweb(
     with_fhir: bool,
     json_out: bool,
     quiet: bool,
+    client_cert: ClientCert | None = None,
 ) -> NoReturn:
-    """``push --dicomweb``: STOW-RS the studies' instances, then (``with_fhir``) push the bundles."""
+    """``push --dicomweb``: STOW-RS the studies' instances, then (``with_fhir``) push the bundles.
+    The PACS gets ``push_options``' network settings, but its own ``client_cert``."""
     store_options = StoreOptions(
         dicomweb_url,
         auth=auth,
         timeout=push_options.timeout,
         retry=push_options.retry,
         verify=push_options.verify,
+        client_cert=client_cert,
+        deadline=push_options.deadline,
+        allow_insecure_http=push_options.allow_insecure_http,
         jobs=push_options.jobs,
         journal=push_options.journal,
         force=push_options.force,
@@ -129,25 +142,25 @@ def _print_push(report: DicomwebPushReport, *, json_out: bool, quiet: bool) -> N
     for study in store.studies:
         for instance, reason in study.failed[:5]:
             err_console.print(
-                f"[bold red]not stored:[/] {escape(study.bundle)}: {escape(instance)}: "
-                f"{escape(reason)}",
+                f"[bold red]not stored:[/] {shown(study.bundle)}: {shown(instance)}: "
+                f"{shown(reason)}",
                 soft_wrap=True,
                 highlight=False,
             )
     for name, reason in report.not_pushed:
         err_console.print(
-            f"[yellow]not pushed to FHIR:[/] {escape(name)}: {escape(reason)}", soft_wrap=True
+            f"[yellow]not pushed to FHIR:[/] {shown(name)}: {shown(reason)}", soft_wrap=True
         )
     if report.fhir is not None:
         for result in report.fhir.results:
             if result.status == "failed":
                 err_console.print(
-                    f"[bold red]refused:[/] {escape(result.file)}: {escape(result.error or '')}",
+                    f"[bold red]refused:[/] {shown(result.file)}: {shown(result.error or '')}",
                     soft_wrap=True,
                     highlight=False,
                 )
     if store.aborted:
-        err_console.print(f"[bold red]stopped:[/] {escape(store.aborted)}", soft_wrap=True)
+        err_console.print(f"[bold red]stopped:[/] {shown(store.aborted)}", soft_wrap=True)
     if quiet:
         return
     text = (
@@ -186,7 +199,7 @@ def run_convert_from_dicomweb(
     with (
         exit_on_error(
             codes={OSError: ExitCode.CANNOT_START},
-            message=lambda exc: _write_message(exc, options.out_dir),
+            message=lambda exc: _write_message(exc, options.out_dir, url),
             interrupted=RESUMABLE,
         ),
         DicomwebClient(
@@ -195,13 +208,19 @@ def run_convert_from_dicomweb(
             timeout=network.timeout,
             retry=network.retry,
             verify=network.verify,
+            client_cert=network.dicomweb_cert_pair,
+            deadline=network.max_time,
+            allow_insecure_http=network.allow_insecure_http,
         ) as client,
         progress_bar(progress) as bar,
     ):
         return convert_from_dicomweb(client, query, replace(options), bar)
 
 
-def _write_message(exc: BaseException, out_dir: Path) -> str:
+def _write_message(exc: BaseException, out_dir: Path, url: str) -> str:
+    if isinstance(exc, PushError) and redact_url(url) not in str(exc):
+        # Name the PACS (without credentials): "GET studies: HTTP 401" alone does not say which.
+        return f"cannot use the DICOMweb server {redact_url(url)}: {exc}"
     if isinstance(exc, FhirimgError):
         return server_message(exc)
     return f"cannot write to {out_dir}: {exc}"

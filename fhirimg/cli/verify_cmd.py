@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
-from rich.markup import escape
 
 from fhirimg import jsonio
 from fhirimg.cli._app import (
@@ -22,17 +22,26 @@ from fhirimg.cli._app import (
     exit_on_error,
     fail,
     server_message,
+    shown,
 )
-from fhirimg.cli._options import DicomwebAuth, FhirAuth, RetriesOpt, TimeoutOpt, option_groups
-from fhirimg.dicomweb.verify import VerifyOptions, VerifyReport, verify_bundles, verify_server
+from fhirimg.cli._auth import DICOMWEB, check_url
+from fhirimg.cli._options import DICOMWEB_PANEL, DicomwebAuth, FhirAuth, Network, option_groups
+from fhirimg.dicomweb.verify import (
+    MAX_SEARCH_PAGES,
+    VerifyOptions,
+    VerifyReport,
+    verify_bundles,
+    verify_server,
+)
 from fhirimg.exitcodes import ExitCode
-from fhirimg.http import FhirClient, RetryPolicy
+from fhirimg.http import FhirClient
+from fhirimg.safetext import clean, redact_url
 
 _SHOWN = 10  # differences printed per study; all of them are in --json
 
 
 @app.command("verify")
-@option_groups(auth=FhirAuth, dicomweb_auth=DicomwebAuth)
+@option_groups(auth=FhirAuth, dicomweb_auth=DicomwebAuth, network=Network)
 def verify_command(
     *,
     paths: Annotated[
@@ -56,9 +65,28 @@ def verify_command(
         list[str] | None,
         typer.Option("--study", help="Verify only this Study Instance UID (repeatable)."),
     ] = None,
+    dicomweb_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dicomweb-url",
+            help="A PACS the Endpoints may name (repeatable): only Endpoint addresses of these "
+            "origins are contacted, with the --dicomweb-* credentials; an Endpoint elsewhere is "
+            "reported, not contacted. Required with PACS credentials.",
+            show_default=False,
+            rich_help_panel=DICOMWEB_PANEL,
+        ),
+    ] = None,
+    max_pages: Annotated[
+        int,
+        typer.Option(
+            "--max-pages",
+            min=1,
+            help="FHIR search pages to read at most (100 ImagingStudies each); past it, or "
+            "when a next link repeats a page or leaves the server, verify stops with an error.",
+        ),
+    ] = MAX_SEARCH_PAGES,
     dicomweb_auth: DicomwebAuth,
-    timeout: TimeoutOpt = 60.0,
-    retries: RetriesOpt = 3,
+    network: Network,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -73,23 +101,47 @@ def verify_command(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if server and paths:
         raise fail("give bundle files or --server, not both", ExitCode.USAGE)
+    check_url(server, "--server")
     if not server and any((auth.user, auth.token_url, auth.client_id, auth.scope)):
         raise fail(
             "--user, --token-url, --client-id and --scope are the FHIR server's: give --server",
             ExitCode.USAGE,
         )
+    pacs_urls = _pacs_urls(dicomweb_url or [])
     # The FHIR server's credentials are those of `push --server` (one implementation).
     fhir_auth = auth.build() if server else None
-    retry = RetryPolicy(max_attempts=retries + 1)
+    pacs_auth = dicomweb_auth.build()
+    if pacs_auth is not None and not pacs_urls:
+        raise fail(
+            "PACS credentials need --dicomweb-url naming the PACS they are for: the Endpoint "
+            "addresses come from the ImagingStudies' data, which must not choose where "
+            "credentials go",
+            ExitCode.USAGE,
+        )
     options = VerifyOptions(
-        auth=dicomweb_auth.build(),
-        timeout=timeout,
-        retry=retry,
+        auth=pacs_auth,
+        timeout=network.timeout,
+        retry=network.retry,
+        verify=network.verify,
+        client_cert=network.dicomweb_cert_pair,
+        deadline=network.max_time,
+        allow_insecure_http=network.allow_insecure_http,
         study_uids=tuple(study or ()),
+        pacs_urls=pacs_urls,
+        max_pages=max_pages,
     )
-    with exit_on_error(message=server_message):
+    with exit_on_error(message=lambda exc: shown(server_message(exc))):
         if server:
-            with FhirClient(server, auth=fhir_auth, timeout=timeout, retry=retry) as client:
+            with FhirClient(
+                server,
+                auth=fhir_auth,
+                timeout=network.timeout,
+                retry=network.retry,
+                verify=network.verify,
+                client_cert=network.client_cert_pair,
+                deadline=network.max_time,
+                allow_insecure_http=network.allow_insecure_http,
+            ) as client:
                 report = verify_server(client, options)
         else:
             report = verify_bundles(paths or [Path("fhirimg-out")], options)
@@ -101,28 +153,57 @@ def verify_command(
     raise typer.Exit(int(ExitCode.OK if report.ok else ExitCode.PARTIAL))
 
 
+def _pacs_urls(urls: list[str]) -> tuple[str, ...]:
+    """``--dicomweb-url`` values (each may be a comma-separated list), checked: http(s), no
+    credentials in them; exit 2 otherwise."""
+    out: list[str] = []
+    for url in (u.strip() for given in urls for u in given.split(",")):
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise fail(
+                f"--dicomweb-url wants an http(s) URL, got {redact_url(url)!r}", ExitCode.USAGE
+            )
+        check_url(url, "--dicomweb-url", DICOMWEB)
+        out.append(url)
+    return tuple(out)
+
+
 def _print(report: VerifyReport) -> None:
     for check in report.studies:
         if check.ok:
             continue
-        head = f"[bold red]differs:[/] {escape(check.source)} (study {escape(check.study_instance_uid)})"
+        label = "differs" if check.contacted else "not checked"
+        head = (
+            f"[bold red]{label}:[/] {shown(check.source)} (study {shown(check.study_instance_uid)})"
+        )
         err_console.print(head, soft_wrap=True, highlight=False)
         if check.error:
-            err_console.print(f"    error: {escape(check.error)}", soft_wrap=True)
+            where = f" (PACS {shown(check.endpoint)})" if check.contacted else ""
+            err_console.print(
+                f"    error{where}: {shown(check.error)}", soft_wrap=True, highlight=False
+            )
         lines = [f"missing in PACS: series {s} instance {i}" for s, i in check.missing_in_pacs]
         lines += [f"missing in FHIR: series {s} instance {i}" for s, i in check.missing_in_fhir]
         lines += [
             f"SOP Class differs: {i}: FHIR {f}, PACS {p}" for i, f, p in check.sop_class_differs
         ]
         for line in lines[:_SHOWN]:
-            err_console.print(f"    {line}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"    {clean(line)}", markup=False, highlight=False, soft_wrap=True)
         if len(lines) > _SHOWN:
             err_console.print(f"    ... and {len(lines) - _SHOWN} more (see --json)")
     for source, reason in report.skipped:
-        err_console.print(f"[yellow]skipped:[/] {escape(source)}: {escape(reason)}", soft_wrap=True)
-    differing = sum(1 for s in report.studies if not s.ok)
-    err_console.print(
-        f"verified {len(report.studies)} ImagingStudy(ies): {len(report.studies) - differing} "
-        f"agree with the PACS, {differing} differ; {len(report.skipped)} skipped",
-        highlight=False,
+        err_console.print(
+            f"[yellow]skipped:[/] {shown(source)}: {shown(reason)}", soft_wrap=True, highlight=False
+        )
+    not_contacted = report.not_contacted
+    checked = len(report.studies) - not_contacted
+    differing = sum(1 for s in report.studies if not s.ok and s.contacted)
+    text = (
+        f"verified {checked} ImagingStudy(ies): {checked - differing} agree with the PACS, "
+        f"{differing} differ; {len(report.skipped)} skipped"
     )
+    if not_contacted:
+        text += f"; {not_contacted} not checked (their PACS was not contacted)"
+    err_console.print(text, highlight=False)

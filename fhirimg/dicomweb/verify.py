@@ -117,19 +117,22 @@ class StudyCheck:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The check as JSON; every string came from a server or a file, so control codes are
+        removed (:func:`~fhirimg.safetext.clean`): ``--json`` output is piped to terminals too."""
+        c = clean
         return {
-            "source": self.source,
-            "studyInstanceUid": self.study_instance_uid,
-            "endpoint": self.endpoint,
+            "source": c(self.source),
+            "studyInstanceUid": c(self.study_instance_uid),
+            "endpoint": c(self.endpoint),
             "ok": self.ok,
             "instancesInFhir": self.instances,
             "instancesInPacs": self.in_pacs,
-            "missingInPacs": [{"series": s, "instance": i} for s, i in self.missing_in_pacs],
-            "missingInFhir": [{"series": s, "instance": i} for s, i in self.missing_in_fhir],
+            "missingInPacs": [{"series": c(s), "instance": c(i)} for s, i in self.missing_in_pacs],
+            "missingInFhir": [{"series": c(s), "instance": c(i)} for s, i in self.missing_in_fhir],
             "sopClassDiffers": [
-                {"instance": i, "fhir": f, "pacs": p} for i, f, p in self.sop_class_differs
+                {"instance": c(i), "fhir": c(f), "pacs": c(p)} for i, f, p in self.sop_class_differs
             ],
-            "error": self.error,
+            "error": None if self.error is None else c(self.error),
             "contacted": self.contacted,
         }
 
@@ -157,7 +160,7 @@ class VerifyReport:
             "differing": sum(1 for s in self.studies if not s.ok),
             "notContacted": self.not_contacted,
             "studies": [s.to_json() for s in self.studies],
-            "skipped": [{"source": s, "reason": r} for s, r in self.skipped],
+            "skipped": [{"source": clean(s), "reason": clean(r)} for s, r in self.skipped],
         }
 
 
@@ -199,7 +202,7 @@ def _fhir_instances(study: JSONMapping) -> dict[tuple[str, str], str]:
 def check_study(client: DicomwebClient, study: JSONMapping, source: str) -> StudyCheck:
     """Compare one ImagingStudy with what QIDO-RS lists for its Study Instance UID."""
     uid = _study_uid(study)
-    check = StudyCheck(source, uid, client.base_url)
+    check = StudyCheck(source, uid, client.server)
     fhir = _fhir_instances(study)
     check.instances = len(fhir)
     pacs: dict[tuple[str, str], str] = {}
