@@ -18,6 +18,7 @@ COMMAND_DOCS = {
     "validate": "validate.md",
     "push": "push.md",
     "verify": "dicomweb.md",
+    "watch": "cli.md",
 }
 
 

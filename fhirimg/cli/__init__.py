@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fhirimg.cli import convert_cmd, push_cmd, validate_cmd, verify_cmd  # noqa: F401
+from fhirimg.cli import convert_cmd, push_cmd, validate_cmd, verify_cmd, watch_cmd  # noqa: F401
 from fhirimg.cli._app import app, err_console
 from fhirimg.exitcodes import ExitCode
 

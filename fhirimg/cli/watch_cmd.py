@@ -1,0 +1,280 @@
+"""``fhirimg watch``: read options, call :func:`fhirimg.watch.watch`, print a line per study, exit.
+
+Signals are this module's business, not the library's: the first SIGINT (Ctrl-C) or SIGTERM sets
+the library's stop event, so the studies being converted and pushed are finished before it returns;
+a second SIGINT stops at once (KeyboardInterrupt: the catalog and the journal are crash-safe).
+SIGINT exits 130 like every command, SIGTERM 0 (a service manager stopping a healthy watch).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import typer
+
+from fhirimg.cli._app import (
+    RESUMABLE,
+    QuietOpt,
+    VerboseOpt,
+    app,
+    configure_logging,
+    err_console,
+    exit_on_error,
+    fail,
+    shown,
+)
+from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._options import FhirAuth, FhirVersion, Network, option_groups, push_options
+from fhirimg.cli.convert_cmd import parse_patient_id_systems
+from fhirimg.convert import DEFAULT_OUT, ConvertOptions
+from fhirimg.errors import PushError
+from fhirimg.exitcodes import ExitCode
+from fhirimg.images.binary import BinaryMode
+from fhirimg.images.rendered import MediaOptions
+from fhirimg.mapping import MapOptions
+from fhirimg.safetext import redact_url
+from fhirimg.watch import DEFAULT_INTERVAL, DEFAULT_SETTLE, StudyHandled, watch
+
+_PUSH_PANEL = "Push"
+
+
+@app.command("watch")
+@option_groups(auth=FhirAuth, network=Network)
+def watch_command(
+    *,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="DICOM folders (and files) to watch, searched recursively; network shares too "
+            "(polled, not inotify).",
+            exists=True,
+            metavar="PATH...",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for the bundles, report.json, the catalog and the push journal: all the "
+            "state a restarted watch continues from.",
+            file_okay=False,
+        ),
+    ] = DEFAULT_OUT,
+    push_url: Annotated[
+        str | None,
+        typer.Option(
+            "--push",
+            help="Also push each study's bundle(s), once written, to this FHIR server; the "
+            "server's ImagingStudy is merged, not replaced. Bundles stay in --out.",
+            rich_help_panel=_PUSH_PANEL,
+        ),
+    ] = None,
+    settle: Annotated[
+        float,
+        typer.Option(
+            "--settle",
+            min=0.0,
+            help="Seconds without a new file of a study before it is converted.",
+        ),
+    ] = DEFAULT_SETTLE,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=0.05,
+            help="Seconds between two walks of the PATHs; a file is read once its size and "
+            "mtime are the same on two walks in a row.",
+        ),
+    ] = DEFAULT_INTERVAL,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="One pass for cron: convert (and push) everything new under the PATHs now, "
+            "--settle ignored, and exit with convert's exit code.",
+        ),
+    ] = False,
+    fhir_version: Annotated[
+        FhirVersion,
+        typer.Option(
+            "--fhir-version",
+            help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0).",
+            case_sensitive=False,
+        ),
+    ] = FhirVersion.R4,
+    dicomweb_url: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb-url",
+            help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
+            "that each ImagingStudy references.",
+        ),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
+            "Timezone Offset From UTC.",
+        ),
+    ] = None,
+    patient_id_system: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--patient-id-system",
+            help="Identifier system for Patient IDs whose issuer gives none: a URI, or "
+            "ISSUER=URI for one Issuer of Patient ID (0010,0021). Repeatable.",
+        ),
+    ] = None,
+    binary: Annotated[
+        BinaryMode | None,
+        typer.Option(
+            "--binary",
+            help="Also carry each instance's DICOM bytes as a Binary: 'inline' (base64 in the "
+            "bundle) or 'beside' (<bundle>.binaries/<id>.dcm). Default: none.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    media: Annotated[
+        bool,
+        typer.Option(
+            "--media",
+            help="Also render each image as PNG in a Media (R4) / DocumentReference (R5).",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Validate every bundle with all layers before writing it."),
+    ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, help="Processes for converting (0 = all cores)."),
+    ] = 0,
+    group_readable: Annotated[
+        bool,
+        typer.Option(
+            "--group-readable",
+            help="Files 0640 and new folders 0750 instead of owner-only, for a shared folder.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON line per study handled on stdout (NDJSON)."),
+    ] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    auth: FhirAuth,
+    network: Network,
+) -> None:
+    """Watch DICOM folders: convert each study once no new file of it has arrived for --settle
+    seconds, and with --push send it to a FHIR server (merged with what the server holds).
+
+    One line per study handled on stderr. Restartable: the catalog and the push journal in --out
+    say what was done. Ctrl-C (or SIGTERM) finishes the study at hand, then exits 130 (0 for
+    SIGTERM). --once: one pass, exit codes as for convert: 0, 1 some failed, 2 usage, 3 cannot
+    start.
+    """
+    configure_logging(verbose)
+    check_url(dicomweb_url, "--dicomweb-url", DICOMWEB)
+    check_url(push_url, "--push", FHIR)
+    for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise fail(f"{option} needs an http(s) URL, not {redact_url(url)!r}", ExitCode.USAGE)
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise fail(f"unknown time zone {timezone!r}", ExitCode.USAGE) from None
+    default_system, systems = parse_patient_id_systems(patient_id_system or [])
+    options = ConvertOptions(
+        out_dir=out,
+        fhir_version=fhir_version.value,
+        mapping=MapOptions(
+            timezone=timezone,
+            patient_id_system=default_system,
+            patient_id_systems=systems,
+            dicomweb_url=dicomweb_url,
+        ),
+        jobs=jobs or None,
+        binary=binary,
+        media=MediaOptions() if media else None,
+        strict=strict,
+        group_readable=group_readable,
+    )
+    push = (
+        push_options(push_url, auth, network, group_readable=group_readable) if push_url else None
+    )
+
+    def tell(event: StudyHandled) -> None:
+        if json_out:
+            sys.stdout.write(orjson.dumps(event.as_json()).decode() + "\n")
+            sys.stdout.flush()
+        if not quiet:
+            err_console.print(shown(event.line()), soft_wrap=True, highlight=False)
+
+    stop = threading.Event()
+    stopped_by: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopped_by and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        stopped_by.append(signum)
+        if not quiet:
+            err_console.print("stopping after the study at hand (Ctrl-C again to stop now)")
+        # Event.set from a thread: a handler running inside the loop's own Event.wait must not
+        # take the event's lock that the interrupted code may hold.
+        threading.Thread(target=stop.set, daemon=True).start()
+
+    def message(exc: BaseException) -> str:
+        if isinstance(exc, OSError):
+            return f"cannot write to {out}: {exc.strerror or exc}"
+        if push_url is not None and isinstance(exc, PushError):
+            return f"cannot push to {redact_url(push_url)}: {exc}"
+        return str(exc)
+
+    previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal})
+    try:
+        with exit_on_error(
+            codes={OSError: ExitCode.CANNOT_START}, message=message, interrupted=RESUMABLE
+        ):
+            report = watch(
+                paths,
+                options,
+                settle=settle,
+                interval=interval,
+                once=once,
+                push=push,
+                stop_event=stop,
+                on_study=tell,
+            )
+    finally:
+        _install(previous)
+    if once:
+        if not quiet:
+            s = report.summary()
+            err_console.print(
+                f"{s['studies']['converted']} study bundle(s) written, "
+                f"{s['studies']['failed']} failed; details in {shown(out / 'report.json')}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(int(report.exit_code))
+    if stopped_by and stopped_by[0] == signal.SIGINT:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    raise typer.Exit(int(ExitCode.OK))
+
+
+def _install(handlers: dict[signal.Signals, Any]) -> dict[signal.Signals, Any]:
+    """Install signal handlers (only possible in the main thread); the ones they replace."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
