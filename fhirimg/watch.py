@@ -10,9 +10,9 @@ where inotify sees nothing. So :func:`watch` polls: every ``interval`` seconds i
 2. its header is read (:func:`fhirimg.scan.read_file`, pure) to learn its Study Instance UID, and
    the study's last arrival time is now;
 3. a study is *settled* once no new file of it has arrived for ``settle`` seconds; the settled
-   studies are converted with the library's :func:`fhirimg.convert.convert`, given every file
-   known of those studies (with the output folder's catalog, convert reads only the new or changed
-   ones and rewrites each study's bundle whole; without it, the files given are the whole study);
+   studies are converted together by :func:`fhirimg.convert.convert`, given their new files: with
+   the output folder's catalog, convert adds each study's earlier files and rewrites its bundle
+   whole. (Where convert keeps no catalog, watch gives it every file of the study it has seen.)
 4. with ``push``, the bundles written are pushed with :func:`fhirimg.push.push_paths`, which merges
    each ImagingStudy with the server's and keeps the journal; a push that fails is tried again
    ``settle`` seconds later, and the bundle stays in the output folder meanwhile.
@@ -142,7 +142,7 @@ class StudyHandled:
         if self.parts:
             text += f" (+{len(self.parts)} part file(s))"
         if self.action == "pushed":
-            text = f"study {self.study_instance_uid}: {self.bundle} from an earlier run"
+            text = f"study {self.study_instance_uid}: {self.bundle} (written before)"
         return text + (f", {self.push}" if self.push is not None else ", not pushed")
 
 
@@ -263,7 +263,7 @@ def _check_server(push: PushOptions) -> None:
 
 @dataclass
 class _Study:
-    """A study with files read but not yet converted, or converted before."""
+    """A study with files read and not converted yet (without a catalog: every file seen)."""
 
     files: set[str] = field(default_factory=set)
     new: int = 0  # files read since the last conversion
@@ -366,10 +366,7 @@ class _Watcher:
             for entry in catalog.entries():
                 if entry.status is None or entry.size is None or entry.mtime_ns is None:
                     continue  # read by a run that stopped before writing its study: read again
-                key = os.path.abspath(entry.path)
-                self.handled[key] = (entry.size, entry.mtime_ns)
-                if entry.study_instance_uid:
-                    self._study(entry.study_instance_uid).files.add(key)
+                self.handled[os.path.abspath(entry.path)] = (entry.size, entry.mtime_ns)
         log.info("catalog: %d file(s) converted by earlier runs", len(self.handled))
 
     def _study(self, uid: str) -> _Study:
@@ -425,9 +422,15 @@ class _Watcher:
         for outcome in _unique(outcomes + failed):
             study = self.studies.get(outcome.study_instance_uid)
             events.append(self._event(outcome, study.new if study is not None else 0))
+        # With the catalog, convert knows each study's earlier files: only new ones are given
+        # next time, and nothing is kept here. Without it, every file of the study is given.
+        incremental = (self.out / STATE_DIR / CATALOG_NAME).is_file()
         for uid in uids:
-            self.studies[uid].due = False
-            self.studies[uid].new = 0
+            if incremental:
+                del self.studies[uid]
+            else:
+                self.studies[uid].due = False
+                self.studies[uid].new = 0
         self._push_and_tell(events, catch_up=False)
 
     def _convert(self, paths: Iterable[str | Path], outcomes: list[StudyOutcome]) -> ConvertReport:
