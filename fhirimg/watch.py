@@ -353,7 +353,7 @@ class _Watcher:
                 for uid, study in self.studies.items()
                 if study.due and started - study.last_arrival >= self.settle
             ]
-            if due:
+            if due and not self.stop.is_set():
                 self._convert_studies(due)
             self._retry_pushes()
             self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
@@ -378,6 +378,8 @@ class _Watcher:
         now = time.monotonic()
         current: dict[str, Signature] = {}
         for path in iter_files(self.roots, exclude=[self.out]):
+            if self.stop.is_set():
+                break  # a long first walk (a backlog) need not end before stopping
             key = os.path.abspath(path)
             try:
                 st = os.stat(key)

@@ -4,6 +4,7 @@ Signals are this module's business, not the library's: the first SIGINT (Ctrl-C)
 the library's stop event, so the studies being converted and pushed are finished before it returns;
 a second SIGINT stops at once (KeyboardInterrupt: the catalog and the journal are crash-safe).
 SIGINT exits 130 like every command, SIGTERM 0 (a service manager stopping a healthy watch).
+``--once`` is a single convert call and keeps Python's default: Ctrl-C stops it at once (130).
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ def watch_command(
             return f"cannot push to {redact_url(push_url)}: {exc}"
         return str(exc)
 
-    previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal})
+    # --once is one convert call: Ctrl-C stops it at once, as it stops convert.
+    previous = {} if once else _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal})
     try:
         with exit_on_error(
             codes={OSError: ExitCode.CANNOT_START}, message=message, interrupted=RESUMABLE
