@@ -446,7 +446,57 @@ def test_endpoint_union() -> None:
         {"reference": "Endpoint/1", "display": "PACS"},
         {"reference": "Endpoint/3"},
     ]
-    assert merged["series"][0]["endpoint"] == [{"reference": "Endpoint/9"}]
+    # The old conversion put the series at Endpoint/9; the new one lists it without a
+    # series.endpoint, so at its study endpoints: the series lives at all of them.
+    assert merged["series"][0]["endpoint"] == [
+        {"reference": "Endpoint/9"},
+        {"reference": "Endpoint/3"},
+        {"reference": "Endpoint/1", "display": "PACS"},
+    ]
+
+
+def test_two_sources_say_where_each_series_lives() -> None:
+    """Issue 10 item 5: a study held by two PACS lists both endpoints; a series only one holds
+    names that one in series.endpoint; a series both hold names none (it is at every one)."""
+    shared, only_a, only_b = "1.2.840.99.1", "1.2.840.99.2", "1.2.840.99.3"
+    pacs_a = study(
+        [
+            series(shared, [instance(shared + ".1", 1)], 1),
+            series(only_a, [instance(only_a + ".1", 1)], 2),
+        ],
+        endpoint=[{"reference": "Endpoint/a"}],
+    )
+    pacs_b = study(
+        [
+            series(shared, [instance(shared + ".1", 1)], 1),
+            series(only_b, [instance(only_b + ".1", 1)], 3),
+        ],
+        endpoint=[{"reference": "Endpoint/b"}],
+    )
+    merged = merge_imaging_study(pacs_a, pacs_b, "r4")
+    assert merged["endpoint"] == [{"reference": "Endpoint/a"}, {"reference": "Endpoint/b"}]
+    where = {s["uid"]: s.get("endpoint") for s in merged["series"]}
+    assert where == {
+        shared: None,
+        only_a: [{"reference": "Endpoint/a"}],
+        only_b: [{"reference": "Endpoint/b"}],
+    }
+    # Either order, and pushing either conversion again, gives the same answer.
+    assert merge_imaging_study(pacs_b, pacs_a, "r4")["series"] == merged["series"]
+    assert merge_imaging_study(merged, pacs_a, "r4") == merged
+    assert merge_imaging_study(merged, pacs_b, "r4", newer=False) == merged
+    # The series only PACS A held reaches PACS B too: it then lives at both.
+    later_b = study(
+        [series(only_a, [instance(only_a + ".1", 1)], 2)], endpoint=[{"reference": "Endpoint/b"}]
+    )
+    again = merge_imaging_study(merged, later_b, "r4")
+    assert {s["uid"]: s.get("endpoint") for s in again["series"]}[only_a] == [
+        {"reference": "Endpoint/a"},
+        {"reference": "Endpoint/b"},
+    ]
+    # One source only: no series.endpoint (as fhirimg writes it).
+    same = merge_imaging_study(pacs_a, pacs_a, "r4")
+    assert all("endpoint" not in s for s in same["series"])
 
 
 def test_endpoint_resolved_before_merging() -> None:

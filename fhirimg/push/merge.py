@@ -23,8 +23,13 @@ says ``newer=False`` (an old bundle pushed again):
   when only the older conversion had the Binary.
 - **Study-level elements**: the newer one's, unless it lacks them. ``identifier`` is the union by
   (system, value); ``modality`` the union by code (R4 Coding, R5 CodeableConcept alike);
-  ``endpoint`` (study and series) the union by reference string. Lists keep the existing resource's
-  order, then add the incoming one's new members.
+  ``endpoint`` the union by reference string. Lists keep the existing resource's order, then add
+  the incoming one's new members.
+- **Where a series lives** (``series.endpoint``, issue 10 item 5): a series is at its own
+  ``series.endpoint``, else at its conversion's study ``endpoint``; the merged series is at the
+  union over the conversions that hold it, written out only when that is not every endpoint of
+  the merged study (two PACS, a series only one holds) or a conversion named its own
+  (:func:`_series_endpoints`).
 - **Counts**: ``series.numberOfInstances`` is the number of instances the merged series lists (a
   series listing none: see above); ``numberOfSeries`` and ``numberOfInstances`` are
   recomputed from the merged series (``fhir-imaging-spec.md``: never smaller than what is listed).
@@ -301,6 +306,9 @@ def _merge_series(old: JSONMapping, new: JSONMapping, newer: bool) -> list[JSON]
     for iuid, series_uid in home.items():
         instance = _merge_fields(was.instances.get(iuid), now.instances.get(iuid), newer)
         members.setdefault(series_uid, []).append(_ordered(instance, _INSTANCE_ORDER))
+    study_endpoints = _union(
+        old.get("endpoint", []), new.get("endpoint", []), _reference_key, newer
+    )
     out: list[JSON] = []
     for uid in dict.fromkeys([*was.series, *now.series]):
         instances = members.get(uid, [])
@@ -308,11 +316,45 @@ def _merge_series(old: JSONMapping, new: JSONMapping, newer: bool) -> list[JSON]
         if not instances and claim is None:
             continue  # its instances all moved to another series, or it never listed any
         series = _merge_fields(was.series.get(uid), now.series.get(uid), newer)
+        series.pop("endpoint", None)
+        where = _series_endpoints(
+            (old, was.series.get(uid)), (new, now.series.get(uid)), study_endpoints, newer
+        )
+        if where:
+            series["endpoint"] = where
         series["numberOfInstances"] = len(instances) if instances else claim
         if instances:
             series["instance"] = sorted(instances, key=_number_key)
         out.append(_ordered(series, _SERIES_ORDER))
     return sorted(out, key=_number_key)
+
+
+def _series_endpoints(
+    old: tuple[JSONMapping, JSONMapping | None],
+    new: tuple[JSONMapping, JSONMapping | None],
+    study_endpoints: Sequence[Any],
+    newer: bool,
+) -> list[Any]:
+    """ImagingStudy.series.endpoint ("Series access endpoint") of a merged series: where it lives.
+
+    In each conversion that holds the series, it lives at its own ``series.endpoint``, else at
+    that conversion's study ``endpoint`` (a series without one is at every study endpoint). The
+    merged series lives at the union of those. It is written out when a conversion gave the
+    series its own endpoint, or when the union is not every endpoint of the merged study (a study
+    held by two PACS, a series only one of them holds); otherwise it is left out, as fhirimg
+    writes it. Unknown (neither says): left out.
+    """
+    held = [
+        list(series["endpoint"]) if series.get("endpoint") else list(study.get("endpoint", []))
+        for study, series in (old, new)
+        if series is not None
+    ]
+    where = _union(held[0], held[1] if len(held) > 1 else [], _reference_key, newer)
+    if not where:
+        return []
+    own = any(series is not None and series.get("endpoint") for _, series in (old, new))
+    everywhere = {_reference_key(e) for e in where} == {_reference_key(e) for e in study_endpoints}
+    return where if own or not everywhere else []
 
 
 def _number_key(element: JSONMapping) -> tuple[int, int, str]:
