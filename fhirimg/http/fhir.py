@@ -145,6 +145,13 @@ class FhirClient(HttpClient):
         )
         return _json_of(response)
 
+    def pause(self, attempt: int) -> None:
+        """Wait the retry policy's backoff after failed attempt ``attempt`` of a step the caller
+        repeats itself (a merge re-read after a version conflict); :class:`PushError` when the
+        client is stopped (:meth:`stop`) meanwhile."""
+        if self._stop.wait(self.retry.delay(attempt)):
+            raise PushError("stopped while waiting to retry")
+
     def put_binary(
         self,
         binary_id: str,

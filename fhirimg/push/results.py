@@ -85,12 +85,21 @@ class BundleResult:
     planned: list[PlannedRequest] = field(default_factory=list)
     learned_limit: int | None = None
     unreachable: bool = False
+    merge: str | None = None
+    """What became of the bundle's ImagingStudy: ``created`` (the server had none), ``merged``
+    (into the server's), ``unchanged`` (the server's already held all of it); None without one."""
+    conflicts: int = 0
+    """Version conflicts met (and retried) writing the merged ImagingStudy."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("references")
         out.pop("learned_limit")
         out.pop("unreachable")
+        if self.merge is None:
+            out.pop("merge")
+        if not self.conflicts:
+            out.pop("conflicts")
         if self.status != "planned":
             out.pop("planned")
         return out

@@ -23,6 +23,7 @@ from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, Serve
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.files import check_id
 from fhirimg.push.journal import Journal
+from fhirimg.push.merge import SERVER_META, current_from_search, merge_bundle
 from fhirimg.push.results import BundleResult, PlannedRequest, PushObserver
 from fhirimg.push.split import (
     conditional_reference,
@@ -34,10 +35,12 @@ from fhirimg.push.split import (
     urn_references,
 )
 from fhirimg.safetext import clean
+from fhirimg.validate.validator import detect_version
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MERGE_ATTEMPTS",
     "CreateGate",
     "conditional_keys",
     "push_bundle",
@@ -170,13 +173,15 @@ def _send_entries(
     auto_split: bool,
     result: BundleResult,
     observer: PushObserver,
-) -> None:
-    """Send the entries as one transaction, or as pieces (see :mod:`fhirimg.push.split`)."""
+) -> dict[str, str]:
+    """Send the entries as one transaction, or as pieces (see :mod:`fhirimg.push.split`); return
+    each entry's ``response.status`` by its ``fullUrl``."""
     whole = max_entries is None or len(entries) <= max_entries
     queue: deque[list[Mapping[str, Any]]] = deque(
         [list(entries)] if whole else plan_pieces(entries, max_entries or len(entries))
     )
     mapping: dict[str, str] = {}
+    statuses: dict[str, str] = {}
     while queue:
         piece = queue.popleft()
         body: Mapping[str, Any]
@@ -213,11 +218,14 @@ def _send_entries(
             status = str((answer.get("response") or {}).get("status", ""))
             if status and not status.lstrip().startswith("2"):
                 raise PushError(f"entry {entry.get('fullUrl')} answered {status}")
+            if entry.get("fullUrl"):
+                statuses[str(entry["fullUrl"])] = status.strip()
             ref = reference_from_location((answer.get("response") or {}).get("location"))
             ref = ref or conditional_reference(entry)
             if ref and entry.get("fullUrl"):
                 mapping[str(entry["fullUrl"])] = ref
     result.references = mapping
+    return statuses
 
 
 def _plan_bundle(
@@ -297,7 +305,7 @@ def push_bundle(
     confirmed = False
     try:
         _upload_binaries(client, bundle, binaries, journal, result, observer)
-        _send_entries(client, bundle, entries, max_entries, auto_split, result, observer)
+        _send_merging(client, bundle, entries, max_entries, auto_split, result, observer)
         confirmed = True
     except AuthError:
         raise
@@ -389,3 +397,192 @@ def _resolve_one(client: FhirClient, ref: str, cache: dict[str, str]) -> str:
             raise PushError(f"conditional reference {ref} matches {len(matches)} resources, not 1")
         cache[ref] = f"{matches[0]['resourceType']}/{matches[0]['id']}"
     return cache[ref]
+
+
+# --------------------------------------------------------------------------- merging the study
+
+MERGE_ATTEMPTS = 5
+"""Read-merge-write rounds for one bundle's ImagingStudy before a version conflict fails it."""
+
+_CONFLICT_STATUSES = (409, 412)  # 412 Precondition Failed (If-Match); some servers say 409
+
+
+def _study_index(entries: Sequence[Mapping[str, Any]]) -> int | None:
+    found = [
+        i
+        for i, e in enumerate(entries)
+        if (e.get("resource") or {}).get("resourceType") == "ImagingStudy"
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _study_search(entry: Mapping[str, Any]) -> str | None:
+    """The search that finds the entry's ImagingStudy on the server: the query of its conditional
+    ``PUT ImagingStudy?identifier=urn:dicom:uid|...`` (or its ``ifNoneExist``), else one made from
+    its ``urn:dicom:uid`` identifier (0020,000D) Study Instance UID."""
+    ref = conditional_reference(entry)
+    if ref and ref.startswith("ImagingStudy?"):
+        return ref
+    for identifier in (entry.get("resource") or {}).get("identifier") or []:
+        if isinstance(identifier, Mapping) and identifier.get("system") == "urn:dicom:uid":
+            if isinstance(identifier.get("value"), str):
+                return f"ImagingStudy?identifier=urn:dicom:uid|{identifier['value']}"
+    return None
+
+
+def _uids(study: Mapping[str, Any]) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for series in study.get("series") or []:
+        out.add(("series", str(series.get("uid"))))
+        for instance in series.get("instance") or []:
+            out.add(("instance", str(instance.get("uid"))))
+    return out
+
+
+def _is_older(incoming: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether ``incoming`` is taken for an older conversion than the server's study: its series
+    and instances are a proper subset of the server's (docs/push.md "Merging")."""
+    return _uids(incoming) < _uids(current)
+
+
+def _without_server_meta(resource: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(resource)
+    meta = {k: v for k, v in (out.pop("meta", None) or {}).items() if k not in SERVER_META}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return bool(jsonio.dumps(_sorted(a)) == jsonio.dumps(_sorted(b)))
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _resolve_for_merge(
+    client: FhirClient, entries: Sequence[Mapping[str, Any]], study: Mapping[str, Any]
+) -> dict[str, str]:
+    """Server references of the entries the ImagingStudy references (its Patient, its Endpoint),
+    by ``fullUrl``, so that the bundle's ``urn:uuid:`` and the server's ``Endpoint/12`` count as
+    one Endpoint in the merge. An entry the server holds none (or several) of is left out: the
+    transaction creates it, and the merged study keeps its ``urn:uuid:`` reference."""
+    wanted = urn_references(study.get("resource") or {})
+    resolved: dict[str, str] = {}
+    for entry in entries:
+        full_url = entry.get("fullUrl")
+        if entry is study or not isinstance(full_url, str) or full_url not in wanted:
+            continue
+        ref = conditional_reference(entry)
+        if not ref:
+            continue
+        if "?" not in ref:
+            resolved[full_url] = ref  # PUT Type/id: the id is the bundle's own
+            continue
+        found = client.get_json(ref)
+        matches = [
+            e["resource"]
+            for e in found.get("entry") or []
+            if (e.get("search") or {}).get("mode", "match") == "match"
+            and isinstance(e.get("resource"), dict)
+        ]
+        if len(matches) == 1 and isinstance(matches[0].get("id"), str):
+            resolved[full_url] = f"{matches[0]['resourceType']}/{matches[0]['id']}"
+    return resolved
+
+
+def _merged(
+    client: FhirClient,
+    bundle: Mapping[str, Any],
+    entries: Sequence[Mapping[str, Any]],
+    index: int,
+    search: str,
+    result: BundleResult,
+) -> dict[str, Any]:
+    """The bundle to send now: its ImagingStudy merged into the server's current one
+    (:func:`fhirimg.push.merge.merge_bundle`); without the ImagingStudy entry at all when the
+    server's already holds everything it would write."""
+    current = current_from_search(client.get_json(search))
+    if current is None:
+        result.merge = "created"
+        return merge_bundle(bundle, None, detect_version(bundle))
+    study = entries[index]
+    resolved = _resolve_for_merge(client, entries, study)
+    newer = not _is_older(study.get("resource") or {}, current)
+    merged = merge_bundle(bundle, current, detect_version(bundle), newer=newer, resolved=resolved)
+    resource = merged["entry"][index]["resource"]
+    if not _same(resource, _without_server_meta(current)):
+        result.merge = "merged"
+        return merged
+    # Nothing to write: an older or the same conversion pushed again. Its other entries point at
+    # the server's study instead (a PUT would make a new version on servers that always do).
+    result.merge = "unchanged"
+    rest = [e for i, e in enumerate(merged["entry"]) if i != index]
+    full_url = study.get("fullUrl")
+    if isinstance(full_url, str):
+        rest = rewrite_references(rest, {full_url: f"ImagingStudy/{current['id']}"})
+    return {**merged, "entry": rest}
+
+
+def _send_merging(
+    client: FhirClient,
+    bundle: Mapping[str, Any],
+    entries: list[dict[str, Any]],
+    max_entries: int | None,
+    auto_split: bool,
+    result: BundleResult,
+    observer: PushObserver,
+) -> None:
+    """Send the bundle with its ImagingStudy merged into the server's, never replacing it (issue
+    10): read the server's study, merge, write conditionally on the version read
+    (``request.ifMatch``), or create conditionally (``ifNoneExist``) when there was none. A
+    version conflict (409/412, or ``200 OK`` instead of ``201 Created`` for the create: another
+    writer was first) re-reads and merges the original bundle again, after the retry policy's
+    backoff, at most :data:`MERGE_ATTEMPTS` times; then :class:`PushError`.
+    """
+    index = _study_index(entries)
+    search = _study_search(entries[index]) if index is not None else None
+    if index is None or search is None:
+        _send_entries(client, bundle, entries, max_entries, auto_split, result, observer)
+        return
+    why = ""
+    status: int | None = None
+    for attempt in range(1, MERGE_ATTEMPTS + 1):
+        merged = _merged(client, bundle, entries, index, search, result)
+        sent = merged["entry"]
+        try:
+            statuses = _send_entries(
+                client, merged, sent, max_entries, auto_split, result, observer
+            )
+        except PushError as exc:
+            if exc.status not in _CONFLICT_STATUSES or result.merge != "merged":
+                raise  # only a write conditional on the version read (ifMatch) can conflict
+            why, status = f"HTTP {exc.status}", exc.status
+        else:
+            if result.merge != "created":
+                return
+            answer = statuses.get(str(sent[index].get("fullUrl")), "")
+            if not answer.startswith("200"):
+                return
+            # The conditional create found a study: another writer created it after our read.
+            why, status = "created by another writer meanwhile", 412
+        result.conflicts += 1
+        log.info(
+            "%s: the ImagingStudy changed on the server while merging (%s); re-reading (%d/%d)",
+            result.file,
+            why,
+            attempt,
+            MERGE_ATTEMPTS,
+        )
+        if attempt < MERGE_ATTEMPTS:
+            client.pause(attempt)
+    raise PushError(
+        f"the ImagingStudy changed on the server during each of {MERGE_ATTEMPTS} attempts to "
+        f"merge into it (last: {why}); nothing of it was lost, push again later",
+        status=status,
+    )
