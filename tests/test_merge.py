@@ -728,3 +728,51 @@ def test_merged_bundles_validate(study_a: Any, tmp_path: Path) -> None:
     assert merged["numberOfInstances"] == 6
     assert merged["id"] == "study-a"
     assert "meta" not in merged
+
+
+def test_push_bundle_merges_in_the_bundles_release(study_a: Any) -> None:
+    """push_bundle's read-merge-write against a mock server, R4 and R5 alike (the FHIR test
+    server is R4 only): the late localizer's bundle goes as PUT ImagingStudy/<id> with ifMatch,
+    holding the union in the bundle's release, with the server's Endpoint referenced once."""
+    import httpx
+
+    from fhirimg.http import FhirClient, RetryPolicy
+    from fhirimg.push import push_bundle
+
+    release, converted = study_a
+    server = {**_study(converted["ct"]), "id": "s1", "meta": {"versionId": "4"}}
+    server["subject"] = {"reference": "Patient/p1"}
+    server["endpoint"] = [{"reference": "Endpoint/e1"}]
+    found = {"Patient": "p1", "Endpoint": "e1", "ImagingStudy": None}
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            rtype = request.url.path.rsplit("/", 1)[-1]
+            resource = server if rtype == "ImagingStudy" else {"resourceType": rtype}
+            if found[rtype]:
+                resource = {**resource, "id": found[rtype]}
+            entry = [{"resource": resource, "search": {"mode": "match"}}]
+            return httpx.Response(200, json={"resourceType": "Bundle", "entry": entry})
+        body = jsonio.loads(request.content)
+        sent.append(body)
+        answers = [{"response": {"status": "200 OK"}} for _ in body["entry"]]
+        return httpx.Response(200, json={"resourceType": "Bundle", "entry": answers})
+
+    retry = RetryPolicy(max_attempts=1)
+    with FhirClient(
+        "http://fhir.test/r4", retry=retry, transport=httpx.MockTransport(handler)
+    ) as c:
+        result = push_bundle(c, converted["localizer"])
+    assert (result.status, result.merge, result.conflicts) == ("pushed", "merged", 0), result.error
+    (body,) = sent
+    (entry,) = [e for e in body["entry"] if e["resource"]["resourceType"] == "ImagingStudy"]
+    assert entry["request"] == {"method": "PUT", "url": "ImagingStudy/s1", "ifMatch": 'W/"4"'}
+    merged = entry["resource"]
+    assert merged["numberOfInstances"] == 6
+    assert merged["endpoint"] == [{"reference": "Endpoint/e1"}]
+    assert merged["subject"] == {"reference": "Patient/p1"}
+    assert all("endpoint" not in s for s in merged["series"])  # one source: the study's
+    whole = {**_study(converted["all"]), "id": "s1", "subject": server["subject"]}
+    assert merged == {**whole, "endpoint": server["endpoint"]}
+    assert ("coding" in merged["modality"][0]) == (release == "r5")
