@@ -19,6 +19,11 @@ are pydicom's own.
 
 Only one frame is turned into an image (``pydicom.pixels.pixel_array(..., index=)``); memory follows
 one instance (its Pixel Data element), never a study.
+
+Nothing a file holds may stop a run: every failure to decode, convert or encode its pixels becomes a
+:class:`~fhirimg.errors.RenderError` (the image is reported as not rendered, the study is written).
+That includes a panic of a decoder written in Rust (pylibjpeg-rle, through pyo3): pyo3 raises it as
+``pyo3_runtime.PanicException``, a *BaseException*, which ``except Exception`` does not catch.
 """
 
 from __future__ import annotations
@@ -193,6 +198,28 @@ def colour(ds: Any, frame: NDArray[Any]) -> NDArray[np.uint8]:
     return np.asarray(np.clip(frame, 0, 255), dtype=np.uint8)
 
 
+def _image(pixels: NDArray[np.uint8], mode: str, size: int | None) -> Any:
+    """A Pillow image of one decoded frame: rows x columns (x 3 for RGB), fitted into ``size``.
+
+    Raises :class:`RenderError` for an array Pillow cannot take as one frame: more frames decoded
+    than (0028,0008) Number of Frames says (a bare dataset whose pixels hold several), or samples
+    that do not match the photometric interpretation.
+    """
+    from PIL import Image
+
+    want, layout = (3, "rows x columns x 3") if mode == "RGB" else (2, "rows x columns")
+    shape = tuple(int(n) for n in pixels.shape)
+    if pixels.ndim != want or (mode == "RGB" and shape[-1] != 3):
+        raise RenderError(f"cannot render pixel data: decoded as {shape}, not one {layout} frame")
+    try:
+        image = Image.fromarray(np.ascontiguousarray(pixels), mode=mode)
+        if size:
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    except Exception as exc:  # Pillow on an array it cannot take: this image only
+        raise RenderError(f"cannot render pixel data {shape}: {_failure(exc)}") from None
+    return image
+
+
 def _encode(image: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpeg":
@@ -200,6 +227,28 @@ def _encode(image: Any, fmt: str) -> bytes:
     else:
         image.save(buf, "PNG")
     return buf.getvalue()
+
+
+def is_decoder_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a panic of a Rust extension (pyo3's ``pyo3_runtime.PanicException``).
+
+    pyo3 makes the class at run time in no importable module, so it is recognised by its module
+    and name; anything else that is not an :class:`Exception` (KeyboardInterrupt, SystemExit,
+    GeneratorExit) is not a decoder failure and must go on.
+
+    >>> is_decoder_panic(ValueError("x")), is_decoder_panic(KeyboardInterrupt())
+    (False, False)
+    """
+    return any(
+        cls.__module__ == "pyo3_runtime" and cls.__name__ == "PanicException"
+        for cls in type(exc).__mro__
+    )
+
+
+def _failure(exc: BaseException) -> str:
+    """``Type: message`` of a decoder or imaging failure, one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def has_pixel_data(ds: Any) -> bool:
@@ -256,20 +305,22 @@ def render_file(
             mode = "L"
         else:
             pixels = colour(ds, arr)
-            mode = "RGB" if pixels.ndim == 3 else "L"
-    except Exception as exc:  # decoder plugins raise many types; report, never crash the study
+            mode = "RGB" if pixels.ndim >= 3 else "L"
+    except BaseException as exc:  # decoder plugins raise many types; report, never crash the study
+        if not isinstance(exc, Exception) and not is_decoder_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit: not about this file
         ts = ds.file_meta.get("TransferSyntaxUID")
         name = getattr(ts, "name", ts)
-        raise RenderError(
-            f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}"
-        ) from None
+        why = _failure(exc)
+        if is_decoder_panic(exc):  # a bug of the decoder's, met on this file's bytes
+            why = "the decoder panicked: " + why.removeprefix("PanicException: ")
+        raise RenderError(f"cannot decode pixel data ({name}): {why}") from None
 
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(pixels), mode=mode)
-    if size:
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    data = _encode(image, fmt)
+    image = _image(pixels, mode, size)
+    try:
+        data = _encode(image, fmt)
+    except Exception as exc:  # this image only, never the study
+        raise RenderError(f"cannot encode the image as {fmt}: {_failure(exc)}") from None
     return Rendered(
         data=data,
         content_type=FORMATS[fmt],
