@@ -62,7 +62,7 @@ from types import TracebackType
 from typing import Any
 
 from fhirimg import jsonio
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import CatalogError
 from fhirimg.folderlock import state_dir
 from fhirimg.group import PackedRecord
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
@@ -130,19 +130,6 @@ _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR", "SQLITE_SCHEMA", 
 
 Result = InstanceRecord | PackedRecord | FileProblem
 """What reading one file gives."""
-
-
-class CatalogError(FhirimgError):
-    """The catalog cannot be used: corrupt, written by a newer fhirimg, or not writable.
-
-    Defined here until it moves to :mod:`fhirimg.errors`. ``rebuild`` is True when re-running
-    with ``--full`` (discarding the catalog) is the cure, and the message then says so.
-    """
-
-    def __init__(self, message: str, path: Path, rebuild: bool = True) -> None:
-        super().__init__(message)
-        self.path = path
-        self.rebuild = rebuild
 
 
 class Change(StrEnum):
@@ -698,6 +685,13 @@ class Catalog:
                 "INSERT OR REPLACE INTO study (uid, dirty, outcome) VALUES (?, ?, ?)",
                 (study_uid, int(not ok), doc),
             )
+
+    def mark_dirty(self, study_uids: Iterable[str]) -> None:
+        """Have these studies written again although no file of theirs changed (their bundle
+        files were deleted, say). One transaction."""
+        with self._guard(), self._db:
+            for uid in study_uids:
+                self._dirty(uid)
 
     def forget_study(self, study_uid: str) -> None:
         """Drop a study that has no files left (after its bundle is deleted)."""

@@ -13,13 +13,28 @@ The pipeline is scan -> group -> map -> bundle -> validate -> write:
    ``max_entries`` / ``max_bundle_mb`` (the choice is :func:`_study_writer`);
 4. ``report.json`` accounts for every input file: converted, skipped, duplicate or failed.
 
+Incremental (docs/incremental.md): the output folder keeps a catalog of every input file seen
+(:class:`fhirimg.catalog.Catalog`, ``<out>/.fhirimg/catalog.sqlite``). A run into a folder reads
+only the files that are new or changed since they were recorded, rebuilds only the studies those
+touch, from every record the catalog holds for them (so each rewritten bundle holds the study's
+earlier instances too), and leaves every other bundle file alone: an unchanged tree rewrites no
+bundle. A recorded file that disappeared stays in its study (reported ``missing``) unless
+``prune_missing``; ``full`` discards the catalog first. ``report.json`` describes the whole folder
+(from the catalog), this run, and the history of runs. The whole run holds the folder's
+:class:`fhirimg.folderlock.FolderLock`: one writer at a time.
+
 Nothing here prints: progress goes to an optional callback, results come back as a
 :class:`ConvertReport`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import os
+import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +43,11 @@ from typing import Any, TypeVar
 
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
+from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunRecord
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
+from fhirimg.folderlock import STATE_DIR, FolderLock
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaOptions
@@ -41,6 +58,8 @@ from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.safetext import refuse_url_credentials
 from fhirimg.scan import iter_files, read_file
 from fhirimg.validate import resource_errors
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("fhirimg-out")
 REPORT_NAME = "report.json"
@@ -75,6 +94,15 @@ class ConvertOptions:
     group_readable: bool = False
     """Write files 0640 and folders 0750 (a shared research folder); by default what holds
     patient data is owner-only: files 0600, the folders fhirimg creates 0700."""
+    full: bool = False
+    """Ignore the output folder's catalog: discard it, read every file and rewrite every study
+    (the catalog is rebuilt). By default a run reads only new and changed files."""
+    prune_missing: bool = False
+    """Drop the files that disappeared since they were recorded from their studies (whose
+    bundles are rewritten without them); by default they stay, reported as missing."""
+    lock_wait: float | None = None
+    """Seconds to wait while another run writes to the output folder (None or 0: fail at once
+    with :class:`~fhirimg.errors.FolderLockedError`; ``math.inf``: as long as it takes)."""
 
     @property
     def modes(self) -> jsonio.Modes:
@@ -87,6 +115,8 @@ class ConvertOptions:
         every bundle's Endpoint)."""
         get_release(self.fhir_version)
         self.pixels()
+        if self.lock_wait is not None and (math.isnan(self.lock_wait) or self.lock_wait < 0):
+            raise ConfigError("lock_wait must be a number of seconds >= 0")
         refuse_url_credentials(
             self.mapping.dicomweb_url,
             "the DICOMweb URL",
@@ -168,16 +198,106 @@ class StudyOutcome:
             out["errors"] = list(self.errors)
         return out
 
+    @classmethod
+    def from_json(cls, doc: JSON) -> StudyOutcome:
+        """The outcome :meth:`as_json` gave (as the catalog keeps it for a study not rewritten).
+
+        >>> o = StudyOutcome("1.2", "study-x.json", 1, 2, warnings=("w",), binaries=2)
+        >>> StudyOutcome.from_json(o.as_json()) == o
+        True
+        """
+        written = doc.get("status") == "written"
+        binaries, media = doc.get("binaries"), doc.get("renderedImages")
+        return cls(
+            study_instance_uid=str(doc["studyInstanceUid"]),
+            bundle=str(doc["bundle"]) if written and doc.get("bundle") else None,
+            series=int(doc.get("series", 0)),
+            instances=int(doc.get("instances", 0)),
+            warnings=tuple(doc.get("warnings", ())),
+            errors=tuple(doc.get("errors", ())),
+            parts=tuple(doc.get("parts", ())),
+            binaries=None if binaries is None else int(binaries),
+            media=None if media is None else int(media),
+            media_failures=tuple((f["path"], f["reason"]) for f in doc.get("renderFailures", ())),
+            push=doc.get("push"),
+            push_issues=tuple(doc.get("pushIssues", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did, next to the whole folder's state that :class:`ConvertReport` holds.
+
+    Files: ``new`` (not in the catalog), ``changed`` (size, mtime, ctime or inode differ, or
+    too recent to trust: read again), ``unchanged`` (not read), ``missing`` (recorded, gone,
+    still in their studies), ``pruned`` (gone and dropped, ``prune_missing``). Studies:
+    ``written`` and ``failed`` this run, ``removed`` (no file left: bundle deleted),
+    ``unchanged`` (bundle not touched).
+    """
+
+    full: bool = False
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    pruned: int = 0
+    written: int = 0
+    failed: int = 0
+    removed: int = 0
+    studies_unchanged: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Flat counts, as the catalog's history of runs keeps them."""
+        return {
+            "new": self.new,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "missing": self.missing,
+            "pruned": self.pruned,
+            "studiesWritten": self.written,
+            "studiesFailed": self.failed,
+            "studiesRemoved": self.removed,
+            "studiesUnchanged": self.studies_unchanged,
+        }
+
+    def as_json(self) -> JSON:
+        return {
+            "full": self.full,
+            "files": {
+                "new": self.new,
+                "changed": self.changed,
+                "unchanged": self.unchanged,
+                "missing": self.missing,
+                "pruned": self.pruned,
+            },
+            "studies": {
+                "written": self.written,
+                "failed": self.failed,
+                "removed": self.removed,
+                "unchanged": self.studies_unchanged,
+            },
+        }
+
 
 @dataclass
 class ConvertReport:
-    """The result of :func:`convert`: counts per file status and the studies' outcomes."""
+    """The result of :func:`convert`: counts per file status and the studies' outcomes.
+
+    With the catalog (:func:`convert`), ``files``, ``studies`` and ``failures`` describe the whole
+    output folder (every study it holds, rewritten now or not), ``run`` what this run did, and
+    ``missing`` how many recorded files are gone but still in their studies. Without it
+    (:func:`convert_records`), they describe this run, and ``run`` is None.
+    """
 
     out_dir: Path
     files: dict[str, int]
     studies: list[StudyOutcome]
     failures: list[tuple[str, str]] = field(default_factory=list)
     """The first failed files (path, reason); all of them are in report.json."""
+    run: RunSummary | None = None
+    missing: int = 0
+    written: list[StudyOutcome] = field(default_factory=list)
+    """The studies this run wrote or tried to (with the catalog: a part of ``studies``)."""
 
     @property
     def render_failures(self) -> list[tuple[str, str]]:
@@ -192,7 +312,7 @@ class ConvertReport:
         return ExitCode.OK
 
     def summary(self) -> JSON:
-        return {
+        out: JSON = {
             "output": str(self.out_dir),
             "files": {"total": sum(self.files.values()), **self.files},
             "studies": {
@@ -201,8 +321,11 @@ class ConvertReport:
                 "failed": sum(1 for s in self.studies if not s.ok),
             },
             **self._pixel_summary(),
-            "exitCode": int(self.exit_code),
         }
+        if self.run is not None:
+            out["run"] = self.run.as_json()
+        out["exitCode"] = int(self.exit_code)
+        return out
 
     def _pixel_summary(self) -> JSON:
         """Counts of Binaries, rendered images and bundle parts (only when asked for)."""
@@ -211,8 +334,9 @@ class ConvertReport:
             out["bundleFiles"] = sum(1 + len(s.parts) for s in self.studies if s.ok)
         if any(s.binaries is not None for s in self.studies):
             out["binaries"] = sum(s.binaries or 0 for s in self.studies)
-        if any(s.push is not None for s in self.studies):
-            pushed = [s.push for s in self.studies if s.push is not None]
+        if any(s.push is not None for s in [*self.studies, *self.written]):
+            # this run's pushes only: a study the catalog kept says how an earlier run went
+            pushed = [s.push for s in self.written if s.push is not None]
             out["pushed"] = {
                 "pushed": pushed.count("pushed"),
                 "skipped": pushed.count("skipped"),
@@ -272,13 +396,28 @@ def _write_study(
     fhir_version: str,
     out_dir: str,
     pixels: PixelOptions,
+    need_files: bool = False,
 ) -> StudyOutcome:
     """Worker task: build, validate and (when valid) atomically write one study's bundle(s).
 
     Takes the study's records as pickled blobs (:class:`fhirimg.group.PackedRecord`), so the
-    process that grouped them never had to unpickle them.
+    process that grouped them never had to unpickle them. ``need_files`` (the pixel writer
+    rebuilding a study from the catalog): a study with an instance file that is gone fails
+    without touching its earlier bundle, which still holds that file's bytes.
     """
     records = unpack(blobs)
+    if need_files and pixels.active:
+        gone = [r.path for r in records if not os.path.lexists(r.path)]
+        if gone:
+            uid = records[0].study_instance_uid
+            more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+            why = (
+                f"instance file {_printable(gone[0])}{more} is missing and --binary/--media need "
+                "the bytes to rebuild the study (its earlier bundle is kept): restore the "
+                "file(s), or re-run with --prune-missing to drop them from the study"
+            )
+            series = len({r.series_instance_uid for r in records})
+            return StudyOutcome(uid, None, series, len(records), errors=(why,))
     return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
 
 
@@ -394,24 +533,21 @@ def convert(
 ) -> ConvertReport:
     """Convert DICOM files/folders to per-study transaction Bundles in ``options.out_dir``.
 
-    Returns the report (also written as ``report.json``). Never raises for bad input files; raises
-    :class:`~fhirimg.errors.ConfigError` for bad options and ``OSError`` when the output folder
-    cannot be written.
+    Incremental: only new and changed files are read, and only the studies they touch are
+    rewritten, each with everything the output folder's catalog knows of it (module docstring).
+    Returns the report of the whole folder and of this run (also written as ``report.json``).
+    Never raises for bad input files; raises :class:`~fhirimg.errors.ConfigError` for bad options,
+    :class:`~fhirimg.errors.FolderLockedError` while another run writes to the folder,
+    :class:`~fhirimg.errors.CatalogError` for an unusable catalog (``full`` rebuilds it) and
+    ``OSError`` when the output folder cannot be written.
     """
     opts = options or ConvertOptions()
+    opts.check()  # fail early on bad options
     out_dir = Path(opts.out_dir)
-    inputs = [Path(p) for p in paths]
-    jobs = resolve_jobs(opts.jobs)
-    total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
-
-    def read_all(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
-        batches = ((b,) for b in _batched(iter_files(inputs, exclude=[out_dir]), _BATCH))
-        for results in _bounded(executor, _read_batch, batches, window=jobs * 4):
-            if progress:
-                progress("read", len(results), total)
-            yield results
-
-    return convert_records(read_all, opts, progress, on_study=on_study, bundle_dir=bundle_dir)
+    _make_folders(opts, bundle_dir)
+    with FolderLock(out_dir, opts.lock_wait), Catalog.open(out_dir, full=opts.full) as catalog:
+        run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
+        return run.run(on_study)
 
 
 RecordSource = Callable[
@@ -425,6 +561,279 @@ are in), before the next study is taken; returns the outcome to report (e.g. wit
 ``convert --push`` pushes and deletes the files here."""
 
 
+def _make_folders(opts: ConvertOptions, bundle_dir: Path | None) -> None:
+    for folder in (Path(opts.out_dir), bundle_dir or Path(opts.out_dir)):
+        if not folder.is_dir():  # made owner-only; an existing one (or a link to one) is kept
+            jsonio.make_folder(folder, opts.modes)
+
+
+def _options_digest(opts: ConvertOptions, streaming: bool) -> str:
+    """What the bundles are built with: when it changes, every study is rewritten. ``streaming``
+    (``convert --push``: bundles pushed, not kept) counts too, so that a plain run after one
+    writes every bundle."""
+    what = repr((opts.fhir_version, opts.mapping, opts.pixels(), streaming))
+    return hashlib.sha256(what.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+class _IncrementalRun:
+    """One :func:`convert` run over the catalog: walk, read what changed, write what it touched,
+    report the folder. The steps are the methods, in the order :meth:`run` calls them."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        inputs: list[Path],
+        opts: ConvertOptions,
+        progress: Progress | None,
+        bundle_dir: Path | None,
+    ) -> None:
+        self.catalog = catalog
+        self.inputs = inputs
+        self.opts = opts
+        self.progress = progress
+        self.out_dir = Path(opts.out_dir)
+        self.files_dir = bundle_dir or self.out_dir
+        self.streaming = bundle_dir is not None
+        self.jobs = resolve_jobs(opts.jobs)
+        self.pruned = self.removed = self.studies_unchanged = 0
+
+    def run(self, on_study: StudyHook | None) -> ConvertReport:
+        catalog, opts = self.catalog, self.opts
+        if catalog.use_options(_options_digest(opts, self.streaming)):
+            log.info("first run, or other conversion options than last time: every study")
+        catalog.begin_run(self.inputs, full=opts.full)
+        executor = ProcessPoolExecutor(max_workers=self.jobs) if self.jobs > 1 else None
+        try:
+            self._read_new(executor)
+            missing = self._missing()
+            if not self.streaming:
+                catalog.mark_dirty(self._bundles_gone())
+            written = self._write_changed(executor, on_study)
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+        seen = catalog.run_counts()
+        summary = RunSummary(
+            full=opts.full,
+            new=seen["new"],
+            changed=seen["changed"],
+            unchanged=seen["unchanged"],
+            missing=len(missing),
+            pruned=self.pruned,
+            written=sum(1 for s in written if s.ok),
+            failed=sum(1 for s in written if not s.ok),
+            removed=self.removed,
+            studies_unchanged=self.studies_unchanged,
+        )
+        report = self._report(summary, written, missing)
+        catalog.end_run(summary.counts())
+        _write_folder_report(self.out_dir / REPORT_NAME, report, catalog, missing, opts)
+        return report
+
+    # --- 1. walk: read only new and changed files ---
+
+    def _read_new(self, executor: Executor | None) -> None:
+        catalog, progress = self.catalog, self.progress
+        exclude = [self.out_dir]
+        total = sum(1 for _ in iter_files(self.inputs, exclude=exclude)) if progress else None
+        sent: deque[tuple[list[str], list[os.stat_result | None]]] = deque()
+
+        def batches() -> Iterator[tuple[list[str]]]:
+            paths: list[str] = []
+            stats: list[os.stat_result | None] = []
+            for item in self._to_read(exclude):
+                if progress and item.skipped:
+                    progress("read", item.skipped, total)
+                if item.path is None:
+                    continue
+                paths.append(item.path)
+                stats.append(item.st)
+                if len(paths) >= _BATCH:
+                    sent.append((paths, stats))
+                    yield (paths,)
+                    paths, stats = [], []
+            if paths:
+                sent.append((paths, stats))
+                yield (paths,)
+
+        for results in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+            paths, stats = sent.popleft()
+            catalog.record_many(zip(paths, stats, results, strict=True))
+            if progress:
+                progress("read", len(results), total)
+        catalog.commit()  # the marks of the files seen unchanged
+
+    def _to_read(self, exclude: list[Path]) -> Iterator[_ToRead]:
+        """The files to read, each with its stat taken *before* reading (a change while it is
+        read then shows next run). A path that cannot be stat'ed (gone, or never there) is read
+        too: :func:`fhirimg.scan.read_file` reports it."""
+        skipped = 0
+        for path in iter_files(self.inputs, exclude=exclude):
+            try:
+                st: os.stat_result | None = os.stat(path)  # a link: its target is what is read
+            except OSError:
+                st = None
+            if st is not None and self.catalog.classify(path, st) is Change.UNCHANGED:
+                skipped += 1
+                if skipped >= 1000:  # progress moves during a long unchanged stretch too
+                    yield _ToRead(None, None, skipped)
+                    skipped = 0
+                continue
+            yield _ToRead(path, st, skipped)
+            skipped = 0
+        if skipped:
+            yield _ToRead(None, None, skipped)
+
+    # --- 2. files that disappeared ---
+
+    def _missing(self) -> list[CatalogEntry]:
+        """Recorded files that are gone: kept (reported), or with ``prune_missing`` forgotten,
+        which makes their studies dirty."""
+        missing = self.catalog.missing()
+        if self.opts.prune_missing and missing:
+            self.catalog.prune([m.path for m in missing])
+            self.pruned = len(missing)
+            return []
+        return missing
+
+    def _bundles_gone(self) -> list[str]:
+        """Studies written before whose bundle files are no longer in the folder (deleted by
+        hand, say): written again, although no file of theirs changed."""
+        gone = []
+        for study in self.catalog.studies():
+            doc = study.outcome
+            if study.dirty or not doc or doc.get("status") != "written":
+                continue
+            names = [doc.get("bundle"), *doc.get("parts", ())]
+            if not all(isinstance(n, str) and (self.files_dir / n).is_file() for n in names):
+                gone.append(study.study_instance_uid)
+        return gone
+
+    # --- 3. write the studies that changed ---
+
+    def _write_changed(
+        self, executor: Executor | None, on_study: StudyHook | None
+    ) -> list[StudyOutcome]:
+        catalog, opts, progress = self.catalog, self.opts, self.progress
+        changed = catalog.studies_changed()
+        total_studies = len(catalog.studies())
+        written: list[StudyOutcome] = []
+        with StudyIndex() as index:
+            for uid in changed:
+                index.add_many(catalog.packed_of_study(uid))
+            index.resolve_duplicates()
+            catalog.set_outcomes(index.file_outcomes())  # duplicates and UID conflicts
+            present = index.study_uids()
+            for uid in sorted(set(changed) - set(present)):  # no file left: no bundle either
+                _remove_bundles(self.files_dir, uid)
+                catalog.forget_study(uid)
+            self.removed = len(set(changed) - set(present))
+            self.studies_unchanged = total_studies - len(set(changed))
+            pixels = opts.pixels()
+            tasks = (
+                (index.blobs(uid), opts.mapping, opts.fhir_version, str(self.files_dir), pixels)
+                + (True,)
+                for uid in present
+            )
+            for outcome in _bounded(executor, _write_study, tasks, window=self.jobs * 2):
+                if on_study is not None and outcome.ok:
+                    outcome = on_study(outcome, self.files_dir)
+                uid = outcome.study_instance_uid
+                files = _file_outcomes(index.study_paths(uid), outcome)
+                # A study whose push failed stays dirty too: the next run pushes it again.
+                ok = outcome.ok and not outcome.push_failed
+                catalog.study_done(uid, ok=ok, outcome=_json_safe(outcome.as_json()), files=files)
+                written.append(outcome)
+                if progress:
+                    progress("write", 1, len(present))
+        return written
+
+    # --- 4. the report of the whole folder ---
+
+    def _report(
+        self, summary: RunSummary, written: list[StudyOutcome], missing: list[CatalogEntry]
+    ) -> ConvertReport:
+        now = {s.study_instance_uid: s for s in written}
+        studies = []
+        for study in self.catalog.studies():
+            if study.study_instance_uid in now:
+                studies.append(now[study.study_instance_uid])
+            elif study.outcome is not None:
+                studies.append(StudyOutcome.from_json(study.outcome))
+        failures = []
+        for entry in self.catalog.entries():
+            if entry.status is FileStatus.FAILED:
+                failures.append((_printable(entry.path), _printable(entry.detail or "")))
+                if len(failures) >= 100:
+                    break
+        counts = self.catalog.counts()
+        return ConvertReport(
+            self.out_dir,
+            counts,
+            studies,
+            failures,
+            run=summary,
+            missing=len(missing),
+            written=written,
+        )
+
+
+@dataclass(frozen=True)
+class _ToRead:
+    """A file to read and its stat (``path`` None: only a count of files skipped)."""
+
+    path: str | None
+    st: os.stat_result | None
+    skipped: int  # unchanged files passed over just before this one
+
+
+def _file_outcomes(paths: list[str], outcome: StudyOutcome) -> list[tuple[str, FileStatus, str]]:
+    """The outcome of each file of a study: converted into its bundle, or failed with it."""
+    if outcome.ok:
+        return [(p, FileStatus.CONVERTED, str(outcome.bundle)) for p in paths]
+    reason = "study not converted: " + "; ".join(outcome.errors[:3])
+    return [(p, FileStatus.FAILED, reason) for p in paths]
+
+
+def _remove_bundles(folder: Path, study_uid: str) -> None:
+    """Delete a study's bundle, its part files and its Binaries folder (a study with no file
+    left). A ``.binaries`` that is a symbolic link is not followed (rmtree refuses links)."""
+    name = ids.bundle_name(study_uid)
+    (folder / name).unlink(missing_ok=True)
+    remove_stale_parts(folder, name, keep=0)
+    binaries = folder / f"{name.removesuffix('.json')}.binaries"
+    if binaries.is_symlink():
+        binaries.unlink()
+    elif binaries.is_dir():
+        shutil.rmtree(binaries)
+    log.info("study %s has no file left: bundle %s removed", study_uid, name)
+
+
+def _printable(text: str) -> str:
+    """Text fit for JSON: file-name bytes that are not UTF-8 (``os.fsdecode``'s surrogates)
+    written as ``\\xNN``, the documented escaped form (docs/incremental.md).
+
+    >>> _printable("scan-\\udcff.dcm"), _printable("plain.dcm")
+    ('scan-\\\\xff.dcm', 'plain.dcm')
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an undecodable byte: keep its code
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every string :func:`_printable` (outcomes carry file paths)."""
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def convert_records(
     source: RecordSource,
     options: ConvertOptions | None = None,
@@ -433,22 +842,37 @@ def convert_records(
     on_study: StudyHook | None = None,
     bundle_dir: Path | None = None,
 ) -> ConvertReport:
-    """The pipeline after reading: group the records ``source`` yields by study, build, validate
-    and write each study's bundle, and write ``report.json``.
+    """The pipeline after reading, for sources that are not files (a DICOMweb server's
+    metadata): group the records ``source`` yields by study, build, validate and write each
+    study's bundle, and write ``report.json`` (of this run: no catalog, every study written).
 
-    :func:`convert` feeds it records read from files; other sources (a DICOMweb server's metadata)
-    feed it records built the same way, and get the same bundles. Bundles go to ``bundle_dir``
+    It gets the same bundles as :func:`convert` for the same records. It holds the folder's lock;
+    a catalog of the folder (from file runs) has every study marked to be rewritten, since the
+    bundles and ``report.json`` here replace what it describes. Bundles go to ``bundle_dir``
     (default: the output folder, where ``report.json`` always goes); ``on_study`` sees each
     written study before the next one is taken.
     """
     opts = options or ConvertOptions()
     opts.check()  # fail early on bad options
+    out_dir = Path(opts.out_dir)
+    _make_folders(opts, bundle_dir)
+    with FolderLock(out_dir, opts.lock_wait):
+        if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
+            with Catalog.open(out_dir) as catalog:
+                catalog.use_options("written by a run without the catalog")
+        return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir)
+
+
+def _convert_uncatalogued(
+    source: RecordSource,
+    opts: ConvertOptions,
+    progress: Progress | None,
+    on_study: StudyHook | None,
+    bundle_dir: Path | None,
+) -> ConvertReport:
     pixels = opts.pixels()
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
-    for folder in (out_dir, files_dir):
-        if not folder.is_dir():  # made owner-only; an existing one (or a link to one) is kept
-            jsonio.make_folder(folder, opts.modes)
     jobs = resolve_jobs(opts.jobs)
     executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     try:
@@ -467,16 +891,14 @@ def convert_records(
                 if on_study is not None and outcome.ok:
                     outcome = on_study(outcome, files_dir)
                 paths_of_study = index.study_paths(outcome.study_instance_uid)
-                if outcome.ok:
-                    index.set_outcome(paths_of_study, FileStatus.CONVERTED, str(outcome.bundle))
-                else:
-                    reason = "study not converted: " + "; ".join(outcome.errors[:3])
-                    index.set_outcome(paths_of_study, FileStatus.FAILED, reason)
+                for path, status, detail in _file_outcomes(paths_of_study, outcome):
+                    index.set_outcome([path], status, detail)
                 outcomes.append(outcome)
                 if progress:
                     progress("write", 1, len(uids))
 
-            report = ConvertReport(out_dir, index.counts(), outcomes, index.failures(100))
+            failures = [(_printable(p), _printable(r)) for p, r in index.failures(100)]
+            report = ConvertReport(out_dir, index.counts(), outcomes, failures, written=outcomes)
             _write_report(out_dir / REPORT_NAME, report, index, opts)
     finally:
         if executor is not None:
@@ -487,37 +909,96 @@ def convert_records(
 def _write_report(
     path: Path, report: ConvertReport, index: StudyIndex, opts: ConvertOptions
 ) -> None:
-    """``report.json``: summary, studies, and every input file with its status (sorted by path).
-
-    Deterministic like the bundles: no timestamps, stable order.
-    """
+    """``report.json`` of a run without the catalog: summary, studies, and every input file
+    with its status (sorted by path). Deterministic like the bundles: no timestamps."""
     render_failed = dict(report.render_failures)
 
-    def files() -> Iterator[dict[str, str]]:
+    def files() -> Iterator[JSON]:
         for file_path, status, detail in index.file_outcomes():
-            item = {"path": file_path, "status": status}
+            item = {"path": _printable(file_path), "status": status}
             key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
-            item[key] = detail
+            item[key] = _printable(detail)
             if file_path in render_failed:
-                item["renderError"] = render_failed[file_path]
+                item["renderError"] = _printable(render_failed[file_path])
             yield item
 
     doc = {
         "fhirVersion": get_release(opts.fhir_version).fhir_version,
         "summary": report.summary(),
-        "studies": [s.as_json() for s in report.studies],
+        "studies": [_json_safe(s.as_json()) for s in report.studies],
         "files": [],
     }
-    # The file list is streamed from the index, one entry at a time, into exactly the bytes
-    # jsonio.dumps(doc) would give with the list inline: memory does not grow with the files.
-    head = jsonio.dumps(doc).rstrip(b"\n")
-    marker = b'"files": []'
-    assert head.endswith(marker + b"\n}")
-    with jsonio.atomic_writer(path, mode=opts.modes) as fh:
-        fh.write(head[: -len(b"[]\n}")])
+    _stream_report(path, doc, files(), opts.modes)
+
+
+def _write_folder_report(
+    path: Path,
+    report: ConvertReport,
+    catalog: Catalog,
+    missing: list[CatalogEntry],
+    opts: ConvertOptions,
+) -> None:
+    """``report.json`` of an output folder with a catalog: the whole folder (``summary``,
+    ``studies``, ``files``: every file recorded, with ``"missing": true`` for those gone), this
+    run (``run``) and the history of runs (``history``, oldest first).
+
+    Deterministic except ``history``, the last section: it holds timestamps and fhirimg
+    versions; everything before it is the same bytes for the same folder and run.
+    """
+    gone = {m.path for m in missing}
+    render_failed = {
+        _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
+    }
+
+    def files() -> Iterator[JSON]:
+        for entry in catalog.entries():
+            status = entry.status.value if entry.status is not None else "pending"
+            item: JSON = {"path": _printable(entry.path), "status": status}
+            if entry.detail is not None:
+                key = "bundle" if entry.status is FileStatus.CONVERTED else "reason"
+                item[key] = _printable(entry.detail)
+            if entry.path in gone:
+                item["missing"] = True
+            shown = _printable(entry.path)
+            if shown in render_failed:
+                item["renderError"] = render_failed[shown]
+            yield item
+
+    doc = {
+        "fhirVersion": get_release(opts.fhir_version).fhir_version,
+        "summary": report.summary(),
+        "studies": [_json_safe(s.as_json()) for s in report.studies],
+        "files": [],
+        "history": [_run_json(r) for r in catalog.runs()],
+    }
+    _stream_report(path, doc, files(), opts.modes)
+
+
+def _run_json(run: RunRecord) -> JSON:
+    return {
+        "run": run.id,
+        "started": run.started,
+        "ended": run.ended,
+        "fhirimgVersion": run.version,
+        "full": run.full,
+        "inputs": list(run.inputs),
+        "counts": run.counts,
+    }
+
+
+def _stream_report(path: Path, doc: JSON, files: Iterator[JSON], modes: jsonio.Modes) -> None:
+    """Write ``doc`` with its top-level ``"files": []`` filled from ``files``, one entry at a
+    time, into exactly the bytes ``jsonio.dumps`` would give with the list inline: memory does
+    not grow with the number of files."""
+    text = jsonio.dumps(doc)
+    marker = b'\n  "files": []'
+    at = text.index(marker) + len(marker) - len(b"[]")
+    with jsonio.atomic_writer(path, mode=modes) as fh:
+        fh.write(text[:at])
         first = True
-        for item in files():
+        for item in files:
             fh.write(b"[\n" if first else b",\n")
             fh.write(b"    " + jsonio.dumps(item).rstrip(b"\n").replace(b"\n", b"\n    "))
             first = False
-        fh.write(b"[]\n}\n" if first else b"\n  ]\n}\n")
+        fh.write(b"[]" if first else b"\n  ]")
+        fh.write(text[at + len(b"[]") :])

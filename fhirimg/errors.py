@@ -6,6 +6,8 @@ maps them to exit codes (see :mod:`fhirimg.exitcodes`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -83,3 +85,49 @@ class DicomwebError(PushError):
 
 class JournalLockedError(FhirimgError):
     """Another push holds the journal: two runs on one folder would race each other."""
+
+
+class CatalogError(FhirimgError):
+    """An output folder's catalog (:mod:`fhirimg.catalog`) cannot be used: corrupt, written by a
+    newer fhirimg, or not writable.
+
+    ``path`` is the catalog file. ``rebuild`` is True when re-running ``convert`` with ``--full``
+    (which discards the catalog and reads every input file again) is the cure; the message then
+    says so. A full disk or a read-only folder is not cured that way (``rebuild`` False).
+    """
+
+    def __init__(self, message: str, path: Path, rebuild: bool = True) -> None:
+        super().__init__(message)
+        self.path = path
+        self.rebuild = rebuild
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds an output folder's lock, as its lock file says: process id, host name, start
+    time (UTC). Carried by :class:`FolderLockedError`.
+
+    >>> Holder(4242, "scanner-7", "2026-01-31T02:00:00Z").describe()
+    'PID 4242 on scanner-7, started 2026-01-31T02:00:00Z'
+    """
+
+    pid: int
+    host: str
+    started: str
+
+    def describe(self) -> str:
+        return f"PID {self.pid} on {self.host}, started {self.started}"
+
+
+class FolderLockedError(FhirimgError):
+    """Another fhirimg process holds the output folder's lock (:class:`fhirimg.folderlock.
+    FolderLock`): one writer at a time per folder.
+
+    ``folder`` is the output folder, ``holder`` what the lock file says about the other process
+    (None when it says nothing usable); the message names both.
+    """
+
+    def __init__(self, message: str, folder: Path, holder: Holder | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.holder = holder

@@ -26,14 +26,13 @@ import os
 import socket
 import stat
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 import orjson
 
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import FolderLockedError, Holder
 
 try:  # POSIX only; elsewhere the folder is simply not locked (like the push journal).
     import fcntl
@@ -48,35 +47,6 @@ STATE_DIR = ".fhirimg"
 """fhirimg's private folder inside an output folder (lock, catalog)."""
 LOCK_NAME = "lock"
 _POLL_FIRST, _POLL_MAX = 0.05, 0.5  # seconds between tries while waiting
-
-
-class FolderLockedError(FhirimgError):
-    """Another fhirimg process holds the output folder's lock (see :class:`FolderLock`).
-
-    ``folder`` is the output folder, ``holder`` what the lock file says about the other process
-    (None when it says nothing usable). Defined here until it moves to :mod:`fhirimg.errors`.
-    """
-
-    def __init__(self, message: str, folder: Path, holder: Holder | None = None) -> None:
-        super().__init__(message)
-        self.folder = folder
-        self.holder = holder
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a lock, as its lock file says: process id, host name, start time (UTC)."""
-
-    pid: int
-    host: str
-    started: str
-
-    def describe(self) -> str:
-        """
-        >>> Holder(4242, "scanner-7", "2026-01-31T02:00:00Z").describe()
-        'PID 4242 on scanner-7, started 2026-01-31T02:00:00Z'
-        """
-        return f"PID {self.pid} on {self.host}, started {self.started}"
 
 
 def state_dir(out_dir: str | os.PathLike[str]) -> Path:

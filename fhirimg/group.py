@@ -3,6 +3,10 @@
 Records are appended to a temporary SQLite file keyed by Study Instance UID, then read back one study
 at a time, so memory follows the largest study, never the size of the corpus. On a cluster the same
 step is a ``groupby(study_instance_uid)`` of the engine; nothing else changes.
+
+Paths and reasons are stored as bytes (UTF-8 with ``surrogateescape``), not SQLite text: a file
+name that is not UTF-8 (``os.fsdecode`` gives it lone surrogates) cannot be encoded as text, and
+must not end the run. Bytes sort like UTF-8 text (``memcmp``), so the order is the same.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+
+
+def _b(text: str) -> bytes:
+    """Text as stored: UTF-8, undecodable file-name bytes (surrogates) restored."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _t(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "surrogateescape")
 
 
 class PackedRecord(NamedTuple):
@@ -58,9 +71,9 @@ class StudyIndex:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            CREATE TABLE inst (study TEXT, series TEXT, sop TEXT, sop_class TEXT, path TEXT, rec BLOB);
-            CREATE TABLE problem (path TEXT PRIMARY KEY, status TEXT, reason TEXT);
-            CREATE TABLE outcome (path TEXT PRIMARY KEY, status TEXT, detail TEXT);
+            CREATE TABLE inst (study TEXT, series TEXT, sop TEXT, sop_class TEXT, path BLOB, rec BLOB);
+            CREATE TABLE problem (path BLOB PRIMARY KEY, status TEXT, reason BLOB);
+            CREATE TABLE outcome (path BLOB PRIMARY KEY, status TEXT, detail BLOB);
             """
         )
 
@@ -80,20 +93,19 @@ class StudyIndex:
 
     def add_many(self, items: Iterable[InstanceRecord | PackedRecord | FileProblem]) -> None:
         """Add reading results (one statement per batch)."""
-        rows: list[PackedRecord] = []
+        rows: list[tuple[str, str, str, str, bytes, bytes]] = []
         for item in items:
             if isinstance(item, FileProblem):
                 self.add_problem(item)
-            elif isinstance(item, PackedRecord):
-                rows.append(item)
-            else:
-                rows.append(PackedRecord.of(item))
+                continue
+            packed = item if isinstance(item, PackedRecord) else PackedRecord.of(item)
+            rows.append((*packed[:4], _b(packed.path), packed.blob))
         self._db.executemany("INSERT INTO inst VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def add_problem(self, problem: FileProblem) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO problem VALUES (?, ?, ?)",
-            (problem.path, problem.status.value, problem.reason),
+            (_b(problem.path), problem.status.value, _b(problem.reason)),
         )
 
     def resolve_duplicates(self) -> int:
@@ -117,7 +129,8 @@ class StudyIndex:
         dropped = 0
         keep: tuple[str, ...] | None = None
         keep_path = ""
-        for sop, study, series, sop_class, path in rows:
+        for sop, study, series, sop_class, raw_path in rows:
+            path = _t(raw_path)
             if keep is None or keep[0] != sop:
                 keep, keep_path = (sop, study, series, sop_class), path
                 continue
@@ -132,7 +145,7 @@ class StudyIndex:
                     f"SOP Instance UID conflict: also in {keep_path} with a different "
                     "study, series or SOP class",
                 )
-            db.execute("DELETE FROM inst WHERE path = ?", (path,))
+            db.execute("DELETE FROM inst WHERE path = ?", (raw_path,))
             self.add_problem(problem)
             dropped += 1
         return dropped
@@ -151,35 +164,35 @@ class StudyIndex:
         return [r[0] for r in self._db.execute(query, (study_uid,))]
 
     def study_paths(self, study_uid: str) -> list[str]:
-        return [
-            r[0] for r in self._db.execute("SELECT path FROM inst WHERE study = ?", (study_uid,))
-        ]
+        """The paths of one study's files, sorted."""
+        query = "SELECT path FROM inst WHERE study = ? ORDER BY path"
+        return [_t(r[0]) for r in self._db.execute(query, (study_uid,))]
 
     def set_outcome(self, paths: list[str], status: FileStatus, detail: str) -> None:
         self._db.executemany(
             "INSERT OR REPLACE INTO outcome VALUES (?, ?, ?)",
-            [(p, status.value, detail) for p in paths],
+            [(_b(p), status.value, _b(detail)) for p in paths],
         )
 
     def file_outcomes(self) -> Iterator[tuple[str, str, str]]:
         """Every input file with its status and detail (bundle name or reason), sorted by path."""
-        yield from self._db.execute(
+        for path, status, detail in self._db.execute(
             """
             SELECT path, status, detail FROM outcome
             UNION ALL SELECT path, status, reason FROM problem
             ORDER BY 1
             """
-        )
+        ):
+            yield _t(path), status, _t(detail)
 
     def failures(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` failed files (path, reason), sorted by path."""
-        return list(
-            self._db.execute(
-                "SELECT path, detail FROM (SELECT path, status, detail FROM outcome UNION ALL "
-                "SELECT path, status, reason FROM problem) WHERE status = ? ORDER BY path LIMIT ?",
-                (FileStatus.FAILED.value, limit),
-            )
+        rows = self._db.execute(
+            "SELECT path, detail FROM (SELECT path, status, detail FROM outcome UNION ALL "
+            "SELECT path, status, reason FROM problem) WHERE status = ? ORDER BY path LIMIT ?",
+            (FileStatus.FAILED.value, limit),
         )
+        return [(_t(path), _t(detail)) for path, detail in rows]
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in FileStatus}

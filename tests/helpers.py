@@ -28,6 +28,19 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
+def report_bytes(out_dir: Path) -> bytes:
+    """``report.json`` of a convert output folder as the golden files pin it: the folder's path
+    replaced by ``OUT``, and its ``history`` (the run history: timestamps and fhirimg versions,
+    the one part that differs between two runs over the same input, docs/incremental.md)
+    replaced by the number of runs. Everything else is compared byte for byte."""
+    doc = load(out_dir / "report.json")
+    if "history" in doc:
+        doc["history"] = f"<{len(doc['history'])} run(s): not compared>"
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE).replace(
+        str(out_dir).encode(), b"OUT"
+    )
+
+
 def bundles(out_dir: Path) -> dict[str, dict[str, Any]]:
     """The bundles in a convert output folder, by file name."""
     return {p.name: load(p) for p in sorted(out_dir.glob("study-*.json"))}

@@ -33,8 +33,9 @@ def test_convert_push_streams_and_keeps_no_bundles(
     base = clean_fhir.base_url
     summary = _convert_push(tmp_path, base, "--binary", "beside")
     assert summary["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
-    # nothing left behind but the report and the journal
+    # nothing left behind but the report, the journal and the catalog (in .fhirimg/)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".fhirimg",
         ".fhirimg-push-journal.jsonl",
         "report.json",
     ]

@@ -34,7 +34,8 @@ from typer.testing import CliRunner
 
 from fhirimg import jsonio
 from fhirimg.cli import app
-from tests.helpers import GOLDEN, REPO, load
+from fhirimg.folderlock import STATE_DIR
+from tests.helpers import GOLDEN, REPO, load, report_bytes
 
 DICOMWEB = "http://pacs.example.org/dicom-web"
 RUNS = {
@@ -91,8 +92,9 @@ def run(out: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str
     got = {
         p.name: jsonio.dumps(stable(load(p))) for p in sorted(out.iterdir()) if p.suffix == ".json"
     }
-    got["report.json"] = (out / "report.json").read_bytes().replace(str(out).encode(), b"OUT")
-    assert not [p for p in out.iterdir() if p.is_dir()], "a folder of Binaries beside: not pinned"
+    got["report.json"] = report_bytes(out)
+    folders = [p for p in out.iterdir() if p.is_dir() and p.name != STATE_DIR]  # STATE_DIR: catalog
+    assert not folders, "a folder of Binaries beside: not pinned"
     return got
 
 

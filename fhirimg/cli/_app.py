@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fhirimg.errors import AuthError, FhirimgError, PushError
+from fhirimg.errors import AuthError, CatalogError, FhirimgError, FolderLockedError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.safetext import clean, redact_urls
 
@@ -80,6 +80,8 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 EXIT_CODES: Mapping[type[BaseException], ExitCode] = {
     KeyboardInterrupt: ExitCode.INTERRUPTED,
     FhirimgError: ExitCode.CANNOT_START,
+    CatalogError: ExitCode.CANNOT_START,  # the message says when --full rebuilds it
+    FolderLockedError: ExitCode.CANNOT_START,  # another run writes to the output folder
 }
 """The exit code of each exception a command can end with (docs/cli.md). The most specific class
 of an exception's MRO wins; a command adds its own entries (``validate``: a bad ``--layers`` is a

@@ -263,6 +263,33 @@ def convert_command(
             "shared research folder. Default: owner-only (0600 / 0700), it holds patient data.",
         ),
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Ignore the output folder's catalog: read every file again and rewrite every "
+            "bundle (the catalog is rebuilt; the cure for a corrupt one). Default: only new and "
+            "changed files are read, only the studies they touch rewritten.",
+        ),
+    ] = False,
+    prune_missing: Annotated[
+        bool,
+        typer.Option(
+            "--prune-missing",
+            help="Drop files that disappeared since an earlier run from their studies' bundles "
+            "(rewritten without them). Default: they stay, listed as missing in report.json.",
+        ),
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            metavar="SECONDS",
+            help="When another fhirimg run is writing to the output folder, wait up to this "
+            "long for it to finish (default 0: exit 3 at once, naming the other process).",
+        ),
+    ] = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -331,9 +358,10 @@ def convert_command(
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
     Every input file ends up converted, skipped (not DICOM, DICOMDIR), duplicate or failed, with
-    the reason in report.json. Exit codes: 0 all converted, 1 some files or studies failed (or,
-    with --media, some images could not be rendered),
-    2 usage error, 3 output cannot be written.
+    the reason in report.json. A re-run into the same folder reads only new and changed files
+    and rewrites only the studies they touch (docs/incremental.md). Exit codes: 0 all converted,
+    1 some files or studies of the folder failed (or, with --media, some images could not be
+    rendered), 2 usage error, 3 output cannot be written, catalog unusable, or folder in use.
     """
     configure_logging(verbose)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
@@ -384,6 +412,9 @@ def convert_command(
         max_bundle_mb=max_bundle_mb,
         strict=strict,
         group_readable=group_readable,
+        full=full,
+        prune_missing=prune_missing,
+        lock_wait=wait,
     )
     query = (study, since, patient, accession, modality, qido)
     if from_dicomweb:
@@ -507,6 +538,16 @@ def _print_summary(report: ConvertReport) -> None:
         f"{where} ({files['skipped']} skipped, {files['duplicate']} duplicate, "
         f"{files['failed']} failed; details in {report.out_dir / REPORT_NAME})"
     )
+    run = s.get("run")
+    if run is not None:
+        seen, done = run["files"], run["studies"]
+        pruned = f", {seen['pruned']} pruned" if seen["pruned"] else ""
+        err_console.print(
+            f"This run: {seen['new']} new, {seen['changed']} changed, {seen['unchanged']} "
+            f"unchanged, {seen['missing']} missing file(s){pruned}; {done['written']} bundle(s) "
+            f"rewritten, {done['unchanged']} untouched"
+            + (f", {done['removed']} removed" if done["removed"] else "")
+        )
     failed_studies = [st for st in report.studies if not st.ok]
     for st in failed_studies[:10]:
         err_console.print(
