@@ -2,9 +2,12 @@
 
 Skip it if the journal says this server already confirmed these exact bytes; otherwise resolve the
 Patient's server id (a one-entry transaction of the bundle's own conditional Patient create),
-upload each Binary raw (``PUT Binary/<id>``, ``X-Security-Context: Patient/<id>``), send the
-transaction (split into pieces when the server caps its size), and journal the confirmation.
-Every step is idempotent, so a retry, a re-run or a resume never duplicates anything.
+upload each Binary raw (``PUT Binary/<id>``, ``X-Security-Context: Patient/<id>``), read the
+server's ImagingStudy of the study and merge the bundle's into it (:mod:`fhirimg.push.merge`;
+written conditionally on the version read, re-merged on a conflict), send the transaction (split
+into pieces when the server caps its size), and journal the confirmation. Every step is
+idempotent, so a retry, a re-run or a resume never duplicates anything, and a push never removes
+a series or instance the server's study already lists.
 """
 
 from __future__ import annotations
