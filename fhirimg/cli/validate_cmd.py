@@ -25,7 +25,7 @@ from fhirimg.cli._options import FhirAuth, FhirVersionOrAuto, Tls, option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.validate import FileResult, Severity, iter_validate, parse_layers
-from fhirimg.validate.runner import default_jobs, findings_json
+from fhirimg.validate.runner import default_jobs, display_name, findings_json
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFORMATION: "dim"}
 
@@ -132,7 +132,8 @@ def _print_tables(results: list[FileResult], console: Console, verbose: int) -> 
             table.add_row(
                 Text(f.severity.value, style=_STYLE[f.severity]),
                 Text(f.layer),
-                Text(f.location),
-                Text(f.message),
+                # Keys and values of the file reach the table: no control codes to the terminal.
+                Text(display_name(f.location)),
+                Text(display_name(f.message)),
             )
         console.print(table)

@@ -120,7 +120,8 @@ def check_resource_references(
         c["id"]: c.get("resourceType") for c in _contained(root) if isinstance(c.get("id"), str)
     }
     if container is None:
-        for i, c in enumerate(res.get("contained") or []):
+        contained = res.get("contained")
+        for i, c in enumerate(contained if isinstance(contained, list) else []):
             if isinstance(c, dict):
                 check_resource_references(
                     c, f"{loc}.contained[{i}]", out, release, by_full_url, res

@@ -95,3 +95,25 @@ def has_errors(findings: list[Finding], *, strict: bool = False) -> bool:
     """Whether ``findings`` hold an error (or, with ``strict``, a warning)."""
     bad = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
     return any(f.severity in bad for f in findings)
+
+
+CANNOT_CHECK = "validator could not check this file"
+"""The start of the message of a finding that stands for a failure of the validator itself (a
+layer that raised, a file that could not be read): the file's result, never the run's end."""
+
+
+def cannot_check(file: str, exc: BaseException, layer: Layer = Layer.JSON) -> Finding:
+    """The error finding that replaces what ``layer`` would have said had it not raised ``exc``.
+
+    >>> cannot_check("a.json", KeyError("R4.FooType"), Layer.MODEL).message
+    "validator could not check this file: KeyError: 'R4.FooType'"
+    """
+    if isinstance(exc, RecursionError):
+        reason = "nested too deeply for this layer"
+    elif isinstance(exc, MemoryError):
+        reason = "out of memory"
+    else:
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 200 else text[:197] + "..."
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return Finding(Severity.ERROR, file, "$", f"{CANNOT_CHECK}: {reason}", layer.value)

@@ -68,7 +68,7 @@ class _Bundle:
         self.known_binaries: frozenset[str] = frozenset()
         self.by_full_url: dict[str, dict[str, Any]] = {}
         self.by_type_id: dict[tuple[str, str], dict[str, Any]] = {}
-        for entry in obj.get("entry", []) or []:
+        for entry in _list(obj.get("entry")):
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                 continue
             res = entry["resource"]
@@ -99,7 +99,7 @@ def _resources(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if obj.get("resourceType") == "Bundle":
         return [
             (f"Bundle.entry[{i}].resource", e["resource"])
-            for i, e in enumerate(obj.get("entry", []) or [])
+            for i, e in enumerate(_list(obj.get("entry")))
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ]
     return [(str(obj.get("resourceType", "$")), obj)]

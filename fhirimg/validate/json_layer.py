@@ -10,11 +10,18 @@ those findings under this layer's name.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from fhirimg.validate.findings import Collector, Finding, Layer
+from fhirimg.validate.findings import Collector, Finding, Layer, Severity, child
+
+MAX_DEPTH = 128
+"""Objects and arrays nested deeper than this (the root counts as 1) are refused before any layer
+walks them. The layers recurse, and so do fhir.resources and fhirpathpy, at a few Python frames a
+level: 128 keeps them well inside Python's default recursion limit (1000 frames) and far above
+real FHIR (fhirimg's bundles nest 12 deep; orjson itself stops parsing at 1024)."""
 
 
 def parse(data: bytes | str, file: str) -> tuple[Any, Collector]:
@@ -25,6 +32,53 @@ def parse(data: bytes | str, file: str) -> tuple[Any, Collector]:
     except orjson.JSONDecodeError as exc:
         out.error("$", f"not well-formed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
         return None, out
+
+
+def _children(node: dict[str, Any] | list[Any]) -> Iterator[tuple[str | int, Any]]:
+    return iter(node.items()) if isinstance(node, dict) else enumerate(node)
+
+
+def too_deep(obj: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
+    """The location of the first object or array nested deeper than ``limit``, or None.
+
+    Iterative (a stack of iterators, one per open level), so any depth is safe to measure.
+
+    >>> too_deep({"a": [[1]]}, "X", limit=2)
+    'X.a[0]'
+    >>> too_deep({"a": [1]}, "X", limit=2) is None
+    True
+    """
+    if not isinstance(obj, dict | list):
+        return None
+    keys: list[str | int] = []  # the keys leading to the level on top of ``stack``
+    stack = [_children(obj)]
+    while stack:
+        for key, value in stack[-1]:
+            if isinstance(value, dict | list):
+                keys.append(key)
+                if len(stack) >= limit:
+                    location = root
+                    for k in keys:
+                        location = child(location, k)
+                    return location
+                stack.append(_children(value))
+                break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
+    return None
+
+
+def too_deep_finding(file: str, location: str) -> Finding:
+    """The one finding of a file refused by :func:`too_deep`."""
+    return Finding(
+        Severity.ERROR,
+        file,
+        location,
+        f"objects and arrays nested deeper than {MAX_DEPTH} levels: the file is not checked further",
+        Layer.JSON.value,
+    )
 
 
 def check(obj: Any, file: str, root: str) -> list[Finding]:

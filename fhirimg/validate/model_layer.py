@@ -9,10 +9,11 @@ take a while to load.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fhirimg.fhir import release as get_release
-from fhirimg.validate.findings import Collector, Finding, Layer
+from fhirimg.validate.findings import Collector, Finding, Layer, cannot_check
 
 
 def model_class(release: str, resource_type: str) -> Any | None:
@@ -55,6 +56,31 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
         for err in exc.errors(include_url=False):
             msg = str(err.get("msg", "invalid"))
             out.error(_location(rtype, tuple(err.get("loc", ()))), msg)
-    except (ValueError, TypeError) as exc:  # fhir.resources raises these for some shapes
-        out.error(rtype, f"the {release.upper()} model rejects it: {exc}")
+    except Exception as exc:  # noqa: BLE001 - fhir.resources fails on shapes it does not expect
+        # KeyError or TypeError for a contained or entry resource whose resourceType the release
+        # does not have (or that is not a string): name each one where it is.
+        unknown = list(_unknown_types(obj, rtype, release))
+        for loc, what in unknown:
+            out.error(loc, f"{what} is not a resource type of FHIR {release.upper()}")
+        if not unknown and isinstance(exc, ValueError | TypeError):  # raised for some shapes
+            out.error(rtype, f"the {release.upper()} model rejects it: {exc}")
+        elif not unknown:
+            out.findings.append(cannot_check(file, exc, Layer.MODEL))
     return out.findings
+
+
+def _unknown_types(obj: dict[str, Any], root: str, release: str) -> Iterator[tuple[str, str]]:
+    """(location of ``resourceType``, its value) for every nested object whose ``resourceType``
+    is not a resource type of ``release``, in document order (iterative, as deep as it goes)."""
+    stack: list[tuple[Any, str]] = [(v, f"{root}.{k}") for k, v in reversed(obj.items())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, dict):
+            rtype = node.get("resourceType")
+            if "resourceType" in node and (
+                not isinstance(rtype, str) or model_class(release, rtype) is None
+            ):
+                yield f"{loc}.resourceType", repr(rtype)
+            stack.extend((v, f"{loc}.{k}") for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((node[i], f"{loc}[{i}]") for i in reversed(range(len(node))))

@@ -1,63 +1,192 @@
 """Validate files, folders and stdin, in parallel: what ``fhirimg validate`` calls.
 
-Folders are searched for ``*.json`` (recursively), skipping ``*.binaries/`` folders (the DICOM
-files stored beside a bundle). A JSON file without ``resourceType`` (``report.json`` of a convert
-run) gives an information finding, not an error. Files are spread over a process pool
-(``jobs``); each worker loads schemas, models and compiled FHIRPath once and reuses them.
+Folders are searched for ``*.json`` (recursively, without recursion, so any depth is safe),
+skipping ``*.binaries/`` folders (the DICOM files stored beside a bundle) and not following
+symlinked folders. A JSON file without ``resourceType`` (``report.json`` of a convert run) gives an
+information finding, not an error. Files are spread over a process pool (``jobs``); each worker
+loads schemas, models and compiled FHIRPath once and reuses them.
+
+Every file gets a result, whatever it holds: only regular files are read (a FIFO, device or socket
+named ``*.json`` is reported, never opened, so it cannot hang or flood the run), files larger than
+:data:`MAX_FILE_BYTES` are reported unread, and a file the validator itself fails on gets the
+finding "validator could not check this file: <reason>" while the run goes on. File names that are
+not UTF-8 are shown with the odd bytes escaped (:func:`display_name`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
-from fhirimg.errors import InputError
+from fhirimg.errors import ConfigError, InputError
 from fhirimg.http.client import TlsSettings
 from fhirimg.validate import invariant_layer, json_layer, model_layer, schema_layer
-from fhirimg.validate.findings import Finding, Layer, Severity
+from fhirimg.validate.findings import CANNOT_CHECK, Finding, Layer, Severity, cannot_check
 from fhirimg.validate.validator import ALL_LAYERS, detect_version, validate_resource
 
 if TYPE_CHECKING:  # the workers never talk to a server: no HTTP import for them
     import httpx
 
+    from fhirimg.http.fhir import FhirClient
+
 STDIN = "-"
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+"""Files larger than this (512 MiB) are not read: a finding says so. Parsing and checking a file
+takes a few times its size in memory in each worker; ``convert --max-bundle-mb`` splits studies
+into smaller bundles."""
+
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 
 
 @dataclass(frozen=True)
 class FileResult:
-    """The findings of one file, and the FHIR release it was checked against."""
+    """The findings of one file, and the FHIR release it was checked against.
+
+    ``file`` is the name to show (printable: see :func:`display_name`); ``path`` the name on disk
+    (None for stdin); ``release`` is None when the file was not checked as a FHIR resource.
+    """
 
     file: str
     release: str | None
     findings: tuple[Finding, ...]
     size: int
+    path: str | None = None
+
+
+def display_name(path: str) -> str:
+    r"""``path`` as printable text: bytes that are not UTF-8 (which :func:`os.fsdecode` keeps as
+    lone surrogates) become ``\xNN``, control characters their Python escape.
+
+    >>> display_name(os.fsdecode(b"out/bad\xff.json"))
+    'out/bad\\xff.json'
+    >>> display_name("a\x1b[31m.json")
+    'a\\x1b[31m.json'
+    >>> display_name("étude.json")
+    'étude.json'
+    """
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that does not stand for a byte (not from the disk)
+        raw = path.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class _Unreadable(Exception):
+    """A file that is not read: not a regular file, too large, or an OS error."""
+
+    def __init__(self, message: str, *, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path`` when it is a regular file (after following symlinks) of at most
+    ``limit`` bytes; raises :class:`_Unreadable` (an ``Exception``) saying why not otherwise.
+
+    The type is checked before opening (a FIFO is never opened, so it cannot block) and again on
+    the open descriptor (no swap in between); at most ``limit + 1`` bytes are read.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable(f"{_kind(st.st_mode)}, not a regular file: skipped", skipped=True)
+        if st.st_size > limit:
+            raise _Unreadable(_too_large(st.st_size, limit))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise _Unreadable(f"{_kind(st.st_mode)}, not a regular file: skipped", skipped=True)
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise _Unreadable(_too_large(len(data), limit))
+    return data
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"larger than {limit // 2**20} MiB ({size} bytes or more): not read"
 
 
 def discover(paths: Iterable[str | Path]) -> Iterator[str]:
     """Every file to validate under ``paths`` (``-`` stays as is), in a stable order."""
+    for path, problem in _discover(paths):
+        if problem is None:
+            yield path
+
+
+def _discover(paths: Iterable[str | Path]) -> Iterator[tuple[str, _Problem | None]]:
+    """(file, None) for every file to validate under ``paths``, in a stable order, and
+    (path, (severity, message)) for what the walk could not use."""
     for p in paths:
-        if str(p) == STDIN:
-            yield STDIN
-            continue
-        path = Path(p)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.endswith(".binaries"))
-                for name in sorted(files):
-                    if name.endswith(".json"):
-                        yield str(Path(root) / name)
-        elif path.is_file():
-            yield str(path)
+        name = os.fspath(p)
+        if name == STDIN:
+            yield STDIN, None
+        elif os.path.isdir(name):
+            yield from _walk(name)
+        elif os.path.exists(name):  # a file, or a FIFO or device that _one reports
+            yield name, None
         else:
-            raise InputError(f"{p}: no such file or folder")
+            raise InputError(f"{display_name(name)}: no such file or folder")
+
+
+def _walk(top: str) -> Iterator[tuple[str, _Problem | None]]:
+    """``*.json`` under ``top`` in the order of :func:`os.walk` (a folder's files, then its
+    subfolders by name), with a stack instead of recursion; symlinked folders are reported, not
+    followed (no loops, no walking out of the tree)."""
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield folder, (Severity.ERROR, f"cannot read this folder: {exc.strerror or exc}")
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows a symlink
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir = is_link = False
+            if is_dir and is_link:
+                yield entry.path, (Severity.INFORMATION, "symlinked folder: not followed")
+            elif is_dir:
+                if not entry.name.endswith(".binaries"):
+                    subfolders.append(entry.path)
+            elif entry.name.endswith(".json"):
+                yield entry.path, None
+        pending.extend(reversed(subfolders))
 
 
 def validate_bytes(
@@ -70,7 +199,41 @@ def validate_bytes(
     skip_non_fhir: bool = False,
     known_binaries: Collection[str] = (),
 ) -> FileResult:
-    """Parse and validate one file's bytes (``layers``: see :func:`validate_resource`)."""
+    """Parse and validate one file's bytes (``layers``: see :func:`validate_resource`).
+
+    Total over its input: whatever the bytes hold, the answer is a result whose findings say what
+    is wrong (a layer that fails on them becomes the finding "validator could not check this
+    file: <reason>"). Only an unknown ``fhir_version`` raises (:class:`~fhirimg.errors.ConfigError`).
+
+    >>> [f.message for f in validate_bytes(b'{"resourceType": ["Bundle"]}', source="x").findings]
+    ['resourceType must be a JSON string, not an array']
+    """
+    try:
+        return _validate_bytes(
+            data,
+            source=source,
+            fhir_version=fhir_version,
+            layers=layers,
+            beside=beside,
+            skip_non_fhir=skip_non_fhir,
+            known_binaries=known_binaries,
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the file's result, not the run's end
+        return FileResult(source, None, (cannot_check(source, exc),), len(data))
+
+
+def _validate_bytes(
+    data: bytes,
+    *,
+    source: str,
+    fhir_version: str,
+    layers: Collection[Layer],
+    beside: Path | None,
+    skip_non_fhir: bool,
+    known_binaries: Collection[str],
+) -> FileResult:
     obj, parsed = json_layer.parse(data, source)
     if obj is None:
         return FileResult(source, None, tuple(parsed.findings), len(data))
@@ -79,6 +242,15 @@ def validate_bytes(
         message = "not a FHIR resource (no resourceType)" + (": skipped" if skip_non_fhir else "")
         finding = Finding(severity, source, "$", message, Layer.JSON.value)
         return FileResult(source, None, (finding,), len(data))
+    root = obj["resourceType"]
+    if not isinstance(root, str):
+        message = f"resourceType must be a JSON string, not {_json_type(root)}"
+        finding = Finding(Severity.ERROR, source, "$.resourceType", message, Layer.JSON.value)
+        return FileResult(source, None, (finding,), len(data))
+    # Refused here, too, so that a file no layer checked is not sent to a --server either.
+    deep = json_layer.too_deep(obj, root)
+    if deep is not None:
+        return FileResult(source, None, (json_layer.too_deep_finding(source, deep),), len(data))
     release = detect_version(obj) if fhir_version == "auto" else fhir_version
     findings = validate_resource(
         obj,
@@ -91,22 +263,60 @@ def validate_bytes(
     return FileResult(source, release, tuple(findings), len(data))
 
 
-def _one(args: tuple[str, str, frozenset[Layer], bool]) -> FileResult:
-    file, fhir_version, layers, skip_non_fhir = args
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+_Problem = tuple[Severity, str]
+_Task = tuple[str, str, frozenset[Layer], bool, _Problem | None]
+
+
+def _one(task: _Task) -> FileResult:
+    """Validate one file (in a worker): always a result, named with :func:`display_name`. A
+    task with a problem (a folder the walk could not use) is answered with it, in its place."""
+    file, fhir_version, layers, skip_non_fhir, problem = task
+    if problem is not None:
+        finding = Finding(problem[0], file, "$", problem[1], Layer.JSON.value)
+        return _shown(FileResult(file, None, (finding,), 0, file))
     try:
-        data = Path(file).read_bytes()
-    except OSError as exc:
-        finding = Finding(Severity.ERROR, file, "$", f"cannot read: {exc.strerror}", "json")
-        return FileResult(file, None, (finding,), 0)
-    return validate_bytes(
+        data = read_regular(file)
+    except _Unreadable as exc:
+        # Named on the command line, a file that cannot be checked is an error; found in a
+        # folder, a FIFO or device is skipped with a warning (it is not a bundle anyone wrote).
+        severity = Severity.WARNING if exc.skipped and skip_non_fhir else Severity.ERROR
+        finding = Finding(severity, file, "$", str(exc), Layer.JSON.value)
+        return _shown(FileResult(file, None, (finding,), 0, file))
+    try:
+        known = sibling_binaries(Path(file))
+    except Exception:  # noqa: BLE001 - a sibling part unreadable: its links are then unknown
+        known = set()
+    result = validate_bytes(
         data,
         source=file,
         fhir_version=fhir_version,
         layers=layers,
         beside=Path(file).parent,
         skip_non_fhir=skip_non_fhir,
-        known_binaries=sibling_binaries(Path(file)),
+        known_binaries=known,
     )
+    return _shown(replace(result, path=file))
+
+
+def _shown(result: FileResult) -> FileResult:
+    """``result`` with its file name (and its findings') made printable."""
+    shown = display_name(result.file)
+    if shown == result.file:
+        return result
+    findings = tuple(replace(f, file=shown) for f in result.findings)
+    return replace(result, file=shown, findings=findings)
 
 
 _PART_NAME = re.compile(r"^(?P<base>.+?)(?:\.part-\d+)?\.json$")
@@ -116,7 +326,8 @@ _BINARY_URL = re.compile(rb'"url":\s*"Binary/([A-Za-z0-9.\-]{1,64})"')
 def sibling_binaries(file: Path) -> set[str]:
     """Ids of the Binaries in the other files of a split study (``<stem>.json`` and its
     ``<stem>.part-N.json``), read from their entries' ``request.url`` line by line, so that a
-    link from one part to a Binary in another resolves."""
+    link from one part to a Binary in another resolves. Only regular files of at most
+    :data:`MAX_FILE_BYTES` are read; one that cannot be read adds nothing."""
     match = _PART_NAME.match(file.name)
     if match is None:
         return set()
@@ -124,11 +335,13 @@ def sibling_binaries(file: Path) -> set[str]:
     siblings = [file.parent / f"{base}.json", *sorted(file.parent.glob(f"{base}.part-*.json"))]
     found: set[str] = set()
     for sibling in siblings:
-        if sibling == file or not sibling.is_file():
+        if sibling == file:
             continue
-        with open(sibling, "rb") as fh:
-            for line in fh:
-                found.update(m.decode() for m in _BINARY_URL.findall(line))
+        try:
+            data = read_regular(str(sibling))
+        except _Unreadable:
+            continue
+        found.update(m.decode() for m in _BINARY_URL.findall(data))
     return found
 
 
@@ -154,44 +367,86 @@ def iter_validate(
 ) -> Iterator[FileResult]:
     """Validate every file under ``paths`` with ``layers``; results come in input order.
 
-    With ``server``, each FHIR file is also sent to ``[server]/[type]/$validate`` (raises
-    :class:`fhirimg.errors.ServerUnreachableError` when it cannot be reached), with the
-    credentials ``server_auth`` and the CA bundle and client certificate of ``server_tls``.
+    Every file found gets one result, a folder the walk could not read or did not follow one too;
+    a file's content never stops the run. With ``server``, each FHIR file is also sent to
+    ``[server]/[type]/$validate`` (raises :class:`fhirimg.errors.ServerUnreachableError` when it
+    cannot be reached), with the credentials ``server_auth`` and the CA bundle and client
+    certificate of ``server_tls``.
     """
     wanted = frozenset(layers)
-    files = list(discover(paths))
-    if not files:
-        raise InputError("no JSON files found in " + ", ".join(str(p) for p in paths))
-    explicit = {str(p) for p in paths}
-    work = []
-    for f in files:
-        if f == STDIN:
-            data = sys.stdin.buffer.read()
-            result = validate_bytes(
-                data, source="<stdin>", fhir_version=fhir_version, layers=wanted
-            )
-            if server is not None and result.release is not None:
-                from fhirimg.validate.server import server_client, validate_on_server
-
-                with server_client(server, auth=server_auth, tls=server_tls) as client:
-                    extra = validate_on_server(
-                        server, orjson.loads(data), file="<stdin>", client=client
-                    )
-                result = FileResult(
-                    result.file, result.release, result.findings + tuple(extra), result.size
-                )
-            yield result
+    found = list(_discover(paths))
+    if not found:
+        raise InputError(
+            "no JSON files found in " + ", ".join(display_name(os.fspath(p)) for p in paths)
+        )
+    explicit = {os.fspath(p) for p in paths}
+    work: list[_Task] = []
+    for f, problem in found:
+        if f == STDIN and problem is None:
+            yield _stdin(fhir_version, wanted, server, server_auth, server_tls)
         else:
-            work.append((f, fhir_version, wanted, f not in explicit))
+            work.append((f, fhir_version, wanted, f not in explicit, problem))
+    yield from _with_server(_results(work, jobs, wanted), server, server_auth, server_tls)
+
+
+def _stdin(
+    fhir_version: str,
+    wanted: frozenset[Layer],
+    server: str | None,
+    auth: httpx.Auth | None,
+    tls: TlsSettings | None,
+) -> FileResult:
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        message = _too_large(len(data), MAX_FILE_BYTES)
+        finding = Finding(Severity.ERROR, "<stdin>", "$", message, Layer.JSON.value)
+        return FileResult("<stdin>", None, (finding,), len(data))
+    result = validate_bytes(data, source="<stdin>", fhir_version=fhir_version, layers=wanted)
+    if server is not None and result.release is not None:
+        from fhirimg.validate.server import server_client
+
+        with server_client(server, auth=auth, tls=tls) as client:
+            result = _server_result(result, data, server, client)
+    return result
+
+
+def _results(work: list[_Task], jobs: int, wanted: frozenset[Layer]) -> Iterator[FileResult]:
+    """One result per item of ``work``, in order; in a process pool when ``jobs`` > 1. A worker
+    that dies (killed for its memory, say) costs the files not yet answered a finding each."""
     if jobs <= 1 or len(work) <= 1:
-        results: Iterator[FileResult] = (_one(item) for item in work)
-        yield from _with_server(results, server, server_auth, server_tls)
+        yield from (_one(item) for item in work)
         return
     chunk = max(1, min(64, len(work) // (jobs * 4)))
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_warm, initargs=(wanted,)) as pool:
-        yield from _with_server(
-            pool.map(_one, work, chunksize=chunk), server, server_auth, server_tls
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_warm, initargs=(wanted,)) as pool:
+            for result in pool.map(_one, work, chunksize=chunk):
+                done += 1
+                yield result
+    except BrokenProcessPool as exc:
+        message = f"{CANNOT_CHECK}: a validator process ended abruptly ({exc})"
+        for file, *_ in work[done:]:
+            finding = Finding(Severity.ERROR, file, "$", message, Layer.JSON.value)
+            yield _shown(FileResult(file, None, (finding,), 0, file))
+
+
+def _server_result(result: FileResult, data: bytes, server: str, client: FhirClient) -> FileResult:
+    """``result`` with the ``$validate`` findings of ``server`` added (``data``: the file)."""
+    from fhirimg.validate.server import validate_on_server
+
+    obj = orjson.loads(data)
+    rtype = obj.get("resourceType") if isinstance(obj, dict) else None
+    if not isinstance(rtype, str) or not _TYPE_NAME.match(rtype):
+        note = Finding(
+            Severity.INFORMATION,
+            result.file,
+            "$",
+            "not sent to the server: the resourceType is not a resource type name",
+            Layer.SERVER.value,
         )
+        return replace(result, findings=(*result.findings, note))
+    extra = validate_on_server(server, obj, file=result.file, client=client)
+    return replace(result, findings=result.findings + tuple(extra))
 
 
 def _with_server(
@@ -204,16 +459,20 @@ def _with_server(
     if server is None:
         yield from results
         return
-    from fhirimg.validate.server import server_client, validate_on_server
+    from fhirimg.validate.server import server_client
 
     with server_client(server, auth=auth, tls=tls) as client:
         for r in results:
-            if r.release is None:
+            if r.release is None or r.path is None:
                 yield r
                 continue
-            obj = orjson.loads(Path(r.file).read_bytes())
-            extra = validate_on_server(server, obj, file=r.file, client=client)
-            yield FileResult(r.file, r.release, r.findings + tuple(extra), r.size)
+            try:
+                data = read_regular(r.path)
+                yield _server_result(r, data, server, client)
+            except (_Unreadable, orjson.JSONDecodeError) as exc:  # changed since it was checked
+                message = f"not sent to the server: {exc}"
+                finding = Finding(Severity.ERROR, r.file, "$", message, Layer.SERVER.value)
+                yield replace(r, findings=(*r.findings, finding))
 
 
 def validate_paths(

@@ -261,6 +261,8 @@ def _hint(ptype: str) -> str:
 
 
 def _is_base64(value: str) -> bool:
+    if not value.isascii():
+        return False  # binascii raises ValueError, not binascii.Error, on other characters
     try:
         binascii.a2b_base64(value, strict_mode=True)
         return True

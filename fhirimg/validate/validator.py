@@ -9,7 +9,8 @@ in :func:`parse_layers`.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from fhirimg.validate import (
     model_layer,
     schema_layer,
 )
-from fhirimg.validate.findings import Finding, Layer, Severity
+from fhirimg.validate.findings import Finding, Layer, Severity, cannot_check
+
+log = logging.getLogger(__name__)
 
 RELEASES = ("r4", "r5")
 FAST_LAYERS = frozenset({Layer.JSON, Layer.MODEL, Layer.SCHEMA, Layer.BUNDLE, Layer.IMAGING})
@@ -55,11 +58,16 @@ def _names() -> str:
     return ", ".join(x.value for x in Layer if x is not Layer.SERVER)
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else nothing (a wrong shape is another layer's finding)."""
+    return value if isinstance(value, list) else []
+
+
 def _resources(obj: dict[str, Any]) -> list[dict[str, Any]]:
     if obj.get("resourceType") == "Bundle":
         return [
             e["resource"]
-            for e in obj.get("entry", []) or []
+            for e in _list(obj.get("entry"))
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ]
     return [obj]
@@ -77,13 +85,15 @@ def detect_version(obj: Any) -> str:
         return "r4"
     for res in _resources(obj):
         rtype = res.get("resourceType")
+        if not isinstance(rtype, str):
+            continue
         if rtype in _R4_ONLY:
             return "r4"
         if rtype in _R5_ONLY:
             return "r5"
         meta = res.get("meta")
         if isinstance(meta, dict):
-            for profile in meta.get("profile", []) or []:
+            for profile in _list(meta.get("profile")):
                 if isinstance(profile, str) and ("/R5/" in profile or "/5.0" in profile):
                     return "r5"
                 if isinstance(profile, str) and ("/R4/" in profile or "/4.0" in profile):
@@ -94,10 +104,10 @@ def detect_version(obj: Any) -> str:
                 return "r5"
             if "interpreter" in res or "procedureCode" in res or "reasonCode" in res:
                 return "r4"
-            for m in res.get("modality", []) or []:
+            for m in _list(res.get("modality")):
                 if isinstance(m, dict):
                     return "r5" if "coding" in m else "r4"
-            for s in res.get("series", []) or []:
+            for s in _list(res.get("series")):
                 if isinstance(s, dict) and isinstance(s.get("modality"), dict):
                     return "r5" if "coding" in s["modality"] else "r4"
         if rtype == "DocumentReference":
@@ -107,7 +117,7 @@ def detect_version(obj: Any) -> str:
                 return "r5"
             if "masterIdentifier" in res or isinstance(res.get("context"), dict):
                 return "r4"
-            for c in res.get("content", []) or []:
+            for c in _list(res.get("content")):
                 if isinstance(c, dict):
                     if "format" in c:
                         return "r4"
@@ -148,35 +158,51 @@ def validate_resource(
     release = detect_version(obj) if fhir_version == "auto" else fhir_version.lower()
     if release not in RELEASES:
         raise ConfigError(f"unknown FHIR version {fhir_version!r}: use r4, r5 or auto")
-    findings: list[Finding] = []
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
-        findings.append(
+        return [
             Finding(Severity.ERROR, source, "$", "not a FHIR resource: no resourceType", "json")
-        )
-        return findings
+        ]
     root = obj["resourceType"]
+    # Refused before any layer walks it: the walks recurse (so do fhir.resources and fhirpathpy).
+    deep = json_layer.too_deep(obj, root)
+    if deep is not None:
+        return [json_layer.too_deep_finding(source, deep)]
+    findings: list[Finding] = []
+
+    def run(layer: Layer, check: Callable[[], list[Finding]]) -> None:
+        # A layer that fails on an odd shape costs that layer's findings, not the file's or run's.
+        try:
+            findings.extend(check())
+        except Exception as exc:  # noqa: BLE001 - reported as a finding on this file
+            log.debug("layer %s failed on %s", layer.value, source, exc_info=True)
+            findings.append(cannot_check(source, exc, layer))
+
     if Layer.JSON in wanted:
-        findings += json_layer.check(obj, source, root)
+        run(Layer.JSON, lambda: json_layer.check(obj, source, root))
     if Layer.MODEL in wanted:
-        findings += model_layer.check(obj, source, release)
-    visit = None
+        run(Layer.MODEL, lambda: model_layer.check(obj, source, release))
     typed: list[schema_layer.TypedNode] = []
-    if Layer.INVARIANT in wanted:
-        visit = typed.append
+    visit = typed.append if Layer.INVARIANT in wanted else None
     if Layer.SCHEMA in wanted or Layer.JSON in wanted or visit is not None:
-        json_found, schema_found = schema_layer.check(obj, source, release, visit=visit)
-        if Layer.JSON in wanted:
-            findings += json_found
-        if Layer.SCHEMA in wanted:
-            findings += schema_found
+
+        def schema() -> list[Finding]:
+            json_found, schema_found = schema_layer.check(obj, source, release, visit=visit)
+            return (json_found if Layer.JSON in wanted else []) + (
+                schema_found if Layer.SCHEMA in wanted else []
+            )
+
+        run(Layer.SCHEMA if Layer.SCHEMA in wanted else Layer.JSON, schema)
     if Layer.INVARIANT in wanted:
-        findings += invariant_layer.check(typed, source, release)
+        run(Layer.INVARIANT, lambda: invariant_layer.check(typed, source, release))
     if Layer.BUNDLE in wanted:
-        findings += bundle_layer.check(obj, source, release)
+        run(Layer.BUNDLE, lambda: bundle_layer.check(obj, source, release))
     if Layer.IMAGING in wanted:
         stem = Path(source).stem if source not in ("<memory>", "<stdin>") else None
-        findings += imaging_layer.check(
-            obj, source, release, beside=beside, stem=stem, known_binaries=known_binaries
+        run(
+            Layer.IMAGING,
+            lambda: imaging_layer.check(
+                obj, source, release, beside=beside, stem=stem, known_binaries=known_binaries
+            ),
         )
     return findings
 
