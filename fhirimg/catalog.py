@@ -51,6 +51,7 @@ import os
 import pickle
 import sqlite3
 import stat
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhirimg import jsonio
 from fhirimg.errors import CatalogError
@@ -87,6 +88,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x66686963  # b"fhic": PRAGMA application_id of a fhirimg catalog
 RACY_NS = 2_000_000_000  # mtime granularity allowed for (FAT: 2 s)
 KEEP_RUNS = 1000  # run history kept
+_CHUNK = 500  # keys per query (SQLite allows 32766 parameters)
 
 _SCHEMA = {
     "file": (
@@ -102,12 +104,14 @@ _SCHEMA = {
         "series TEXT",
         "sop TEXT",
         "sop_class TEXT",
-        "rec BLOB",  # PackedRecord.blob; NULL for a file that gave no record
         "status TEXT",  # FileStatus value; NULL: read, its study not written yet
         "detail BLOB",  # bundle name or reason, UTF-8 with surrogateescape
         "first_run INTEGER NOT NULL",
-        "seen_run INTEGER NOT NULL",
+        "seen_run INTEGER NOT NULL",  # the last run that recorded it (unchanged: not written)
         "changed_run INTEGER NOT NULL",
+        # Last: the large column. Reading the ones before it (a report, the stat check) then
+        # never has to step through its overflow pages.
+        "rec BLOB",  # PackedRecord.blob; NULL for a file that gave no record
     ),
     "study": ("uid TEXT PRIMARY KEY", "dirty INTEGER NOT NULL", "outcome BLOB"),
     "run": (
@@ -121,10 +125,14 @@ _SCHEMA = {
     ),
     "meta": ("name TEXT PRIMARY KEY", "value TEXT NOT NULL"),
 }
+_ENTRY_COLUMNS = "key, given, status, detail, study, series, sop, size, mtime_ns"
 _INDEXES = (
     "CREATE INDEX file_study ON file (study)",
     "CREATE INDEX file_sop ON file (sop)",
-    "CREATE INDEX file_seen ON file (seen_run)",
+    # Covering indexes: a re-run over an unchanged tree reads these, never the table's rows
+    # (each holds a pickled record): the stat check by key, the report and missing() by path.
+    "CREATE INDEX file_stat ON file (key, size, mtime_ns, ctime_ns, ino, racy)",
+    f"CREATE INDEX file_entry ON file (given, {_ENTRY_COLUMNS}, seen_run)",
 )
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR", "SQLITE_SCHEMA", "SQLITE_MISMATCH"}
 
@@ -140,9 +148,9 @@ class Change(StrEnum):
     UNCHANGED = "unchanged"
 
 
-@dataclass(frozen=True)
-class CatalogEntry:
-    """One input file as the catalog knows it.
+class CatalogEntry(NamedTuple):
+    """One input file as the catalog knows it (a named tuple: a report streams tens of
+    thousands of them).
 
     ``status`` is None for a file read whose study has not been written yet (a run was
     interrupted: the study is dirty and the next run writes it).
@@ -185,10 +193,19 @@ def _key(path: str | os.PathLike[str]) -> bytes:
     return os.fsencode(os.path.abspath(path))
 
 
-def _display(key: bytes, given: bytes) -> str:
-    """The path as the run gave it when it still names the file from here, else the absolute one."""
+def _display(key: bytes, given: bytes, cwd: bytes | None = None) -> str:
+    """The path as the run gave it when it still names the file from here, else the absolute one.
+
+    ``cwd`` (``os.fsencode(os.getcwd())``, given by a caller doing many) spares ``abspath`` in
+    the two common cases: an absolute path as given, a plain relative one below ``cwd``.
+    """
+    if given == key or (cwd is not None and key == cwd + b"/" + given):
+        return given.decode(_FS_ENCODING, "surrogateescape")  # os.fsdecode, without its checks
     text = os.fsdecode(given)
     return text if _key(text) == key else os.fsdecode(key)
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
 
 
 def _text(value: str | None) -> bytes | None:
@@ -396,6 +413,11 @@ class Catalog:
             self._db.execute("DELETE FROM run WHERE id <= ?", (run - KEEP_RUNS,))
         self._run, self._run_started_ns = run, time.time_ns()
         self._counts = dict.fromkeys(Change, 0)
+        with self._guard():
+            # Files classified in this run, in the connection's own temporary table: marking
+            # them in the file table would rewrite every row of the catalog on every run.
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key BLOB PRIMARY KEY)")
+            self._db.execute("DELETE FROM temp.seen")
         return run
 
     def run_counts(self) -> dict[str, int]:
@@ -442,22 +464,45 @@ class Catalog:
     def classify(self, path: str | os.PathLike[str], st: os.stat_result) -> Change:
         """Compare a file's stat with what was recorded; marks the file as seen in this run.
 
-        The mark is committed with the next batch (:meth:`record_many`, :meth:`commit`).
+        The mark lives in this connection for this run (:meth:`missing` reads it); nothing is
+        written to the catalog for a file found unchanged.
         """
-        run = self._need_run()
-        key = _key(path)
+        return self.classify_many([(path, st)])[0]
+
+    def classify_many(
+        self, items: Sequence[tuple[str | os.PathLike[str], os.stat_result]]
+    ) -> list[Change]:
+        """:meth:`classify` for many files at once (one query per few hundred files: what makes
+        a re-run over an unchanged tree cheap)."""
+        self._need_run()
+        keys = [_key(path) for path, _ in items]
+        # (size, mtime_ns, ctime_ns, ino) of each known file; None: racy, read it again
+        known: dict[bytes, tuple[int, int, int, int] | None] = {}
         with self._guard():
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, ino, racy FROM file WHERE key = ?", (key,)
-            ).fetchone()
-            if row is None:
-                change = Change.NEW
-            else:
-                self._db.execute("UPDATE file SET seen_run = ? WHERE key = ?", (run, key))
-                same = tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                change = Change.UNCHANGED if same and not row[4] else Change.CHANGED
-        self._counts[change] += 1
-        return change
+            for at in range(0, len(keys), _CHUNK):
+                chunk = keys[at : at + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                query = (
+                    "SELECT key, size, mtime_ns, ctime_ns, ino, racy FROM file "
+                    f"INDEXED BY file_stat WHERE key IN ({marks})"
+                )
+                for key, size, mtime_ns, ctime_ns, ino, racy in self._db.execute(query, chunk):
+                    known[key] = None if racy else (size, mtime_ns, ctime_ns, ino)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.seen VALUES (?)", ((k,) for k in keys if k in known)
+            )
+        new, changed, unchanged = Change.NEW, Change.CHANGED, Change.UNCHANGED
+        out = [
+            new
+            if key not in known
+            else unchanged
+            if known[key] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            else changed
+            for key, (_, st) in zip(keys, items, strict=True)
+        ]
+        for change in out:
+            self._counts[change] += 1
+        return out
 
     def commit(self) -> None:
         """Make pending changes durable (one batch)."""
@@ -559,7 +604,8 @@ class Catalog:
         run = self._need_run()
         with self._guard():
             rows = self._db.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM file WHERE seen_run != ? ORDER BY given, key",
+                f"SELECT {_ENTRY_COLUMNS} FROM file WHERE seen_run != ? "
+                "AND key NOT IN (SELECT key FROM temp.seen) ORDER BY given, key",
                 (run,),
             ).fetchall()
         out = []
@@ -587,10 +633,21 @@ class Catalog:
 
     def entries(self) -> Iterator[CatalogEntry]:
         """Every file of the catalog, sorted by path (for ``report.json``; streamed)."""
+        cwd = os.fsencode(os.getcwd())
         with self._guard():
             cursor = self._db.execute(f"SELECT {_ENTRY_COLUMNS} FROM file ORDER BY given, key")
             for row in cursor:
-                yield _entry(row)
+                yield _entry(row, cwd)
+
+    def failures(self, limit: int) -> list[CatalogEntry]:
+        """Up to ``limit`` failed files, sorted by path."""
+        cwd = os.fsencode(os.getcwd())
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM file WHERE status = ? ORDER BY given, key LIMIT ?",
+                (FileStatus.FAILED.value, limit),
+            ).fetchall()
+        return [_entry(row, cwd) for row in rows]
 
     def counts(self) -> dict[str, int]:
         """Files per outcome over the whole folder; "pending": read, study not yet written."""
@@ -718,20 +775,20 @@ class Catalog:
         return True
 
 
-_ENTRY_COLUMNS = "key, given, status, detail, study, series, sop, size, mtime_ns"
+_STATUS: dict[str | None, FileStatus | None] = {None: None, **{s.value: s for s in FileStatus}}
 
 
-def _entry(row: Sequence[Any]) -> CatalogEntry:
+def _entry(row: Sequence[Any], cwd: bytes | None = None) -> CatalogEntry:
     key, given, status, detail, study, series, sop, size, mtime_ns = row
     return CatalogEntry(
-        path=_display(key, given),
-        status=None if status is None else FileStatus(status),
-        detail=_untext(detail),
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        size=size,
-        mtime_ns=mtime_ns,
+        _display(key, given, cwd),
+        _STATUS[status],
+        _untext(detail),
+        study,
+        series,
+        sop,
+        size,
+        mtime_ns,
     )
 
 

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("fhirimg-out")
 REPORT_NAME = "report.json"
 _BATCH = 64  # files per task sent to a worker process
+_CLASSIFY = 512  # files compared with the catalog at once
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, advance, total)``: stage is "read" (files) or "write" (studies)."""
@@ -665,24 +666,23 @@ class _IncrementalRun:
 
     def _to_read(self, exclude: list[Path]) -> Iterator[_ToRead]:
         """The files to read, each with its stat taken *before* reading (a change while it is
-        read then shows next run). A path that cannot be stat'ed (gone, or never there) is read
-        too: :func:`fhirimg.scan.read_file` reports it."""
-        skipped = 0
-        for path in iter_files(self.inputs, exclude=exclude):
-            try:
-                st: os.stat_result | None = os.stat(path)  # a link: its target is what is read
-            except OSError:
-                st = None
-            if st is not None and self.catalog.classify(path, st) is Change.UNCHANGED:
-                skipped += 1
-                if skipped >= 1000:  # progress moves during a long unchanged stretch too
-                    yield _ToRead(None, None, skipped)
-                    skipped = 0
-                continue
-            yield _ToRead(path, st, skipped)
+        read then shows next run), classified a few hundred at a time. A path that cannot be
+        stat'ed (gone, or never there) is read too: :func:`fhirimg.scan.read_file` reports it."""
+        for chunk in _batched(iter_files(self.inputs, exclude=exclude), _CLASSIFY):
+            stats: list[tuple[str, os.stat_result]] = []
             skipped = 0
-        if skipped:
-            yield _ToRead(None, None, skipped)
+            for path in chunk:
+                try:
+                    stats.append((path, os.stat(path)))  # a link: its target is what is read
+                except OSError:
+                    yield _ToRead(path, None, 0)
+            for (path, st), change in zip(stats, self.catalog.classify_many(stats), strict=True):
+                if change is Change.UNCHANGED:
+                    skipped += 1
+                else:
+                    yield _ToRead(path, st, 0)
+            if skipped:
+                yield _ToRead(None, None, skipped)
 
     # --- 2. files that disappeared ---
 
@@ -760,12 +760,9 @@ class _IncrementalRun:
                 studies.append(now[study.study_instance_uid])
             elif study.outcome is not None:
                 studies.append(StudyOutcome.from_json(study.outcome))
-        failures = []
-        for entry in self.catalog.entries():
-            if entry.status is FileStatus.FAILED:
-                failures.append((_printable(entry.path), _printable(entry.detail or "")))
-                if len(failures) >= 100:
-                    break
+        failures = [
+            (_printable(e.path), _printable(e.detail or "")) for e in self.catalog.failures(100)
+        ]
         counts = self.catalog.counts()
         return ConvertReport(
             self.out_dir,
@@ -816,6 +813,11 @@ def _printable(text: str) -> str:
     >>> _printable("scan-\\udcff.dcm"), _printable("plain.dcm")
     ('scan-\\\\xff.dcm', 'plain.dcm')
     """
+    try:
+        text.encode("utf-8")
+        return text  # the common case, and the fast one
+    except UnicodeEncodeError:
+        pass
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that is not an undecodable byte: keep its code
@@ -987,18 +989,19 @@ def _run_json(run: RunRecord) -> JSON:
 
 
 def _stream_report(path: Path, doc: JSON, files: Iterator[JSON], modes: jsonio.Modes) -> None:
-    """Write ``doc`` with its top-level ``"files": []`` filled from ``files``, one entry at a
-    time, into exactly the bytes ``jsonio.dumps`` would give with the list inline: memory does
-    not grow with the number of files."""
+    """Write ``doc`` with its top-level ``"files": []`` filled from ``files``, a thousand entries
+    at a time, into exactly the bytes ``jsonio.dumps`` would give with the list inline: memory
+    does not grow with the number of files."""
     text = jsonio.dumps(doc)
     marker = b'\n  "files": []'
     at = text.index(marker) + len(marker) - len(b"[]")
     with jsonio.atomic_writer(path, mode=modes) as fh:
         fh.write(text[:at])
         first = True
-        for item in files:
-            fh.write(b"[\n" if first else b",\n")
-            fh.write(b"    " + jsonio.dumps(item).rstrip(b"\n").replace(b"\n", b"\n    "))
+        for chunk in _batched(files, 1000):
+            # dumps of a list: "[\n  {...},\n  {...}\n]"; its items, two spaces deeper
+            items = jsonio.dumps(chunk)[2:-3].replace(b"\n", b"\n  ")
+            fh.write((b"[\n  " if first else b",\n  ") + items)
             first = False
         fh.write(b"[]" if first else b"\n  ]")
         fh.write(text[at + len(b"[]") :])
