@@ -179,7 +179,7 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
     if not isinstance(obj, dict):
         return out.findings
     if obj.get("resourceType") != "Bundle":
-        check_resource_references(obj, str(obj.get("resourceType", "$")), out, release, {})
+        check_resource_references(obj, str(obj.get("resourceType") or "$"), out, release, {})
         return out.findings
     btype = obj.get("type")
     entries = obj.get("entry")

@@ -102,7 +102,7 @@ def _resources(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             for i, e in enumerate(_list(obj.get("entry")))
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ]
-    return [(str(obj.get("resourceType", "$")), obj)]
+    return [(str(obj.get("resourceType") or "$"), obj)]
 
 
 def _list(value: Any) -> list[Any]:

@@ -48,7 +48,7 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
     rtype = obj["resourceType"]
     cls = model_class(release, rtype)
     if cls is None:
-        out.error(rtype, f"{rtype} is not a resource type of FHIR {release.upper()}")
+        out.error(rtype or "$", f"{rtype!r} is not a resource type of FHIR {release.upper()}")
         return out.findings
     try:
         cls.model_validate(obj)

@@ -107,13 +107,15 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_regular(path: str, limit: int | None = None) -> bytes:
     """The bytes of ``path`` when it is a regular file (after following symlinks) of at most
-    ``limit`` bytes; raises :class:`_Unreadable` (an ``Exception``) saying why not otherwise.
+    ``limit`` bytes (:data:`MAX_FILE_BYTES` by default); raises :class:`_Unreadable` (an
+    ``Exception``) saying why not otherwise.
 
     The type is checked before opening (a FIFO is never opened, so it cannot block) and again on
     the open descriptor (no swap in between); at most ``limit + 1`` bytes are read.
     """
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -134,7 +136,8 @@ def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"larger than {limit // 2**20} MiB ({size} bytes or more): not read"
+    most = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
+    return f"larger than the limit of {most} ({size} bytes or more): not read"
 
 
 def discover(paths: Iterable[str | Path]) -> Iterator[str]:
@@ -396,9 +399,10 @@ def _stdin(
     auth: httpx.Auth | None,
     tls: TlsSettings | None,
 ) -> FileResult:
-    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        message = _too_large(len(data), MAX_FILE_BYTES)
+    limit = MAX_FILE_BYTES
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        message = _too_large(len(data), limit)
         finding = Finding(Severity.ERROR, "<stdin>", "$", message, Layer.JSON.value)
         return FileResult("<stdin>", None, (finding,), len(data))
     result = validate_bytes(data, source="<stdin>", fhir_version=fhir_version, layers=wanted)

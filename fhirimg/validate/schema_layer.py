@@ -303,5 +303,5 @@ def check(
     """Walk ``obj`` against the schema of ``release``; return (json findings, schema findings)."""
     walk = _Walk(schema_for(release), file, visit)
     root = obj.get("resourceType", "$") if isinstance(obj, dict) else "$"
-    walk.resource(obj, root if isinstance(root, str) else "$", None)
+    walk.resource(obj, root if isinstance(root, str) and root else "$", None)
     return walk.json.findings, walk.out.findings

@@ -80,7 +80,8 @@ def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
     'Bundle.type'
     """
     out: list[Finding] = []
-    for issue in outcome.get("issue", []) or []:
+    issues = outcome.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
             continue
         severity = _SEVERITY.get(str(issue.get("severity")), Severity.ERROR)
@@ -91,10 +92,10 @@ def outcome_findings(outcome: dict[str, Any], file: str) -> list[Finding]:
             or (details.get("text") if isinstance(details, dict) else None)
             or str(issue.get("code", "issue"))
         )
-        location = clean(where[0]) if isinstance(where, list) and where else "$"
-        out.append(
-            Finding(severity, file, location, " ".join(clean(message).split()), Layer.SERVER.value)
-        )
+        # The answer is the server's: any JSON value may stand where a string belongs.
+        location = clean(str(where[0])) if isinstance(where, list) and where else "$"
+        text = " ".join(clean(str(message)).split())
+        out.append(Finding(severity, file, location, text, Layer.SERVER.value))
     return out
 
 
@@ -147,5 +148,6 @@ def validate_on_server(
             "OperationOutcome",
             status=response.status_code,
         )
-    log.debug("%s: HTTP %s, %d issues", path, response.status_code, len(body.get("issue", [])))
-    return outcome_findings(body, file)
+    findings = outcome_findings(body, file)
+    log.debug("%s: HTTP %s, %d issues", path, response.status_code, len(findings))
+    return findings

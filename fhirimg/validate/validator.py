@@ -162,7 +162,7 @@ def validate_resource(
         return [
             Finding(Severity.ERROR, source, "$", "not a FHIR resource: no resourceType", "json")
         ]
-    root = obj["resourceType"]
+    root = obj["resourceType"] or "$"  # the root of every location
     # Refused before any layer walks it: the walks recurse (so do fhir.resources and fhirpathpy).
     deep = json_layer.too_deep(obj, root)
     if deep is not None:
