@@ -217,9 +217,7 @@ def _study_bundle() -> dict[str, Any]:
 
 
 def _entry(bundle: dict[str, Any], rtype: str) -> dict[str, Any]:
-    return next(
-        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype
-    )
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype)
 
 
 def _errors(data: bytes | dict[str, Any], layers: frozenset[Layer] = ALL_LAYERS) -> list[Finding]:
