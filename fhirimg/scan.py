@@ -418,9 +418,9 @@ def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
                 open_.append(open_[-1])
                 continue
         else:
-            implicit = open_[-1]
-            vr = b"" if implicit else buf[pos + 4 : pos + 6]
-            if implicit:
+            inside_implicit = open_[-1]
+            vr = b"" if inside_implicit else buf[pos + 4 : pos + 6]
+            if inside_implicit:
                 pos += 8
             elif vr in _LONG_VRS:
                 if pos + 12 > n:
@@ -435,7 +435,7 @@ def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
             if length == _UNDEFINED:
                 if vr not in (b"", b"SQ", b"UN"):
                     raise _Unsupported(f"undefined length for VR {vr!r}")
-                open_.append(implicit or vr == b"UN")
+                open_.append(inside_implicit or vr == b"UN")
                 continue
         if pos + length > n:
             raise _Short
@@ -661,7 +661,10 @@ def _folder_problem(path: str) -> FileProblem:
 def _os_problem(path: str, exc: OSError) -> FileProblem:
     """The reason an OSError gives, in words a person can act on."""
     if exc.errno == errno.ENOENT and os.path.islink(path):
-        target = os.readlink(path)
+        try:
+            target = os.readlink(path)
+        except OSError:  # gone meanwhile
+            target = "?"
         return FileProblem(
             path, FileStatus.FAILED, f"dangling symbolic link: its target {target} does not exist"
         )
