@@ -860,7 +860,7 @@ def convert_records(
     _make_folders(opts, bundle_dir)
     with FolderLock(out_dir, opts.lock_wait):
         if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
-            with Catalog.open(out_dir) as catalog:
+            with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
         return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir)
 

@@ -45,8 +45,11 @@ def test_convert_push_streams_and_keeps_no_bundles(
     report = json.loads((tmp_path / "report.json").read_text())
     assert {s["push"] for s in report["studies"]} == {"pushed"}
 
-    # again: the journal says all is there; the server keeps one of each
+    # again: the catalog says nothing changed, so no study is built or pushed
     summary = _convert_push(tmp_path, base, "--binary", "beside")
+    assert summary["pushed"] == {"pushed": 0, "skipped": 0, "failed": 0}
+    # --full builds every study again: the journal says all is there
+    summary = _convert_push(tmp_path, base, "--binary", "beside", "--full")
     assert summary["pushed"] == {"pushed": 0, "skipped": 5, "failed": 0}
     assert count(base, "ImagingStudy") == 5
     assert count(base, "Binary") == 20
