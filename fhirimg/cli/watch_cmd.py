@@ -9,6 +9,7 @@ SIGINT exits 130 like every command, SIGTERM 0 (a service manager stopping a hea
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -230,7 +231,9 @@ def watch_command(
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         stopped_by.append(signum)
         if not quiet:
-            err_console.print("stopping after the study at hand (Ctrl-C again to stop now)")
+            # A plain write, not rich: the signal may land while rich is importing or holding its
+            # own locks (seen: an ImportError from rich's emoji table, exit 70).
+            os.write(2, b"stopping after the study at hand (Ctrl-C again to stop now)\n")
         # Event.set from a thread: a handler running inside the loop's own Event.wait must not
         # take the event's lock that the interrupted code may hold.
         threading.Thread(target=stop.set, daemon=True).start()
