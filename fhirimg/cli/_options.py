@@ -28,6 +28,7 @@ from fhirimg.cli._app import fail
 from fhirimg.cli._auth import DICOMWEB, build_auth
 from fhirimg.exitcodes import ExitCode
 from fhirimg.http import ClientCert, RetryPolicy, TlsSettings
+from fhirimg.images.binary import BinaryMode
 from fhirimg.push import PushOptions
 
 
@@ -46,6 +47,88 @@ class FhirVersionOrAuto(StrEnum):
     R4 = "r4"
     R5 = "r5"
 
+
+# What to write: the conversion options that `convert` and `watch` share, declared once so that
+# their names, help and defaults cannot drift apart.
+FhirVersionOpt = Annotated[
+    FhirVersion,
+    typer.Option(
+        "--fhir-version",
+        help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0; rendered images become "
+        "DocumentReference, R5 has no Media).",
+        case_sensitive=False,
+    ),
+]
+
+EndpointUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-url",
+        help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
+        "that each ImagingStudy references.",
+    ),
+]
+
+TimezoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
+        "Timezone Offset From UTC. Without it such times are left out (date kept).",
+    ),
+]
+
+PatientIdSystemOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--patient-id-system",
+        help="Identifier system for Patient IDs whose issuer gives none: a URI (default for "
+        "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
+    ),
+]
+
+JobsOpt = Annotated[
+    int,
+    typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
+]
+
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Validate every bundle with all layers of 'fhirimg validate' (FHIRPath "
+        "invariants too) before writing it, not only the fast ones.",
+    ),
+]
+
+BinaryOpt = Annotated[
+    BinaryMode | None,
+    typer.Option(
+        "--binary",
+        help="Also carry each instance's DICOM bytes as a Binary (PUT Binary/<id>), linked "
+        "from ImagingStudy.series.instance: 'inline' puts base64 data in the bundle, "
+        "'beside' writes <bundle>.binaries/<id>.dcm for push to upload raw. Default: none.",
+        case_sensitive=False,
+    ),
+]
+
+MediaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--media",
+        help="Also render images (8-bit PNG/JPEG with rescale, window, MONOCHROME1, colour "
+        "handled) as Media (R4) or DocumentReference (R5).",
+    ),
+]
+
+GroupReadableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--group-readable",
+        help="Make the output readable by the group (files 0640, new folders 0750) for a "
+        "shared research folder. Default: owner-only (0600 / 0700), it holds patient data.",
+    ),
+]
 
 AUTH_PANEL = "Authentication"
 NETWORK_PANEL = "Network and retries"

@@ -37,10 +37,19 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
+    BinaryOpt,
     DicomwebAuth,
+    EndpointUrlOpt,
     FhirAuth,
     FhirVersion,
+    FhirVersionOpt,
+    GroupReadableOpt,
+    JobsOpt,
+    MediaOpt,
     Network,
+    PatientIdSystemOpt,
+    StrictOpt,
+    TimezoneOpt,
     option_groups,
     push_options,
 )
@@ -55,7 +64,6 @@ from fhirimg.convert import Progress as ProgressCallback
 from fhirimg.dicomweb import StudyQuery
 from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
 from fhirimg.push import PushOptions
@@ -111,39 +119,10 @@ def convert_command(
             "--out", "-o", help="Folder for the bundles and report.json.", file_okay=False
         ),
     ] = DEFAULT_OUT,
-    fhir_version: Annotated[
-        FhirVersion,
-        typer.Option(
-            "--fhir-version",
-            help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0; rendered images become "
-            "DocumentReference, R5 has no Media).",
-            case_sensitive=False,
-        ),
-    ] = FhirVersion.R4,
-    dicomweb_url: Annotated[
-        str | None,
-        typer.Option(
-            "--dicomweb-url",
-            help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
-            "that each ImagingStudy references.",
-        ),
-    ] = None,
-    timezone: Annotated[
-        str | None,
-        typer.Option(
-            "--timezone",
-            help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
-            "Timezone Offset From UTC. Without it such times are left out (date kept).",
-        ),
-    ] = None,
-    patient_id_system: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--patient-id-system",
-            help="Identifier system for Patient IDs whose issuer gives none: a URI (default for "
-            "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
-        ),
-    ] = None,
+    fhir_version: FhirVersionOpt = FhirVersion.R4,
+    dicomweb_url: EndpointUrlOpt = None,
+    timezone: TimezoneOpt = None,
+    patient_id_system: PatientIdSystemOpt = None,
     accession_system: Annotated[
         list[str] | None,
         typer.Option(
@@ -152,10 +131,7 @@ def convert_command(
             "Number (0008,0051) has only this local namespace (0040,0031). Repeatable.",
         ),
     ] = None,
-    jobs: Annotated[
-        int,
-        typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
-    ] = 0,
+    jobs: JobsOpt = 0,
     push_url: Annotated[
         str | None,
         typer.Option(
@@ -166,24 +142,8 @@ def convert_command(
             rich_help_panel=_PUSH_PANEL,
         ),
     ] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Validate every bundle with all layers of 'fhirimg validate' (FHIRPath "
-            "invariants too) before writing it, not only the fast ones.",
-        ),
-    ] = False,
-    binary: Annotated[
-        BinaryMode | None,
-        typer.Option(
-            "--binary",
-            help="Also carry each instance's DICOM bytes as a Binary (PUT Binary/<id>), linked "
-            "from ImagingStudy.series.instance: 'inline' puts base64 data in the bundle, "
-            "'beside' writes <bundle>.binaries/<id>.dcm for push to upload raw. Default: none.",
-            case_sensitive=False,
-        ),
-    ] = None,
+    strict: StrictOpt = False,
+    binary: BinaryOpt = None,
     max_entries: Annotated[
         int | None,
         typer.Option(
@@ -203,14 +163,7 @@ def convert_command(
             "Default: no limit.",
         ),
     ] = None,
-    media: Annotated[
-        bool,
-        typer.Option(
-            "--media",
-            help="Also render images (8-bit PNG/JPEG with rescale, window, MONOCHROME1, colour "
-            "handled) as Media (R4) or DocumentReference (R5).",
-        ),
-    ] = False,
+    media: MediaOpt = False,
     media_per: Annotated[
         MediaPer,
         typer.Option(
@@ -255,14 +208,7 @@ def convert_command(
             case_sensitive=False,
         ),
     ] = MediaContent.INLINE,
-    group_readable: Annotated[
-        bool,
-        typer.Option(
-            "--group-readable",
-            help="Make the output readable by the group (files 0640, new folders 0750) for a "
-            "shared research folder. Default: owner-only (0600 / 0700), it holds patient data.",
-        ),
-    ] = False,
+    group_readable: GroupReadableOpt = False,
     full: Annotated[
         bool,
         typer.Option(

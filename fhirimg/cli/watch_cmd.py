@@ -33,12 +33,26 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
-from fhirimg.cli._options import FhirAuth, FhirVersion, Network, option_groups, push_options
+from fhirimg.cli._options import (
+    BinaryOpt,
+    EndpointUrlOpt,
+    FhirAuth,
+    FhirVersion,
+    FhirVersionOpt,
+    GroupReadableOpt,
+    JobsOpt,
+    MediaOpt,
+    Network,
+    PatientIdSystemOpt,
+    StrictOpt,
+    TimezoneOpt,
+    option_groups,
+    push_options,
+)
 from fhirimg.cli.convert_cmd import parse_patient_id_systems
 from fhirimg.convert import DEFAULT_OUT, ConvertOptions
 from fhirimg.errors import PushError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaOptions
 from fhirimg.mapping import MapOptions
 from fhirimg.safetext import redact_url
@@ -105,69 +119,15 @@ def watch_command(
             "--settle ignored, and exit with convert's exit code.",
         ),
     ] = False,
-    fhir_version: Annotated[
-        FhirVersion,
-        typer.Option(
-            "--fhir-version",
-            help="FHIR release to write: r4 (4.0.1) or r5 (5.0.0).",
-            case_sensitive=False,
-        ),
-    ] = FhirVersion.R4,
-    dicomweb_url: Annotated[
-        str | None,
-        typer.Option(
-            "--dicomweb-url",
-            help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
-            "that each ImagingStudy references.",
-        ),
-    ] = None,
-    timezone: Annotated[
-        str | None,
-        typer.Option(
-            "--timezone",
-            help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
-            "Timezone Offset From UTC.",
-        ),
-    ] = None,
-    patient_id_system: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--patient-id-system",
-            help="Identifier system for Patient IDs whose issuer gives none: a URI, or "
-            "ISSUER=URI for one Issuer of Patient ID (0010,0021). Repeatable.",
-        ),
-    ] = None,
-    binary: Annotated[
-        BinaryMode | None,
-        typer.Option(
-            "--binary",
-            help="Also carry each instance's DICOM bytes as a Binary: 'inline' (base64 in the "
-            "bundle) or 'beside' (<bundle>.binaries/<id>.dcm). Default: none.",
-            case_sensitive=False,
-        ),
-    ] = None,
-    media: Annotated[
-        bool,
-        typer.Option(
-            "--media",
-            help="Also render each image as PNG in a Media (R4) / DocumentReference (R5).",
-        ),
-    ] = False,
-    strict: Annotated[
-        bool,
-        typer.Option("--strict", help="Validate every bundle with all layers before writing it."),
-    ] = False,
-    jobs: Annotated[
-        int,
-        typer.Option("--jobs", "-j", min=0, help="Processes for converting (0 = all cores)."),
-    ] = 0,
-    group_readable: Annotated[
-        bool,
-        typer.Option(
-            "--group-readable",
-            help="Files 0640 and new folders 0750 instead of owner-only, for a shared folder.",
-        ),
-    ] = False,
+    fhir_version: FhirVersionOpt = FhirVersion.R4,
+    dicomweb_url: EndpointUrlOpt = None,
+    timezone: TimezoneOpt = None,
+    patient_id_system: PatientIdSystemOpt = None,
+    binary: BinaryOpt = None,
+    media: MediaOpt = False,
+    strict: StrictOpt = False,
+    jobs: JobsOpt = 0,
+    group_readable: GroupReadableOpt = False,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print one JSON line per study handled on stdout (NDJSON)."),
