@@ -557,7 +557,10 @@ class Catalog:
             uids, blob = (packed.study, packed.series, packed.sop, packed.sop_class), packed.blob
             same = old is not None and old[1] is not None and _same_record(old[1], blob)
             status, detail = (old[2], old[3]) if same else (None, None)
-            if not same:
+            if not same or self._shares_sop(key, packed.sop):
+                # Another file with this SOP Instance UID: which of them is kept, and whether they
+                # are the same content, depends on the bytes (a pixel edit leaves the header
+                # record equal), so their studies are resolved again.
                 self._dirty(packed.study)
         if old is not None and old[0] is not None and old[0] != uids[0]:
             self._dirty(old[0])
@@ -576,6 +579,12 @@ class Catalog:
             (key, os.fsencode(path), *signature, racy, *uids, blob, status, detail)
             + (first_run, run, changed_run),
         )
+
+    def _shares_sop(self, key: bytes, sop: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM file WHERE sop = ? AND key != ? LIMIT 1", (sop, key)
+        ).fetchone()
+        return row is not None
 
     def _dirty(self, study: str) -> None:
         self._db.execute(

@@ -11,8 +11,11 @@ must not end the run. Bytes sort like UTF-8 text (``memcmp``), so the order is t
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -111,8 +114,20 @@ class StudyIndex:
     def resolve_duplicates(self) -> int:
         """Keep one record per SOP Instance UID; the others become problems. Returns their count.
 
-        The first file by path wins. Another file with the same SOP Instance UID, study, series and
-        SOP class is a DUPLICATE (counted once); one that differs is a FAILED conflict.
+        The first file by path wins, whatever the order the files were read in (``--jobs``, the
+        walk): the rows are sorted by path here. Each later file with the same SOP Instance UID
+        is compared with the one kept, cheapest test first (:func:`_compare`):
+
+        * other study, series or SOP class: FAILED, a UID conflict;
+        * same UIDs, other size, or same size and other SHA-256 of the bytes: FAILED, a
+          conflicting duplicate (two different objects under one SOP Instance UID; the reason
+          names both paths and which one is kept);
+        * same UIDs and the same bytes: DUPLICATE ("same content"), counted once.
+
+        Files are hashed only when two of them collide on the UID and the size, so the common
+        run (no duplicates) reads no file again. A file that cannot be read now (gone since it
+        was recorded, or not a file: a DICOMweb URL) is compared by UIDs only, and the reason
+        says so.
         """
         db = self._db
         # Indexes are built once, after all inserts: cheaper than maintaining them per row.
@@ -120,31 +135,21 @@ class StudyIndex:
         db.execute("CREATE INDEX IF NOT EXISTS inst_study ON inst (study, path)")
         rows = db.execute(
             """
-            SELECT i.sop, i.study, i.series, i.sop_class, i.path
+            SELECT i.sop, i.study, i.series, i.sop_class, i.path, i.rec
             FROM (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1) AS d
             JOIN inst AS i ON i.sop = d.sop
             ORDER BY i.sop, i.path
             """
         ).fetchall()
         dropped = 0
-        keep: tuple[str, ...] | None = None
-        keep_path = ""
-        for sop, study, series, sop_class, raw_path in rows:
+        keep: _Kept | None = None
+        for sop, study, series, sop_class, raw_path, blob in rows:
             path = _t(raw_path)
-            if keep is None or keep[0] != sop:
-                keep, keep_path = (sop, study, series, sop_class), path
+            size = _size_of(blob)
+            if keep is None or keep.uids[0] != sop:
+                keep = _Kept((sop, study, series, sop_class), path, size)
                 continue
-            if (sop, study, series, sop_class) == keep:
-                problem = FileProblem(
-                    path, FileStatus.DUPLICATE, f"same SOP Instance UID and content as {keep_path}"
-                )
-            else:
-                problem = FileProblem(
-                    path,
-                    FileStatus.FAILED,
-                    f"SOP Instance UID conflict: also in {keep_path} with a different "
-                    "study, series or SOP class",
-                )
+            problem = _compare(keep, (sop, study, series, sop_class), path, size)
             db.execute("DELETE FROM inst WHERE path = ?", (raw_path,))
             self.add_problem(problem)
             dropped += 1
@@ -202,3 +207,82 @@ class StudyIndex:
         ):
             out[status] = n
         return out
+
+
+class _Kept:
+    """The file kept for one SOP Instance UID, and its digest once computed."""
+
+    def __init__(self, uids: tuple[str, ...], path: str, size: int | None) -> None:
+        self.uids = uids
+        self.path = path
+        self.size = size
+        self._digest: bytes | str | None = None
+
+    def digest(self) -> bytes | str:
+        if self._digest is None:
+            self._digest = content_digest(self.path)
+        return self._digest
+
+
+def _size_of(blob: bytes) -> int | None:
+    """The file size a packed record holds (its ``size``), None when not known."""
+    size = getattr(pickle.loads(blob), "size", None)
+    return size if isinstance(size, int) and size >= 0 else None
+
+
+def _compare(keep: _Kept, uids: tuple[str, ...], path: str, size: int | None) -> FileProblem:
+    """What becomes of ``path``, a later file with the SOP Instance UID of ``keep.path``."""
+    if uids != keep.uids:
+        return FileProblem(
+            path,
+            FileStatus.FAILED,
+            f"SOP Instance UID conflict: also in {keep.path} with a different study, series or "
+            f"SOP class; {keep.path} is kept (the first by path)",
+        )
+    conflict = FileProblem(
+        path,
+        FileStatus.FAILED,
+        f"SOP Instance UID conflict: {path} and {keep.path} have the same UIDs but different "
+        f"content; {keep.path} is kept (the first by path)",
+    )
+    if size is not None and keep.size is not None and size != keep.size:
+        return conflict
+    theirs, mine = keep.digest(), content_digest(path)
+    if isinstance(theirs, str) or isinstance(mine, str):
+        why = next(d for d in (theirs, mine) if isinstance(d, str))
+        return FileProblem(
+            path,
+            FileStatus.DUPLICATE,
+            f"same SOP Instance UID, study, series and SOP class as {keep.path} (content not "
+            f"compared: {why})",
+        )
+    if theirs != mine:
+        return conflict
+    return FileProblem(
+        path, FileStatus.DUPLICATE, f"same SOP Instance UID and content as {keep.path}"
+    )
+
+
+def content_digest(path: str) -> bytes | str:
+    """SHA-256 of a regular file's bytes, or why it cannot be computed (text).
+
+    Opened without following a FIFO's writer (``O_NONBLOCK``) and refused unless regular, so a
+    path that became a pipe cannot hang the run.
+
+    >>> import tempfile, os
+    >>> fd, name = tempfile.mkstemp(); os.write(fd, b"abc"); os.close(fd)
+    3
+    >>> content_digest(name).hex()[:12], content_digest(name + ".gone").startswith("cannot read")
+    ('ba7816bf8f01', True)
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        return f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"{path} is not a regular file"
+        try:
+            return hashlib.file_digest(fh, "sha256").digest()
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror or exc}"

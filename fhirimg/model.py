@@ -99,7 +99,7 @@ class FileStatus(StrEnum):
 
     CONVERTED = "converted"
     SKIPPED = "skipped"  # not DICOM, or DICOM that is not an instance (DICOMDIR)
-    DUPLICATE = "duplicate"  # same SOP Instance UID and content as a file already taken
+    DUPLICATE = "duplicate"  # same SOP Instance UID and bytes as a file already taken
     FAILED = "failed"
 
 

@@ -62,11 +62,17 @@ def test_groups_by_study_and_resolves_duplicates_and_conflicts() -> None:
     assert [r.path for r in studies["1.1"]] == ["a/1.dcm", "a/2.dcm", "a/3.dcm"]
     assert studies["2.2"] == [RECORDS[5]]
     assert got["problems"] == [
-        ("b/dup.dcm", "duplicate", "same SOP Instance UID and content as a/1.dcm"),
+        (  # the paths are not files here: compared by UIDs only, and the reason says so
+            "b/dup.dcm",
+            "duplicate",
+            "same SOP Instance UID, study, series and SOP class as a/1.dcm (content not "
+            "compared: cannot read a/1.dcm: No such file or directory)",
+        ),
         (
             "c/conflict.dcm",
             "failed",
-            "SOP Instance UID conflict: also in a/2.dcm with a different study, series or SOP class",
+            "SOP Instance UID conflict: also in a/2.dcm with a different study, series or SOP "
+            "class; a/2.dcm is kept (the first by path)",
         ),
         ("e/notes.txt", "skipped", "not DICOM"),
     ]
