@@ -21,7 +21,7 @@ runner = CliRunner()
 def _options(command: str) -> dict[str, Option]:
     group = typer.main.get_command(app)
     params = group.commands[command].params  # type: ignore[attr-defined]
-    return {p.name: p for p in params if isinstance(p, Option)}
+    return {p.name: p for p in params if isinstance(p, Option) and p.name is not None}
 
 
 @pytest.mark.parametrize(
