@@ -116,3 +116,44 @@ def test_unchanged_incremental_rerun_reads_nothing_and_loads_no_dicom_stack(
     assert (run["files"]["new"], run["files"]["changed"]) == (0, 0)
     assert run["files"]["unchanged"] > 0
     assert run["studies"]["written"] == 0
+
+
+def test_version_loads_no_command(tmp_path: Path) -> None:
+    """``fhirimg --version`` (and scripts probing for fhirimg) load no command module."""
+    probe = (
+        "import sys\n"
+        "from fhirimg.cli import main\n"
+        "sys.argv = ['fhirimg', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fhirimg.') and "
+        "(m.endswith('_cmd') or m in ('fhirimg.convert', 'fhirimg.push', 'fhirimg.validate'))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    version, loaded = proc.stdout.splitlines()
+    assert version.strip()
+    assert loaded == "[]"
+
+
+def test_convert_stays_the_function_after_the_module_is_imported() -> None:
+    """``fhirimg.convert`` is the library function whatever was imported first (the package's
+    lazy attributes must not let the submodule shadow it)."""
+    code = (
+        "import fhirimg.cli, fhirimg.convert\n"
+        "import fhirimg\n"
+        "from fhirimg.convert import convert_records\n"
+        "assert callable(fhirimg.convert) and fhirimg.convert.__name__ == 'convert'\n"
+        "from fhirimg import convert, ConvertOptions, MapOptions\n"
+        "assert convert is fhirimg.convert\n"
+        "import sys\n"
+        "assert sys.modules['fhirimg.convert'].convert is convert\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
