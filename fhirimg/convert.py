@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
@@ -50,14 +50,18 @@ from fhirimg.fhir import release as get_release
 from fhirimg.folderlock import STATE_DIR, FolderLock
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
-from fhirimg.images.rendered import MediaOptions
-from fhirimg.images.writer import PixelOptions, write_study
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.safetext import refuse_url_credentials
-from fhirimg.scan import iter_files, read_file
 from fhirimg.validate import resource_errors
+from fhirimg.walk import iter_files
+
+if TYPE_CHECKING:
+    # Imported where used: they bring pydicom, numpy and Pillow, which a run that reads no DICOM
+    # (an incremental re-run over an unchanged tree) never needs (issue 19).
+    from fhirimg.images.rendered import MediaOptions
+    from fhirimg.images.writer import PixelOptions
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,8 @@ class ConvertOptions:
             raise ConfigError("max_entries must be at least 1")
         if self.max_bundle_mb is not None and self.max_bundle_mb <= 0:
             raise ConfigError("max_bundle_mb must be more than 0")
+        from fhirimg.images.writer import PixelOptions
+
         return PixelOptions(
             binary=BinaryMode(self.binary) if self.binary is not None else None,
             media=self.media,
@@ -374,7 +380,9 @@ def build_study(
     return bundle, outcome
 
 
-StudyWriter = Callable[[list[InstanceRecord], MapOptions, str, Path, PixelOptions], StudyOutcome]
+StudyWriter: TypeAlias = (
+    "Callable[[list[InstanceRecord], MapOptions, str, Path, PixelOptions], StudyOutcome]"
+)
 """Writes one study's bundle file(s) into a folder and says what became of the study."""
 
 
@@ -455,6 +463,8 @@ def _write_pixel_study(
     rendered images streamed after the head, possibly over several part files."""
     uid = records[0].study_instance_uid
     series = len({r.series_instance_uid for r in records})
+    from fhirimg.images.writer import write_study
+
     try:
         files = write_study(records, mapping, fhir_version, out_dir, pixels)
     except Exception as exc:  # an unreadable file or a bug costs one study, not the run
@@ -478,6 +488,8 @@ def _write_pixel_study(
 
 def _read_batch(paths: list[str]) -> list[PackedRecord | FileProblem]:
     """Worker task: read a batch of files; records come back packed (pickled once, here)."""
+    from fhirimg.scan import read_file  # pydicom: only in runs (and workers) that read DICOM
+
     out: list[PackedRecord | FileProblem] = []
     for path in paths:
         item = read_file(path)

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from pydicom.uid import UID
-
 from fhirimg import values
 from fhirimg.fhir import Release
 from fhirimg.fhir.base import StudyParts
@@ -299,6 +297,17 @@ def _sort_key_instance(rec: InstanceRecord) -> tuple[int, int, str]:
     return (0 if number is not None else 1, number or 0, rec.sop_instance_uid)
 
 
+def _uid_name(uid: str) -> str:
+    """The name PS3.6 Annex A gives a UID (pydicom's UID dictionary), or the UID itself.
+
+    pydicom is imported here, not at module level: building a bundle from catalogued records (an
+    incremental run) must not pay pydicom's start-up, and every run that reads DICOM has it loaded.
+    """
+    from pydicom.uid import UID
+
+    return str(UID(uid).name)
+
+
 def sort_records(records: Iterable[InstanceRecord]) -> list[InstanceRecord]:
     """Instances in output order: by series number, series UID, instance number, SOP UID."""
     return sorted(records, key=lambda r: (_sort_key_series(r), _sort_key_instance(r)))
@@ -418,7 +427,7 @@ def _series(
             inst["extension"] = ext
         inst["uid"] = rec.sop_instance_uid  # (0008,0018) SOP Instance UID, bare id
         sop_class: JSON = {"system": RFC3986, "code": "urn:oid:" + rec.sop_class_uid}
-        name = UID(rec.sop_class_uid).name
+        name = _uid_name(rec.sop_class_uid)
         if name and name != rec.sop_class_uid:
             sop_class["display"] = name
         inst["sopClass"] = sop_class  # (0008,0016) SOP Class UID

@@ -57,7 +57,7 @@ from fhirimg.jsonio import JSON
 from fhirimg.model import FileProblem
 from fhirimg.push import PushOptions, push_paths
 from fhirimg.safetext import refuse_url_credentials
-from fhirimg.scan import iter_files, read_file
+from fhirimg.walk import iter_files
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,8 @@ class _Watcher:
         self.seen = current
 
     def _read(self, key: str, sig: Signature, now: float) -> None:
+        from fhirimg.scan import read_file  # pydicom, once the first file arrives
+
         result = read_file(key)
         uid = _NO_STUDY if isinstance(result, FileProblem) else result.study_instance_uid
         study = self._study(uid)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from typer.core import TyperOption as Option
 from typer.testing import CliRunner
 
 from fhirimg.cli import app
+from fhirimg.cli._app import COMMAND_MODULES
 from fhirimg.cli._options import DicomwebAuth, FhirAuth, Network, push_options
 from tests.helpers import SAMPLE
 
@@ -19,9 +21,10 @@ runner = CliRunner()
 
 
 def _options(command: str) -> dict[str, Option]:
+    importlib.import_module(COMMAND_MODULES[command])  # commands are loaded when used
     group = typer.main.get_command(app)
     params = group.commands[command].params  # type: ignore[attr-defined]
-    return {p.name: p for p in params if isinstance(p, Option)}
+    return {p.name: p for p in params if isinstance(p, Option) and p.name is not None}
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from fhirimg import scan
 from fhirimg import watch as watch_module
 from fhirimg.catalog import CATALOG_NAME
 from fhirimg.cli import app
@@ -172,13 +173,13 @@ def test_growing_file_is_not_read_half_written(
     source = SAMPLE / "study_a_ct" / "ct_0001.dcm"
     data = source.read_bytes()
     sizes: list[tuple[int, int]] = []
-    real = watch_module.read_file  # type: ignore[attr-defined]
+    real = scan.read_file  # watch imports it from fhirimg.scan when it first reads a file
 
     def reading(path: str) -> InstanceRecord | FileProblem:
         sizes.append((os.path.getsize(path), len(data) if path.endswith("ct_0001.dcm") else -1))
         return real(path)
 
-    monkeypatch.setattr(watch_module, "read_file", reading)
+    monkeypatch.setattr(scan, "read_file", reading)
     target = inputs / "ct_0001.dcm"
     with Watching(inputs, out) as w:
         with target.open("wb") as fh:

@@ -1,7 +1,7 @@
-"""The ``fhirimg`` command line. Importing this package registers every sub-command on ``app``.
+"""The ``fhirimg`` command line.
 
-Each ``*_cmd`` module registers its command on ``app`` when imported; add a new one to the import
-below.
+Each ``*_cmd`` module registers its command on ``app`` when imported; the command group imports it
+when the command is used (:data:`fhirimg.cli._app.COMMAND_MODULES`: add a new command there).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-from fhirimg.cli import convert_cmd, push_cmd, validate_cmd, verify_cmd, watch_cmd  # noqa: F401
 from fhirimg.cli._app import app, err_console
 from fhirimg.exitcodes import ExitCode
 

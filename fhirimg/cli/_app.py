@@ -9,22 +9,55 @@ Commands live in their own modules (``convert_cmd``, ``validate_cmd``, ...) and 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from fhirimg.errors import AuthError, CatalogError, FhirimgError, FolderLockedError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.safetext import clean, redact_urls
 
+COMMAND_MODULES = {
+    "convert": "fhirimg.cli.convert_cmd",
+    "push": "fhirimg.cli.push_cmd",
+    "validate": "fhirimg.cli.validate_cmd",
+    "verify": "fhirimg.cli.verify_cmd",
+    "watch": "fhirimg.cli.watch_cmd",
+}
+"""Each command's module, imported when the command is asked for (its name on the command line,
+``fhirimg --help``, completion): ``fhirimg push`` never imports what ``convert`` needs (issue 19).
+A module registers its command on :data:`app` when imported."""
+
+
+class _Commands(TyperGroup):
+    """The top-level command group, loading each command's module on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[cmd_name])
+            # Typer builds click commands from the registrations when the group is built; build
+            # it again for the one just registered (public API, no private converter).
+            built = typer.main.get_command(app)
+            command = getattr(built, "commands", {}).get(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
     name="fhirimg",
+    cls=_Commands,
     help=(
         "Put DICOM images into FHIR: convert folders of DICOM files to FHIR transaction Bundles "
         "(Patient, ImagingStudy, Endpoint, Binary, Media), validate them strictly, and push them "

@@ -25,7 +25,6 @@ from fhirimg.errors import InputError
 from fhirimg.model import InstanceRecord
 from fhirimg.push import BINARY_EXTENSION_URL
 from fhirimg.push.files import beside_file
-from fhirimg.scan import read_file
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +151,8 @@ def plan_study(
         instances=len(wanted),
         has_endpoint=dicomweb_url in endpoint_addresses(bundle),
     )
+    from fhirimg.scan import read_file  # pydicom: not for commands that only import this module
+
     sources: dict[str, SourceFile] = {}
     for name in _report_files(path.parent, cache).get(path.name, []):
         if name.startswith(("http://", "https://")):

@@ -21,14 +21,17 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from fhirimg import ids, values
 from fhirimg.errors import ConfigError
 from fhirimg.fhir.base import ImageParts
-from fhirimg.images.render import FORMATS, Rendered
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import BODY_PARTS, DCM, DICOM_UID_SYSTEM, SNOMED, search_token
 from fhirimg.model import InstanceRecord
+
+if TYPE_CHECKING:
+    from fhirimg.images.render import Rendered
 
 FRAME_SYSTEM = "https://fhirimg.dev/fhir/sid/dicom-frame"
 
@@ -61,6 +64,8 @@ class MediaOptions:
     content: MediaContent = MediaContent.INLINE
 
     def __post_init__(self) -> None:
+        from fhirimg.images.render import FORMATS  # numpy and Pillow: only once media is asked for
+
         if self.fmt not in FORMATS:
             raise ConfigError(f"unknown media format {self.fmt!r}: use png or jpeg")
         if self.size is not None and self.size < 1:

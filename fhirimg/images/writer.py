@@ -29,6 +29,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhirimg import ids, jsonio
 from fhirimg.bundle import (
@@ -54,11 +55,13 @@ from fhirimg.images.binary import (
     link_extension,
     write_beside,
 )
-from fhirimg.images.render import Rendered, render_file
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, sort_records
 from fhirimg.model import InstanceRecord
 from fhirimg.validate import resource_errors
+
+if TYPE_CHECKING:
+    from fhirimg.images.render import Rendered
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,10 @@ def _rendered(
     out: StudyFiles,
     strict: bool,
 ) -> None:
+    # numpy, Pillow and pydicom's pixel handlers: imported once rendering is asked for, so that
+    # the options of a run without --media (PixelOptions, this module) cost nothing at start-up
+    from fhirimg.images.render import Rendered, render_file
+
     rtype = release.rendered_image_type
     spool: list[Callable[[bool], EncodedEntry]] = []  # image resources after their Binaries
     for rec in media.representatives(recs, opts.per):
