@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -47,7 +48,7 @@ from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunReco
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
-from fhirimg.folderlock import STATE_DIR, FolderLock
+from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, work_dir
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.jsonio import JSON
@@ -531,6 +532,33 @@ def _bounded(
         yield fut.result()
 
 
+def _pool(jobs: int) -> ProcessPoolExecutor | None:
+    """The worker processes of a run (None for one job: this process only)."""
+    if jobs <= 1:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=jobs, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end with the run. A worker shares the folder lock's open file (fork),
+    so a worker outliving a run killed with ``kill -9`` would hold the folder locked, and wait for
+    tasks, forever. Linux only (``PR_SET_PDEATHSIG``); elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no prctl: the worker only lives longer
+        return
+    if os.getppid() != parent:  # the run died before the call above: follow it now
+        os._exit(1)
+
+
 def resolve_jobs(jobs: int | None) -> int:
     """``None`` or 0 means all cores."""
     return max(1, jobs or os.cpu_count() or 1)
@@ -559,6 +587,7 @@ def convert(
     out_dir = Path(opts.out_dir)
     _make_folders(opts, bundle_dir)
     with FolderLock(out_dir, opts.lock_wait), Catalog.open(out_dir, full=opts.full) as catalog:
+        clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, under the lock
         run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
         return run.run(on_study)
 
@@ -615,7 +644,7 @@ class _IncrementalRun:
         if catalog.use_options(_options_digest(opts, self.streaming)):
             log.info("first run, or other conversion options than last time: every study")
         catalog.begin_run(self.inputs, full=opts.full)
-        executor = ProcessPoolExecutor(max_workers=self.jobs) if self.jobs > 1 else None
+        executor = _pool(self.jobs)
         try:
             self._read_new(executor)
             missing = self._missing()
@@ -730,7 +759,7 @@ class _IncrementalRun:
         changed = catalog.studies_changed()
         total_studies = len(catalog.studies())
         written: list[StudyOutcome] = []
-        with StudyIndex() as index:
+        with StudyIndex(work_dir(self.out_dir)) as index:
             for uid in changed:
                 index.add_many(catalog.packed_of_study(uid))
             index.resolve_duplicates()
@@ -871,6 +900,7 @@ def convert_records(
     out_dir = Path(opts.out_dir)
     _make_folders(opts, bundle_dir)
     with FolderLock(out_dir, opts.lock_wait):
+        clean_leftovers(out_dir, keep=bundle_dir)
         if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
             with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
@@ -888,9 +918,9 @@ def _convert_uncatalogued(
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
     jobs = resolve_jobs(opts.jobs)
-    executor = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    executor = _pool(jobs)
     try:
-        with StudyIndex() as index:
+        with StudyIndex(work_dir(out_dir)) as index:
             for results in source(executor):
                 index.add_many(results)
             index.resolve_duplicates()

@@ -1,8 +1,9 @@
 """``convert --push``: convert and push study by study, keeping no bundle files.
 
 Each study's bundle files are written to a private folder (``mkdtemp``: a new name, 0700, so no
-link planted beforehand can be in its way) inside the output folder, pushed at once
-with :func:`fhirimg.push.push_bundle` (Binaries beside the bundle are uploaded raw first), and
+link planted beforehand can be in its way) inside the output folder's state (``.fhirimg/tmp/``),
+pushed at once with :func:`fhirimg.push.push_bundle` (Binaries beside the bundle are uploaded raw
+first), and
 deleted; the next study is only taken after that. Disk use follows one study, nothing is left
 behind but ``report.json`` and the push journal, and a re-run skips what the journal says the
 server already confirmed.
@@ -19,6 +20,7 @@ from pathlib import Path
 from fhirimg import jsonio
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
 from fhirimg.errors import FhirimgError
+from fhirimg.folderlock import work_dir
 from fhirimg.http import FhirClient
 from fhirimg.push import (
     DEFAULT_JOURNAL_NAME,
@@ -64,7 +66,9 @@ def convert_and_push(
         client.capabilities()  # fail early: unreachable server, refused credentials
         with (
             Journal(journal_path, ignore_existing=push.force, mode=options.modes) as journal,
-            tempfile.TemporaryDirectory(prefix=".fhirimg-stream-", dir=out_dir) as tmp,
+            # In the folder's private state (0700), where a run killed meanwhile leaves it for
+            # the next run to remove (fhirimg.folderlock.clean_leftovers), not in the folder.
+            tempfile.TemporaryDirectory(prefix="stream-", dir=work_dir(out_dir)) as tmp,
         ):
 
             def send(outcome: StudyOutcome, folder: Path) -> StudyOutcome:

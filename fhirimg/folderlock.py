@@ -12,8 +12,13 @@ The lock file itself stays; its content is only a hint for the message. A child 
 ``fork`` shares the holder's open file, so the lock is held until the holder and its forked
 children (a process pool) have all exited; :meth:`FolderLock.release` unlocks explicitly first.
 
-``<out>/.fhirimg/`` is fhirimg's private state in an output folder (this lock, the catalog). It is
-created with mode 0700, the lock file with 0600, and neither is followed when it is a symbolic link.
+``<out>/.fhirimg/`` is fhirimg's private state in an output folder (this lock, the catalog, and
+``tmp/``: a run's temporary files, such as the records spilled while grouping, which hold patient
+data). It is created with mode 0700, the lock file with 0600, and neither is followed when it is a
+symbolic link. Temporary files live there, not in the system's temp folder, so a run killed
+with ``kill -9`` leaves them where the next run into the folder finds them:
+:func:`clean_leftovers`, called by that run once it holds the lock (so a live run's files are
+never touched), removes ``tmp/`` and the ``.*.tmp`` files an atomic write left in the folder.
 On systems without ``fcntl`` (Windows) there is no lock, as for the push journal.
 """
 
@@ -23,6 +28,8 @@ import errno
 import logging
 import math
 import os
+import re
+import shutil
 import socket
 import stat
 import time
@@ -41,11 +48,26 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_NAME", "STATE_DIR", "FolderLock", "FolderLockedError", "Holder", "state_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "STATE_DIR",
+    "WORK_DIR",
+    "FolderLock",
+    "FolderLockedError",
+    "Holder",
+    "clean_leftovers",
+    "state_dir",
+    "work_dir",
+]
 
 STATE_DIR = ".fhirimg"
 """fhirimg's private folder inside an output folder (lock, catalog)."""
 LOCK_NAME = "lock"
+WORK_DIR = "tmp"
+# jsonio.open_temp's names: ".<file>.<mkstemp's 8 random characters>.tmp"; only JSON files of
+# fhirimg's (bundles, report.json, the journal): an output folder may hold the user's own files.
+_ATOMIC_LEFTOVER = re.compile(r"\..+\.jsonl?\.[a-z0-9_]{8}\.tmp")
+"""A run's temporary files, inside :data:`STATE_DIR` (:func:`work_dir`)."""
 _POLL_FIRST, _POLL_MAX = 0.05, 0.5  # seconds between tries while waiting
 
 
@@ -75,6 +97,63 @@ def state_dir(out_dir: str | os.PathLike[str]) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, "fhirimg's state folder is not a folder", path)
     return path
+
+
+def work_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """``<out_dir>/.fhirimg/tmp``, created when missing (mode 0700; never a symbolic link): where a
+    run keeps its temporary files, under the folder's lock (:func:`clean_leftovers`).
+
+    >>> import tempfile
+    >>> path = work_dir(Path(tempfile.mkdtemp()))
+    >>> path.parent.name, path.name, oct(path.stat().st_mode & 0o777)
+    ('.fhirimg', 'tmp', '0o700')
+    """
+    path = state_dir(out_dir) / WORK_DIR
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # lstat: a link is not a folder here
+        raise OSError(errno.ENOTDIR, "fhirimg's temporary folder is not a folder", path)
+    return path
+
+
+def clean_leftovers(out_dir: str | os.PathLike[str], keep: Path | None = None) -> int:
+    """Remove what an interrupted run (``kill -9``, a power cut) left in ``out_dir``: the
+    contents of ``.fhirimg/tmp/`` (but ``keep``, a folder the caller made there before taking
+    the lock), the ``.<name>.<random>.tmp`` files of atomic writes cut short
+    (:func:`fhirimg.jsonio.atomic_writer`) and the ``.fhirimg-stream-*`` folders of older
+    versions' ``convert --push``. Returns how many were removed.
+
+    Call it only while holding the folder's :class:`FolderLock`: a live run's files are then
+    never removed. Links are removed, never followed.
+    """
+    out = Path(out_dir)
+    removed = 0
+    tmp = out / STATE_DIR / WORK_DIR
+    kept = os.path.abspath(keep) if keep is not None else None
+    candidates: list[Path] = []
+    if tmp.is_dir() and not tmp.is_symlink():
+        candidates += [p for p in tmp.iterdir() if os.path.abspath(p) != kept]
+    if out.is_dir():
+        candidates += [
+            p
+            for p in out.iterdir()
+            if _ATOMIC_LEFTOVER.fullmatch(p.name) or p.name.startswith(".fhirimg-stream-")
+        ]
+    for path in candidates:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("removed %d leftover temporary file(s) of an interrupted run in %s", removed, out)
+    return removed
 
 
 def _now() -> str:

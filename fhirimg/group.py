@@ -65,7 +65,13 @@ def unpack(blobs: Iterable[bytes]) -> list[InstanceRecord]:
 
 
 class StudyIndex:
-    """Instance records and file outcomes of one run, spilled to a temporary SQLite database."""
+    """Instance records and file outcomes of one run, spilled to a temporary SQLite database.
+
+    ``workdir``: where the temporary folder holding it goes. The records hold patient data, so
+    ``convert`` puts it in the output folder's private state (:func:`fhirimg.folderlock.work_dir`),
+    where a run killed before it could remove it leaves it for the next run to clean; None is the
+    system's temp folder (tests, one-off use).
+    """
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="fhirimg-", dir=workdir)

@@ -58,3 +58,42 @@ def study_by_uid(out_dir: Path, uid: str) -> dict[str, Any]:
             if study["identifier"][0]["value"] == "urn:oid:" + uid:
                 return bundle
     raise AssertionError(f"no bundle for study {uid}")
+
+
+def synthetic_tree(root: Path, studies: int, per_study: int, name: str = "Test^Patient") -> Path:
+    """``studies`` x ``per_study`` small DICOM files (CT, no pixel data) under ``root``, one folder
+    per study, written fast: one template file, its fixed-width UIDs replaced byte for byte.
+
+    Each study has its own Patient ID and ``name`` followed by the study's number (same length
+    for every study).
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.2")
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID("2.25.900000000000.111111")
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "2.25.900000000000.111111"
+    ds.StudyInstanceUID = "2.25.900000000000"
+    ds.SeriesInstanceUID = "2.25.900000000000.1"
+    ds.PatientID = "PID900000000000"
+    ds.PatientName = f"{name}900000000000"
+    ds.Modality = "CT"
+    ds.StudyDate = "20240102"
+    ds.InstanceNumber = "1"
+    template = root / ".template.dcm"
+    root.mkdir(parents=True, exist_ok=True)
+    ds.save_as(template, enforce_file_format=True)
+    data = template.read_bytes()
+    template.unlink()
+    for s in range(studies):
+        study = f"1{s:011d}"  # no leading zero: a valid UID component
+        folder = root / f"study-{s:05d}"
+        folder.mkdir()
+        by_study = data.replace(b"900000000000", study.encode())
+        for i in range(per_study):
+            (folder / f"{i:05d}.dcm").write_bytes(by_study.replace(b"111111", b"1%05d" % i))
+    return root

@@ -136,12 +136,37 @@ def exit_code_for(
     return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)
 
 
+INTERRUPTED = "interrupted: run the same command again to continue where it stopped"
+"""What Ctrl-C prints when the command said nothing more specific (:func:`say_interrupted`)."""
+
+_said_interrupted: list[str] = []
+
+
+def say_interrupted(text: str = INTERRUPTED) -> None:
+    """Print the one line that says the command was interrupted (SIGINT, exit 130), once per
+    process: :func:`exit_on_error` prints the command's own words, and
+    :func:`fhirimg.cli.main` this default for an interrupt that landed anywhere else (while
+    the command's modules were still being imported, say, where typer turns it into a silent
+    exit 130).
+
+    A plain write, not rich: the signal may land while rich is importing or holds its locks.
+    """
+    if _said_interrupted:
+        return
+    _said_interrupted.append(text)
+    try:
+        sys.stderr.write(clean(text) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: the exit code still says it
+        pass
+
+
 @contextmanager
 def exit_on_error(
     *,
     codes: Mapping[type[BaseException], ExitCode] | None = None,
     message: Callable[[BaseException], str] = str,
-    interrupted: str = "interrupted",
+    interrupted: str = INTERRUPTED,
 ) -> Iterator[None]:
     """Turn the exceptions of the table into their exit code and a one-line message.
 
@@ -159,13 +184,19 @@ def exit_on_error(
         if code is None:
             raise
         if code is ExitCode.INTERRUPTED:
-            err_console.print(interrupted, markup=False, highlight=False, soft_wrap=True)
+            say_interrupted(interrupted)
             raise typer.Exit(int(code)) from None
         raise fail(message(exc), code) from None
 
 
 RESUMABLE = "interrupted: confirmed work is in the journal; run the same command to continue"
 """What Ctrl-C prints in a command that keeps a journal (``push``, ``convert --push``)."""
+
+CONVERT_RESUMABLE = (
+    "interrupted: the bundles written so far are kept and recorded in the folder's catalog; "
+    "run the same command again to continue where it stopped"
+)
+"""What Ctrl-C prints in ``convert`` (the catalog makes the next run incremental)."""
 
 
 def server_message(exc: BaseException) -> str:

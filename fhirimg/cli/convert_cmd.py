@@ -25,6 +25,7 @@ from rich.progress import (
 from fhirimg import jsonio
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
+    CONVERT_RESUMABLE,
     RESUMABLE,
     JsonOpt,
     QuietOpt,
@@ -422,7 +423,7 @@ def _from_files(
     with exit_on_error(
         codes={OSError: ExitCode.CANNOT_START},
         message=message,
-        interrupted=RESUMABLE if push is not None else "interrupted",
+        interrupted=RESUMABLE if push is not None else CONVERT_RESUMABLE,
     ):
         if not quiet and sys.stderr.isatty():
             return _convert_with_progress(paths, options, run)

@@ -30,6 +30,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    say_interrupted,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -234,6 +235,7 @@ def watch_command(
             )
         raise typer.Exit(int(report.exit_code))
     if stopped_by and stopped_by[0] == signal.SIGINT:
+        say_interrupted(RESUMABLE)  # the same line as every command's Ctrl-C
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     raise typer.Exit(int(ExitCode.OK))
 
