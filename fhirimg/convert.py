@@ -38,7 +38,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -170,6 +170,10 @@ class StudyOutcome:
     """With ``convert --push``: "pushed", "skipped" (the journal had it) or "failed: <why>"."""
     push_issues: tuple[str, ...] = ()
     """The server's OperationOutcome issues when the push failed."""
+    file_warnings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(path, warnings) of the study's files whose reading met problems (a bad character set,
+    what pydicom complained about: :func:`fhirimg.scan.read_file`), for their entries in
+    report.json's ``files``."""
 
     @property
     def push_failed(self) -> bool:
@@ -179,7 +183,9 @@ class StudyOutcome:
     def ok(self) -> bool:
         return self.bundle is not None
 
-    def as_json(self) -> JSON:
+    def as_json(self, with_files: bool = False) -> JSON:
+        """The study's entry in report.json; ``with_files``: with its files' warnings too (as
+        the catalog keeps it; the report shows them in the files' own entries)."""
         out: JSON = {
             "studyInstanceUid": self.study_instance_uid,
             "status": "written" if self.ok else "failed",
@@ -204,6 +210,8 @@ class StudyOutcome:
             out["warnings"] = list(self.warnings)
         if self.errors:
             out["errors"] = list(self.errors)
+        if with_files and self.file_warnings:
+            out["fileWarnings"] = [{"path": p, "warnings": list(w)} for p, w in self.file_warnings]
         return out
 
     @classmethod
@@ -229,6 +237,9 @@ class StudyOutcome:
             media_failures=tuple((f["path"], f["reason"]) for f in doc.get("renderFailures", ())),
             push=doc.get("push"),
             push_issues=tuple(doc.get("pushIssues", ())),
+            file_warnings=tuple(
+                (f["path"], tuple(f["warnings"])) for f in doc.get("fileWarnings", ())
+            ),
         )
 
 
@@ -428,7 +439,11 @@ def _write_study(
             )
             series = len({r.series_instance_uid for r in records})
             return StudyOutcome(uid, None, series, len(records), errors=(why,))
-    return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
+    outcome = _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
+    warned = tuple(
+        (r.path, r.warnings) for r in sorted(records, key=lambda r: r.path) if r.warnings
+    )
+    return replace(outcome, file_warnings=warned) if warned else outcome
 
 
 def _write_plain_study(
@@ -783,7 +798,8 @@ class _IncrementalRun:
                 files = _file_outcomes(index.study_paths(uid), outcome)
                 # A study whose push failed stays dirty too: the next run pushes it again.
                 ok = outcome.ok and not outcome.push_failed
-                catalog.study_done(uid, ok=ok, outcome=_json_safe(outcome.as_json()), files=files)
+                doc = _json_safe(outcome.as_json(with_files=True))
+                catalog.study_done(uid, ok=ok, outcome=doc, files=files)
                 written.append(outcome)
                 if progress:
                     progress("write", 1, len(present))
@@ -956,14 +972,17 @@ def _write_report(
     """``report.json`` of a run without the catalog: summary, studies, and every input file
     with its status (sorted by path). Deterministic like the bundles: no timestamps."""
     render_failed = dict(report.render_failures)
+    warned = _file_warnings(report.studies)
 
     def files() -> Iterator[JSON]:
         for file_path, status, detail in index.file_outcomes():
-            item = {"path": _printable(file_path), "status": status}
+            item: JSON = {"path": _printable(file_path), "status": status}
             key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
             item[key] = _printable(detail)
             if file_path in render_failed:
                 item["renderError"] = _printable(render_failed[file_path])
+            if _printable(file_path) in warned:
+                item["warnings"] = warned[_printable(file_path)]
             yield item
 
     doc = {
@@ -990,6 +1009,7 @@ def _write_folder_report(
     versions; everything before it is the same bytes for the same folder and run.
     """
     gone = {m.path for m in missing}
+    warned = _file_warnings(report.studies)
     render_failed = {
         _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
     }
@@ -1006,6 +1026,8 @@ def _write_folder_report(
             shown = _printable(entry.path)
             if shown in render_failed:
                 item["renderError"] = render_failed[shown]
+            if shown in warned and entry.status is FileStatus.CONVERTED:
+                item["warnings"] = warned[shown]
             yield item
 
     doc = {
@@ -1016,6 +1038,15 @@ def _write_folder_report(
         "history": [_run_json(r) for r in catalog.runs()],
     }
     _stream_report(path, doc, files(), opts.modes)
+
+
+def _file_warnings(studies: list[StudyOutcome]) -> dict[str, list[str]]:
+    """Each file's reading warnings (:attr:`StudyOutcome.file_warnings`), by printable path."""
+    return {
+        _printable(path): [_printable(w) for w in warnings]
+        for s in studies
+        for path, warnings in s.file_warnings
+    }
 
 
 def _run_json(run: RunRecord) -> JSON:

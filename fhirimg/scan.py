@@ -18,9 +18,12 @@ and never reads); :func:`iter_files` is the walk's, re-exported here.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -125,7 +128,8 @@ class Header:
             self.encodings = inherited or ["iso8859"]
         else:
             terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
-            self.encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
+            with _decoding(0x00080005):  # (0008,0005) Specific Character Set
+                self.encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
         for items in self.items.values():
             for item in items:
                 item.set_encodings(self.encodings)
@@ -377,7 +381,8 @@ def _text(h: Header, tag: int) -> str | None:
     if not raw:
         return None
     if tag in _CHARSET_TEXT and (b"\x1b" in raw or not raw.isascii()):  # ESC: ISO 2022
-        text = decode_bytes(raw, h.encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
+        with _decoding(tag):
+            text = decode_bytes(raw, h.encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
     else:
         text = raw.decode("ascii", "replace")
     text = text.strip(" \0")
@@ -460,8 +465,7 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
             kind = sniff(buf[:132])
             if kind is None:
                 return FileProblem(path, FileStatus.SKIPPED, "not a DICOM file (no DICM marker)")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with _listening() as heard:
                 parsed = _fast(fh, buf, size, kind)
                 if isinstance(parsed, FileProblem):
                     return FileProblem(path, parsed.status, parsed.reason)
@@ -484,10 +488,108 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
         )
     if isinstance(record, FileProblem):
         return record
-    if caught:
-        notes = tuple(dict.fromkeys(f"pydicom: {w.message}" for w in caught))
-        record = _with_warnings(record, notes)
+    if heard.notes:
+        for said in dict.fromkeys(heard.said):  # pydicom's words may quote header values: -vv
+            logger.debug("%s: pydicom said: %s", path, said)
+        for note in heard.notes:
+            logger.info("%s: %s", path, note)
+        record = _with_warnings(record, tuple(heard.notes))
     return record
+
+
+# --- pydicom's complaints: collected per file, never printed -------------------------------------
+#
+# pydicom reports odd input both to its "pydicom" logger and with warnings.warn (misc.warn_and_log),
+# and its words may quote raw header bytes: a patient's name in a field of the wrong VR, say. While
+# a file is read, both go to :class:`_Heard` instead of stderr (the logger does not propagate, the
+# warnings are not shown); what they said becomes the record's warnings, with quoted values
+# replaced and the tag being decoded named, and is logged at INFO (-v); pydicom's words as said
+# only at DEBUG (-vv).
+
+_PYDICOM = logging.getLogger("pydicom")
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')  # '...', "...", b'...'
+_AFTER_COLON = re.compile(r"(ignoring)\s*:\s*\S.*$", re.IGNORECASE)  # "ignoring: <terms>"
+_NOTE_MAX = 200
+
+
+def without_values(message: str) -> str:
+    """pydicom's message with the values it quotes left out: what went wrong, not what was there.
+
+    >>> without_values("Invalid value for VR DA: 'Doe^Jane'.")
+    "Invalid value for VR DA: '…'."
+    >>> without_values("Value 'ISO_IR 100' for Specific Character Set does not allow code "
+    ...                "extensions, ignoring: Doe")
+    "Value '…' for Specific Character Set does not allow code extensions, ignoring: …"
+    """
+    text = _QUOTED.sub("'…'", message)
+    text = _AFTER_COLON.sub(lambda m: f"{m.group(1)}: …", text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text if len(text) <= _NOTE_MAX else text[: _NOTE_MAX - 1] + "…"
+
+
+class _Heard(logging.Handler):
+    """What pydicom logged or warned while one file was read (:func:`_listening`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.tag: int | None = None  # the element being decoded, when fhirimg knows it
+        self.said: list[str] = []
+        self._notes: dict[str, None] = {}  # in order, once each (a log line and a warning)
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.hear(record.getMessage())
+        except Exception:  # a malformed log call of pydicom's must not cost the file
+            self.hear(str(record.msg))
+
+    def hear(self, message: str) -> None:
+        self.said.append(message)
+        where = f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X}) " if self.tag is not None else ""
+        self._notes[f"pydicom: {where}{without_values(message)}"] = None
+
+    def show(self, message: Warning | str, *args: object, **kwargs: object) -> None:
+        """``warnings.showwarning`` while listening."""
+        self.hear(str(message))
+
+
+_heard: _Heard | None = None  # the file being read (one at a time per process)
+
+
+@contextmanager
+def _listening() -> Iterator[_Heard]:
+    global _heard
+    heard = _Heard()
+    propagate = _PYDICOM.propagate
+    _PYDICOM.addHandler(heard)
+    _PYDICOM.propagate = False
+    outer, _heard = _heard, heard
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = heard.show
+            yield heard
+    finally:
+        _heard = outer
+        _PYDICOM.propagate = propagate
+        _PYDICOM.removeHandler(heard)
+
+
+@contextmanager
+def _decoding(tag: int) -> Iterator[None]:
+    """Name ``tag`` in what pydicom says while it is decoded."""
+    heard = _heard
+    if heard is None:
+        yield
+        return
+    before, heard.tag = heard.tag, tag
+    try:
+        yield
+    finally:
+        heard.tag = before
 
 
 _TRUNCATED = FileProblem("", FileStatus.FAILED, "truncated DICOM file: it ends inside an element")

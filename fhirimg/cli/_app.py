@@ -84,6 +84,13 @@ def configure_logging(verbose: int) -> None:
     # itself, path only, so theirs stay off at every -v level.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pydicom logs and warns about odd input in its own words, which may quote raw header bytes
+    # (a patient's name): fhirimg.scan turns what it says while reading into per-file warnings
+    # without the values (shown from -v). Whatever it says elsewhere (pixels), and any library's
+    # warnings.warn, reaches stderr only with -vv.
+    logging.captureWarnings(True)
+    for name in ("pydicom", "py.warnings"):
+        logging.getLogger(name).propagate = verbose >= 2
 
 
 def shown(text: object) -> str:
