@@ -29,6 +29,7 @@ Nothing here prints: progress goes to an optional callback, results come back as
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunRecord
-from fhirimg.errors import ConfigError
+from fhirimg.errors import CatalogError, ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
 from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, work_dir
@@ -170,6 +171,9 @@ class StudyOutcome:
     """With ``convert --push``: "pushed", "skipped" (the journal had it) or "failed: <why>"."""
     push_issues: tuple[str, ...] = ()
     """The server's OperationOutcome issues when the push failed."""
+    out_of_space: bool = False
+    """Writing the study's files failed for lack of space (ENOSPC, EDQUOT) or an I/O error
+    (EIO): the run writes no further study (:func:`disk_error`). Not kept in the report."""
     file_warnings: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(path, warnings) of the study's files whose reading met problems (a bad character set,
     what pydicom complained about: :func:`fhirimg.scan.read_file`), for their entries in
@@ -317,6 +321,8 @@ class ConvertReport:
     missing: int = 0
     written: list[StudyOutcome] = field(default_factory=list)
     """The studies this run wrote or tried to (with the catalog: a part of ``studies``)."""
+    stopped: str | None = None
+    """Why the run stopped writing studies before the last (``disk full writing <file>``)."""
 
     @property
     def render_failures(self) -> list[tuple[str, str]]:
@@ -325,6 +331,8 @@ class ConvertReport:
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.stopped is not None and not any(s.ok for s in self.written):
+            return ExitCode.CANNOT_START  # the disk was full from the start: nothing done
         failed = self.files.get(FileStatus.FAILED.value, 0)
         if failed or any(not s.ok or s.media_failures or s.push_failed for s in self.studies):
             return ExitCode.PARTIAL
@@ -343,6 +351,8 @@ class ConvertReport:
         }
         if self.run is not None:
             out["run"] = self.run.as_json()
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
         out["exitCode"] = int(self.exit_code)
         return out
 
@@ -463,7 +473,14 @@ def _write_plain_study(
             uid, None, 0, len(records), errors=(f"internal error: {type(exc).__name__}: {exc}",)
         )
     if outcome.bundle:
-        jsonio.atomic_write(out_dir / outcome.bundle, jsonio.dumps(bundle), mode=pixels.modes)
+        path = out_dir / outcome.bundle
+        try:
+            jsonio.atomic_write(path, jsonio.dumps(bundle), mode=pixels.modes)
+        except OSError as exc:  # the atomic write left no part of it behind
+            why = disk_error(exc, path)
+            if why is None:
+                raise
+            return replace(outcome, bundle=None, errors=(why,), out_of_space=True)
         remove_stale_parts(out_dir, outcome.bundle)
     return outcome
 
@@ -484,6 +501,11 @@ def _write_pixel_study(
     try:
         files = write_study(records, mapping, fhir_version, out_dir, pixels)
     except Exception as exc:  # an unreadable file or a bug costs one study, not the run
+        why = disk_error(
+            exc, Path(getattr(exc, "filename", None) or out_dir / ids.bundle_name(uid))
+        )
+        if why is not None:
+            return StudyOutcome(uid, None, series, len(records), errors=(why,), out_of_space=True)
         return StudyOutcome(
             uid, None, series, len(records), errors=(f"{type(exc).__name__}: {exc}",)
         )
@@ -500,6 +522,44 @@ def _write_pixel_study(
         media=files.media if pixels.media is not None else None,
         media_failures=tuple(files.media_failures),
     )
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "I/O error",
+}
+RESERVE_BASE = 1 << 20
+RESERVE_PER_FILE = 512
+"""Space set aside for the catalog and report.json when the disk fills up: 1 MiB and 512 bytes
+per input file (a file's report.json entry is about 200 bytes)."""
+
+
+def disk_error(exc: BaseException, target: Path) -> str | None:
+    """The reason a study was not written when ``exc`` says the disk cannot take more (ENOSPC,
+    EDQUOT, EIO): ``"disk full writing <target>"``; None for any other error.
+
+    >>> disk_error(OSError(errno.ENOSPC, "No space left on device"), Path("out/study-1.json"))
+    'disk full writing out/study-1.json'
+    >>> disk_error(OSError(errno.EACCES, "Permission denied"), Path("x")) is None
+    True
+    """
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return f"{_DISK_ERRORS[exc.errno]} writing {_printable(str(target))}"
+    return None
+
+
+def _sqlite_full(exc: BaseException) -> bool:
+    """A catalog error that is SQLite finding the disk full (SQLITE_FULL)."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(exc)
+
+
+def _not_written(uid: str, paths: list[str], blobs: list[bytes], stopped: str) -> StudyOutcome:
+    """A study the run did not try to write after it stopped writing."""
+    series = len({r.series_instance_uid for r in unpack(blobs)})
+    why = f"not written: the run stopped writing studies ({stopped})"
+    return StudyOutcome(uid, None, series, len(paths), errors=(why,))
 
 
 def _read_batch(paths: list[str]) -> list[PackedRecord | FileProblem]:
@@ -653,6 +713,7 @@ class _IncrementalRun:
         self.streaming = bundle_dir is not None
         self.jobs = resolve_jobs(opts.jobs)
         self.pruned = self.removed = self.studies_unchanged = 0
+        self.stopped: str | None = None  # why writing stopped (the disk is full)
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
@@ -786,24 +847,66 @@ class _IncrementalRun:
             self.removed = len(set(changed) - set(present))
             self.studies_unchanged = total_studies - len(set(changed))
             pixels = opts.pixels()
+            stopped: list[str] = []  # the disk is full: no further study is taken
             tasks = (
                 (index.blobs(uid), opts.mapping, opts.fhir_version, str(self.files_dir), pixels)
                 + (True,)
                 for uid in present
+                if not stopped
             )
-            for outcome in _bounded(executor, _write_study, tasks, window=self.jobs * 2):
-                if on_study is not None and outcome.ok:
-                    outcome = on_study(outcome, self.files_dir)
+
+            reserve = self._reserve()
+
+            def stop(why: str) -> None:
+                if not stopped:
+                    stopped.append(why)
+                    reserve.release()  # room for the catalog and report.json
+                    log.info("%s: no further study is written in this run", why)
+
+            def done(outcome: StudyOutcome) -> None:
                 uid = outcome.study_instance_uid
                 files = _file_outcomes(index.study_paths(uid), outcome)
                 # A study whose push failed stays dirty too: the next run pushes it again.
                 ok = outcome.ok and not outcome.push_failed
                 doc = _json_safe(outcome.as_json(with_files=True))
-                catalog.study_done(uid, ok=ok, outcome=doc, files=files)
+                try:
+                    catalog.study_done(uid, ok=ok, outcome=doc, files=files)
+                except CatalogError as exc:  # the catalog's journal found the disk full first
+                    if not _sqlite_full(exc) or stopped:
+                        raise
+                    stop(f"disk full writing {_printable(str(catalog.path))}")
+                    catalog.study_done(uid, ok=ok, outcome=doc, files=files)  # in the reserve
                 written.append(outcome)
-                if progress:
-                    progress("write", 1, len(present))
+
+            try:
+                for outcome in _bounded(executor, _write_study, tasks, window=self.jobs * 2):
+                    if outcome.out_of_space:
+                        stop(outcome.errors[0])
+                    if on_study is not None and outcome.ok:
+                        outcome = on_study(outcome, self.files_dir)
+                    done(outcome)
+                    if progress:
+                        progress("write", 1, len(present))
+                if stopped:  # the studies not taken: reported, and still dirty for the next run
+                    taken = {s.study_instance_uid for s in written}
+                    for uid in present:
+                        if uid not in taken:
+                            paths, blobs = index.study_paths(uid), index.blobs(uid)
+                            done(_not_written(uid, paths, blobs, stopped[0]))
+            finally:
+                reserve.release()
+            self.stopped = stopped[0] if stopped else None
         return written
+
+    def _reserve(self) -> jsonio.SpaceReserve:
+        """Space for the catalog's last writes and report.json, held while bundles are written
+        (released when the disk fills up, and at the end)."""
+        files = sum(self.catalog.counts().values())
+        size = RESERVE_BASE + RESERVE_PER_FILE * files
+        reserve = jsonio.SpaceReserve(work_dir(self.out_dir) / "reserve", size)
+        if not reserve.hold():
+            log.info("could not set %d bytes aside for report.json in %s", size, self.out_dir)
+        return reserve
 
     # --- 4. the report of the whole folder ---
 
@@ -829,6 +932,7 @@ class _IncrementalRun:
             run=summary,
             missing=len(missing),
             written=written,
+            stopped=self.stopped,
         )
 
 
@@ -943,22 +1047,41 @@ def _convert_uncatalogued(
 
             outcomes: list[StudyOutcome] = []
             uids = index.study_uids()
+            stopped: list[str] = []  # the disk is full: no further study is taken
             tasks = (
                 (index.blobs(uid), opts.mapping, opts.fhir_version, str(files_dir), pixels)
                 for uid in uids
+                if not stopped
             )
-            for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
-                if on_study is not None and outcome.ok:
-                    outcome = on_study(outcome, files_dir)
+
+            def done(outcome: StudyOutcome) -> None:
                 paths_of_study = index.study_paths(outcome.study_instance_uid)
                 for path, status, detail in _file_outcomes(paths_of_study, outcome):
                     index.set_outcome([path], status, detail)
                 outcomes.append(outcome)
+
+            for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
+                if outcome.out_of_space and not stopped:
+                    stopped.append(outcome.errors[0])
+                if on_study is not None and outcome.ok:
+                    outcome = on_study(outcome, files_dir)
+                done(outcome)
                 if progress:
                     progress("write", 1, len(uids))
+            taken = {s.study_instance_uid for s in outcomes}
+            for uid in uids if stopped else ():
+                if uid not in taken:
+                    done(_not_written(uid, index.study_paths(uid), index.blobs(uid), stopped[0]))
 
             failures = [(_printable(p), _printable(r)) for p, r in index.failures(100)]
-            report = ConvertReport(out_dir, index.counts(), outcomes, failures, written=outcomes)
+            report = ConvertReport(
+                out_dir,
+                index.counts(),
+                outcomes,
+                failures,
+                written=outcomes,
+                stopped=stopped[0] if stopped else None,
+            )
             _write_report(out_dir / REPORT_NAME, report, index, opts)
     finally:
         if executor is not None:

@@ -144,3 +144,43 @@ def atomic_write(path: Path, data: bytes, durable: bool = False, mode: Modes = P
     """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(path, durable, mode) as fh:
         fh.write(data)
+
+
+class SpaceReserve:
+    """Disk space set aside for the writes that must happen when the disk fills up.
+
+    A run that finds the disk full while writing bundles must still record what it did (the
+    catalog, ``report.json``): :meth:`hold` allocates ``size`` bytes in a file at ``path``
+    (``posix_fallocate``: real blocks, not a sparse file), :meth:`release` deletes it, freeing
+    them for those writes. Where the space cannot be set aside (already full, a file system
+    without fallocate), :meth:`hold` returns False and the run goes on without.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "reserve"
+    >>> reserve = SpaceReserve(path, 4096)
+    >>> reserve.hold(), path.stat().st_size
+    (True, 4096)
+    >>> reserve.release(), path.exists()
+    (None, False)
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def hold(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return False
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+            return True
+        except (OSError, AttributeError):  # no space, no fallocate (not POSIX)
+            self.path.unlink(missing_ok=True)
+            return False
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)

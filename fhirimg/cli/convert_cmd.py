@@ -35,6 +35,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
@@ -390,6 +391,13 @@ def convert_command(
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
     if not quiet:
         _print_summary(report)
+    if report.stopped is not None:  # an error line, --quiet or not: the run did not finish
+        err_console.print(
+            f"[bold red]error:[/] {shown(report.stopped)}: no further study was written; "
+            "report.json says which were; free some space and run the same command again",
+            soft_wrap=True,
+            highlight=False,
+        )
     raise typer.Exit(int(report.exit_code))
 
 
