@@ -6,8 +6,11 @@ The pipeline is scan -> group -> map -> bundle -> validate -> write:
    file) reads each header, in a process pool when ``jobs > 1``;
 2. :class:`fhirimg.group.StudyIndex` groups records by Study Instance UID, spilling to disk, and
    settles duplicate SOP Instance UIDs;
-3. each study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is validated, and is written
-   atomically; a bundle that does not validate is never written. With ``binary`` and/or ``media``
+3. each study's records have their text cleaned for FHIR (:func:`fhirimg.mapping.clean_text`,
+   a warning per file), the study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is
+   validated, and is written atomically; a bundle that does not validate is never written, but
+   instances that its errors are traced to are left out and the rest built again
+   (:mod:`fhirimg.partial`; not with ``all_or_nothing``). With ``binary`` and/or ``media``
    the study goes through the pixel study writer, :func:`fhirimg.images.writer.write_study`,
    instead, which streams Binary and rendered-image entries after the same head, split at
    ``max_entries`` / ``max_bundle_mb`` (the choice is :func:`_study_writer`);

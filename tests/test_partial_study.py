@@ -150,10 +150,12 @@ def test_rebuilt_bundle_is_byte_identical_across_runs(tmp_path: Path) -> None:
 def test_binaries_of_the_dropped_instance_are_not_written(tmp_path: Path) -> None:
     keyword, value, _ = BAD_VALUES["sop-class-not-a-uid"]
     _study(tmp_path / "in", keyword, value)
-    code, report = _convert(tmp_path / "in", tmp_path / "out", "--binary", "inline")
+    code, report = _convert(tmp_path / "in", tmp_path / "out", "--binary", "inline", "--media")
     assert code == 1
     (bundle,) = bundles(tmp_path / "out").values()
     assert len(resources(bundle, "Binary")) == 2
+    assert len(resources(bundle, "Media")) == 2
+    assert report["studies"][0]["renderedImages"] == 2
     (study,) = resources(bundle, "ImagingStudy")
     assert study["numberOfInstances"] == 2
     assert report["studies"][0]["binaries"] == 2
@@ -310,3 +312,19 @@ def test_settle_study_error_drops_nothing() -> None:
     settled = settle(recs, build)
     assert settled.dropped == []
     assert len(settled.errors) == 2
+
+
+def test_watch_once_all_or_nothing(tmp_path: Path) -> None:
+    """watch takes the option too (``--once``: one conversion of the folder)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _study(src, *BAD_VALUES["sop-uid-leading-zero"][:2])
+    result = runner.invoke(app, ["watch", str(src), "-o", str(out), "--once", "-q"])
+    assert result.exit_code == 1, result.output
+    assert load(out / "report.json")["studies"][0]["status"] == "written"
+    result = runner.invoke(
+        app, ["watch", str(src), "-o", str(out), "--once", "-q", "--all-or-nothing"]
+    )
+    assert result.exit_code == 1, result.output
+    report = load(out / "report.json")
+    assert report["studies"][0]["status"] == "failed"
+    assert report["summary"]["files"]["failed"] == 3

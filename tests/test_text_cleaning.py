@@ -254,6 +254,12 @@ def test_convert_cleans_each_character_class(tmp_path: Path, case: str) -> None:
         assert patient["name"][0]["family"] == "M\u00fcller"
     checked = runner.invoke(app, ["validate", "--strict", str(out)])
     assert checked.exit_code == 0, checked.output
+    # An incremental re-run rewrites nothing and still reports the warning (from the catalog).
+    again = runner.invoke(app, ["convert", str(path), "-o", str(out), "-q"])
+    assert again.exit_code == 0, again.output
+    rerun = load(out / "report.json")
+    assert rerun["summary"]["run"]["studies"]["unchanged"] == 1
+    assert rerun["files"] == report["files"]
 
 
 def test_cleaning_is_shown_with_verbose(tmp_path: Path) -> None:

@@ -133,8 +133,10 @@ def write_study(
 ) -> StudyFiles:
     """Write one study's bundle(s) with Binaries and/or rendered images (module docstring).
 
-    Never raises for a bad image: rendering failures go to ``media_failures``. A head (Patient,
-    Endpoint, ImagingStudy) that fails model validation means nothing is written (``errors``).
+    Never raises for a bad image: rendering failures go to ``media_failures``. Instances the
+    head's validation errors are traced to are left out, with their Binaries and images
+    (``dropped``, :mod:`fhirimg.partial`); a head that fails validation all the same means
+    nothing is written (``errors``).
     """
     release = get_release(fhir_version)
     out = StudyFiles()
