@@ -325,6 +325,8 @@ _SPACE_SEPARATOR = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _LINE_SEPARATOR = re.compile(r"[\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _WHITESPACE_RUN = re.compile(r"\s+")
+# What a code or a uri must not have inside, once the characters above are gone.
+_INNER_SPACE = {TextKind.CODE: re.compile(r"\s\s|[\t\n\r]"), TextKind.URI: re.compile(r"\s")}
 _NOT_ALLOWED = re.compile(
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
     r"\u3000\ud800-\udfff]"
@@ -349,9 +351,12 @@ def fhir_text(value: str, kind: TextKind = TextKind.STRING) -> tuple[str | None,
     >>> fhir_text("\\x85\\x1b")
     (None, ('control character removed', 'nothing left: left out'))
     """
+    if _NOT_ALLOWED.search(value) is None and value == value.strip():  # the common case
+        if kind is TextKind.STRING or _INNER_SPACE[kind].search(value) is None:
+            return (value or None), ()
     changes: list[str] = []
     text = value
-    if _NOT_ALLOWED.search(text) is not None:  # the common case: nothing to do
+    if _NOT_ALLOWED.search(text) is not None:
         if _SURROGATE.search(text):
             text = _SURROGATE.sub("\ufffd", text)
             changes.append("undecodable character (lone surrogate) made U+FFFD")
