@@ -34,6 +34,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
+    AllOrNothingOpt,
     BinaryOpt,
     EndpointUrlOpt,
     FhirAuth,
@@ -126,6 +127,7 @@ def watch_command(
     binary: BinaryOpt = None,
     media: MediaOpt = False,
     strict: StrictOpt = False,
+    all_or_nothing: AllOrNothingOpt = False,
     jobs: JobsOpt = 0,
     group_readable: GroupReadableOpt = False,
     json_out: Annotated[
@@ -170,6 +172,7 @@ def watch_command(
         binary=binary,
         media=MediaOptions() if media else None,
         strict=strict,
+        all_or_nothing=all_or_nothing,
         group_readable=group_readable,
     )
     push = (
