@@ -2,12 +2,15 @@
 
 The pipeline is scan -> group -> map -> bundle -> validate -> write:
 
-1. :func:`fhirimg.scan.iter_files` walks the inputs; :func:`fhirimg.scan.read_file` (pure, one
+1. :func:`fhirimg.walk.iter_files` walks the inputs; :func:`fhirimg.scan.read_file` (pure, one
    file) reads each header, in a process pool when ``jobs > 1``;
 2. :class:`fhirimg.group.StudyIndex` groups records by Study Instance UID, spilling to disk, and
    settles duplicate SOP Instance UIDs;
-3. each study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is validated, and is written
-   atomically; a bundle that does not validate is never written. With ``binary`` and/or ``media``
+3. each study's records have their text cleaned for FHIR (:func:`fhirimg.mapping.clean_text`,
+   a warning per file), the study becomes a Bundle (:func:`fhirimg.bundle.study_bundle`), is
+   validated, and is written atomically; a bundle that does not validate is never written, but
+   instances that its errors are traced to are left out and the rest built again
+   (:mod:`fhirimg.partial`; not with ``all_or_nothing``). With ``binary`` and/or ``media``
    the study goes through the pixel study writer, :func:`fhirimg.images.writer.write_study`,
    instead, which streams Binary and rendered-image entries after the same head, split at
    ``max_entries`` / ``max_bundle_mb`` (the choice is :func:`_study_writer`);
@@ -53,10 +56,11 @@ from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, work_dir
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.jsonio import JSON
-from fhirimg.mapping import MapOptions
+from fhirimg.mapping import MapOptions, Notes, clean_text
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
+from fhirimg.partial import Attempt, settle
 from fhirimg.safetext import refuse_url_credentials
-from fhirimg.validate import resource_errors
+from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
@@ -71,6 +75,9 @@ DEFAULT_OUT = Path("fhirimg-out")
 REPORT_NAME = "report.json"
 _BATCH = 64  # files per task sent to a worker process
 _CLASSIFY = 512  # files compared with the catalog at once
+
+Warned = tuple[str, str]
+"""(path of an input file, a warning about it)."""
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, advance, total)``: stage is "read" (files) or "write" (studies)."""
@@ -110,6 +117,10 @@ class ConvertOptions:
     lock_wait: float | None = None
     """Seconds to wait while another run writes to the output folder (None or 0: fail at once
     with :class:`~fhirimg.errors.FolderLockedError`; ``math.inf``: as long as it takes)."""
+    all_or_nothing: bool = False
+    """A study whose bundle has any validation error is not written (all its files fail); by
+    default the instances the errors are traced to are left out and the rest is written
+    (:mod:`fhirimg.partial`)."""
 
     @property
     def modes(self) -> jsonio.Modes:
@@ -148,6 +159,7 @@ class ConvertOptions:
             ),
             strict=self.strict,
             modes=self.modes,
+            all_or_nothing=self.all_or_nothing,
         )
 
 
@@ -174,10 +186,13 @@ class StudyOutcome:
     out_of_space: bool = False
     """Writing the study's files failed for lack of space (ENOSPC, EDQUOT) or an I/O error
     (EIO): the run writes no further study (:func:`disk_error`). Not kept in the report."""
-    file_warnings: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    """(path, warnings) of the study's files whose reading met problems (a bad character set,
-    what pydicom complained about: :func:`fhirimg.scan.read_file`), for their entries in
-    report.json's ``files``."""
+    dropped: tuple[Warned, ...] = ()
+    """(path, reason) of instance files left out of the study because they are not valid
+    (:mod:`fhirimg.partial`); the rest of the study is written."""
+    file_warnings: tuple[Warned, ...] = ()
+    """(path, warning) about single files: what reading met (a bad character set, what pydicom
+    complained about: :func:`fhirimg.scan.read_file`) and the text cleaned in them on its way
+    into FHIR."""
 
     @property
     def push_failed(self) -> bool:
@@ -187,9 +202,7 @@ class StudyOutcome:
     def ok(self) -> bool:
         return self.bundle is not None
 
-    def as_json(self, with_files: bool = False) -> JSON:
-        """The study's entry in report.json; ``with_files``: with its files' warnings too (as
-        the catalog keeps it; the report shows them in the files' own entries)."""
+    def as_json(self) -> JSON:
         out: JSON = {
             "studyInstanceUid": self.study_instance_uid,
             "status": "written" if self.ok else "failed",
@@ -206,6 +219,10 @@ class StudyOutcome:
             out["renderedImages"] = self.media
         if self.media_failures:
             out["renderFailures"] = [{"path": p, "reason": r} for p, r in self.media_failures]
+        if self.dropped:
+            out["droppedFiles"] = [{"path": p, "reason": r} for p, r in self.dropped]
+        if self.file_warnings:
+            out["fileWarnings"] = [{"path": p, "warning": w} for p, w in self.file_warnings]
         if self.push is not None:
             out["push"] = self.push
         if self.push_issues:
@@ -214,8 +231,6 @@ class StudyOutcome:
             out["warnings"] = list(self.warnings)
         if self.errors:
             out["errors"] = list(self.errors)
-        if with_files and self.file_warnings:
-            out["fileWarnings"] = [{"path": p, "warnings": list(w)} for p, w in self.file_warnings]
         return out
 
     @classmethod
@@ -239,11 +254,10 @@ class StudyOutcome:
             binaries=None if binaries is None else int(binaries),
             media=None if media is None else int(media),
             media_failures=tuple((f["path"], f["reason"]) for f in doc.get("renderFailures", ())),
+            dropped=tuple((f["path"], f["reason"]) for f in doc.get("droppedFiles", ())),
+            file_warnings=tuple((f["path"], f["warning"]) for f in doc.get("fileWarnings", ())),
             push=doc.get("push"),
             push_issues=tuple(doc.get("pushIssues", ())),
-            file_warnings=tuple(
-                (f["path"], tuple(f["warnings"])) for f in doc.get("fileWarnings", ())
-            ),
         )
 
 
@@ -380,16 +394,30 @@ class ConvertReport:
 
 
 def build_study(
-    records: list[InstanceRecord], mapping: MapOptions, fhir_version: str, strict: bool = False
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    strict: bool = False,
+    all_or_nothing: bool = False,
 ) -> tuple[JSON, StudyOutcome]:
     """Build and validate one study's bundle. Pure: returns the bundle and its outcome.
 
-    The outcome has ``errors`` (and the bundle must not be written) when validation fails.
+    Instances that errors are traced to are left out and the bundle of the rest built again
+    (:func:`fhirimg.partial.settle`; not with ``all_or_nothing``): the outcome lists them in
+    ``dropped``. The outcome has ``errors`` (and the bundle must not be written) when validation
+    fails all the same.
     """
     release = get_release(fhir_version)
-    bundle, notes = study_bundle(records, mapping, release)
+
+    def attempt(recs: list[InstanceRecord]) -> Attempt[tuple[JSON, Notes]]:
+        bundle, notes = study_bundle(recs, mapping, release)
+        errors = resource_error_findings(bundle, release.name, strict)
+        return Attempt(bundle, errors, (bundle, notes))
+
+    settled = settle(records, attempt, all_or_nothing)
+    bundle, notes = settled.attempt.value
     study = bundle["entry"][-1]["resource"]
-    errors = resource_errors(bundle, release.name, strict)
+    errors = settled.errors
     uid = records[0].study_instance_uid
     outcome = StudyOutcome(
         study_instance_uid=uid,
@@ -398,6 +426,7 @@ def build_study(
         instances=int(study["numberOfInstances"]),
         warnings=tuple(notes.items),
         errors=tuple(errors),
+        dropped=tuple(settled.dropped),
     )
     return bundle, outcome
 
@@ -436,7 +465,33 @@ def _write_study(
     rebuilding a study from the catalog): a study with an instance file that is gone fails
     without touching its earlier bundle, which still holds that file's bytes.
     """
-    records = unpack(blobs)
+    records, file_warnings = _clean(unpack(blobs))
+    outcome = _build_and_write(records, mapping, fhir_version, out_dir, pixels, need_files)
+    return replace(outcome, file_warnings=file_warnings) if file_warnings else outcome
+
+
+def _clean(records: list[InstanceRecord]) -> tuple[list[InstanceRecord], tuple[Warned, ...]]:
+    """The study's records with their text made fit for FHIR (:func:`fhirimg.mapping.clean_text`,
+    the one place it is done), and each file's warnings: what reading it met
+    (:attr:`InstanceRecord.warnings`: pydicom's complaints without the values, a bad character
+    set, ...) and what was cleaned."""
+    out: list[InstanceRecord] = []
+    warned: list[Warned] = []
+    for record in records:
+        clean, notes = clean_text(record)
+        out.append(clean)
+        warned += [(record.path, note) for note in (*record.warnings, *notes)]
+    return out, tuple(sorted(warned, key=lambda w: w[0]))
+
+
+def _build_and_write(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: str,
+    pixels: PixelOptions,
+    need_files: bool,
+) -> StudyOutcome:
     if need_files and pixels.active:
         gone = [r.path for r in records if not os.path.lexists(r.path)]
         if gone:
@@ -449,11 +504,7 @@ def _write_study(
             )
             series = len({r.series_instance_uid for r in records})
             return StudyOutcome(uid, None, series, len(records), errors=(why,))
-    outcome = _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
-    warned = tuple(
-        (r.path, r.warnings) for r in sorted(records, key=lambda r: r.path) if r.warnings
-    )
-    return replace(outcome, file_warnings=warned) if warned else outcome
+    return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
 
 
 def _write_plain_study(
@@ -466,7 +517,9 @@ def _write_plain_study(
     """The plain study writer: one bundle built in memory (:func:`build_study`), written when
     valid; ``pixels`` only says how strictly to validate."""
     try:
-        bundle, outcome = build_study(records, mapping, fhir_version, strict=pixels.strict)
+        bundle, outcome = build_study(
+            records, mapping, fhir_version, pixels.strict, pixels.all_or_nothing
+        )
     except Exception as exc:  # a mapping bug must cost one study, not the run
         uid = records[0].study_instance_uid
         return StudyOutcome(
@@ -510,17 +563,20 @@ def _write_pixel_study(
             uid, None, series, len(records), errors=(f"{type(exc).__name__}: {exc}",)
         )
     ok = not files.errors and bool(files.bundles)
+    dropped = {path for path, _ in files.dropped}
+    kept = [r for r in records if r.path not in dropped]
     return StudyOutcome(
         study_instance_uid=uid,
         bundle=files.bundles[0] if ok else None,
-        series=series,
-        instances=len(records),
+        series=len({r.series_instance_uid for r in kept}),
+        instances=len(kept),
         warnings=tuple(dict.fromkeys(files.warnings)),
         errors=tuple(files.errors),
         parts=tuple(files.bundles[1:]) if ok else (),
         binaries=files.binaries if pixels.binary is not None else None,
         media=files.media if pixels.media is not None else None,
         media_failures=tuple(files.media_failures),
+        dropped=tuple(files.dropped),
     )
 
 
@@ -865,10 +921,11 @@ class _IncrementalRun:
 
             def done(outcome: StudyOutcome) -> None:
                 uid = outcome.study_instance_uid
+                _log_files(outcome)
                 files = _file_outcomes(index.study_paths(uid), outcome)
                 # A study whose push failed stays dirty too: the next run pushes it again.
                 ok = outcome.ok and not outcome.push_failed
-                doc = _json_safe(outcome.as_json(with_files=True))
+                doc = _json_safe(outcome.as_json())
                 try:
                     catalog.study_done(uid, ok=ok, outcome=doc, files=files)
                 except CatalogError as exc:  # the catalog's journal found the disk full first
@@ -946,11 +1003,35 @@ class _ToRead:
 
 
 def _file_outcomes(paths: list[str], outcome: StudyOutcome) -> list[tuple[str, FileStatus, str]]:
-    """The outcome of each file of a study: converted into its bundle, or failed with it."""
+    """The outcome of each file of a study: converted into its bundle, or failed with it; a file
+    left out of its study (``outcome.dropped``) failed, with its own reason."""
+    dropped = dict(outcome.dropped)
     if outcome.ok:
-        return [(p, FileStatus.CONVERTED, str(outcome.bundle)) for p in paths]
+        return [
+            (p, FileStatus.FAILED, dropped[p])
+            if p in dropped
+            else (p, FileStatus.CONVERTED, str(outcome.bundle))
+            for p in paths
+        ]
     reason = "study not converted: " + "; ".join(outcome.errors[:3])
-    return [(p, FileStatus.FAILED, reason) for p in paths]
+    return [(p, FileStatus.FAILED, dropped.get(p, reason)) for p in paths]
+
+
+def _log_files(outcome: StudyOutcome) -> None:
+    """``-v``: what was cleaned in which file, and which files were left out of their study."""
+    for path, warning in outcome.file_warnings:
+        log.info("%s: %s", _printable(path), warning)
+    for path, reason in outcome.dropped:
+        log.info("%s: left out of its study: %s", _printable(path), reason)
+
+
+def _file_warnings(studies: Iterable[StudyOutcome]) -> dict[str, list[str]]:
+    """The warnings about single files (text cleaned), by printable path, for report.json."""
+    out: dict[str, list[str]] = {}
+    for study in studies:
+        for path, warning in study.file_warnings:
+            out.setdefault(_printable(path), []).append(_printable(warning))
+    return out
 
 
 def _remove_bundles(folder: Path, study_uid: str) -> None:
@@ -1055,6 +1136,7 @@ def _convert_uncatalogued(
             )
 
             def done(outcome: StudyOutcome) -> None:
+                _log_files(outcome)
                 paths_of_study = index.study_paths(outcome.study_instance_uid)
                 for path, status, detail in _file_outcomes(paths_of_study, outcome):
                     index.set_outcome([path], status, detail)
@@ -1104,8 +1186,8 @@ def _write_report(
             item[key] = _printable(detail)
             if file_path in render_failed:
                 item["renderError"] = _printable(render_failed[file_path])
-            if _printable(file_path) in warned:
-                item["warnings"] = warned[_printable(file_path)]
+            if item["path"] in warned:
+                item["warnings"] = warned[item["path"]]
             yield item
 
     doc = {
@@ -1132,10 +1214,10 @@ def _write_folder_report(
     versions; everything before it is the same bytes for the same folder and run.
     """
     gone = {m.path for m in missing}
-    warned = _file_warnings(report.studies)
     render_failed = {
         _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
     }
+    warned = _file_warnings(report.studies)
 
     def files() -> Iterator[JSON]:
         for entry in catalog.entries():
@@ -1149,7 +1231,7 @@ def _write_folder_report(
             shown = _printable(entry.path)
             if shown in render_failed:
                 item["renderError"] = render_failed[shown]
-            if shown in warned and entry.status is FileStatus.CONVERTED:
+            if shown in warned:
                 item["warnings"] = warned[shown]
             yield item
 
@@ -1161,15 +1243,6 @@ def _write_folder_report(
         "history": [_run_json(r) for r in catalog.runs()],
     }
     _stream_report(path, doc, files(), opts.modes)
-
-
-def _file_warnings(studies: list[StudyOutcome]) -> dict[str, list[str]]:
-    """Each file's reading warnings (:attr:`StudyOutcome.file_warnings`), by printable path."""
-    return {
-        _printable(path): [_printable(w) for w in warnings]
-        for s in studies
-        for path, warnings in s.file_warnings
-    }
 
 
 def _run_json(run: RunRecord) -> JSON:

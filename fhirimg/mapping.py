@@ -9,6 +9,7 @@ Values that cannot be converted leave their element out and add a warning; they 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from fhirimg.fhir import Release
 from fhirimg.fhir.base import StudyParts
 from fhirimg.jsonio import JSON
 from fhirimg.model import Code, InstanceRecord, Issuer
+from fhirimg.values import TextKind
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -76,6 +78,120 @@ LATERALITY: Mapping[str, tuple[str, str]] = {
     "R": ("24028007", "Right"),
     "B": ("51440002", "Right and left"),
 }
+
+
+# The text attributes of a record that reach FHIR, with the DICOM keyword and tag a warning names
+# and the FHIR primitive each becomes (values.TextKind). UIDs, dates, times and numbers are not
+# here: their own parsers refuse a malformed value (the element is left out, or the instance is
+# not valid and is dropped), and a UID must never be changed into another one.
+_S, _C, _U = TextKind.STRING, TextKind.CODE, TextKind.URI
+_TEXT: Mapping[str, tuple[str, TextKind]] = {
+    "patient_id": ("PatientID (0010,0020)", _S),  # Identifier.value
+    "issuer_of_patient_id": ("IssuerOfPatientID (0010,0021)", _S),  # assigner.display
+    "patient_name": ("PatientName (0010,0010)", _S),  # HumanName parts
+    "patient_sex": ("PatientSex (0010,0040)", _C),
+    "accession_number": ("AccessionNumber (0008,0050)", _S),
+    "study_id": ("StudyID (0020,0010)", _S),
+    "study_description": ("StudyDescription (0008,1030)", _S),
+    "referring_physician": ("ReferringPhysicianName (0008,0090)", _S),
+    "reading_physicians": ("NameOfPhysiciansReadingStudy (0008,1060)", _S),
+    "reason_for_procedure": ("ReasonForTheRequestedProcedure (0040,1002)", _S),
+    "department": ("InstitutionalDepartmentName (0008,1040)", _S),
+    "modalities_in_study": ("ModalitiesInStudy (0008,0061)", _C),  # Coding.code
+    "modality": ("Modality (0008,0060)", _C),  # Coding.code
+    "series_description": ("SeriesDescription (0008,103E)", _S),
+    "body_part_examined": ("BodyPartExamined (0018,0015)", _S),  # bodySite display
+    "laterality": ("Laterality (0020,0060)", _C),
+    "performing_physicians": ("PerformingPhysicianName (0008,1050)", _S),
+    "operators": ("OperatorsName (0008,1070)", _S),
+    "manufacturer": ("Manufacturer (0008,0070)", _S),  # Media.deviceName
+    "model_name": ("ManufacturerModelName (0008,1090)", _S),
+    "station_name": ("StationName (0008,1010)", _S),
+    "image_type": ("ImageType (0008,0008)", _S),  # instance.title
+    "content_label": ("ContentLabel (0070,0080)", _S),
+    "concept_name": ("CodeMeaning (0008,0104) in ConceptNameCodeSequence (0040,A043)", _S),
+    "document_title": ("DocumentTitle (0042,0010)", _S),
+}
+_CODE_ITEMS = {
+    "procedure_codes": "ProcedureCodeSequence (0008,1032)",
+    "reason_codes": "ReasonForRequestedProcedureCodeSequence (0040,100A)",
+}
+_CODE_PARTS = (
+    ("value", "CodeValue (0008,0100)", _C),  # Coding.code
+    ("scheme", "CodingSchemeDesignator (0008,0102)", _C),  # looked up for Coding.system
+    ("meaning", "CodeMeaning (0008,0104)", _S),  # Coding.display
+)
+_ISSUERS = {
+    "patient_id_issuer": "IssuerOfPatientIDQualifiersSequence (0010,0024)",
+    "accession_issuer": "IssuerOfAccessionNumberSequence (0008,0051)",
+}
+_ISSUER_PARTS = (
+    ("local", "LocalNamespaceEntityID (0040,0031)", _S),  # assigner.display
+    ("universal", "UniversalEntityID (0040,0032)", _U),  # Identifier.system
+    ("universal_type", "UniversalEntityIDType (0040,0033)", _C),
+)
+
+
+def clean_text(record: InstanceRecord) -> tuple[InstanceRecord, tuple[str, ...]]:
+    """``record`` with every text value that reaches FHIR made fit for its FHIR type
+    (:func:`fhirimg.values.fhir_text`: a NBSP becomes a space, control characters go, ...), and
+    one warning per attribute changed, naming it by keyword and tag, never quoting the value.
+    The one place DICOM text is cleaned on its way into FHIR; a record with nothing to clean
+    comes back as it is.
+
+    >>> rec = InstanceRecord("f.dcm", 0, "1.2", "1.2.3", "1.2.4", "1.2.5", modality="CT\\x00")
+    >>> clean_text(rec)[1]
+    ('text cleaned in Modality (0008,0060): control character removed',)
+    >>> clean_text(rec)[0].modality
+    'CT'
+    """
+    changed: dict[str, object] = {}
+    notes: list[str] = []
+
+    def one(value: str | None, where: str, kind: TextKind) -> str | None:
+        if value is None:
+            return None
+        text, changes = values.fhir_text(value, kind)
+        if changes:
+            notes.append(f"text cleaned in {where}: {'; '.join(changes)}")
+        return text
+
+    for attr, (where, kind) in _TEXT.items():
+        value = getattr(record, attr)
+        if isinstance(value, tuple):
+            new: object = tuple(t for t in (one(v, where, kind) for v in value) if t)
+        else:
+            new = one(value, where, kind)
+        if new != value:
+            changed[attr] = new
+    for attr, where in _CODE_ITEMS.items():
+        codes = getattr(record, attr)
+        new_codes = tuple(
+            Code(
+                *(
+                    one(getattr(c, part), f"{name} in {where}", kind)
+                    for part, name, kind in _CODE_PARTS
+                )
+            )
+            for c in codes
+        )
+        if new_codes != codes:
+            changed[attr] = tuple(c for c in new_codes if c.value or c.meaning)
+    for attr, where in _ISSUERS.items():
+        issuer = getattr(record, attr)
+        if issuer is None:
+            continue
+        new_issuer = Issuer(
+            *(
+                one(getattr(issuer, part), f"{name} in {where}", kind)
+                for part, name, kind in _ISSUER_PARTS
+            )
+        )
+        if new_issuer != issuer:
+            changed[attr] = new_issuer if (new_issuer.local or new_issuer.universal) else None
+    if not changed:
+        return record, tuple(dict.fromkeys(notes))
+    return dataclasses.replace(record, **changed), tuple(dict.fromkeys(notes))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -313,6 +429,21 @@ def sort_records(records: Iterable[InstanceRecord]) -> list[InstanceRecord]:
     return sorted(records, key=lambda r: (_sort_key_series(r), _sort_key_instance(r)))
 
 
+def series_groups(records: Sequence[InstanceRecord]) -> list[list[InstanceRecord]]:
+    """The records of a study as ImagingStudy lists them: ``series[i].instance[j]`` is
+    ``series_groups(records)[i][j]`` for records in :func:`sort_records` order.
+
+    >>> recs = [InstanceRecord(f"{n}.dcm", 0, "1.2", f"1.9.{n}", "1.3", s) for n, s in
+    ...         enumerate(["1.5", "1.4", "1.5"])]
+    >>> [[r.path for r in group] for group in series_groups(recs)]
+    [['0.dcm', '2.dcm'], ['1.dcm']]
+    """
+    by_series: dict[str, list[InstanceRecord]] = {}
+    for rec in records:
+        by_series.setdefault(rec.series_instance_uid, []).append(rec)
+    return list(by_series.values())
+
+
 def _modality_coding(code: str) -> JSON:
     # (0008,0060) Modality; system is the DCM URI, never "DCM" (a DICOMcast mistake, peers.md)
     return {"system": DCM, "code": code}
@@ -483,12 +614,9 @@ def imaging_study(
     if study_id:
         identifiers.append({"use": "secondary", "value": study_id})
 
-    by_series: dict[str, list[InstanceRecord]] = {}
-    for rec in records:
-        by_series.setdefault(rec.series_instance_uid, []).append(rec)
     series = [
         _series(recs, release, options, notes, instance_extensions or {})
-        for recs in by_series.values()
+        for recs in series_groups(records)
     ]
 
     fields: JSON = {

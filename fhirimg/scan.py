@@ -491,8 +491,6 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
     if heard.notes:
         for said in dict.fromkeys(heard.said):  # pydicom's words may quote header values: -vv
             logger.debug("%s: pydicom said: %s", path, said)
-        for note in heard.notes:
-            logger.info("%s: %s", path, note)
         record = _with_warnings(record, tuple(heard.notes))
     return record
 
@@ -503,8 +501,8 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
 # and its words may quote raw header bytes: a patient's name in a field of the wrong VR, say. While
 # a file is read, both go to :class:`_Heard` instead of stderr (the logger does not propagate, the
 # warnings are not shown); what they said becomes the record's warnings, with quoted values
-# replaced and the tag being decoded named, and is logged at INFO (-v); pydicom's words as said
-# only at DEBUG (-vv).
+# replaced and the tag being decoded named (in report.json's file entries, and at INFO, -v, when
+# the study is written: fhirimg.convert); pydicom's words as said only at DEBUG (-vv).
 
 _PYDICOM = logging.getLogger("pydicom")
 _QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')  # '...', "...", b'...'

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import StrEnum
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 _DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
@@ -296,3 +298,88 @@ def parse_is(value: str) -> int | None:
     """
     v = value.strip()
     return int(v) if _IS.match(v) else None
+
+
+class TextKind(StrEnum):
+    """The FHIR primitive a DICOM text value becomes: what :func:`fhir_text` may keep.
+
+    ``string`` (and ``markdown``): FHIR R4 ``[ \\r\\n\\t\\S]+``, tab, CR and LF allowed;
+    ``code``: no leading or trailing whitespace, single spaces inside (R5 ``[^\\s]+( [^\\s]+)*``);
+    ``uri``: no whitespace at all (``\\S*``).
+    """
+
+    STRING = "string"
+    CODE = "code"
+    URI = "uri"
+
+
+# What the three kinds never keep. FHIR datatypes, "string": "Strings SHALL NOT contain Unicode
+# character points below 32, except for u0009 (horizontal tab), u0010 (carriage return) and u0013
+# (line feed)"; the JSON Schema's string pattern ([ \r\n\t\S]) refuses every other whitespace
+# (NBSP, U+2028, U+0085, ...). So: C0 controls but tab, CR, LF, DEL and the C1 controls (U+0085
+# NEL too: a Latin-1 decode of a stray 0x85) are dropped; Unicode space separators (Zs: NBSP
+# U+00A0, U+2000..U+200A, U+3000, ...) become a space; the line and paragraph separators
+# U+2028/U+2029 a line feed; lone surrogates (a bad decode, a JSON "\ud800") U+FFFD.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SPACE_SEPARATOR = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_LINE_SEPARATOR = re.compile(r"[\u2028\u2029]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_WHITESPACE_RUN = re.compile(r"\s+")
+# What a code or a uri must not have inside, once the characters above are gone.
+_INNER_SPACE = {TextKind.CODE: re.compile(r"\s\s|[\t\n\r]"), TextKind.URI: re.compile(r"\s")}
+_NOT_ALLOWED = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ud800-\udfff]"
+)
+
+
+def fhir_text(value: str, kind: TextKind = TextKind.STRING) -> tuple[str | None, tuple[str, ...]]:
+    """A decoded DICOM text value made fit for a FHIR primitive of ``kind``; returns
+    ``(value, changes)``: ``value`` None when nothing is left, ``changes`` what was done, in
+    words that never quote the value (for a warning).
+
+    Leading and trailing whitespace is removed without a note (DICOM pads with spaces); a
+    ``code`` has its inner whitespace runs made single spaces, a ``uri`` its inner whitespace
+    percent-encoded (RFC 3986 2.1).
+
+    >>> fhir_text("M\\u00fcller\\u00a0Anna")
+    ('Müller Anna', ('no-break or other Unicode space made a plain space',))
+    >>> fhir_text("CT\\x00", TextKind.CODE)
+    ('CT', ('control character removed',))
+    >>> fhir_text("line one\\r\\nline two")
+    ('line one\\r\\nline two', ())
+    >>> fhir_text("\\x85\\x1b")
+    (None, ('control character removed', 'nothing left: left out'))
+    """
+    if _NOT_ALLOWED.search(value) is None and value == value.strip():  # the common case
+        if kind is TextKind.STRING or _INNER_SPACE[kind].search(value) is None:
+            return (value or None), ()
+    changes: list[str] = []
+    text = value
+    if _NOT_ALLOWED.search(text) is not None:
+        if _SURROGATE.search(text):
+            text = _SURROGATE.sub("\ufffd", text)
+            changes.append("undecodable character (lone surrogate) made U+FFFD")
+        if _CONTROL.search(text):
+            text = _CONTROL.sub("", text)
+            changes.append("control character removed")
+        if _SPACE_SEPARATOR.search(text):
+            text = _SPACE_SEPARATOR.sub(" ", text)
+            changes.append("no-break or other Unicode space made a plain space")
+        if _LINE_SEPARATOR.search(text):
+            text = _LINE_SEPARATOR.sub("\n", text)
+            changes.append("Unicode line or paragraph separator made a line feed")
+    text = text.strip()
+    if kind is TextKind.CODE:
+        squeezed = _WHITESPACE_RUN.sub(" ", text)
+        if squeezed != text:
+            changes.append("tab, line break or repeated space in a code made one space")
+            text = squeezed
+    elif kind is TextKind.URI and _WHITESPACE_RUN.search(text):
+        text = _WHITESPACE_RUN.sub(lambda m: quote(m.group(0), safe=""), text)
+        changes.append("space in a URI percent-encoded")
+    if not text:
+        if changes:
+            changes.append("nothing left: left out")
+        return None, tuple(changes)
+    return text, tuple(changes)

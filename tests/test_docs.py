@@ -10,6 +10,7 @@ import typer.main
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fhirimg.cli import app
+from fhirimg.cli._app import load_commands
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # Where each command is documented (a new command must be added here, with its docs).
@@ -23,6 +24,7 @@ COMMAND_DOCS = {
 
 
 def _commands() -> dict[str, TyperCommand]:
+    load_commands()  # commands are loaded when used; the docs cover them all
     group = typer.main.get_command(app)
     assert isinstance(group, TyperGroup), "the app has subcommands, so typer gives a group"
     commands: dict[str, TyperCommand] = {}

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from fhirimg import ConvertOptions, MapOptions, convert
 from fhirimg.cli import app
+from fhirimg.cli._app import load_commands
 from fhirimg.images.binary import EXTENSION_URL, BinaryMode
 from fhirimg.images.rendered import MediaOptions
 from fhirimg.validate import resource_errors
@@ -123,6 +124,8 @@ def test_cli_r5_and_help_texts(tmp_path: Path) -> None:
 def test_every_convert_option_has_help_and_docs() -> None:
     """Every convert option has help text, and the pixel options are explained in docs."""
     import typer.main
+
+    load_commands()
 
     command = typer.main.get_command(app).commands["convert"]  # type: ignore[attr-defined]
     docs = (REPO / "docs" / "choosing.md").read_text()

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirimg.cli import app
+from fhirimg.cli._app import load_commands
 
 CORPUS = Path(__file__).parent / "data" / "validate" / "corpus"
 DOCS = Path(__file__).parent.parent / "docs" / "validate.md"
@@ -169,6 +170,8 @@ def test_unreachable_server_exits_3() -> None:
 
 def test_every_option_has_help_and_docs() -> None:
     import typer.main
+
+    load_commands()
 
     command = typer.main.get_command(app).commands["validate"]  # type: ignore[attr-defined]
     docs = DOCS.read_text()

@@ -37,6 +37,13 @@ COMMAND_MODULES = {
 A module registers its command on :data:`app` when imported."""
 
 
+def load_commands() -> None:
+    """Import every command's module (each registers its command on :data:`app`): for code that
+    walks all commands, such as the docs tests; running a command needs none of it."""
+    for module in COMMAND_MODULES.values():
+        importlib.import_module(module)
+
+
 class _Commands(TyperGroup):
     """The top-level command group, loading each command's module on first use."""
 

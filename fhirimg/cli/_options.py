@@ -101,6 +101,16 @@ StrictOpt = Annotated[
     ),
 ]
 
+AllOrNothingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-or-nothing",
+        help="A study whose bundle has any validation error is not written and all its files "
+        "fail. Default: instances that the errors point at are left out (each file reported "
+        "failed with the reason) and the rest of the study is written.",
+    ),
+]
+
 BinaryOpt = Annotated[
     BinaryMode | None,
     typer.Option(

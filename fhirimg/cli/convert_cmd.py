@@ -39,6 +39,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
+    AllOrNothingOpt,
     BinaryOpt,
     DicomwebAuth,
     EndpointUrlOpt,
@@ -145,6 +146,7 @@ def convert_command(
         ),
     ] = None,
     strict: StrictOpt = False,
+    all_or_nothing: AllOrNothingOpt = False,
     binary: BinaryOpt = None,
     max_entries: Annotated[
         int | None,
@@ -359,6 +361,7 @@ def convert_command(
         max_entries=max_entries,
         max_bundle_mb=max_bundle_mb,
         strict=strict,
+        all_or_nothing=all_or_nothing,
         group_readable=group_readable,
         full=full,
         prune_missing=prune_missing,

@@ -35,6 +35,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
+    AllOrNothingOpt,
     BinaryOpt,
     EndpointUrlOpt,
     FhirAuth,
@@ -127,6 +128,7 @@ def watch_command(
     binary: BinaryOpt = None,
     media: MediaOpt = False,
     strict: StrictOpt = False,
+    all_or_nothing: AllOrNothingOpt = False,
     jobs: JobsOpt = 0,
     group_readable: GroupReadableOpt = False,
     json_out: Annotated[
@@ -171,6 +173,7 @@ def watch_command(
         binary=binary,
         media=MediaOptions() if media else None,
         strict=strict,
+        all_or_nothing=all_or_nothing,
         group_readable=group_readable,
     )
     push = (

@@ -56,9 +56,11 @@ from fhirimg.images.binary import (
     write_beside,
 )
 from fhirimg.jsonio import JSON
-from fhirimg.mapping import MapOptions, sort_records
+from fhirimg.mapping import MapOptions, Notes, sort_records
 from fhirimg.model import InstanceRecord
+from fhirimg.partial import Attempt, settle
 from fhirimg.validate import resource_errors
+from fhirimg.validate.validator import resource_error_findings
 
 if TYPE_CHECKING:
     from fhirimg.images.render import Rendered
@@ -78,6 +80,9 @@ class PixelOptions:
     """Validate with every layer (FHIRPath invariants too), not only the fast ones."""
     modes: jsonio.Modes = jsonio.PRIVATE
     """Permissions of the files and folders written (owner-only unless group-readable)."""
+    all_or_nothing: bool = False
+    """Any validation error fails the study; by default the instances the errors are traced to
+    are left out (:mod:`fhirimg.partial`)."""
 
     @property
     def active(self) -> bool:
@@ -100,6 +105,8 @@ class StudyFiles:
     """(path, reason) of image files whose rendering failed."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) of instance files left out because they are not valid."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,10 @@ def write_study(
 ) -> StudyFiles:
     """Write one study's bundle(s) with Binaries and/or rendered images (module docstring).
 
-    Never raises for a bad image: rendering failures go to ``media_failures``. A head (Patient,
-    Endpoint, ImagingStudy) that fails model validation means nothing is written (``errors``).
+    Never raises for a bad image: rendering failures go to ``media_failures``. Instances the
+    head's validation errors are traced to are left out, with their Binaries and images
+    (``dropped``, :mod:`fhirimg.partial`); a head that fails validation all the same means
+    nothing is written (``errors``).
     """
     release = get_release(fhir_version)
     out = StudyFiles()
@@ -138,21 +147,15 @@ def write_study(
     study_uid = recs[0].study_instance_uid
     name = ids.bundle_name(study_uid)
 
-    extensions: dict[str, list[JSON]] = {}
-    if options.binary is not None:
-        by_full_url = options.binary == BinaryMode.INLINE and not options.split
-        for rec in recs:
-            sop = rec.sop_instance_uid
-            ref = binary_full_url(sop) if by_full_url else f"Binary/{binary_id(sop)}"
-            extensions[sop] = [link_extension(ref)]
-
-    head, notes = study_bundle(recs, mapping, release, extensions)
+    # Instances the head's errors are traced to are left out, with their Binaries and images
+    # (fhirimg.partial); the head is built again without them.
+    settled = settle(recs, lambda rs: _head(rs, mapping, release, options), options.all_or_nothing)
+    out.dropped = settled.dropped
+    recs = settled.records
+    head, notes = settled.attempt.value
     out.warnings.extend(notes.items)
-    errors = resource_errors(
-        _skeleton(head, recs, options), release.name, options.strict, _known(recs, options)
-    )
-    if errors:
-        out.errors.extend(errors)
+    if settled.errors:
+        out.errors.extend(settled.errors)
         return out
     entries = head["entry"]
     first = _Refs(entries[0]["fullUrl"], entries[-1]["fullUrl"])
@@ -180,6 +183,25 @@ def write_study(
         raise
     out.warnings.extend(writer.notes)
     return out
+
+
+def _head(
+    recs: list[InstanceRecord], mapping: MapOptions, release: Release, options: PixelOptions
+) -> Attempt[tuple[JSON, Notes]]:
+    """The head bundle (Patient, Endpoint, ImagingStudy with the Binary links) of ``recs``,
+    validated as :func:`_skeleton` (each Binary entry in it belongs to its instance)."""
+    extensions: dict[str, list[JSON]] = {}
+    if options.binary is not None:
+        by_full_url = options.binary == BinaryMode.INLINE and not options.split
+        for rec in recs:
+            sop = rec.sop_instance_uid
+            ref = binary_full_url(sop) if by_full_url else f"Binary/{binary_id(sop)}"
+            extensions[sop] = [link_extension(ref)]
+    head, notes = study_bundle(recs, mapping, release, extensions)
+    skeleton = _skeleton(head, recs, options)
+    errors = resource_error_findings(skeleton, release.name, options.strict, _known(recs, options))
+    owners = {binary_full_url(r.sop_instance_uid): r for r in recs} if skeleton is not head else {}
+    return Attempt(skeleton, errors, (head, notes), owners)
 
 
 def _skeleton(head: JSON, recs: list[InstanceRecord], options: PixelOptions) -> JSON:

@@ -223,6 +223,19 @@ def resource_errors(
     >>> resource_errors({"resourceType": "Binary", "contentType": "text/plain"}, "r4")
     []
     """
+    return [
+        error_text(f) for f in resource_error_findings(resource, release, strict, known_binaries)
+    ]
+
+
+def resource_error_findings(
+    resource: dict[str, Any],
+    release: str,
+    strict: bool = False,
+    known_binaries: Collection[str] = (),
+) -> list[Finding]:
+    """The errors :func:`resource_errors` gives, as findings (with their locations: ``convert``
+    traces them to the instances they are about)."""
     wanted = ALL_LAYERS if strict else FAST_LAYERS
     if resource.get("resourceType") != "Bundle":
         # One entry of a bundle being streamed: its references point at other entries, so the
@@ -231,6 +244,9 @@ def resource_errors(
     findings = validate_resource(
         resource, fhir_version=release, layers=wanted, known_binaries=known_binaries
     )
-    return [
-        f"{f.location}: {f.message} [{f.layer}]" for f in findings if f.severity is Severity.ERROR
-    ]
+    return [f for f in findings if f.severity is Severity.ERROR]
+
+
+def error_text(finding: Finding) -> str:
+    """A finding as :func:`resource_errors` words it: ``location: message [layer]``."""
+    return f"{finding.location}: {finding.message} [{finding.layer}]"
