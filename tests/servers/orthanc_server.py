@@ -234,6 +234,9 @@ def build_config(
         "DicomAlwaysAllowMove": True,
         "DicomCheckModalityHost": False,
         "DicomModalities": {},
+        # C-FIND answers in UTF-8 (ISO_IR 192): with the default Latin-1, Orthanc drops what
+        # Latin-1 cannot hold (the ideographic and phonetic groups of a Japanese name).
+        "DefaultEncoding": "Utf8",
         "DicomScuTimeout": 10,
         "DicomAssociationCloseDelay": 0,
         "RemoteAccessAllowed": False,
