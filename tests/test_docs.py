@@ -19,6 +19,7 @@ COMMAND_DOCS = {
     "push": "push.md",
     "verify": "dicomweb.md",
     "watch": "cli.md",
+    "listen": "cli.md",
 }
 
 

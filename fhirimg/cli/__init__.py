@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
-from fhirimg.cli import convert_cmd, push_cmd, validate_cmd, verify_cmd, watch_cmd  # noqa: F401
+from fhirimg.cli import (  # noqa: F401
+    convert_cmd,
+    listen_cmd,
+    push_cmd,
+    validate_cmd,
+    verify_cmd,
+    watch_cmd,
+)
 from fhirimg.cli._app import app, err_console
 from fhirimg.exitcodes import ExitCode
 
