@@ -283,3 +283,32 @@ def test_cli_convert_from_pacs_json(
     summary = httpx.Response(200, content=result.stdout).json()
     assert summary["files"]["converted"] == 20
     assert summary["studies"]["written"] == 5
+
+
+def test_from_dicomweb_binary_and_media_equal_file_conversion(
+    orthanc: OrthancServer, converted: Path, tmp_path: Path
+) -> None:
+    """``--from-dicomweb --binary inline --media``: the instances come by WADO-RS (streamed), and
+    the Binary bytes and rendered images are those of a file conversion."""
+    files, web = tmp_path / "files", tmp_path / "web"
+    common = ["--binary", "inline", "--media", "-q", "-j", "1"]
+    result = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(files), *common])
+    assert result.exit_code == 1, result.output  # the sample data's truncated file, on purpose
+    result = runner.invoke(
+        app, ["convert", "--from-dicomweb", orthanc.dicomweb_url, "-o", str(web), *common]
+    )
+    assert result.exit_code == 0, result.output
+    from_files, from_web = _binaries(files), _binaries(web)
+    assert len(from_web) == 20
+    assert from_web == from_files  # byte for byte: WADO-RS gives the stored Part 10 files
+
+    def images(out: Path) -> dict[str, str]:
+        found = {}
+        for bundle in bundles(out).values():
+            for media in resources(bundle, "Media"):
+                found[media["identifier"][0]["value"]] = media["content"]["data"]
+        return found
+
+    assert images(web) == images(files)
+    assert len(images(web)) >= 10
+    assert not list((web / ".fhirimg").glob("fetch-*"))

@@ -244,7 +244,8 @@ def convert_command(
         str | None,
         typer.Option(
             "--from-dicomweb",
-            help="Convert from a DICOMweb server (QIDO-RS + WADO-RS metadata, no pixel data) "
+            help="Convert from a DICOMweb server (QIDO-RS + WADO-RS metadata; the instances only "
+            "for --binary/--media) "
             "instead of files; the ImagingStudy's Endpoint is this URL unless --dicomweb-url.",
             rich_help_panel=_dw.PANEL,
         ),
