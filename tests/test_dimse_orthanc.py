@@ -312,3 +312,37 @@ def test_from_dicomweb_binary_and_media_equal_file_conversion(
     assert images(web) == images(files)
     assert len(images(web)) >= 10
     assert not list((web / ".fhirimg").glob("fetch-*"))
+
+
+def test_verify_against_the_pacs_over_dimse(
+    orthanc: OrthancServer, converted: Path, tmp_path: Path
+) -> None:
+    """``verify --pacs``: the bundles agree with Orthanc; an instance deleted from it is
+    reported missing (exit 1), and a PACS that is down exits 3."""
+    result = runner.invoke(
+        app, ["verify", str(converted), "--pacs", orthanc.pacs_address, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = httpx.Response(200, content=result.stdout).json()
+    assert (report["checked"], report["differing"]) == (5, 0)
+    victim_sop, victim = sorted(source_files(converted).items())[0]
+    with orthanc.client() as c:
+        hits = c.post("/tools/lookup", content=victim_sop).json()
+        instance_id = next(h["ID"] for h in hits if h["Type"] == "Instance")
+        assert c.delete(f"/instances/{instance_id}").status_code == 200
+    try:
+        result = runner.invoke(
+            app, ["verify", str(converted), "--pacs", orthanc.pacs_address, "--json", "-q"]
+        )
+        assert result.exit_code == 1, result.output
+        report = httpx.Response(200, content=result.stdout).json()
+        missing = [m["instance"] for s in report["studies"] for m in s["missingInPacs"]]
+        assert missing == [victim_sop]
+    finally:
+        upload(orthanc, [victim])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(app, ["verify", str(converted), "--pacs", f"P@127.0.0.1:{port}"])
+    assert result.exit_code == 3, result.output
+    assert f"P@127.0.0.1:{port}" in result.output

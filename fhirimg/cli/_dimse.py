@@ -12,6 +12,7 @@ from fhirimg.cli._app import RESUMABLE, exit_on_error, fail
 from fhirimg.cli._dicomweb import progress_bar
 from fhirimg.convert import ConvertOptions, ConvertReport
 from fhirimg.dicomweb.records import StudyQuery
+from fhirimg.dicomweb.verify import VerifyReport
 from fhirimg.errors import ConfigError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
 
@@ -85,6 +86,20 @@ def run_convert_from_pacs(
         )
         with fetch:
             return convert_from_pacs(client, query, replace(options), bar, fetch=fetch)
+
+
+def run_verify_dimse(
+    paths: list[Path], address: str, calling_aet: str, timeout: float, study_uids: list[str]
+) -> VerifyReport:
+    """``verify --pacs``: the report, or exit 3 naming the PACS (2 for bad options)."""
+    from fhirimg.dimse.address import PacsAddress
+    from fhirimg.dimse.scu import DimseClient
+    from fhirimg.dimse.verify import verify_bundles_dimse
+
+    check_dimse_options(address, calling_aet, None)
+    client = DimseClient(PacsAddress.parse(address), calling_aet, timeout)
+    with exit_on_error(message=lambda exc: _message(exc, Path("."), client.server)):
+        return verify_bundles_dimse(paths, client, study_uids)
 
 
 def _message(exc: BaseException, out_dir: Path, pacs: str) -> str:
