@@ -242,3 +242,69 @@ def test_cli_listen_survives_a_restart_and_stops_on_sigterm(tmp_path: Path) -> N
     assert proc.returncode == 130, err
     (bundle,) = bundles(out).values()
     assert resources(bundle, "ImagingStudy")[0]["numberOfInstances"] == len(files)
+
+
+def test_listen_over_tls_accepts_tls_only(tmp_path: Path) -> None:
+    """``--tls-cert``/``--tls-key``/``--tls-client-ca``: a sender with a client certificate the CA
+    signed stores over TLS; a plain-TCP association and one without a client certificate fail."""
+    import ssl
+
+    import trustme
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("ct1.example")
+    cert, key, client, ca_pem = (tmp_path / n for n in ("s.pem", "s.key", "c.pem", "ca.pem"))
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(client))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    options = ListenOptions(
+        port=0, store=tmp_path / "store", tls_cert=cert, tls_key=key, tls_client_ca=ca_pem
+    )
+    dataset = dcmread(sorted((SAMPLE / "study_a_ct").glob("*.dcm"))[0])
+
+    def store(context: ssl.SSLContext | None, port: int) -> int | None:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(dataset.SOPClassUID, str(dataset.file_meta.TransferSyntaxUID))
+        ae.acse_timeout = ae.network_timeout = 5
+        tls_args = (context, "127.0.0.1") if context is not None else None
+        assoc = ae.associate("127.0.0.1", port, ae_title="FHIRIMG", tls_args=tls_args)
+        if not assoc.is_established:
+            return None
+        status = assoc.send_c_store(dataset)
+        assoc.release()
+        return int(status.Status)
+
+    run = Running(tmp_path, options, settle=3600)
+    try:
+        good = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_pem))
+        good.load_cert_chain(str(client))
+        no_client_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_pem))
+        assert store(None, run.port) is None  # plain TCP to a TLS port
+        assert store(no_client_cert, run.port) is None
+        assert store(good, run.port) == 0
+    finally:
+        received = run.stop()
+    assert received.stored == 1
+    assert len(list((tmp_path / "store").rglob("*.dcm"))) == 1
+
+
+def test_listen_tls_options_are_checked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fhirimg.cli import app
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    for args, message in (
+        (["--tls-cert", str(cert)], "both --tls-cert and --tls-key"),
+        (["--tls-cert", str(cert), "--tls-key", str(cert)], "cannot use the TLS"),
+        (["--tls-client-ca", str(cert)], "needs --tls-cert"),
+        (["--allow", "CT1@"], "not AET or AET@HOST"),
+    ):
+        result = CliRunner().invoke(app, ["listen", "--store", str(tmp_path / "s"), *args])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split())

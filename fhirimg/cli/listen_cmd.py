@@ -79,6 +79,30 @@ def listen_command(
             help="Accept only this calling AE title (from this host). Repeatable. Default: any.",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            metavar="PEM",
+            help="Serve DICOM over TLS with this certificate (chain); with --tls-key.",
+            dir_okay=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key", metavar="PEM", help="The --tls-cert's private key.", dir_okay=False
+        ),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-client-ca",
+            metavar="PEM",
+            help="With --tls-cert: accept only senders whose client certificate this CA signed.",
+            dir_okay=False,
+        ),
+    ] = None,
     store: Annotated[
         Path,
         typer.Option(
@@ -161,7 +185,11 @@ def listen_command(
             bind=bind,
             allow=tuple(Peer.parse(a) for a in allow or ()),
             timeout=network.timeout,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
         )
+        listen_options.ssl_context()  # unusable certificate or key: a usage error, before start
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.USAGE) from None
     options = ConvertOptions(

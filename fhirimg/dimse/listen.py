@@ -26,6 +26,7 @@ Stopping (``stop_event``): no new association is accepted, the open ones are fin
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,32 @@ class ListenOptions:
     """Seconds the open associations get to finish when stopping."""
     timeout: float = 60.0
     """Seconds of network silence before an association is aborted (ACSE, DIMSE, network)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve TLS with (DICOM TLS, PS3.15 B.1); None: plain TCP."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """PEM CA certificates: with it, only senders with a client certificate it signed connect."""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (TLS 1.2 or later), None without ``tls_cert``;
+        :class:`ConfigError` when the files cannot be used."""
+        if self.tls_cert is None and self.tls_key is None:
+            if self.tls_client_ca is not None:
+                raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+            return None
+        if self.tls_cert is None or self.tls_key is None:
+            raise ConfigError("give both --tls-cert and --tls-key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca is not None:
+                context.load_verify_locations(self.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the TLS certificate or key: {exc}") from None
+        return context
 
 
 @dataclass
@@ -160,11 +187,13 @@ class StorageScp:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = opts.timeout
         if opts.allow:
             ae.require_calling_aet = sorted({p.aet for p in opts.allow})
+        tls = opts.ssl_context()
         jsonio.make_folder(opts.store, self.mode)
         try:
             self._server = ae.start_server(
                 (opts.bind, opts.port),
                 block=False,
+                ssl_context=tls,
                 evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)],
             )
         except OSError as exc:
