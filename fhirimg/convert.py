@@ -874,8 +874,9 @@ def convert_records(
     fetch: StudyFetch | None = None,
 ) -> ConvertReport:
     """The pipeline after reading, for sources that are not files (a DICOMweb server's
-    metadata, a DIMSE PACS's C-FIND answers): group the records ``source`` yields by study, build, validate and write each
-    study's bundle, and write ``report.json`` (of this run: no catalog, every study written).
+    metadata, a DIMSE PACS's C-FIND answers): group the records ``source`` yields by study,
+    build, validate and write each study's bundle, and write ``report.json`` (of this run: no
+    catalog, every study written).
 
     It gets the same bundles as :func:`convert` for the same records. It holds the folder's lock;
     a catalog of the folder (from file runs) has every study marked to be rewritten, since the
