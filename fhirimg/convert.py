@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
@@ -734,6 +734,22 @@ are in), before the next study is taken; returns the outcome to report (e.g. wit
 ``convert --push`` pushes and deletes the files here."""
 
 
+class StudyFetch(Protocol):
+    """Brings the instance files of a source that is not files (a PACS) while its studies are
+    written with ``binary``/``media``, so that temporary storage holds a few studies at a time,
+    never the whole run (:mod:`fhirimg.dimse.fetch`, :mod:`fhirimg.dicomweb.fetch`)."""
+
+    def fetch(self, records: list[InstanceRecord]) -> list[InstanceRecord]:
+        """The study's records, each with ``path`` naming a local file of its bytes (fetched
+        now); a record whose bytes could not be fetched keeps its path (the study then fails,
+        naming it)."""
+        ...
+
+    def release(self, study_instance_uid: str) -> None:
+        """The study is written: its files may go."""
+        ...
+
+
 def _make_folders(opts: ConvertOptions, bundle_dir: Path | None) -> None:
     for folder in (Path(opts.out_dir), bundle_dir or Path(opts.out_dir)):
         if not folder.is_dir():  # made owner-only; an existing one (or a link to one) is kept
@@ -1085,16 +1101,19 @@ def convert_records(
     *,
     on_study: StudyHook | None = None,
     bundle_dir: Path | None = None,
+    fetch: StudyFetch | None = None,
 ) -> ConvertReport:
     """The pipeline after reading, for sources that are not files (a DICOMweb server's
-    metadata): group the records ``source`` yields by study, build, validate and write each
-    study's bundle, and write ``report.json`` (of this run: no catalog, every study written).
+    metadata, a DIMSE PACS's C-FIND answers): group the records ``source`` yields by study,
+    build, validate and write each study's bundle, and write ``report.json`` (of this run: no
+    catalog, every study written).
 
     It gets the same bundles as :func:`convert` for the same records. It holds the folder's lock;
     a catalog of the folder (from file runs) has every study marked to be rewritten, since the
     bundles and ``report.json`` here replace what it describes. Bundles go to ``bundle_dir``
     (default: the output folder, where ``report.json`` always goes); ``on_study`` sees each
-    written study before the next one is taken.
+    written study before the next one is taken. With ``binary``/``media``, ``fetch`` brings each
+    study's instance files just before it is written (report.json keeps the source's names).
     """
     opts = options or ConvertOptions()
     opts.check()  # fail early on bad options
@@ -1105,7 +1124,13 @@ def convert_records(
         if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
             with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
-        return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir)
+        return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
+
+
+def _fetched(blobs: list[bytes], fetch: StudyFetch) -> list[bytes]:
+    """A study's packed records with the paths of the files ``fetch`` brought."""
+    records = fetch.fetch(unpack(blobs))
+    return [PackedRecord.of(record).blob for record in records]
 
 
 def _convert_uncatalogued(
@@ -1114,6 +1139,7 @@ def _convert_uncatalogued(
     progress: Progress | None,
     on_study: StudyHook | None,
     bundle_dir: Path | None,
+    fetch: StudyFetch | None = None,
 ) -> ConvertReport:
     pixels = opts.pixels()
     out_dir = Path(opts.out_dir)
@@ -1129,8 +1155,16 @@ def _convert_uncatalogued(
             outcomes: list[StudyOutcome] = []
             uids = index.study_uids()
             stopped: list[str] = []  # the disk is full: no further study is taken
+            if fetch is not None and not pixels.active:
+                fetch = None  # only Binaries and rendered images need the bytes
             tasks = (
-                (index.blobs(uid), opts.mapping, opts.fhir_version, str(files_dir), pixels)
+                (
+                    _fetched(index.blobs(uid), fetch) if fetch else index.blobs(uid),
+                    opts.mapping,
+                    opts.fhir_version,
+                    str(files_dir),
+                    pixels,
+                )
                 for uid in uids
                 if not stopped
             )
@@ -1143,6 +1177,8 @@ def _convert_uncatalogued(
                 outcomes.append(outcome)
 
             for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
+                if fetch is not None:
+                    fetch.release(outcome.study_instance_uid)
                 if outcome.out_of_space and not stopped:
                     stopped.append(outcome.errors[0])
                 if on_study is not None and outcome.ok:

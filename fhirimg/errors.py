@@ -83,6 +83,11 @@ class DicomwebError(PushError):
     or a file changed while it was being stored."""
 
 
+class DimseError(PushError):
+    """A DIMSE peer (a PACS, a modality) refused an association or a request, or answered
+    something that does not follow PS3.7; the message names the peer (``AET@HOST:PORT``)."""
+
+
 class JournalLockedError(FhirimgError):
     """Another push holds the journal: two runs on one folder would race each other."""
 

@@ -739,6 +739,23 @@ def _record(
     )
 
 
+def record_from_dataset(
+    ds: Dataset, path: str, size: int = 0, transfer_syntax_uid: str | None = None
+) -> InstanceRecord | FileProblem:
+    """The record :func:`read_file` would make of a file holding ``ds``: for datasets that come
+    from a network peer instead of a file (a DIMSE C-FIND answer, :mod:`fhirimg.dimse`). Values
+    are read the same way (raw bytes, the dataset's (0008,0005) Specific Character Set), so the
+    same attributes give the same record. ``path`` names the source; ``transfer_syntax_uid``
+    stands in for the file meta's (0002,0010).
+    """
+    header = _header_from_dataset(ds)
+    header.set_encodings()
+    meta = Header()
+    if transfer_syntax_uid:
+        meta.values[0x00020010] = transfer_syntax_uid.encode("ascii", "replace")
+    return _record(path, size, header, meta, "file")
+
+
 def _truncated_at(ds: Dataset) -> str | None:
     """The last element's tag when its value is shorter than its declared length (a cut file)."""
     if not len(ds):
@@ -751,4 +768,4 @@ def _truncated_at(ds: Dataset) -> str | None:
     return None
 
 
-__all__ = ["Header", "iter_files", "read_file", "sniff"]
+__all__ = ["Header", "iter_files", "read_file", "record_from_dataset", "sniff"]

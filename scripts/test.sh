@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, second command: set up everything the tests need and run the whole suite.
 # Installs the Python environment, the FHIR test server (npm, tools/fhir-test-server) and Orthanc
-# with its DICOMweb plugin (Debian packages, needs root), runs the static checks (scripts/lint.sh),
+# with its DICOMweb plugin and dcmtk (Debian packages, needs root), runs the static checks (scripts/lint.sh),
 # then runs pytest inside a private network namespace so that every test server listens on a
 # loopback nobody else can reach.
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k convert -x
@@ -13,6 +13,10 @@ if [ -f tools/fhir-test-server/install.sh ]; then
 fi
 if [ -f tools/orthanc/install.sh ]; then
   sh tools/orthanc/install.sh
+fi
+# dcmtk (storescu, findscu, echoscu): the independent DIMSE peer of the listen / --from-pacs tests.
+if [ -f tools/dcmtk/install.sh ]; then
+  sh tools/dcmtk/install.sh
 fi
 # Static checks first (ruff, ruff format --check, mypy --strict): they take seconds, the suite minutes.
 bash scripts/lint.sh

@@ -20,6 +20,7 @@ COMMAND_DOCS = {
     "push": "push.md",
     "verify": "dicomweb.md",
     "watch": "cli.md",
+    "listen": "cli.md",
 }
 
 

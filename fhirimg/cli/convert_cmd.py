@@ -24,6 +24,7 @@ from rich.progress import (
 
 from fhirimg import jsonio
 from fhirimg.cli import _dicomweb as _dw
+from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     CONVERT_RESUMABLE,
     RESUMABLE,
@@ -247,7 +248,8 @@ def convert_command(
         str | None,
         typer.Option(
             "--from-dicomweb",
-            help="Convert from a DICOMweb server (QIDO-RS + WADO-RS metadata, no pixel data) "
+            help="Convert from a DICOMweb server (QIDO-RS + WADO-RS metadata; the instances only "
+            "for --binary/--media) "
             "instead of files; the ImagingStudy's Endpoint is this URL unless --dicomweb-url.",
             rich_help_panel=_dw.PANEL,
         ),
@@ -256,7 +258,7 @@ def convert_command(
         list[str] | None,
         typer.Option(
             "--study",
-            help="With --from-dicomweb: only this Study Instance UID (repeatable).",
+            help="With --from-dicomweb or --from-pacs: only this Study Instance UID (repeatable).",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
@@ -264,7 +266,7 @@ def convert_command(
         str | None,
         typer.Option(
             "--since",
-            help="With --from-dicomweb: only studies of this date (YYYY-MM-DD) or later.",
+            help="With --from-dicomweb or --from-pacs: only studies of this date (YYYY-MM-DD) or later.",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
@@ -272,7 +274,7 @@ def convert_command(
         str | None,
         typer.Option(
             "--patient",
-            help="With --from-dicomweb: only studies of this Patient ID (QIDO-RS matching).",
+            help="With --from-dicomweb or --from-pacs: only studies of this Patient ID (QIDO-RS matching).",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
@@ -280,7 +282,7 @@ def convert_command(
         str | None,
         typer.Option(
             "--accession",
-            help="With --from-dicomweb: only studies of this Accession Number.",
+            help="With --from-dicomweb or --from-pacs: only studies of this Accession Number.",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
@@ -288,7 +290,7 @@ def convert_command(
         str | None,
         typer.Option(
             "--modality",
-            help="With --from-dicomweb: only studies with this modality (ModalitiesInStudy).",
+            help="With --from-dicomweb or --from-pacs: only studies with this modality (ModalitiesInStudy).",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
@@ -296,11 +298,50 @@ def convert_command(
         list[str] | None,
         typer.Option(
             "--qido",
-            help="With --from-dicomweb: any QIDO-RS study matching key, KEY=VALUE (repeatable), "
+            help="With --from-dicomweb or --from-pacs: any QIDO-RS study matching key, KEY=VALUE (repeatable), "
             "e.g. StudyDescription=*HEAD*.",
             rich_help_panel=_dw.PANEL,
         ),
     ] = None,
+    from_pacs: Annotated[
+        str | None,
+        typer.Option(
+            "--from-pacs",
+            metavar="AET@HOST:PORT",
+            help="Convert from a classic PACS over DIMSE (C-ECHO, C-FIND; with --binary/--media "
+            "C-GET or C-MOVE) instead of files; the query options as for --from-dicomweb. Needs "
+            "fhirimg[dimse]. See docs/pacs.md.",
+            rich_help_panel=_dimse.PANEL,
+        ),
+    ] = None,
+    calling_aet: Annotated[
+        str,
+        typer.Option(
+            "--calling-aet",
+            help="With --from-pacs: fhirimg's own AE title, as the PACS knows it.",
+            rich_help_panel=_dimse.PANEL,
+        ),
+    ] = "FHIRIMG",
+    move_dest: Annotated[
+        str | None,
+        typer.Option(
+            "--move-dest",
+            metavar="AET",
+            help="With --from-pacs --binary/--media: retrieve by C-MOVE to this AE title (the "
+            "PACS must know it at this host and --move-port) instead of C-GET.",
+            rich_help_panel=_dimse.PANEL,
+        ),
+    ] = None,
+    move_port: Annotated[
+        int,
+        typer.Option(
+            "--move-port",
+            min=1,
+            max=65535,
+            help="With --move-dest: the port fhirimg receives the C-MOVE on.",
+            rich_help_panel=_dimse.PANEL,
+        ),
+    ] = 11113,
     dicomweb_auth: DicomwebAuth,
     auth: FhirAuth,
     network: Network,
@@ -368,7 +409,22 @@ def convert_command(
         lock_wait=wait,
     )
     query = (study, since, patient, accession, modality, qido)
-    if from_dicomweb:
+    _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
+    _dimse.quiet_pynetdicom(verbose)
+    if from_pacs:
+        if paths or from_dicomweb:
+            raise fail("give DICOM PATHs, --from-dicomweb or --from-pacs, only one", ExitCode.USAGE)
+        report = _dimse.run_convert_from_pacs(
+            from_pacs,
+            _dw.study_query(*query),
+            options,
+            calling_aet=calling_aet,
+            timeout=network.timeout,
+            move_dest=move_dest,
+            move_port=move_port,
+            progress=not quiet,
+        )
+    elif from_dicomweb:
         if paths:
             raise fail("give DICOM PATHs or --from-dicomweb, not both", ExitCode.USAGE)
         report = _from_dicomweb(
@@ -377,11 +433,13 @@ def convert_command(
     else:
         if not paths:
             raise fail(
-                "give DICOM files or folders to convert, or --from-dicomweb URL", ExitCode.USAGE
+                "give DICOM files or folders to convert, --from-dicomweb URL or --from-pacs "
+                "AET@HOST:PORT",
+                ExitCode.USAGE,
             )
         if _dw.any_of(*query):
             raise fail(
-                "--study, --since and the other query options need --from-dicomweb",
+                "--study, --since and the other query options need --from-dicomweb or --from-pacs",
                 ExitCode.USAGE,
             )
         push = (

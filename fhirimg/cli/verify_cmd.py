@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import typer
 
 from fhirimg import jsonio
+from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     JsonOpt,
     QuietOpt,
@@ -87,6 +88,20 @@ def verify_command(
     ] = MAX_SEARCH_PAGES,
     dicomweb_auth: DicomwebAuth,
     network: Network,
+    pacs: Annotated[
+        str | None,
+        typer.Option(
+            "--pacs",
+            metavar="AET@HOST:PORT",
+            help="Compare the bundle files' ImagingStudies with this classic PACS over DIMSE "
+            "(C-FIND) instead of their DICOMweb Endpoints. Needs fhirimg[dimse].",
+            show_default=False,
+        ),
+    ] = None,
+    calling_aet: Annotated[
+        str,
+        typer.Option("--calling-aet", help="With --pacs: fhirimg's own AE title."),
+    ] = "FHIRIMG",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -130,8 +145,14 @@ def verify_command(
         pacs_urls=pacs_urls,
         max_pages=max_pages,
     )
+    if pacs is not None and server:
+        raise fail("--pacs compares bundle files: not with --server", ExitCode.USAGE)
     with exit_on_error(message=lambda exc: shown(server_message(exc))):
-        if server:
+        if pacs is not None:  # a classic PACS over DIMSE (fhirimg.dimse.verify)
+            report = _dimse.run_verify_dimse(
+                paths or [Path("fhirimg-out")], pacs, calling_aet, network.timeout, study or []
+            )
+        elif server:
             with FhirClient(
                 server,
                 auth=fhir_auth,

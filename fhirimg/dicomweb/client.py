@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -256,6 +256,81 @@ def decode_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str
 
 
 # --------------------------------------------------------------------------- DICOM JSON helpers
+class PartWriter:
+    r"""A WADO-RS answer of one instance, split as it streams in: the content of its one part
+    goes to ``out``, nothing else is kept but a few bytes across chunk edges.
+
+    The boundary is taken from the first line of the body (``--boundary``), since a sink sees the
+    body only; :meth:`finish` checks it against the Content-Type's and that the part closed.
+
+    >>> import io
+    >>> out = io.BytesIO()
+    >>> w = PartWriter(out)
+    >>> for chunk in (b"--b1\r\nContent-Type: application/dicom\r\n\r\nDI", b"CM\r\n--b", b"1--"):
+    ...     w(chunk)
+    >>> w.finish("b1"); out.getvalue()
+    b'DICM'
+    """
+
+    _MAX_HEAD = 64 * 1024  # a part's headers are a few lines
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.written = 0
+        self.boundary: bytes | None = None
+        self._buf = b""
+        self._state = "head"
+
+    def __call__(self, chunk: bytes) -> None:
+        if self._state == "done":
+            return  # the epilogue
+        self._buf += chunk
+        if self._state == "head":
+            if self.boundary is None:
+                eol = self._buf.find(b"\r\n")
+                if eol < 0:
+                    self._check_head()
+                    return
+                first = self._buf[:eol]
+                if not first.startswith(b"--"):
+                    raise DicomwebError("WADO-RS answer does not start with its boundary")
+                self.boundary = first[2:].rstrip(b" \t")
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._check_head()
+                return
+            self._buf = self._buf[end + 4 :]
+            self._state = "body"
+        assert self.boundary is not None
+        delimiter = b"\r\n--" + self.boundary
+        end = self._buf.find(delimiter)
+        if end >= 0:
+            self._write(self._buf[:end])
+            self._buf = b""
+            self._state = "done"
+            return
+        keep = len(delimiter) - 1  # a delimiter cut across two chunks
+        if len(self._buf) > keep:
+            self._write(self._buf[:-keep])
+            self._buf = self._buf[-keep:]
+
+    def _check_head(self) -> None:
+        if len(self._buf) > self._MAX_HEAD:
+            raise DicomwebError("WADO-RS answer: no multipart part headers in the first 64 KiB")
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.out.write(data)
+            self.written += len(data)
+
+    def finish(self, boundary: str) -> None:
+        """Check the answer once read: ``boundary`` (the Content-Type's) and a closed part."""
+        if self.boundary is None or self.boundary.decode("latin-1") != boundary:
+            raise DicomwebError("WADO-RS answer: its boundary is not the Content-Type's")
+        if self._state != "done":
+            raise DicomwebError("WADO-RS answer cut short (no closing boundary)")
+
+
 def first_value(dataset: Mapping[str, Any], tag: str) -> Any:
     """The first value of ``tag`` (8 hex digits) in a DICOM JSON dataset, or None.
 
@@ -565,6 +640,34 @@ class DicomwebClient:
                 status=response.status_code,
             )
         return [item for item in body if isinstance(item, dict)]
+
+    def retrieve_instance_to(
+        self, study: str, series: str, instance: str, out: BinaryIO, attempts: int = 3
+    ) -> int:
+        """WADO-RS ``GET .../instances/{instance}`` streamed into ``out`` (the Part 10 bytes, as
+        stored): memory holds one network chunk, never the instance. Returns the bytes written.
+
+        The multipart answer is split as it arrives (:class:`PartWriter`). A body that a retry
+        sent twice (the connection dropped mid-answer) is fetched again from the start, up to
+        ``attempts`` times; :class:`DicomwebError` when the answer is not one DICOM part.
+        """
+        for _ in range(max(1, attempts)):
+            out.seek(0)
+            out.truncate()
+            writer = PartWriter(out)
+            retries = self._http.stats_retries
+            response = self._http.request(
+                "GET",
+                self.instance_path(study, series, instance),
+                headers={"Accept": f"{_MULTIPART_DICOM}; transfer-syntax=*"},
+                sink=writer,
+            )
+            if self._http.stats_retries != retries:
+                continue  # an attempt failed part-way: its bytes may be in ``out``, start again
+            _, params = content_type_params(response.headers.get("Content-Type", ""))
+            writer.finish(params.get("boundary", ""))
+            return writer.written
+        raise DicomwebError(f"WADO-RS of instance {instance} at {self.server} kept failing")
 
     def retrieve_instance(self, study: str, series: str, instance: str) -> bytes:
         """WADO-RS ``GET .../instances/{instance}``: the stored Part 10 bytes, as stored."""

@@ -10,8 +10,8 @@ differ it normalises to what ``read_file`` gives:
 - IS and DS come as JSON numbers: written back as decimal text (``1``, not ``1.0``);
 - multi-valued text is joined with ``\\`` like the raw value of a file.
 
-:func:`convert_from_dicomweb` finds studies with QIDO-RS, reads their metadata with WADO-RS (never
-pixel data) and feeds the records to :func:`fhirimg.convert.convert_records`.
+:func:`convert_from_dicomweb` finds studies with QIDO-RS, reads their metadata with WADO-RS (the
+instances themselves only for ``--binary``/``--media``) and feeds the records to :func:`fhirimg.convert.convert_records`.
 """
 
 from __future__ import annotations
@@ -339,7 +339,9 @@ def convert_from_dicomweb(
     threads: int = 4,
 ) -> ConvertReport:
     """Convert the studies a DICOMweb server holds (those matching ``query``) to transaction
-    Bundles, exactly as :func:`fhirimg.convert.convert` converts files.
+    Bundles, exactly as :func:`fhirimg.convert.convert` converts files. With ``binary`` /
+    ``media`` the instances' bytes are retrieved by WADO-RS, a study at a time
+    (:mod:`fhirimg.dicomweb.fetch`).
 
     The ImagingStudy gets an Endpoint at the server's base URL unless ``options.mapping`` names
     another. Raises :class:`PushError` when the server cannot be queried at all; a study whose
@@ -362,4 +364,10 @@ def convert_from_dicomweb(
                     progress("read", 1, len(studies))
                 yield batch
 
-    return convert_records(source, opts, progress)
+    if opts.binary is None and opts.media is None:
+        return convert_records(source, opts, progress)
+    from fhirimg.dicomweb.fetch import DicomwebFetch
+
+    # --binary/--media: each study's instances by WADO-RS, just before it is written
+    with DicomwebFetch(client, opts.out_dir, opts.modes) as fetch:
+        return convert_records(source, opts, progress, fetch=fetch)

@@ -37,6 +37,8 @@ _PLUGIN_CANDIDATES = (
 _BINARY_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "/usr/local/bin/Orthanc")
 
 START_TIMEOUT_S = 20.0
+ORTHANC_AET = "ORTHANC"
+"""The AE title of the test Orthanc's DICOM (DIMSE) port."""
 
 
 def network_interfaces() -> list[str]:
@@ -144,6 +146,20 @@ class OrthancServer:
         self.startup_seconds = startup_seconds
         self.base_url = f"http://127.0.0.1:{port}"
         self.dicomweb_url = f"{self.base_url}/dicom-web"
+        self.dicom_port = 0
+        """The DIMSE port (C-ECHO, C-FIND, C-GET, C-MOVE, C-STORE), AE title :data:`ORTHANC_AET`."""
+
+    @property
+    def pacs_address(self) -> str:
+        """``AET@HOST:PORT`` of the DIMSE port, as ``convert --from-pacs`` takes it."""
+        return f"{ORTHANC_AET}@127.0.0.1:{self.dicom_port}"
+
+    def add_modality(self, name: str, aet: str, port: int, host: str = "127.0.0.1") -> None:
+        """Register a DICOM peer (a C-MOVE destination, a ``/modalities/{name}/store`` target)
+        at run time (REST ``PUT /modalities/{name}``)."""
+        with self.client() as c:
+            r = c.put(f"/modalities/{name}", json={"AET": aet, "Host": host, "Port": port})
+            r.raise_for_status()
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -193,6 +209,7 @@ def build_config(
     plugin: Path,
     username: str | None = None,
     password: str | None = None,
+    dicom_port: int | None = None,
 ) -> dict[str, Any]:
     auth = username is not None
     return {
@@ -204,7 +221,24 @@ def build_config(
         "HttpPort": port,
         "HttpDescribeErrors": True,
         "HttpCompressionEnabled": False,
-        "DicomServerEnabled": False,
+        # The DIMSE side, for convert --from-pacs and listen (docs/pacs.md): any calling AE title
+        # may echo, find, get and store; C-MOVE destinations are added with add_modality().
+        "DicomServerEnabled": dicom_port is not None,
+        "DicomPort": dicom_port or 4242,
+        "DicomAet": ORTHANC_AET,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomCheckModalityHost": False,
+        "DicomModalities": {},
+        # C-FIND answers in UTF-8 (ISO_IR 192): with the default Latin-1, Orthanc drops what
+        # Latin-1 cannot hold (the ideographic and phonetic groups of a Japanese name).
+        "DefaultEncoding": "Utf8",
+        "DicomScuTimeout": 10,
+        "DicomAssociationCloseDelay": 0,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": auth,
         "RegisteredUsers": {username: password} if auth else {},
@@ -257,7 +291,10 @@ def start_orthanc(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "storage").mkdir(exist_ok=True)
     port = _free_port()
-    config = build_config(workdir, port, plugin, username, password)
+    dicom_port = _free_port()
+    while dicom_port == port:
+        dicom_port = _free_port()
+    config = build_config(workdir, port, plugin, username, password, dicom_port)
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = workdir / "orthanc.log"
@@ -301,5 +338,6 @@ def start_orthanc(
     except BaseException:
         server.stop()
         raise
+    server.dicom_port = dicom_port
     server.startup_seconds = time.monotonic() - t0
     return server
