@@ -177,6 +177,10 @@ def store_instances(
     cache: dict[Path, Any] = {}
     plans: list[StudyPlan] = []
     for f in files:
+        if f.problem is not None:  # not a bundle to push: refused with its reason
+            study = StudyStore(f.path.name, f.path, "", 0, False, failed=[(f.path.name, f.problem)])
+            plans.append(StudyPlan(study, []))
+            continue
         try:
             bundle = jsonio.loads(f.path.read_bytes())
             plans.append(plan_study(f.path, bundle, url, cache))

@@ -41,7 +41,6 @@ from fhirimg.errors import (
     AuthError,
     ConfigError,
     FhirimgError,
-    InputError,
     PushError,
     UntrustedUrlError,
 )
@@ -395,14 +394,16 @@ def verify_bundles(
 ) -> VerifyReport:
     """Verify the ImagingStudies of the transaction Bundle files under ``paths``.
 
-    Raises :class:`InputError` when there is no bundle.
+    Raises :class:`InputError` when a path does not exist. No bundle at all gives a report
+    that checked nothing (:attr:`VerifyReport.exit_code` 4). A file that is no bundle to push
+    (:func:`~fhirimg.push.discover`) is listed as skipped, with the reason.
     """
     files, _ = discover(list(paths))
-    if not files:
-        raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
 
     def items() -> Iterator[tuple[str, JSONMapping, Resolve]]:
         for f in files:
+            if f.problem is not None:
+                continue  # listed as skipped below
             bundle = jsonio.loads(f.path.read_bytes())
             resources = [(e.get("fullUrl"), _resource(e)) for e in _objects(bundle, "entry")]
             by_url = {str(url): r for url, r in resources if r is not None}
@@ -410,7 +411,9 @@ def verify_bundles(
                 if resource is not None and resource.get("resourceType") == "ImagingStudy":
                     yield f.path.name, resource, by_url.get
 
-    return _verify_all(items(), options or VerifyOptions(), transport)
+    report = _verify_all(items(), options or VerifyOptions(), transport)
+    report.skipped[:0] = [(f.path.name, f.problem) for f in files if f.problem is not None]
+    return report
 
 
 # Endpoint references the FHIR server is asked for: Type/id (FHIR R4 references.html), a version

@@ -29,6 +29,7 @@ from fhirimg.push.files import (
     default_journal_path,
     discover,
     load_bundle,
+    transaction_problem,
 )
 from fhirimg.push.journal import Journal
 from fhirimg.push.results import BundleResult, PushObserver, PushOptions, PushReport
@@ -190,6 +191,9 @@ def _push_split_study(
                 raw, part = load_bundle(path)
             except (OSError, ValueError) as exc:
                 raise InputError(f"{path.name}: cannot read: {exc}") from exc
+            problem = transaction_problem(part)
+            if problem is not None:
+                raise InputError(f"{path.name}: {problem}")
             entries = [
                 e for e in part.get("entry") or []
                 if ((e.get("resource") or {}).get("resourceType") == "Binary") == binaries
