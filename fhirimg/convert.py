@@ -306,7 +306,24 @@ class ConvertReport:
         return [f for s in self.studies for f in s.media_failures]
 
     @property
+    def nothing_done(self) -> bool:
+        """Whether the run found nothing at all to work on: its input held no file (an empty
+        folder, a mount gone missing), or a DICOMweb query matched no study (issue 11 item
+        17). An incremental run over unchanged files did check them: that is not nothing.
+
+        >>> ConvertReport(Path("out"), {}, []).nothing_done
+        True
+        """
+        if self.run is not None:
+            r = self.run
+            done = r.new + r.changed + r.unchanged + r.pruned + r.removed + r.written + r.failed
+            return done == 0
+        return sum(self.files.values()) == 0 and not self.studies
+
+    @property
     def exit_code(self) -> ExitCode:
+        if self.nothing_done:
+            return ExitCode.NOTHING_DONE  # 4, before 1: the run's own news wins (cron)
         failed = self.files.get(FileStatus.FAILED.value, 0)
         if failed or any(not s.ok or s.media_failures or s.push_failed for s in self.studies):
             return ExitCode.PARTIAL

@@ -27,6 +27,7 @@ from fhirimg.push import (
     binaries_beside,
     push_bundle,
 )
+from fhirimg.push.capability import check_server
 from fhirimg.safetext import refuse_url_credentials
 
 
@@ -61,7 +62,11 @@ def convert_and_push(
         allow_insecure_http=push.allow_insecure_http,
     )
     try:
-        client.capabilities()  # fail early: unreachable server, refused credentials
+        if push.check_server:
+            # Before converting anything: unreachable server, refused credentials, a wrong base
+            # URL, a server of another FHIR release than the one convert writes.
+            release = options.fhir_version
+            check_server(client, {release: f"convert --fhir-version {release}"})
         with (
             Journal(journal_path, ignore_existing=push.force, mode=options.modes) as journal,
             tempfile.TemporaryDirectory(prefix=".fhirimg-stream-", dir=out_dir) as tmp,

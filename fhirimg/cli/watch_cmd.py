@@ -43,6 +43,7 @@ from fhirimg.cli._options import (
     JobsOpt,
     MediaOpt,
     Network,
+    NoCapabilityCheckOpt,
     PatientIdSystemOpt,
     StrictOpt,
     TimezoneOpt,
@@ -128,6 +129,7 @@ def watch_command(
     strict: StrictOpt = False,
     jobs: JobsOpt = 0,
     group_readable: GroupReadableOpt = False,
+    no_capability_check: NoCapabilityCheckOpt = False,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print one JSON line per study handled on stdout (NDJSON)."),
@@ -173,7 +175,15 @@ def watch_command(
         group_readable=group_readable,
     )
     push = (
-        push_options(push_url, auth, network, group_readable=group_readable) if push_url else None
+        push_options(
+            push_url,
+            auth,
+            network,
+            group_readable=group_readable,
+            check_server=not no_capability_check,
+        )
+        if push_url
+        else None
     )
 
     def tell(event: StudyHandled) -> None:

@@ -24,6 +24,7 @@ from fhirimg import jsonio
 from fhirimg.errors import InputError
 from fhirimg.push.journal import DEFAULT_JOURNAL_NAME
 from fhirimg.safetext import clean
+from fhirimg.validate.validator import detect_version
 
 __all__ = [
     "BINARY_EXTENSION_URL",
@@ -95,6 +96,9 @@ class BundleFile:
     """The further files of a study convert split (``<stem>.part-N.json``), pushed with it."""
     problem: str | None = None
     """Why the bundle cannot be pushed (a crafted Binary id, ...): it fails with this reason."""
+    release: str = "r4"
+    """The FHIR release it is written in, ``r4`` or ``r5``, by its content
+    (:mod:`fhirimg.push.capability`)."""
 
 
 def binaries_beside(
@@ -272,16 +276,16 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
             problem = f"not a readable JSON object: {clean(why)}"
             files.append(BundleFile(path, _size(path), (), 0, problem=problem))
             continue
-        problem = transaction_problem(bundle)
+        shape = transaction_problem(bundle)
         is_transaction = bundle.get("resourceType") == "Bundle" and bundle.get("type") in (
             "transaction",
             "batch",
         )
-        if problem is not None and not is_transaction and not named:
-            ignored.append((str(path), problem))
+        if shape is not None and not is_transaction and not named:
+            ignored.append((str(path), shape))
             continue
-        if problem is not None:
-            files.append(BundleFile(path, len(data), (), 0, problem=problem))
+        if shape is not None:
+            files.append(BundleFile(path, len(data), (), 0, problem=shape))
             continue
         parts = tuple(sorted(path.parent.glob(f"{path.stem}.part-*.json"), key=_part_number))
         in_parts = {i for part in parts for i in _inline_binary_ids(part)}
@@ -292,7 +296,8 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
             continue
         size = sum(p.stat().st_size for _, p in binaries if p.is_file())
         size += sum(p.stat().st_size for p in parts)
-        files.append(BundleFile(path, len(data), binaries, size, parts))
+        release = detect_version(bundle)
+        files.append(BundleFile(path, len(data), binaries, size, parts, release=release))
     return files, ignored
 
 
