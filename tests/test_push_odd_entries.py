@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fhirimg import jsonio
 from fhirimg.cli import app
 from fhirimg.push import discover
-from tests.conftest import count, study_bundle, write_bundle
+from tests.conftest import count, search, study_bundle, write_bundle
 
 pytestmark = pytest.mark.server
 
@@ -35,7 +35,16 @@ def _study_with(uid: str, mutate: str) -> dict[str, Any]:
         study["series"][0]["instance"] = [None, "x"]
     elif mutate == "extension":
         study["series"][0]["instance"][0]["extension"] = {"url": 1}
+    elif mutate == "identifier":
+        study["identifier"] = [study["identifier"][0], None, 3]
+    elif mutate == "modality":
+        study["modality"] = 5
+    elif mutate == "number":
+        study["series"][0]["number"] = "1"
     return bundle
+
+
+ODD_STUDIES = ["series", "instance", "extension", "identifier", "modality", "number"]
 
 
 # file name -> its bytes; each must be refused with a reason that names what is wrong.
@@ -136,24 +145,49 @@ def test_odd_files_are_refused_and_the_good_bundle_pushed(
     assert count(clean_fhir.base_url, "ImagingStudy") == (0 if dry_run else 1)
 
 
-@pytest.mark.parametrize("mutate", ["series", "instance", "extension"])
+@pytest.mark.parametrize("mutate", ODD_STUDIES)
 def test_odd_imaging_study_shapes_never_crash_push(
     tmp_path: Path, clean_fhir: Any, mutate: str
 ) -> None:
-    """An ImagingStudy of an odd shape inside a well-formed transaction: the server judges it
-    (the strict test server refuses it), push reports the refusal; nothing escapes."""
-    path = tmp_path / "odd.json"
-    path.write_bytes(jsonio.dumps(_study_with(f"2.25.92{len(mutate)}", mutate)))
-    for extra in (["--dry-run"], []):
-        result = CliRunner().invoke(
-            app, ["push", str(path), "--server", clean_fhir.base_url, *FAST, "--json", *extra]
-        )
-        assert result.exit_code in (0, 1), result.output
-        bundle = _summary(result)["bundles"][0]
-        assert bundle["status"] in ("planned", "failed"), bundle
-        if bundle["status"] == "failed":
-            assert bundle["error"], bundle
-    assert count(clean_fhir.base_url, "ImagingStudy") == 0
+    """An ImagingStudy of an odd shape inside a well-formed transaction, for a study the server
+    already holds: the merge (which walks series, instances, identifiers, modalities) refuses it
+    with the reason instead of crashing, and the server's study is left as it was."""
+    uid = "2.25.9201"
+    base = ["--server", clean_fhir.base_url, *FAST, "--json", "--journal", str(tmp_path / "j")]
+    odd = tmp_path / "odd.json"
+    odd.write_bytes(jsonio.dumps(_study_with(uid, mutate)))
+    # No study on the server yet: nothing to merge, the bundle goes as converted and the strict
+    # server refuses it.
+    refused = CliRunner().invoke(app, ["push", str(odd), *base])
+    assert refused.exit_code == 1, refused.output
+    assert _summary(refused)["bundles"][0]["http_status"] == 400
+    good = tmp_path / "good.json"
+    good.write_bytes(jsonio.dumps(study_bundle(uid, f"MRN-{uid}")[0]))
+    first = CliRunner().invoke(app, ["push", str(good), *base])
+    assert first.exit_code == 0, first.output
+    before = search(clean_fhir.base_url, "ImagingStudy")
+    planned = CliRunner().invoke(app, ["push", str(odd), *base, "--dry-run"])
+    assert planned.exit_code == 0, planned.output  # a dry run reads nothing from the server
+    result = CliRunner().invoke(app, ["push", str(odd), *base])
+    assert result.exit_code == 1, result.output
+    bundle = _summary(result)["bundles"][0]
+    assert bundle["status"] == "failed"
+    assert "the bundle's ImagingStudy cannot be merged" in bundle["error"], bundle
+    assert search(clean_fhir.base_url, "ImagingStudy") == before
+
+
+@pytest.mark.parametrize("mutate", ODD_STUDIES)
+def test_push_dicomweb_plans_odd_imaging_studies_without_a_crash(
+    tmp_path: Path, mutate: str
+) -> None:
+    odd = tmp_path / "odd.json"
+    odd.write_bytes(jsonio.dumps(_study_with("2.25.9202", mutate)))
+    result = CliRunner().invoke(
+        app, ["push", str(odd), "--dicomweb", "http://127.0.0.1:9/dw", "--dry-run", "--json"]
+    )
+    assert result.exit_code == 1, result.output
+    failed = _summary(result)["dicomweb"]["studies"][0]["failed"]
+    assert "cannot be read" in failed[0]["reason"], failed
 
 
 def test_push_dicomweb_refuses_odd_files_without_a_crash(tmp_path: Path) -> None:

@@ -26,7 +26,12 @@ from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, Serve
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.files import check_id, transaction_problem
 from fhirimg.push.journal import Journal
-from fhirimg.push.merge import SERVER_META, current_from_search, merge_bundle
+from fhirimg.push.merge import (
+    SERVER_META,
+    current_from_search,
+    imaging_study_problem,
+    merge_bundle,
+)
 from fhirimg.push.results import BundleResult, PlannedRequest, PushObserver
 from fhirimg.push.split import (
     conditional_reference,
@@ -513,6 +518,10 @@ def _merged(
         result.merge = "created"
         return merge_bundle(bundle, None, detect_version(bundle))
     study = entries[index]
+    for whose, resource in (("the server's", current), ("the bundle's", study["resource"])):
+        problem = imaging_study_problem(resource)
+        if problem is not None:  # before _is_older walks them
+            raise InputError(f"{whose} ImagingStudy cannot be merged: {problem}")
     resolved = _resolve_for_merge(client, entries, study)
     newer = not _is_older(study.get("resource") or {}, current)
     merged = merge_bundle(bundle, current, detect_version(bundle), newer=newer, resolved=resolved)
