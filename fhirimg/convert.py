@@ -246,6 +246,9 @@ class RunSummary:
     failed: int = 0
     removed: int = 0
     studies_unchanged: int = 0
+    unstatable: int = 0
+    """Input paths that could not even be stat'ed (gone, never there): read only to record why,
+    in no count above; they make a run that found no file a failure, not "nothing to do"."""
 
     def counts(self) -> dict[str, int]:
         """Flat counts, as the catalog's history of runs keeps them."""
@@ -317,7 +320,7 @@ class ConvertReport:
         if self.run is not None:
             r = self.run
             done = r.new + r.changed + r.unchanged + r.pruned + r.removed + r.written + r.failed
-            return done == 0
+            return done + r.unstatable == 0
         return sum(self.files.values()) == 0 and not self.studies
 
     @property
@@ -613,7 +616,7 @@ class _IncrementalRun:
         self.files_dir = bundle_dir or self.out_dir
         self.streaming = bundle_dir is not None
         self.jobs = resolve_jobs(opts.jobs)
-        self.pruned = self.removed = self.studies_unchanged = 0
+        self.pruned = self.removed = self.studies_unchanged = self.unstatable = 0
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
@@ -642,6 +645,7 @@ class _IncrementalRun:
             failed=sum(1 for s in written if not s.ok),
             removed=self.removed,
             studies_unchanged=self.studies_unchanged,
+            unstatable=self.unstatable,
         )
         report = self._report(summary, written, missing)
         catalog.end_run(summary.counts())
@@ -692,6 +696,7 @@ class _IncrementalRun:
                 try:
                     stats.append((path, os.stat(path)))  # a link: its target is what is read
                 except OSError:
+                    self.unstatable += 1
                     yield _ToRead(path, None, 0)
             for (path, st), change in zip(stats, self.catalog.classify_many(stats), strict=True):
                 if change is Change.UNCHANGED:

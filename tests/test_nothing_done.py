@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from fhirimg import jsonio
 from fhirimg.cli import app
+from fhirimg.convert import ConvertOptions, convert
 from fhirimg.exitcodes import ExitCode
 from tests.conftest import study_bundle, write_bundle
 from tests.helpers import SAMPLE
@@ -70,6 +71,20 @@ def test_an_unchanged_rerun_is_0_and_a_vanished_input_is_4(tmp_path: Path) -> No
     assert gone.exit_code == NOTHING, gone.output
     assert _json(gone)["exitCode"] == NOTHING
     assert _json(gone)["run"]["files"]["missing"] > 0
+
+
+def test_an_input_that_cannot_be_read_is_a_failure_not_nothing(tmp_path: Path) -> None:
+    """A path that is gone (the library is given it; the CLI refuses it as a usage error) or a
+    dangling link is a failed file, with its reason: 1, not 4."""
+    gone = convert([tmp_path / "gone"], ConvertOptions(out_dir=tmp_path / "a", jobs=1))
+    assert gone.exit_code == ExitCode.PARTIAL
+    assert gone.files["failed"] == 1
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    result = _cli("convert", folder, "--out", tmp_path / "b", "--json", "-j1", "--quiet")
+    assert result.exit_code == 1, result.output
+    assert _json(result)["files"]["failed"] == 1
 
 
 def test_watch_once_over_an_empty_folder_is_0(tmp_path: Path) -> None:
