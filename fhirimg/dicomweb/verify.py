@@ -34,13 +34,13 @@ from urllib.parse import unquote
 
 import httpx
 
-from fhirimg import jsonio
 from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.dicomweb.store_plan import WADO_RS
 from fhirimg.errors import (
     AuthError,
     ConfigError,
     FhirimgError,
+    InputError,
     PushError,
     ServerUnreachableError,
     UntrustedUrlError,
@@ -51,6 +51,7 @@ from fhirimg.http.client import ClientCert, RetryPolicy
 from fhirimg.http.fhir import FhirClient
 from fhirimg.jsonio import JSONMapping
 from fhirimg.push import discover
+from fhirimg.push.files import load_bundle
 from fhirimg.safetext import clean, redact_url
 
 log = logging.getLogger(__name__)
@@ -441,16 +442,20 @@ def verify_bundles(
     """Verify the ImagingStudies of the transaction Bundle files under ``paths``.
 
     Raises :class:`InputError` when a path does not exist. No bundle at all gives a report
-    that checked nothing (:attr:`VerifyReport.exit_code` 4). A file that is no bundle to push
-    (:func:`~fhirimg.push.discover`) is listed as skipped, with the reason.
+    that checked nothing (:attr:`VerifyReport.exit_code` 4). A bundle push would refuse (an
+    odd entry, no request) is still read for its ImagingStudies; a file that is not a JSON
+    object at all is listed as skipped, with the reason.
     """
     files, _ = discover(list(paths))
+    unreadable: list[tuple[str, str]] = []
 
     def items() -> Iterator[tuple[str, JSONMapping, Resolve]]:
         for f in files:
-            if f.problem is not None:
-                continue  # listed as skipped below
-            bundle = jsonio.loads(f.path.read_bytes())
+            try:
+                _, bundle = load_bundle(f.path)
+            except (OSError, ValueError, InputError):
+                unreadable.append((f.path.name, f.problem or "not a readable JSON object"))
+                continue
             resources = [(e.get("fullUrl"), _resource(e)) for e in _objects(bundle, "entry")]
             by_url = {str(url): r for url, r in resources if r is not None}
             for _, resource in resources:
@@ -458,7 +463,7 @@ def verify_bundles(
                     yield f.path.name, resource, by_url.get
 
     report = _verify_all(items(), options or VerifyOptions(), transport)
-    report.skipped[:0] = [(f.path.name, f.problem) for f in files if f.problem is not None]
+    report.skipped[:0] = unreadable
     return report
 
 

@@ -129,13 +129,13 @@ def imaging_study_problem(study: JSONMapping) -> str | None:
         for name in ("instance", "endpoint", *_EXTENSIONS):
             if name in series and not objects(series[name]):
                 return f"{where}.{name} is not an array of objects"
-        if not isinstance(series.get("uid"), str):
+        if "uid" in series and not isinstance(series["uid"], str):  # none: the merge says so
             return f"{where}.uid is not a string"
         if not integer(series.get("number")) or not integer(series.get("numberOfInstances")):
             return f"{where}.number or numberOfInstances is not an integer"
         for i, instance in enumerate(series.get("instance") or []):
             at = f"{where}.instance[{i}]"
-            if not isinstance(instance.get("uid"), str):
+            if "uid" in instance and not isinstance(instance["uid"], str):
                 return f"{at}.uid is not a string"
             if not integer(instance.get("number")):
                 return f"{at}.number is not an integer"
