@@ -37,10 +37,6 @@ def _json(result: Any) -> dict[str, Any]:
     return data
 
 
-def test_nothing_done_is_4() -> None:
-    assert NOTHING == 4
-
-
 # --------------------------------------------------------------------------- convert
 def test_convert_of_an_empty_folder_exits_4(tmp_path: Path) -> None:
     empty = tmp_path / "in"
