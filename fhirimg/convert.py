@@ -282,6 +282,9 @@ class RunSummary:
     failed: int = 0
     removed: int = 0
     studies_unchanged: int = 0
+    unstatable: int = 0
+    """Input paths that could not even be stat'ed (gone, never there): read only to record why,
+    in no count above; they make a run that found no file a failure, not "nothing to do"."""
 
     def counts(self) -> dict[str, int]:
         """Flat counts, as the catalog's history of runs keeps them."""
@@ -344,9 +347,26 @@ class ConvertReport:
         return [f for s in self.studies for f in s.media_failures]
 
     @property
+    def nothing_done(self) -> bool:
+        """Whether the run found nothing at all to work on: its input held no file (an empty
+        folder, a mount gone missing), or a DICOMweb query matched no study (issue 11 item
+        17). An incremental run over unchanged files did check them: that is not nothing.
+
+        >>> ConvertReport(Path("out"), {}, []).nothing_done
+        True
+        """
+        if self.run is not None:
+            r = self.run
+            done = r.new + r.changed + r.unchanged + r.pruned + r.removed + r.written + r.failed
+            return done + r.unstatable == 0
+        return sum(self.files.values()) == 0 and not self.studies
+
+    @property
     def exit_code(self) -> ExitCode:
         if self.stopped is not None and not any(s.ok for s in self.written):
             return ExitCode.CANNOT_START  # the disk was full from the start: nothing done
+        if self.nothing_done:
+            return ExitCode.NOTHING_DONE  # 4, before 1: the run's own news wins (cron)
         failed = self.files.get(FileStatus.FAILED.value, 0)
         if failed or any(not s.ok or s.media_failures or s.push_failed for s in self.studies):
             return ExitCode.PARTIAL
@@ -784,7 +804,7 @@ class _IncrementalRun:
         self.files_dir = bundle_dir or self.out_dir
         self.streaming = bundle_dir is not None
         self.jobs = resolve_jobs(opts.jobs)
-        self.pruned = self.removed = self.studies_unchanged = 0
+        self.pruned = self.removed = self.studies_unchanged = self.unstatable = 0
         self.stopped: str | None = None  # why writing stopped (the disk is full)
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
@@ -814,6 +834,7 @@ class _IncrementalRun:
             failed=sum(1 for s in written if not s.ok),
             removed=self.removed,
             studies_unchanged=self.studies_unchanged,
+            unstatable=self.unstatable,
         )
         report = self._report(summary, written, missing)
         catalog.end_run(summary.counts())
@@ -864,6 +885,7 @@ class _IncrementalRun:
                 try:
                     stats.append((path, os.stat(path)))  # a link: its target is what is read
                 except OSError:
+                    self.unstatable += 1
                     yield _ToRead(path, None, 0)
             for (path, st), change in zip(stats, self.catalog.classify_many(stats), strict=True):
                 if change is Change.UNCHANGED:

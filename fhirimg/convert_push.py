@@ -29,6 +29,7 @@ from fhirimg.push import (
     binaries_beside,
     push_bundle,
 )
+from fhirimg.push.capability import check_server
 from fhirimg.safetext import refuse_url_credentials
 
 
@@ -63,7 +64,11 @@ def convert_and_push(
         allow_insecure_http=push.allow_insecure_http,
     )
     try:
-        client.capabilities()  # fail early: unreachable server, refused credentials
+        if push.check_server:
+            # Before converting anything: unreachable server, refused credentials, a wrong base
+            # URL, a server of another FHIR release than the one convert writes.
+            release = options.fhir_version
+            check_server(client, {release: f"convert --fhir-version {release}"})
         with (
             Journal(journal_path, ignore_existing=push.force, mode=options.modes) as journal,
             # In the folder's private state (0700), where a run killed meanwhile leaves it for

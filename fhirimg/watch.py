@@ -56,6 +56,7 @@ from fhirimg.http import FhirClient
 from fhirimg.jsonio import JSON
 from fhirimg.model import FileProblem
 from fhirimg.push import PushOptions, push_paths
+from fhirimg.push.capability import check_server
 from fhirimg.safetext import refuse_url_credentials
 from fhirimg.walk import iter_files
 
@@ -234,8 +235,8 @@ def watch(
         report=WatchReport(Path(options.out_dir), once=once),
     )
     with run.holding_lock():
-        if push is not None:
-            _check_server(push)
+        if push is not None and push.check_server:
+            _check_server(push, options.fhir_version)
         if once:
             run.once()
         else:
@@ -243,8 +244,10 @@ def watch(
     return run.report
 
 
-def _check_server(push: PushOptions) -> None:
-    """Fail at the start, not at the first settled study, when the server cannot be used."""
+def _check_server(push: PushOptions, release: str) -> None:
+    """Fail at the start, not at the first settled study, when the server cannot be used: not
+    reachable, credentials refused, no FHIR server at the URL, or one of another release than
+    ``release``, the one the studies are converted to (:mod:`fhirimg.push.capability`)."""
     client = FhirClient(
         push.server,
         auth=push.auth,
@@ -256,7 +259,7 @@ def _check_server(push: PushOptions) -> None:
         allow_insecure_http=push.allow_insecure_http,
     )
     try:
-        client.capabilities()
+        check_server(client, {release: f"watch --fhir-version {release}"})
     finally:
         client.close()
 
@@ -331,7 +334,9 @@ class _Watcher:
     def once(self) -> None:
         outcomes: list[StudyOutcome] = []
         report = self._convert(self.roots, outcomes)
-        self.report.convert_exit = report.exit_code
+        # An idle watch folder is normal: convert's "nothing to do" (4) is 0 here (docs/cli.md).
+        code = report.exit_code
+        self.report.convert_exit = ExitCode.OK if code == ExitCode.NOTHING_DONE else code
         failed = [s for s in report.studies if not s.ok]
         events = [self._event(o, None) for o in _unique(outcomes + failed)]
         self._push_and_tell(events, catch_up=True)

@@ -199,10 +199,11 @@ def test_custom_journal_path(clean_fhir: Any, make_folder: MakeFolder, tmp_path:
     assert all(r["server"] == clean_fhir.base_url for r in lines)
 
 
-def test_no_bundles_is_cannot_start(tmp_path: Path, fhir_server: Any) -> None:
+def test_no_bundles_is_nothing_to_do(tmp_path: Path, fhir_server: Any) -> None:
+    # Exit 4, not 3 (issue 11 item 17): the run worked, the folder held nothing to push.
     (tmp_path / "report.json").write_bytes(b"{}")
     result = push(tmp_path, "--server", fhir_server.base_url, *FAST)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 4, result.output
     assert "no transaction Bundle" in result.output
 
 

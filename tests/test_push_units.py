@@ -312,14 +312,13 @@ def test_discover_skips_report_and_non_bundles(tmp_path: Path) -> None:
         jsonio.dumps({"resourceType": "Bundle", "type": "collection"})
     )
     files, ignored = discover([tmp_path])
-    assert [f.path.name for f in files] == ["study.json"]
-    assert {Path(name).name for name, _ in ignored} == {
-        "report.json",
-        "patient.json",
-        "broken.json",
-        "coll.json",
-    }
-    assert files[0].binaries_size == sum(len(b) for b in binaries.values())
+    # Broken JSON may be a damaged bundle: refused with its reason (issue 11 item 10), not ignored.
+    assert [(f.path.name, f.problem is None) for f in files] == [
+        ("broken.json", False),
+        ("study.json", True),
+    ]
+    assert {Path(name).name for name, _ in ignored} == {"report.json", "patient.json", "coll.json"}
+    assert files[1].binaries_size == sum(len(b) for b in binaries.values())
 
 
 def test_binaries_beside_reads_the_instance_extension(tmp_path: Path) -> None:

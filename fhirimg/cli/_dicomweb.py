@@ -127,11 +127,10 @@ def run_push_dicomweb(
             paths, store_options, push_options if with_fhir else None, progress=bar
         )
     _print_push(report, json_out=json_out, quiet=quiet)
-    if report.store.aborted or (report.fhir is not None and report.fhir.aborted):
-        stored = report.store.total("stored") + report.store.total("skipped")
-        if stored == 0:
-            raise typer.Exit(int(ExitCode.CANNOT_START))
-    raise typer.Exit(int(ExitCode.OK if report.ok else ExitCode.PARTIAL))
+    if not report.store.studies:
+        where = ", ".join(str(p) for p in paths or [Path("fhirimg-out")])
+        err_console.print(f"nothing to store: no transaction Bundle in {shown(where)}")
+    raise typer.Exit(int(report.exit_code))
 
 
 def _print_push(report: DicomwebPushReport, *, json_out: bool, quiet: bool) -> None:

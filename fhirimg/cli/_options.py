@@ -131,6 +131,16 @@ MediaOpt = Annotated[
     ),
 ]
 
+NoCapabilityCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-capability-check",
+        help="Do not read the FHIR server's CapabilityStatement (GET [base]/metadata) before "
+        "pushing. Default: a base URL without one (404, HTML, other JSON, no fhirVersion) or "
+        "of another FHIR release than the bundles is an error (exit 3) before anything is sent.",
+    ),
+]
+
 GroupReadableOpt = Annotated[
     bool,
     typer.Option(

@@ -51,6 +51,7 @@ from fhirimg.cli._options import (
     JobsOpt,
     MediaOpt,
     Network,
+    NoCapabilityCheckOpt,
     PatientIdSystemOpt,
     StrictOpt,
     TimezoneOpt,
@@ -146,6 +147,7 @@ def convert_command(
             rich_help_panel=_PUSH_PANEL,
         ),
     ] = None,
+    no_capability_check: NoCapabilityCheckOpt = False,
     strict: StrictOpt = False,
     all_or_nothing: AllOrNothingOpt = False,
     binary: BinaryOpt = None,
@@ -352,7 +354,9 @@ def convert_command(
     the reason in report.json. A re-run into the same folder reads only new and changed files
     and rewrites only the studies they touch (docs/incremental.md). Exit codes: 0 all converted,
     1 some files or studies of the folder failed (or, with --media, some images could not be
-    rendered), 2 usage error, 3 output cannot be written, catalog unusable, or folder in use.
+    rendered), 2 usage error, 3 output cannot be written, catalog unusable, folder in use, or
+    the --push server unusable, 4 nothing to do (the input held no file, the query matched no
+    study).
     """
     configure_logging(verbose)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
@@ -443,7 +447,13 @@ def convert_command(
                 ExitCode.USAGE,
             )
         push = (
-            push_options(push_url, auth, network, group_readable=group_readable)
+            push_options(
+                push_url,
+                auth,
+                network,
+                group_readable=group_readable,
+                check_server=not no_capability_check,
+            )
             if push_url
             else None
         )
@@ -542,6 +552,8 @@ def _is_http_url(url: str) -> bool:
 
 
 def _print_summary(report: ConvertReport) -> None:
+    if report.nothing_done:
+        err_console.print("nothing to convert: the input holds no file (exit 4)", highlight=False)
     s = report.summary()
     files, studies = s["files"], s["studies"]
     where = (

@@ -31,6 +31,7 @@ from fhirimg.cli._options import (
     DicomwebAuth,
     FhirAuth,
     Network,
+    NoCapabilityCheckOpt,
     option_groups,
     push_options,
 )
@@ -157,7 +158,8 @@ def push(
             "--server",
             "-s",
             envvar="FHIRIMG_SERVER",
-            help="FHIR R4 server base URL, e.g. https://fhir.example/r4 (env FHIRIMG_SERVER).",
+            help="FHIR server base URL, e.g. https://fhir.example/r4 (4.x for R4 bundles, 5.x "
+            "for R5; env FHIRIMG_SERVER).",
             show_default=False,
         ),
     ] = "",
@@ -237,6 +239,7 @@ def push(
             rich_help_panel=_RUN,
         ),
     ] = False,
+    no_capability_check: NoCapabilityCheckOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -246,8 +249,8 @@ def push(
     Idempotent (conditional creates and updates, deterministic Binary ids), retried on transient
     failures, and resumable: the journal records what the server confirmed, so running the same
     command again after a crash or Ctrl-C continues where it stopped. Exit codes: 0 all pushed,
-    1 some bundles refused, 2 bad usage, 3 could not start (no bundles, server unreachable, bad
-    credentials), 130 interrupted.
+    1 some bundles refused, 2 bad usage, 3 could not start (server unreachable, not a FHIR
+    server of the bundles' release, bad credentials), 4 no bundle to push, 130 interrupted.
     """
     configure_logging(verbose)
     if verbose < 2:
@@ -268,6 +271,7 @@ def push(
         force=force,
         dry_run=dry_run,
         group_readable=group_readable,
+        check_server=not no_capability_check,
     )
     if dicomweb:
         # Alone, --dicomweb takes the FHIR auth options; beside --server, its own --dicomweb-*.
@@ -300,9 +304,11 @@ def push(
         _print_plan(report)
     if report.aborted:
         err_console.print(f"[bold red]stopped:[/] {escape(report.aborted)}", soft_wrap=True)
-    if not quiet and not dry_run:
+    if not report.results:
+        where = ", ".join(str(p) for p in paths or [Path("fhirimg-out")])
+        err_console.print(
+            f"nothing to push: no transaction Bundle in {escape(where)}", soft_wrap=True
+        )
+    elif not quiet and not dry_run:
         err_console.print(_summary(report), highlight=False)
-    if report.aborted and report.pushed == 0 and report.skipped == 0:
-        raise typer.Exit(int(ExitCode.CANNOT_START))
-    if not report.ok:
-        raise typer.Exit(int(ExitCode.PARTIAL))
+    raise typer.Exit(int(report.exit_code))

@@ -109,7 +109,7 @@ def verify_command(
     """Check that every series and instance an ImagingStudy lists exists in the PACS its
     dicom-wado-rs Endpoint names (QIDO-RS), and report the differences both ways: missing in PACS,
     missing in FHIR. Exit codes: 0 all agree, 1 differences found, 2 usage error, 3 a server
-    cannot be used or no bundle found.
+    cannot be used or reached (the FHIR server or a PACS), 4 no ImagingStudy to check.
     """
     configure_logging(verbose)
     if verbose < 2:
@@ -171,7 +171,14 @@ def verify_command(
         sys.stdout.flush()
     if not quiet:
         _print(report)
-    raise typer.Exit(int(ExitCode.OK if report.ok else ExitCode.PARTIAL))
+    for pacs in report.unreachable:
+        err_console.print(
+            f"[bold red]error:[/] cannot reach the PACS {shown(pacs)}: its studies were not "
+            "checked",
+            soft_wrap=True,
+            highlight=False,
+        )
+    raise typer.Exit(int(report.exit_code))
 
 
 def _pacs_urls(urls: list[str]) -> tuple[str, ...]:
@@ -195,7 +202,7 @@ def _print(report: VerifyReport) -> None:
     for check in report.studies:
         if check.ok:
             continue
-        label = "differs" if check.contacted else "not checked"
+        label = "differs" if check.contacted and not check.unreachable else "not checked"
         head = (
             f"[bold red]{label}:[/] {shown(check.source)} (study {shown(check.study_instance_uid)})"
         )

@@ -45,6 +45,7 @@ from fhirimg.cli._options import (
     JobsOpt,
     MediaOpt,
     Network,
+    NoCapabilityCheckOpt,
     PatientIdSystemOpt,
     StrictOpt,
     TimezoneOpt,
@@ -131,6 +132,7 @@ def watch_command(
     all_or_nothing: AllOrNothingOpt = False,
     jobs: JobsOpt = 0,
     group_readable: GroupReadableOpt = False,
+    no_capability_check: NoCapabilityCheckOpt = False,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print one JSON line per study handled on stdout (NDJSON)."),
@@ -177,7 +179,15 @@ def watch_command(
         group_readable=group_readable,
     )
     push = (
-        push_options(push_url, auth, network, group_readable=group_readable) if push_url else None
+        push_options(
+            push_url,
+            auth,
+            network,
+            group_readable=group_readable,
+            check_server=not no_capability_check,
+        )
+        if push_url
+        else None
     )
 
     def tell(event: StudyHandled) -> None:

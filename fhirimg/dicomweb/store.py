@@ -163,20 +163,25 @@ def store_instances(
     ``progress("store", n, total)`` is called (from worker threads) as ``n`` more of the
     ``total`` instances that have a source file are stored, skipped as already stored, or fail.
 
-    Raises :class:`InputError` when no bundle is found, :class:`PushError` (or :class:`AuthError`)
-    when the server cannot be used at all. Refused instances are in the report.
+    Raises :class:`InputError` when a path does not exist, :class:`PushError` (or
+    :class:`AuthError`) when the server cannot be used at all. Refused instances are in the
+    report; no bundle at all gives an empty one (nothing sent).
     """
     started = time.monotonic()
     observer = observer or PushObserver()
     paths = list(paths) or [DEFAULT_FOLDER]
     files, _ = discover(paths)
-    if not files:
-        raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
     url = options.dicomweb_url.rstrip("/")
     report = StoreReport(dicomweb_url=url)
+    if not files:
+        return report  # nothing to store, no request sent (exit 4)
     cache: dict[Path, Any] = {}
     plans: list[StudyPlan] = []
     for f in files:
+        if f.problem is not None:  # not a bundle to push: refused with its reason
+            study = StudyStore(f.path.name, f.path, "", 0, False, failed=[(f.path.name, f.problem)])
+            plans.append(StudyPlan(study, []))
+            continue
         try:
             bundle = jsonio.loads(f.path.read_bytes())
             plans.append(plan_study(f.path, bundle, url, cache))

@@ -25,6 +25,7 @@ from fhirimg.errors import InputError
 from fhirimg.model import InstanceRecord
 from fhirimg.push import BINARY_EXTENSION_URL
 from fhirimg.push.files import beside_file
+from fhirimg.push.merge import imaging_study_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,12 @@ def endpoint_addresses(bundle: Mapping[str, Any]) -> set[str]:
             continue
         types = resource.get("connectionType")
         codings = types if isinstance(types, list) else [types]  # R5: a list of Codings
-        codes = set()
+        codes: list[object] = []  # a list: a code of the wrong JSON type is not hashable
         for c in codings:
             if isinstance(c, Mapping):
-                codes.add(c.get("code"))
-                codes.update(x.get("code") for x in c.get("coding") or [] if isinstance(x, Mapping))
+                inner = c.get("coding")
+                codes.append(c.get("code"))
+                codes += [x.get("code") for x in _list(inner) if isinstance(x, Mapping)]
         if WADO_RS in codes and entry.get("fullUrl"):
             endpoints[str(entry["fullUrl"])] = str(resource.get("address", "")).rstrip("/")
     found: set[str] = set()
@@ -62,14 +64,22 @@ def endpoint_addresses(bundle: Mapping[str, Any]) -> set[str]:
         resource = entry.get("resource") or {}
         if resource.get("resourceType") != "ImagingStudy":
             continue
-        refs = list(resource.get("endpoint") or [])
-        for series in resource.get("series") or []:
-            refs += series.get("endpoint") or []
+        refs = _list(resource.get("endpoint"))
+        for series in _list(resource.get("series")):
+            if isinstance(series, Mapping):
+                refs += _list(series.get("endpoint"))
         for ref in refs:
-            address = endpoints.get(str((ref or {}).get("reference", "")))
+            if not isinstance(ref, Mapping):
+                continue
+            address = endpoints.get(str(ref.get("reference", "")))
             if address:
                 found.add(address)
     return found
+
+
+def _list(value: object) -> list[Any]:
+    """``value`` when it is a JSON array, else none (bundle data of the wrong shape)."""
+    return list(value) if isinstance(value, list) else []
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,8 @@ def _instances(study: Mapping[str, Any]) -> dict[str, str | None]:
         for instance in series.get("instance") or []:
             binary = None
             for ext in instance.get("extension") or []:
-                ref = str((ext.get("valueReference") or {}).get("reference", ""))
+                value = ext.get("valueReference")
+                ref = str(value.get("reference", "")) if isinstance(value, Mapping) else ""
                 if ext.get("url") == BINARY_EXTENSION_URL and ref.startswith("Binary/"):
                     binary = ref.removeprefix("Binary/")
             out[str(instance.get("uid"))] = binary
@@ -143,6 +154,9 @@ def plan_study(
     instance with none is already recorded as failed. ``cache`` keeps each folder's
     ``report.json`` read once."""
     study = _study_of(bundle)
+    problem = imaging_study_problem(study)  # the walks below rely on its shape
+    if problem is not None:
+        raise InputError(f"its ImagingStudy cannot be read: {problem}")
     wanted = _instances(study)
     result = StudyStore(
         bundle=path.name,

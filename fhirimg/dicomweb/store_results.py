@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from fhirimg.exitcodes import ExitCode
 from fhirimg.http.client import ClientCert, RetryPolicy
 from fhirimg.push import PushReport
 
@@ -130,8 +131,24 @@ class DicomwebPushReport:
     def ok(self) -> bool:
         return self.store.ok and not self.not_pushed and (self.fhir is None or self.fhir.ok)
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """4 when there was no bundle (nothing to store, nothing sent), 3 when a server stopped
+        the run before any instance was stored, 1 when something failed, else 0.
+
+        >>> DicomwebPushReport(StoreReport("https://pacs.example/dicom-web")).exit_code
+        <ExitCode.NOTHING_DONE: 4>
+        """
+        if not self.store.studies:
+            return ExitCode.NOTHING_DONE
+        if self.store.aborted or (self.fhir is not None and self.fhir.aborted):
+            if self.store.total("stored") + self.store.total("skipped") == 0:
+                return ExitCode.CANNOT_START
+        return ExitCode.OK if self.ok else ExitCode.PARTIAL
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "exitCode": int(self.exit_code),
             "dicomweb": self.store.to_json(),
             "fhir": self.fhir.to_json() if self.fhir else None,
             "notPushed": [{"file": f, "reason": r} for f, r in self.not_pushed],

@@ -34,7 +34,6 @@ from urllib.parse import unquote
 
 import httpx
 
-from fhirimg import jsonio
 from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.dicomweb.store_plan import WADO_RS
 from fhirimg.errors import (
@@ -43,13 +42,16 @@ from fhirimg.errors import (
     FhirimgError,
     InputError,
     PushError,
+    ServerUnreachableError,
     UntrustedUrlError,
 )
+from fhirimg.exitcodes import ExitCode
 from fhirimg.http.auth import origin_of
 from fhirimg.http.client import ClientCert, RetryPolicy
 from fhirimg.http.fhir import FhirClient
 from fhirimg.jsonio import JSONMapping
 from fhirimg.push import discover
+from fhirimg.push.files import load_bundle
 from fhirimg.safetext import clean, redact_url
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class StudyCheck:
     sop_class_differs: list[tuple[str, str, str]] = field(default_factory=list)  # (uid, FHIR, PACS)
     error: str | None = None  # server text: control codes removed (safetext.clean)
     contacted: bool = True  # False: the Endpoint was not allowed or not usable (see error)
+    unreachable: bool = False  # its PACS could not be reached: nothing was compared (exit 3)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +137,7 @@ class StudyCheck:
             ],
             "error": None if self.error is None else c(self.error),
             "contacted": self.contacted,
+            "unreachable": self.unreachable,
         }
 
 
@@ -153,8 +157,29 @@ class VerifyReport:
         """Studies whose PACS was not contacted (an Endpoint elsewhere, an unusable address)."""
         return sum(1 for s in self.studies if not s.contacted)
 
+    @property
+    def unreachable(self) -> list[str]:
+        """The PACS (redacted URLs) that could not be reached, in the order met."""
+        return list(dict.fromkeys(s.endpoint for s in self.studies if s.unreachable))
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """3 when a PACS could not be reached (a verify that could not look is no answer), 4
+        when no ImagingStudy was checked at all, 1 when some differ, else 0 (docs/cli.md).
+
+        >>> VerifyReport().exit_code
+        <ExitCode.NOTHING_DONE: 4>
+        """
+        if self.unreachable:
+            return ExitCode.CANNOT_START
+        if not self.studies:
+            return ExitCode.NOTHING_DONE
+        return ExitCode.OK if self.ok else ExitCode.PARTIAL
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "exitCode": int(self.exit_code),
+            "unreachable": self.unreachable,
             "ok": self.ok,
             "checked": len(self.studies),
             "differing": sum(1 for s in self.studies if not s.ok),
@@ -216,6 +241,11 @@ def check_study(client: DicomwebClient, study: JSONMapping, source: str) -> Stud
             pacs[key] = str(first_value(item, "00080016") or "")
     except AuthError as exc:
         raise _naming(exc, f"the PACS {client.server}") from None
+    except ServerUnreachableError as exc:
+        # No answer is not "differs": the study was not compared (exit 3, naming the PACS).
+        check.error = clean(_naming(exc, f"the PACS {client.server}"))
+        check.contacted, check.unreachable = False, True
+        return check
     except PushError as exc:
         if exc.status == 404:
             pacs = {}  # some servers answer 404 for an unknown study
@@ -358,6 +388,7 @@ def _verify_all(
     report = VerifyReport()
     clients = _Clients(options, transport)
     wanted = set(options.study_uids)
+    unreachable: dict[str, str] = {}  # address -> why: asked once, not once per study
     try:
         for source, study, resolve in items:
             uid = _study_uid(study)
@@ -381,7 +412,22 @@ def _verify_all(
                     )
                 )
                 continue
-            report.studies.append(check_study(client, study, source))
+            if address in unreachable:
+                report.studies.append(
+                    StudyCheck(
+                        source,
+                        uid,
+                        client.server,
+                        error=unreachable[address],
+                        contacted=False,
+                        unreachable=True,
+                    )
+                )
+                continue
+            check = check_study(client, study, source)
+            if check.unreachable:
+                unreachable[address] = check.error or "not reachable"
+            report.studies.append(check)
     finally:
         clients.close()
     return report
@@ -395,22 +441,30 @@ def verify_bundles(
 ) -> VerifyReport:
     """Verify the ImagingStudies of the transaction Bundle files under ``paths``.
 
-    Raises :class:`InputError` when there is no bundle.
+    Raises :class:`InputError` when a path does not exist. No bundle at all gives a report
+    that checked nothing (:attr:`VerifyReport.exit_code` 4). A bundle push would refuse (an
+    odd entry, no request) is still read for its ImagingStudies; a file that is not a JSON
+    object at all is listed as skipped, with the reason.
     """
     files, _ = discover(list(paths))
-    if not files:
-        raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
+    unreadable: list[tuple[str, str]] = []
 
     def items() -> Iterator[tuple[str, JSONMapping, Resolve]]:
         for f in files:
-            bundle = jsonio.loads(f.path.read_bytes())
+            try:
+                _, bundle = load_bundle(f.path)
+            except (OSError, ValueError, InputError):
+                unreadable.append((f.path.name, f.problem or "not a readable JSON object"))
+                continue
             resources = [(e.get("fullUrl"), _resource(e)) for e in _objects(bundle, "entry")]
             by_url = {str(url): r for url, r in resources if r is not None}
             for _, resource in resources:
                 if resource is not None and resource.get("resourceType") == "ImagingStudy":
                     yield f.path.name, resource, by_url.get
 
-    return _verify_all(items(), options or VerifyOptions(), transport)
+    report = _verify_all(items(), options or VerifyOptions(), transport)
+    report.skipped[:0] = unreadable
+    return report
 
 
 # Endpoint references the FHIR server is asked for: Type/id (FHIR R4 references.html), a version

@@ -24,6 +24,7 @@ from fhirimg import jsonio
 from fhirimg.errors import InputError
 from fhirimg.push.journal import DEFAULT_JOURNAL_NAME
 from fhirimg.safetext import clean
+from fhirimg.validate.validator import detect_version
 
 __all__ = [
     "BINARY_EXTENSION_URL",
@@ -36,6 +37,7 @@ __all__ = [
     "default_journal_path",
     "discover",
     "load_bundle",
+    "transaction_problem",
 ]
 
 DEFAULT_FOLDER = Path("fhirimg-out")
@@ -94,6 +96,9 @@ class BundleFile:
     """The further files of a study convert split (``<stem>.part-N.json``), pushed with it."""
     problem: str | None = None
     """Why the bundle cannot be pushed (a crafted Binary id, ...): it fails with this reason."""
+    release: str = "r4"
+    """The FHIR release it is written in, ``r4`` or ``r5``, by its content
+    (:mod:`fhirimg.push.capability`)."""
 
 
 def binaries_beside(
@@ -109,22 +114,23 @@ def binaries_beside(
     (:func:`beside_file`).
     """
     folder = path.with_name(f"{path.stem}.binaries")
+    entries = _objects(bundle.get("entry"))
     inline = {
-        str((e.get("request") or {}).get("url", ""))
-        for e in bundle.get("entry") or []
-        if (e.get("resource") or {}).get("resourceType") == "Binary"
+        str(_object(e.get("request")).get("url", ""))
+        for e in entries
+        if _object(e.get("resource")).get("resourceType") == "Binary"
     } | {f"Binary/{i}" for i in elsewhere}
     found: dict[str, Path] = {}
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") or {}
+    for entry in entries:
+        resource = _object(entry.get("resource"))
         if resource.get("resourceType") != "ImagingStudy":
             continue
-        for series in resource.get("series") or []:
-            for instance in series.get("instance") or []:
-                for ext in instance.get("extension") or []:
+        for series in _objects(resource.get("series")):
+            for instance in _objects(series.get("instance")):
+                for ext in _objects(instance.get("extension")):
                     if ext.get("url") != BINARY_EXTENSION_URL:
                         continue
-                    ref = str((ext.get("valueReference") or {}).get("reference", ""))
+                    ref = str(_object(ext.get("valueReference")).get("reference", ""))
                     if not ref.startswith("Binary/") or ref in inline:
                         continue
                     binary_id = ref.removeprefix("Binary/")
@@ -133,35 +139,131 @@ def binaries_beside(
     return list(found.items())
 
 
+def _object(value: object) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (input of the wrong shape reads as
+    absent)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(value: object) -> list[Mapping[str, Any]]:
+    """The JSON objects of ``value`` when it is an array (others left out), else none."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def load_bundle(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of the file at ``path`` and the JSON object they hold.
+
+    Raises :class:`OSError` when it cannot be read, :class:`ValueError` when it is not JSON
+    (bytes that are not UTF-8 included), :class:`InputError` when the JSON is not an object.
+    """
     data = path.read_bytes()
     bundle = jsonio.loads(data)
     if not isinstance(bundle, dict):
-        raise InputError(f"{path.name}: not a JSON object")
+        raise InputError(f"{path.name}: the JSON is {_json_kind(bundle)}, not an object")
     return data, bundle
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value is named in a message: ``an array``, ``a number``, ...
+
+    >>> [_json_kind(v) for v in ([], 5, "x", None, True)]
+    ['an array', 'a number', 'a string', 'null', 'a boolean']
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an object"
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+
+
+def transaction_problem(bundle: Mapping[str, Any]) -> str | None:
+    """Why ``bundle`` cannot be pushed as a transaction, or None when its shape is pushable.
+
+    Only the shape that push relies on is checked (FHIR R4/R5 bundle.html: ``entry`` 0..* of
+    objects; ``entry.request`` 1..1 in a transaction, its ``method`` one of the http verbs and
+    its ``url`` a string; ``entry.resource`` a resource; ``fullUrl``, ``ifNoneExist`` and
+    ``ifMatch`` strings); the server judges the content. A bundle from a file is input: an
+    ``"entry": 5`` or an entry that is ``null`` must become this reason, never a crash.
+
+    >>> transaction_problem({"resourceType": "Bundle", "type": "transaction", "entry": 5})
+    'Bundle.entry is a number, not an array'
+    >>> transaction_problem({"resourceType": "Bundle", "type": "transaction", "entry": [None]})
+    'Bundle.entry[0] is null, not an object'
+    >>> transaction_problem({"resourceType": "Patient"})
+    "resourceType is 'Patient', not Bundle"
+    """
+    kind = bundle.get("resourceType")
+    if kind != "Bundle":
+        return f"resourceType is {clean(repr(kind))[:80]}, not Bundle"
+    if bundle.get("type") not in ("transaction", "batch"):
+        return f"Bundle of type {clean(repr(bundle.get('type')))[:80]}, not a transaction"
+    entries = bundle.get("entry")
+    if entries is None or entries == []:
+        return "the Bundle has no entries: nothing to push"
+    if not isinstance(entries, list):
+        return f"Bundle.entry is {_json_kind(entries)}, not an array"
+    for n, entry in enumerate(entries):
+        where = f"Bundle.entry[{n}]"
+        if not isinstance(entry, dict):
+            return f"{where} is {_json_kind(entry)}, not an object"
+        request = entry.get("request")
+        if not isinstance(request, dict):
+            return f"{where}.request is missing or not an object"
+        method, url = request.get("method"), request.get("url")
+        if not isinstance(method, str) or method.upper() not in _METHODS:
+            return f"{where}.request.method {clean(repr(method))[:40]} is not an HTTP verb"
+        if not isinstance(url, str) or not url:
+            return f"{where}.request.url is missing or not a string"
+        for key in ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"):
+            if key in request and not isinstance(request[key], str):
+                return f"{where}.request.{key} is {_json_kind(request[key])}, not a string"
+        if "fullUrl" in entry and not isinstance(entry["fullUrl"], str):
+            return f"{where}.fullUrl is {_json_kind(entry['fullUrl'])}, not a string"
+        resource = entry.get("resource")
+        if resource is not None and not (
+            isinstance(resource, dict) and isinstance(resource.get("resourceType"), str)
+        ):
+            return f"{where}.resource is not a FHIR resource (an object with a resourceType)"
+    return None
 
 
 def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, str]]]:
     """The transaction Bundle files under ``paths`` (files, or folders searched one level deep,
-    sorted by name), and the JSON files passed over with the reason (``report.json``, other JSON).
+    sorted by name), and the JSON files passed over with the reason.
+
+    Every file is accounted for. A file that cannot be a bundle to push (not readable, not
+    UTF-8, not JSON, a JSON array or scalar, a transaction Bundle of an odd shape:
+    :func:`transaction_problem`) is returned with its ``problem``, so that push reports it as
+    refused. A JSON object that is not a transaction Bundle at all (``report.json``, a
+    Patient, a ``collection``) is passed over when found in a folder, but refused when named
+    on its own: it was asked for.
 
     Raises :class:`InputError` when a path does not exist.
     """
-    candidates: list[Path] = []
+    candidates: list[tuple[Path, bool]] = []
     for p in paths:
         if p.is_dir():
             candidates.extend(
-                sorted(c for c in p.glob("*.json") if c.is_file() and not c.name.startswith("."))
+                (c, False)
+                for c in sorted(p.glob("*.json"))
+                if c.is_file() and not c.name.startswith(".")
             )
         elif p.is_file():
-            candidates.append(p)
+            candidates.append((p, True))
         else:
             raise InputError(f"no such file or folder: {p}")
     files: list[BundleFile] = []
     ignored: list[tuple[str, str]] = []
     seen: set[Path] = set()
-    heads = {p.name for p in candidates}
-    for path in candidates:
+    heads = {p.name for p, _ in candidates}
+    for path, named in candidates:
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
@@ -170,13 +272,20 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
         try:
             data, bundle = load_bundle(path)
         except (OSError, ValueError, InputError) as exc:
-            ignored.append((str(path), f"not readable JSON: {exc}"))
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            problem = f"not a readable JSON object: {clean(why)}"
+            files.append(BundleFile(path, _size(path), (), 0, problem=problem))
             continue
-        if bundle.get("resourceType") != "Bundle":
-            ignored.append((str(path), "not a FHIR Bundle"))
+        shape = transaction_problem(bundle)
+        is_transaction = bundle.get("resourceType") == "Bundle" and bundle.get("type") in (
+            "transaction",
+            "batch",
+        )
+        if shape is not None and not is_transaction and not named:
+            ignored.append((str(path), shape))
             continue
-        if bundle.get("type") not in ("transaction", "batch"):
-            ignored.append((str(path), f"Bundle of type {bundle.get('type')!r}, not a transaction"))
+        if shape is not None:
+            files.append(BundleFile(path, len(data), (), 0, problem=shape))
             continue
         parts = tuple(sorted(path.parent.glob(f"{path.stem}.part-*.json"), key=_part_number))
         in_parts = {i for part in parts for i in _inline_binary_ids(part)}
@@ -187,8 +296,16 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
             continue
         size = sum(p.stat().st_size for _, p in binaries if p.is_file())
         size += sum(p.stat().st_size for p in parts)
-        files.append(BundleFile(path, len(data), binaries, size, parts))
+        release = detect_version(bundle)
+        files.append(BundleFile(path, len(data), binaries, size, parts, release=release))
     return files, ignored
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 _PART = re.compile(r"\.part-\d+\.json$")

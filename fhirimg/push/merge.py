@@ -71,6 +71,7 @@ from fhirimg.push.split import rewrite_references
 __all__ = [
     "SERVER_META",
     "current_from_search",
+    "imaging_study_problem",
     "merge_bundle",
     "merge_imaging_study",
     "merged_study_entry",
@@ -97,6 +98,53 @@ _INSTANCE_ORDER = ("id", "extension", "modifierExtension", "uid", "sopClass", "n
 _EXTENSIONS = ("extension", "modifierExtension")
 
 
+_LISTS = ("identifier", "modality", "endpoint", "extension", "modifierExtension")
+_EXTENSIONS = ("extension", "modifierExtension")
+
+
+def imaging_study_problem(study: JSONMapping) -> str | None:
+    """Why ``study`` cannot be merged, or None: the elements the merge walks must have their
+    JSON shape (FHIR R4/R5 imagingstudy.html: ``identifier``, ``modality``, ``endpoint``,
+    ``series``, ``series.instance`` and extensions are arrays of objects; ``series.uid`` and
+    ``instance.uid`` are ``id`` strings, ``number`` and ``numberOfInstances`` integers). Both
+    the bundle's study and the server's are input: an odd one becomes this reason, not a crash.
+
+    >>> imaging_study_problem({"series": [{"uid": "1.2", "instance": 5}]})
+    'series[0].instance is not an array of objects'
+    >>> imaging_study_problem({"series": [{"uid": "1.2", "number": "1"}]}) is None
+    False
+    """
+
+    def objects(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+
+    def integer(value: Any) -> bool:
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+    for name in (*_LISTS, "series"):
+        if name in study and not objects(study[name]):
+            return f"{name} is not an array of objects"
+    for n, series in enumerate(study.get("series") or []):
+        where = f"series[{n}]"
+        for name in ("instance", "endpoint", *_EXTENSIONS):
+            if name in series and not objects(series[name]):
+                return f"{where}.{name} is not an array of objects"
+        if "uid" in series and not isinstance(series["uid"], str):  # none: the merge says so
+            return f"{where}.uid is not a string"
+        if not integer(series.get("number")) or not integer(series.get("numberOfInstances")):
+            return f"{where}.number or numberOfInstances is not an integer"
+        for i, instance in enumerate(series.get("instance") or []):
+            at = f"{where}.instance[{i}]"
+            if "uid" in instance and not isinstance(instance["uid"], str):
+                return f"{at}.uid is not a string"
+            if not integer(instance.get("number")):
+                return f"{at}.number is not an integer"
+            for name in _EXTENSIONS:
+                if name in instance and not objects(instance[name]):
+                    return f"{at}.{name} is not an array of objects"
+    return None
+
+
 def merge_imaging_study(
     existing: JSONMapping, incoming: JSONMapping, release: str, *, newer: bool = True
 ) -> JSON:
@@ -119,6 +167,10 @@ def merge_imaging_study(
     ['1.2.3.1', '1.2.3.2']
     """
     order = _study_order(get_release(release).imaging_study_order)
+    for whose, study in (("the server's", existing), ("the bundle's", incoming)):
+        problem = imaging_study_problem(study)
+        if problem is not None:
+            raise InputError(f"{whose} ImagingStudy cannot be merged: {problem}")
     _check_same_study(existing, incoming)
     old, new = copy.deepcopy(dict(existing)), copy.deepcopy(dict(incoming))
     top = new if newer else old

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import httpx
 
+from fhirimg.exitcodes import ExitCode
 from fhirimg.http.client import ClientCert, RetryPolicy
 
 __all__ = [
@@ -137,8 +138,23 @@ class PushReport:
     def ok(self) -> bool:
         return self.failed == 0 and self.aborted is None
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """4 when there was no bundle to push (no request was sent), 3 when the run stopped
+        before anything reached the server, 1 when some bundles failed, else 0 (docs/push.md).
+
+        >>> PushReport("https://fhir.example/r4").exit_code
+        <ExitCode.NOTHING_DONE: 4>
+        """
+        if not self.results:
+            return ExitCode.NOTHING_DONE
+        if self.aborted and self.pushed == 0 and self.skipped == 0:
+            return ExitCode.CANNOT_START
+        return ExitCode.OK if self.ok else ExitCode.PARTIAL
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "exitCode": int(self.exit_code),
             "server": self.server,
             "pushed": self.pushed,
             "skipped": self.skipped,

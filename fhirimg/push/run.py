@@ -23,12 +23,14 @@ import httpx
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
 from fhirimg.http.fhir import FhirClient, outcome_issues
+from fhirimg.push.capability import check_server
 from fhirimg.push.files import (
     DEFAULT_FOLDER,
     BundleFile,
     default_journal_path,
     discover,
     load_bundle,
+    transaction_problem,
 )
 from fhirimg.push.journal import Journal
 from fhirimg.push.results import BundleResult, PushObserver, PushOptions, PushReport
@@ -52,19 +54,16 @@ def _refused(f: BundleFile) -> BundleResult:
     return BundleResult(file=f.path.name, status="failed", error=f.problem)
 
 
-def _check_server(client: FhirClient) -> None:
-    """Fail early (and clearly) when the server is unreachable, refuses us, or is not R4."""
-    try:
-        capabilities = client.capabilities()
-    except AuthError:
-        raise
-    except PushError as exc:
-        if exc.status in (404, 405, 406):
-            return  # no /metadata: not fatal, the first transaction will tell.
-        raise
-    version = str(capabilities.get("fhirVersion", "4.0.1"))
-    if not version.startswith("4."):
-        raise PushError(f"the server speaks FHIR {version}; fhirimg bundles are R4 (4.0.1)")
+def _releases(files: Sequence[BundleFile]) -> dict[str, str]:
+    """release -> the bundles of that release, as a message names them."""
+    names: dict[str, list[str]] = {}
+    for f in files:
+        if f.problem is None:
+            names.setdefault(f.release, []).append(f.path.name)
+    return {
+        release: f"{len(found)} bundles, e.g. {found[0]}" if len(found) > 1 else found[0]
+        for release, found in names.items()
+    }
 
 
 def push_paths(
@@ -76,19 +75,22 @@ def push_paths(
 ) -> PushReport:
     """Push every transaction Bundle under ``paths`` (default: ``fhirimg-out/``) to the server.
 
-    Raises :class:`InputError` when no bundle is found, :class:`PushError` (or its child
-    :class:`AuthError`) when the server cannot be used at all, and re-raises
+    Raises :class:`InputError` when a path does not exist, :class:`PushError` (or its child
+    :class:`AuthError`) when the server cannot be used at all (before the first bundle: not
+    reachable, not a FHIR server, another FHIR release than the bundles', see
+    :mod:`fhirimg.push.capability`), and re-raises
     ``KeyboardInterrupt`` after stopping cleanly (confirmed work is in the journal). Refusals of
-    single bundles are in the report.
+    single bundles are in the report; no bundle at all gives an empty report
+    (:attr:`PushReport.exit_code` 4) and sends nothing.
     """
     started = time.monotonic()
     observer = observer or PushObserver()
     refuse_url_credentials(options.server, "the FHIR server URL", _CREDENTIALS)
     paths = list(paths) or [DEFAULT_FOLDER]
     files, ignored = discover(paths)
-    if not files:
-        raise InputError(f"no transaction Bundle found in {', '.join(map(str, paths))}")
     report = PushReport(server=options.server.rstrip("/"), ignored=ignored)
+    if not files:
+        return report  # nothing to push, no request sent: exit_code 4
     journal_path = (options.journal or default_journal_path(paths)) if options.use_journal else None
     report.journal = str(journal_path) if journal_path else None
     journal = Journal(
@@ -132,7 +134,8 @@ def push_paths(
     )
     try:
         if options.check_server:
-            _check_server(client)
+            # Before the first bundle: the base URL is a FHIR server of the bundles' release.
+            check_server(client, _releases(files))
         with journal:
             _push_all(client, files, options, journal, report, observer)
     finally:
@@ -190,6 +193,9 @@ def _push_split_study(
                 raw, part = load_bundle(path)
             except (OSError, ValueError) as exc:
                 raise InputError(f"{path.name}: cannot read: {exc}") from exc
+            problem = transaction_problem(part)
+            if problem is not None:
+                raise InputError(f"{path.name}: {problem}")
             entries = [
                 e for e in part.get("entry") or []
                 if ((e.get("resource") or {}).get("resourceType") == "Binary") == binaries

@@ -24,9 +24,14 @@ from typing import Any
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, ServerUnreachableError
 from fhirimg.http.fhir import FhirClient, outcome_issues
-from fhirimg.push.files import check_id
+from fhirimg.push.files import check_id, transaction_problem
 from fhirimg.push.journal import Journal
-from fhirimg.push.merge import SERVER_META, current_from_search, merge_bundle
+from fhirimg.push.merge import (
+    SERVER_META,
+    current_from_search,
+    imaging_study_problem,
+    merge_bundle,
+)
 from fhirimg.push.results import BundleResult, PlannedRequest, PushObserver
 from fhirimg.push.split import (
     conditional_reference,
@@ -100,16 +105,14 @@ def conditional_keys(bundle: Mapping[str, Any]) -> list[str]:
 
 
 def _check_shape(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-    if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in ("transaction", "batch"):
-        raise InputError("not a transaction Bundle")
-    entries = bundle.get("entry")
-    if not isinstance(entries, list) or not entries:
-        raise InputError("the Bundle has no entries")
+    """The bundle's entries, once its shape is pushable (:func:`~fhirimg.push.files.
+    transaction_problem`) and every id in it is a FHIR id; :class:`InputError` otherwise."""
+    problem = transaction_problem(bundle)
+    if problem is not None:
+        raise InputError(problem)
+    entries: list[dict[str, Any]] = bundle["entry"]
     for n, entry in enumerate(entries):
-        request = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
-            raise InputError(f"entry {n} has no request.method and request.url")
-        _check_request_url(n, str(request["url"]))
+        _check_request_url(n, entry["request"]["url"])
         resource = entry.get("resource")
         if isinstance(resource, dict) and "id" in resource:
             check_id(resource["id"], f"entry {n}: resource.id")
@@ -515,6 +518,10 @@ def _merged(
         result.merge = "created"
         return merge_bundle(bundle, None, detect_version(bundle))
     study = entries[index]
+    for whose, resource in (("the server's", current), ("the bundle's", study["resource"])):
+        problem = imaging_study_problem(resource)
+        if problem is not None:  # before _is_older walks them
+            raise InputError(f"{whose} ImagingStudy cannot be merged: {problem}")
     resolved = _resolve_for_merge(client, entries, study)
     newer = not _is_older(study.get("resource") or {}, current)
     merged = merge_bundle(bundle, current, detect_version(bundle), newer=newer, resolved=resolved)

@@ -88,6 +88,7 @@ def start_fhir_server(
     log_path: Path | None = None,
     *,
     check_references: bool = True,
+    fhir_version: str = "4.0.1",
 ) -> FhirTestServer:
     """Start the server on a free loopback port and wait until ``/metadata`` answers.
 
@@ -95,7 +96,9 @@ def start_fhir_server(
     (ifNoneExist, conditional PUT/DELETE) and more than this many entries, like Medplum (8);
     None lifts the limit. ``log_path``: where the server's request log and errors go
     (default: a temporary file). ``check_references``: reject writes whose relative references
-    do not resolve (HAPI's default); False accepts them.
+    do not resolve (HAPI's default); False accepts them. ``fhir_version``: ``"5.0.0"`` starts
+    it in R5 mode (base ``.../fhir/R5``, ``/metadata`` says 5.0.0, transaction semantics only:
+    no schema validation; see its README).
     """
     if not NODE.exists():
         raise FhirServerError(f"{NODE} is missing: run tools/fhir-test-server/install.sh first")
@@ -108,6 +111,8 @@ def start_fhir_server(
         args += ["--max-strict-entries", str(max_strict_entries)]
     if not check_references:
         args.append("--no-check-references")
+    if fhir_version != "4.0.1":
+        args += ["--fhir-version", fhir_version]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             args,

@@ -8,7 +8,7 @@ const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'delete', 'history-instanc
 
 /**
  * @param {string} baseUrl
- * @param {{ maxStrictEntries: number | undefined, checkReferences: boolean }} settings
+ * @param {{ maxStrictEntries: number | undefined, checkReferences: boolean, fhirVersion?: string, r5?: boolean }} settings
  */
 export function buildCapabilityStatement(baseUrl, settings) {
   const resource = [...R4_RESOURCE_TYPES].sort().map((type) => {
@@ -39,8 +39,8 @@ export function buildCapabilityStatement(baseUrl, settings) {
     date: new Date().toISOString(),
     kind: 'instance',
     software: { name: 'fhirimg-fhir-test-server (Medplum fhir-router, in memory)' },
-    implementation: { description: 'Strict in-memory FHIR R4 test server.' + limit, url: baseUrl },
-    fhirVersion: '4.0.1',
+    implementation: { description: description(settings) + limit, url: baseUrl },
+    fhirVersion: settings.fhirVersion ?? '4.0.1',
     format: ['application/fhir+json', 'json'],
     rest: [
       {
@@ -51,4 +51,10 @@ export function buildCapabilityStatement(baseUrl, settings) {
       },
     ],
   };
+}
+
+function description(settings) {
+  return settings.r5
+    ? 'In-memory FHIR 5.0.0 test server (R5 mode: transaction semantics only, no R5 schema validation).'
+    : 'Strict in-memory FHIR R4 test server.';
 }

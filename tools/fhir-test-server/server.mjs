@@ -1,8 +1,10 @@
 // Strict in-memory FHIR R4 server for the fhirimg test suite. See README.md for what it enforces.
 //
 //   node server.mjs [--port N] [--max-strict-entries N] [--no-check-references] [--max-body-mb N]
+//                   [--fhir-version 4.0.1|5.0.0]
 //
-// Prints "LISTENING http://127.0.0.1:<port>/fhir/R4" on stdout once it accepts requests.
+// Prints "LISTENING http://127.0.0.1:<port>/fhir/R4" on stdout once it accepts requests (/fhir/R5
+// with --fhir-version 5.0.0: R5 mode, transaction semantics only, no schema validation).
 import { createServer } from 'node:http';
 import { getStatus, globalSchema, isOk, normalizeOperationOutcome, OperationOutcomeError } from '@medplum/core';
 import { FhirRouter } from '@medplum/fhir-router';
@@ -11,6 +13,9 @@ import { collectReferences, StrictRepository } from './strict-repository.mjs';
 import { collectIssues, loadDefinitions, R4_RESOURCE_TYPES } from './validation.mjs';
 
 export const BASE_PATH = '/fhir/R4';
+// R5 mode (--fhir-version 5.0.0): the same engine announcing FHIR 5.0.0, under its own base path.
+export const R5_BASE_PATH = '/fhir/R5';
+const FHIR_VERSIONS = ['4.0.1', '5.0.0'];
 const HOST = '127.0.0.1';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 // Result parameters (http://hl7.org/fhir/R4/search.html#return); other parameters must be defined
@@ -24,6 +29,7 @@ function parseSettings(argv, env) {
     maxStrictEntries: env.FHIR_TEST_SERVER_MAX_STRICT_ENTRIES ? Number(env.FHIR_TEST_SERVER_MAX_STRICT_ENTRIES) : undefined,
     checkReferences: env.FHIR_TEST_SERVER_CHECK_REFERENCES !== '0',
     maxBodyBytes: Number(env.FHIR_TEST_SERVER_MAX_BODY_MB ?? 512) * 1024 * 1024,
+    fhirVersion: env.FHIR_TEST_SERVER_FHIR_VERSION || '4.0.1',
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -42,10 +48,19 @@ function parseSettings(argv, env) {
       settings.checkReferences = false;
     } else if (arg === '--max-body-mb') {
       settings.maxBodyBytes = next() * 1024 * 1024;
+    } else if (arg === '--fhir-version') {
+      settings.fhirVersion = argv[++i];
     } else {
       throw new Error(`Unknown argument ${arg}`);
     }
   }
+  if (!FHIR_VERSIONS.includes(settings.fhirVersion)) {
+    throw new Error(`--fhir-version must be one of ${FHIR_VERSIONS.join(', ')}, not ${settings.fhirVersion}`);
+  }
+  // R5 mode: Medplum's definitions are R4, so its schema validation would refuse R5 resources
+  // (ImagingStudy.modality as CodeableConcept, ...). Only transaction semantics are checked.
+  settings.r5 = settings.fhirVersion.startsWith('5.');
+  settings.basePath = settings.r5 ? R5_BASE_PATH : BASE_PATH;
   return settings;
 }
 
@@ -153,7 +168,12 @@ function checkTransactionBundle(bundle, settings) {
 export function startServer(settings) {
   loadDefinitions();
   let baseUrl = '';
-  const repo = new StrictRepository({ checkReferences: settings.checkReferences, baseUrl: () => baseUrl });
+  const repo = new StrictRepository({
+    checkReferences: settings.checkReferences,
+    baseUrl: () => baseUrl,
+    validate: !settings.r5,
+  });
+  const basePath = settings.basePath;
   const router = new FhirRouter();
   const mutex = new Mutex();
   // Medplum's own transaction mode caps strict bundles at 8 entries and 50 updates; we run every
@@ -201,7 +221,7 @@ export function startServer(settings) {
       if (query.get('_summary') === 'count') {
         delete resource.entry;
       }
-      resource.link = [{ relation: 'self', url: `${baseUrl}${req.url.slice(BASE_PATH.length)}` }];
+      resource.link = [{ relation: 'self', url: `${baseUrl}${req.url.slice(basePath.length)}` }];
     }
     if (resource.resourceType === 'Bundle' && /-response$/.test(resource.type ?? '')) {
       resource.entry?.forEach(decorateEntryResponse);
@@ -267,7 +287,8 @@ export function startServer(settings) {
     if (parsed?.resourceType === 'Parameters') {
       resource = parsed.parameter?.find((p) => p.name === 'resource')?.resource;
     }
-    const issues = collectIssues(resource);
+    // R5 mode: the R4 schema would misjudge R5 resources; only the transaction checks apply.
+    const issues = settings.r5 ? [] : collectIssues(resource);
     const type = segments.length > 1 ? segments[0] : undefined;
     if (type && resource?.resourceType && resource.resourceType !== type) {
       issues.push({ severity: 'error', code: 'invalid', details: { text: `Expected a ${type}, got ${resource.resourceType}` } });
@@ -316,7 +337,7 @@ export function startServer(settings) {
   }
 
   async function dispatch(req, body, url) {
-    const rel = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '');
+    const rel = url.pathname.slice(basePath.length).replace(/^\/+/, '');
     const segments = rel.split('/').filter(Boolean).map(decodeURIComponent);
     const relUrl = segments.join('/') + url.search;
     const method = req.method;
@@ -383,7 +404,7 @@ export function startServer(settings) {
       if (parsed?.resourceType !== 'Bundle') {
         return outcome(400, 'invalid', 'POST to the base URL needs a Bundle');
       }
-      const bundleIssues = collectIssues({ ...parsed, entry: undefined });
+      const bundleIssues = settings.r5 ? [] : collectIssues({ ...parsed, entry: undefined });
       if (bundleIssues.length) {
         return errorResponse(new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: bundleIssues }));
       }
@@ -420,8 +441,8 @@ export function startServer(settings) {
     let reply;
     try {
       const url = new URL(req.url, `http://${HOST}`);
-      if (url.pathname !== BASE_PATH && !url.pathname.startsWith(BASE_PATH + '/')) {
-        reply = outcome(404, 'not-found', `No FHIR endpoint here; the base is ${BASE_PATH}`);
+      if (url.pathname !== basePath && !url.pathname.startsWith(basePath + '/')) {
+        reply = outcome(404, 'not-found', `No FHIR endpoint here; the base is ${basePath}`);
       } else {
         const body = await readBody(req, settings.maxBodyBytes);
         reply = await mutex.run(() => dispatch(req, body, url));
@@ -439,7 +460,7 @@ export function startServer(settings) {
   });
   server.requestTimeout = 10 * 60 * 1000;
   server.listen(settings.port, HOST, () => {
-    baseUrl = `http://${HOST}:${server.address().port}${BASE_PATH}`;
+    baseUrl = `http://${HOST}:${server.address().port}${basePath}`;
     process.stdout.write(`LISTENING ${baseUrl}\n`);
   });
   return server;

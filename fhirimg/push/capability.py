@@ -1,0 +1,101 @@
+"""Before the first bundle is sent: is the base URL a FHIR server, and does it speak the FHIR
+release the bundles are written in? (issue 11 items 14 and 15)
+
+``GET [base]/metadata`` must answer a CapabilityStatement with its ``fhirVersion`` (FHIR R4/R5
+capabilitystatement.html: ``CapabilityStatement.fhirVersion`` 1..1; http.html "capabilities":
+every server answers it). A 404, an HTML page, JSON of another kind, or a statement without
+``fhirVersion`` mean a wrong base URL (a missing ``/fhir``, a proxy's login page): sending every
+bundle there would only collect one refusal per bundle, so it is fatal before anything is sent.
+``push --no-capability-check`` (``PushOptions.check_server=False``) skips this request for the
+servers that do not answer it; each bundle then tells.
+
+**Which release a bundle is.** fhirimg writes R4 (4.0.1) or R5 (5.0.0), and says so in
+``report.json`` (``fhirVersion``), but a bundle travels without its report (copied, pushed from
+another folder), so the bundle itself decides, by the elements that differ between the releases
+(:func:`fhirimg.validate.validator.detect_version`): an R5-only resource (ImagingSelection),
+``ImagingStudy.modality`` and ``series.modality`` as CodeableConcept (``{"coding": [...]}``; R4: a
+Coding), R5 ``DocumentReference`` and ``Endpoint`` shapes, or a ``meta.profile`` under
+``/R5/``. Every fhirimg bundle of a study holds its ImagingStudy with a modality, so this is
+never a guess for them; a bundle with nothing release-specific counts as R4, fhirimg's default.
+
+**Which bundles a server takes.** ``fhirVersion`` 4.x (4.0.x R4, 4.3.x R4B: the imaging
+resources fhirimg writes are the same in both) takes R4 bundles; 5.x takes R5 bundles. Any
+other pairing is refused, naming the server, its ``fhirVersion`` and the bundles' release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fhirimg.errors import AuthError, PushError, ServerUnreachableError
+from fhirimg.http.fhir import FhirClient
+from fhirimg.safetext import clean
+
+__all__ = ["RELEASE_NAMES", "check_server", "server_release"]
+
+RELEASE_NAMES = {"r4": "FHIR R4 (4.0.1)", "r5": "FHIR R5 (5.0.0)"}
+"""How messages name the releases fhirimg writes."""
+
+_SKIP = "--no-capability-check pushes without this check"
+
+
+def server_release(fhir_version: str) -> str | None:
+    """The release of bundles a server of ``fhir_version`` takes: ``r4``, ``r5`` or None.
+
+    >>> [server_release(v) for v in ("4.0.1", "4.3.0", "5.0.0", "3.0.2", "6.0.0-ballot2")]
+    ['r4', 'r4', 'r5', None, None]
+    """
+    return {"4": "r4", "5": "r5"}.get(fhir_version.strip().split(".", 1)[0])
+
+
+def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
+    """Read the server's CapabilityStatement and check that it takes every release of
+    ``releases`` (release -> what is of that release, for the message: ``"2 bundle(s), e.g.
+    study-1.json"``, ``"convert --fhir-version r5"``). Return the server's ``fhirVersion``.
+
+    Raises :class:`~fhirimg.errors.AuthError` when the credentials are refused,
+    :class:`~fhirimg.errors.ServerUnreachableError` when there is no answer, and
+    :class:`~fhirimg.errors.PushError` when the answer is no CapabilityStatement with a
+    ``fhirVersion`` or the release does not match; every message names the server (its URL
+    without credentials).
+    """
+    where = f"the FHIR server {client.server}"
+    try:
+        statement = client.capabilities()
+    except (AuthError, ServerUnreachableError):
+        raise
+    except PushError as exc:
+        raise PushError(
+            f"{where}: {clean(exc)}: no CapabilityStatement there; "
+            f"is {client.server} the FHIR base URL? ({_SKIP})",
+            status=exc.status,
+            outcome=exc.outcome,
+        ) from None
+    kind = statement.get("resourceType")
+    if kind != "CapabilityStatement":
+        shown = clean(repr(kind))[:60] if kind is not None else "JSON without a resourceType"
+        raise PushError(
+            f"{where} answered GET metadata with {shown}, not a CapabilityStatement; is "
+            f"{client.server} the FHIR base URL? ({_SKIP})"
+        )
+    version = statement.get("fhirVersion")
+    if not isinstance(version, str) or not version.strip():
+        raise PushError(
+            f"{where} sent a CapabilityStatement without fhirVersion, so the FHIR release of "
+            f"the server is unknown ({_SKIP})"
+        )
+    version = clean(version.strip())[:40]
+    takes = server_release(version)
+    for release, what in sorted(releases.items()):
+        if release != takes:
+            want = RELEASE_NAMES.get(release, release)
+            hint = (
+                f"; convert them with --fhir-version {takes}"
+                if takes is not None
+                else "; fhirimg writes R4 (for 4.x servers) and R5 (for 5.x servers)"
+            )
+            raise PushError(
+                f"{where} speaks FHIR {version}, and the bundles to push are {want} ({what}): "
+                f"nothing was sent{hint}, or push them to a FHIR {release.upper()} server"
+            )
+    return version
