@@ -1,83 +1,201 @@
-"""Push throughput against the local FHIR test server: prints bundles/s and MB/s.
+"""Push at the floor: ``fhirimg push`` against a minimal httpx client, and start-up (issue 19).
 
-    python bench/push.py [--bundles 200] [--instances 4] [--binary-kb 256] [--jobs 4]
+    python bench/push.py [--bundles 200] [--instances 100] [--runs 15] [--jobs 4]
 
-Measures ``--jobs 1`` as the baseline and ``--jobs N`` in the same run (ratios, not absolute
-figures, are what compare across these shared machines). Not a test: it asserts nothing.
+Two comparisons, each of whole processes (start-up and exit included), alternating which goes
+first, ``--runs`` pairs each:
+
+- **push**: ``fhirimg push FOLDER --jobs 4`` against a minimal client (a short script: one
+  ``httpx.Client`` with 4 connections, 4 threads, each POSTing a bundle file's bytes to the base
+  URL as a transaction). Same folder (``--bundles`` transaction bundles, each an ImagingStudy of
+  ``--instances`` instances + Patient + Endpoint, about 33 KB at 100, plus a convert-like
+  ``report.json`` of about 3 MB that push must pass over), same server (the project's FHIR test
+  server, ``tests/servers/fhir_server.py``). The server is emptied (``$reset``) before every
+  run, so both clients do the same work each time: create every study. fhirimg gets a fresh
+  journal path per run (outside the folder), so it really sends everything, and still journals
+  and fsyncs each bundle as it does for users. Ratio: minimal time / fhirimg time (target >= 0.9x).
+- **start-up**: ``fhirimg --version`` against ``python -c "import typer, httpx, rich"``.
+  Ratio: fhirimg time / import time (target <= 1.5x).
+
+Bytecode is cached as after a pip install (``PYTHONPYCACHEPREFIX`` in the bench's temporary
+folder, written by the warm-up runs). Figures are paired medians (the median of the per-pair ratios) and the median of each side.
+A benchmark, not a test: it prints figures and asserts nothing (STYLE.md); these machines are
+shared and noisy, so compare ratios measured in the same run, not absolute times.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fhirimg.http import RetryPolicy  # noqa: E402
-from fhirimg.push import PushOptions, push_paths  # noqa: E402
+from fhirimg import jsonio  # noqa: E402
 from tests.conftest import study_bundle, write_bundle  # noqa: E402
-from tests.fhir_server import start_fhir_server  # noqa: E402
+from tests.servers.fhir_server import start_fhir_server  # noqa: E402
+
+# The minimal client the push is measured against: what any script would do, nothing more.
+MINIMAL_CLIENT = """\
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+base, folder = sys.argv[1], Path(sys.argv[2])
+files = sorted(folder.glob("study-*.json"))
+headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+with httpx.Client(limits=httpx.Limits(max_connections=4), timeout=60) as client:
+
+    def post(path):
+        response = client.post(base, content=path.read_bytes(), headers=headers)
+        response.raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post, files))
+"""
 
 
-def make_corpus(folder: Path, bundles: int, instances: int, binary_kb: int) -> int:
+def make_corpus(folder: Path, bundles: int, instances: int) -> int:
+    """``bundles`` study bundles and a convert-like report.json; returns the bundles' bytes."""
     total = 0
+    report_files = []
     for i in range(bundles):
-        bundle, binaries = study_bundle(
-            f"2.25.{10_000 + i}",
-            f"MRN{i % 50}",
-            instances=instances,
-            binary_files=binary_kb > 0,
-            binary_size=binary_kb * 1024,
-        )
-        path = write_bundle(folder, f"study-{i:05d}", bundle, binaries)
-        total += path.stat().st_size + sum(len(b) for b in binaries.values())
+        # Study Instance UIDs of the 2.25 + UUID form convert meets in real archives (44 digits).
+        uid = f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'bench-push-{i}').int}"
+        bundle, _ = study_bundle(uid, f"MRN{i % 50}", instances=instances)
+        path = write_bundle(folder, f"study-{i:05d}", bundle, {})
+        total += path.stat().st_size
+        for n in range(instances):
+            report_files.append(
+                {
+                    "path": f"/archive/2026-11/patient-{i % 50}/study-{i}/series-1/im-{n:05d}.dcm",
+                    "status": "converted",
+                    "bundle": path.name,
+                }
+            )
+    summary = {"files": len(report_files), "converted": len(report_files), "studies": bundles}
+    report = {"fhirVersion": "4.0.1", "summary": summary, "studies": [], "files": report_files}
+    (folder / "report.json").write_bytes(jsonio.dumps(report))
     return total
 
 
-def run(base_url: str, folder: Path, jobs: int, total_bytes: int, label: str) -> float:
-    options = PushOptions(
-        server=base_url, jobs=jobs, use_journal=False, retry=RetryPolicy(backoff_base=0.05)
-    )
+def timed(args: list[str], env: dict[str, str], check: Callable[[bytes], str | None]) -> float:
+    """Wall time of one whole process; exits the bench when it did not do its work."""
     started = time.perf_counter()
-    report = push_paths([folder], options)
+    done = subprocess.run(args, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - started
-    n = report.pushed
+    problem = f"exit {done.returncode}" if done.returncode else check(done.stdout)
+    if problem:
+        sys.exit(f"{args[:3]}: {problem}\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def alternate(
+    runs: int, ours: Callable[[], float], theirs: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """``runs`` pairs, alternating which side goes first."""
+    mine: list[float] = []
+    other: list[float] = []
+    for n in range(runs):
+        if n % 2 == 0:
+            mine.append(ours())
+            other.append(theirs())
+        else:
+            other.append(theirs())
+            mine.append(ours())
+    return mine, other
+
+
+def show(label: str, ours: list[float], theirs: list[float], ratios: list[float]) -> None:
     print(  # noqa: T201
-        f"{label:<10} jobs={jobs:<3} {n} bundles in {elapsed:6.2f} s: "
-        f"{n / elapsed:7.1f} bundles/s, {total_bytes / elapsed / 1e6:6.2f} MB/s"
-        + (f"  ({report.failed} FAILED)" if report.failed else "")
+        f"{label:<9} fhirimg {statistics.median(ours) * 1000:7.0f} ms   "
+        f"baseline {statistics.median(theirs) * 1000:7.0f} ms   "
+        f"paired median ratio {statistics.median(ratios):.2f}x "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
     )
-    return n / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--bundles", type=int, default=200)
-    parser.add_argument("--instances", type=int, default=4)
-    parser.add_argument("--binary-kb", type=int, default=256, help="0: no Binary files")
+    parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--jobs", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fhirimg-bench-push-"))
+    # Bytecode as a pip install has it: written once (by the warm-up runs) into a cache of the
+    # bench's own, even where PYTHONDONTWRITEBYTECODE is set (it would make every run compile).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env |= {"PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    python = sys.executable
+    script = Path(python).parent / "fhirimg"  # the console script users run, if installed
+    fhirimg = [str(script)] if script.exists() else [python, "-m", "fhirimg"]
     try:
-        total = make_corpus(work, args.bundles, args.instances, args.binary_kb)
+        folder = work / "out"
+        total = make_corpus(folder, args.bundles, args.instances)
+        report_mb = (folder / "report.json").stat().st_size / 1e6
         print(  # noqa: T201
-            f"{args.bundles} bundles, {args.instances} instances each, "
-            f"{total / 1e6:.1f} MB with Binaries"
+            f"{args.bundles} bundles of {args.instances} instances, "
+            f"{total / args.bundles / 1000:.0f} KB each; report.json {report_mb:.1f} MB; "
+            f"{args.runs} alternating runs each; {os.cpu_count()} CPUs"
         )
+        minimal = work / "minimal_client.py"
+        minimal.write_text(MINIMAL_CLIENT)
+
+        def pushed_all(stdout: bytes) -> str | None:
+            report = jsonio.loads(stdout)
+            ok = isinstance(report, dict) and report.get("pushed") == args.bundles
+            return None if ok else f"not every bundle pushed: {stdout[:300]!r}"
+
         with start_fhir_server() as server:
-            base = run(server.base_url, work, 1, total, "first")
-            server.reset()
-            par = run(server.base_url, work, args.jobs, total, "first")
-            again = run(server.base_url, work, args.jobs, total, "re-push")
-        ratios = f"jobs={args.jobs} vs 1: {par / base:.2f}x; re-push vs first: {again / par:.2f}x"
-        print(f"speed-up {ratios}")  # noqa: T201
+            runs = iter(range(10**6))
+
+            def fhirimg_push() -> float:
+                server.reset()
+                journal = work / f"journal-{next(runs)}.jsonl"
+                cmd = [*fhirimg, "push", str(folder), "--server", server.base_url]
+                cmd += ["--jobs", str(args.jobs), "--journal", str(journal), "--json", "-q"]
+                try:
+                    return timed(cmd, env, pushed_all)
+                finally:
+                    journal.unlink(missing_ok=True)
+
+            def minimal_push() -> float:
+                server.reset()
+                return timed([python, str(minimal), server.base_url, str(folder)], env, _ok)
+
+            fhirimg_push(), minimal_push()  # warm the page cache and the bytecode
+            ours, theirs = alternate(args.runs, fhirimg_push, minimal_push)
+        show("push", ours, theirs, [t / o for o, t in zip(ours, theirs, strict=True)])
+
+        version = [*fhirimg, "--version"]
+        imports = [python, "-c", "import typer, httpx, rich"]
+        timed(version, env, _ok), timed(imports, env, _ok)
+        ours, theirs = alternate(
+            args.runs, lambda: timed(version, env, _ok), lambda: timed(imports, env, _ok)
+        )
+        show("start-up", ours, theirs, [o / t for o, t in zip(ours, theirs, strict=True)])
+        print(  # noqa: T201
+            "targets: push ratio (baseline/fhirimg) >= 0.9x; start-up ratio (fhirimg/baseline) "
+            "<= 1.5x"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _ok(stdout: bytes) -> str | None:
+    return None
 
 
 if __name__ == "__main__":
