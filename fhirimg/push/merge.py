@@ -62,6 +62,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from fhirimg import jsonio
 from fhirimg.errors import InputError
 from fhirimg.fhir import release as get_release
@@ -172,7 +174,7 @@ def merge_imaging_study(
         if problem is not None:
             raise InputError(f"{whose} ImagingStudy cannot be merged: {problem}")
     _check_same_study(existing, incoming)
-    old, new = copy.deepcopy(dict(existing)), copy.deepcopy(dict(incoming))
+    old, new = _copy(existing), _copy(incoming)
     top = new if newer else old
 
     handled = {"resourceType", "id", "meta", "text", "identifier", "modality", "series"}
@@ -245,7 +247,7 @@ def merged_study_entry(
     if "fullUrl" in entry:
         out["fullUrl"] = entry["fullUrl"]
     if current is None:
-        out["resource"] = copy.deepcopy(dict(resource))
+        out["resource"] = _copy(resource)
         out["request"] = _create_request(request)
         return out
     incoming = rewrite_references(resource, resolved) if resolved else resource
@@ -577,6 +579,17 @@ def _check_same_study(existing: JSONMapping, incoming: JSONMapping) -> None:
     was, now = _study_uid(existing), _study_uid(incoming)
     if was is not None and now is not None and was != now:
         raise InputError(f"two different studies cannot be merged: {was} and {now}")
+
+
+def _copy(value: JSONMapping) -> JSON:
+    """A deep copy of a JSON object. orjson's round trip takes a tenth of ``copy.deepcopy``'s time
+    (an ImagingStudy of 100 instances: 0.4 ms against 3.5 ms, the largest client CPU cost of a
+    push, issue 19); what JSON cannot hold (a test's tuple) falls back to ``deepcopy``."""
+    try:
+        copied = orjson.loads(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError is one
+        return copy.deepcopy(dict(value))
+    return copied if isinstance(copied, dict) else copy.deepcopy(dict(value))
 
 
 def _is_study_entry(entry: Any) -> bool:
