@@ -92,6 +92,12 @@ class JournalLockedError(FhirimgError):
     """Another push holds the journal: two runs on one folder would race each other."""
 
 
+class JournalError(FhirimgError):
+    """The push journal could not be written (a failed write or fsync): nothing more can be
+    recorded as confirmed, so the run stops; what the server confirmed meanwhile is redone by the
+    next run (idempotently)."""
+
+
 class CatalogError(FhirimgError):
     """An output folder's catalog (:mod:`fhirimg.catalog`) cannot be used: corrupt, written by a
     newer fhirimg, or not writable.

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from fhirimg import jsonio
-from fhirimg.errors import AuthError, FhirimgError, InputError, PushError, ServerUnreachableError
+from fhirimg.errors import (
+    AuthError,
+    FhirimgError,
+    InputError,
+    JournalError,
+    PushError,
+    ServerUnreachableError,
+)
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.files import check_id, transaction_problem
 from fhirimg.push.journal import Journal
@@ -327,7 +334,12 @@ def push_bundle(
     finally:
         gate.release(claimed, confirmed)
     if journal is not None:
-        journal.record_bundle(server, sha256, file=name, entries=len(entries))
+        try:
+            # Returns once an fsync covers the line (group commit): only then is it "pushed".
+            journal.record_bundle(server, sha256, file=name, entries=len(entries))
+        except JournalError as exc:
+            result.error = f"the server confirmed it, but {exc}"
+            return result
     result.status = "pushed"
     return result
 
