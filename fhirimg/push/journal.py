@@ -198,6 +198,8 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            while self._syncing:  # an fsync of another thread still uses the descriptor
+                self._synced.wait()
             if self._fd is not None:
                 os.close(self._fd)  # also releases the flock
                 self._fd = None
