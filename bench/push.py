@@ -14,6 +14,8 @@ first, ``--runs`` pairs each:
   run, so both clients do the same work each time: create every study. fhirimg gets a fresh
   journal path per run (outside the folder), so it really sends everything, and still journals
   and fsyncs each bundle as it does for users. Ratio: minimal time / fhirimg time (target >= 0.9x).
+- **push+GET** (``--search-baseline``): the same against the minimal client that also sends,
+  before each POST, the ImagingStudy search push's merge reads first (issue 10; kept).
 - **start-up**: ``fhirimg --version`` against ``python -c "import typer, httpx, rich"``.
   Ratio: fhirimg time / import time (target <= 1.5x).
 
@@ -55,10 +57,15 @@ import httpx
 base, folder = sys.argv[1], Path(sys.argv[2])
 files = sorted(folder.glob("study-*.json"))
 headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+search = len(sys.argv) > 3 and sys.argv[3] == "--search"
 with httpx.Client(limits=httpx.Limits(max_connections=4), timeout=60) as client:
 
     def post(path):
-        response = client.post(base, content=path.read_bytes(), headers=headers)
+        data = path.read_bytes()
+        if search:  # what push's merge reads first: the study's ImagingStudy (issue 10)
+            study_uid = data.split(b"identifier=urn:dicom:uid|", 1)[1].split(b'"', 1)[0].decode()
+            client.get(f"{base}/ImagingStudy", params={"identifier": f"urn:dicom:uid|{study_uid}"})
+        response = client.post(base, content=data, headers=headers)
         response.raise_for_status()
 
     with ThreadPoolExecutor(4) as pool:
@@ -132,6 +139,11 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument(
+        "--search-baseline",
+        action="store_true",
+        help="also against the minimal client doing the GET push's merge does before each POST",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fhirimg-bench-push-"))
     # Bytecode as a pip install has it: written once (by the warm-up runs) into a cache of the
@@ -175,9 +187,19 @@ def main() -> None:
                 server.reset()
                 return timed([python, str(minimal), server.base_url, str(folder)], env, _ok)
 
+            def searching_push() -> float:
+                server.reset()
+                cmd = [python, str(minimal), server.base_url, str(folder), "--search"]
+                return timed(cmd, env, _ok)
+
             fhirimg_push(), minimal_push()  # warm the page cache and the bytecode
             ours, theirs = alternate(args.runs, fhirimg_push, minimal_push)
+            if args.search_baseline:
+                ours2, theirs2 = alternate(args.runs, fhirimg_push, searching_push)
         show("push", ours, theirs, [t / o for o, t in zip(ours, theirs, strict=True)])
+        if args.search_baseline:
+            ratios = [t / o for o, t in zip(ours2, theirs2, strict=True)]
+            show("push+GET", ours2, theirs2, ratios)
 
         version = [*fhirimg, "--version"]
         imports = [python, "-c", "import typer, httpx, rich"]
