@@ -314,6 +314,10 @@ def _push_all(
                 if result.unreachable and report.aborted is None:
                     # The server went away: the remaining bundles would each wait out the retries.
                     report.aborted = f"the server stopped answering: {result.error}"
+                if journal.error is not None and report.aborted is None:
+                    # Nothing more can be recorded as confirmed: stop rather than redo it all later.
+                    report.aborted = f"the journal cannot be written: {journal.error}"
+                    client.stop()
     except BaseException:
         client.stop()
         executor.shutdown(wait=True, cancel_futures=True)
