@@ -28,6 +28,7 @@ import io
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -741,11 +742,40 @@ def run_cli(args: Sequence[str], timeout: float) -> tuple[int, str, str]:
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
+_LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def unlogged_traceback(stderr: str) -> bool:
+    """Whether ``stderr`` holds a traceback that is not part of a log record: an exception that
+    escaped (in the command or one of its worker processes). A library that logs an error with
+    its traceback (pydicom's decoders do, issue 11 item 19) is not a crash.
+
+    >>> unlogged_traceback("ERROR pydicom: bad\\nTraceback (most recent call last):\\n  x\\nE: m")
+    False
+    >>> unlogged_traceback("ERROR pydicom: bad\\n" + _TRACEBACK + "\\n  x\\nE: m\\n" + _TRACEBACK)
+    True
+    """
+    state = "free"  # free | record (a log message) | logged (its traceback)
+    for line in stderr.splitlines():
+        if _LOG_RECORD.match(line):
+            state = "record"
+        elif line.startswith(_TRACEBACK):
+            if state == "free":
+                return True
+            state = "logged"
+        elif state == "logged" and line and not line[0].isspace():
+            if not line.startswith(("During handling", "The above exception")):
+                state = "free"  # the exception line closes the logged traceback
+    return False
+
+
 def cli_failures(code: int, stderr: str, allowed: Sequence[int]) -> list[Failure]:
-    """A crash is exit 70, a traceback on stderr, or an exit code the command does not use."""
+    """A crash is exit 70, a traceback on stderr (not one a library logged), or an exit code
+    the command does not use."""
     if code == -9:
         return [Failure(HANG, "the command was killed after its time limit")]
-    if code == 70 or "Traceback" in stderr or code not in allowed:
+    if code == 70 or unlogged_traceback(stderr) or code not in allowed:
         tail = stderr.strip().splitlines()[-1:] or [""]
         return [Failure(CRASH, f"exit {code}: {tail[0]}"[:300], trace=stderr[-6000:])]
     return []
