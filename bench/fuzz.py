@@ -90,7 +90,8 @@ def worker(server: str | None) -> None:
             out.write(json.dumps({"inputs": 0, "failures": [], "error": trace}) + "\n")
             out.flush()
             continue
-        failures = check_inputs(task.kind, inputs, work / "out", server)
+        variant = task.seed or 0  # pixel batches cycle through the Binary / image options
+        failures = check_inputs(task.kind, inputs, work / "out", server, variant)
         answer = {"inputs": len(inputs), "failures": [asdict(f) for f in failures]}
         out.write(json.dumps(answer) + "\n")
         out.flush()

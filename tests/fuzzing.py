@@ -671,7 +671,8 @@ def check_bundles(out_dir: Path) -> list[Failure]:
 
     failures = []
     for path in sorted(out_dir.glob("study-*.json")):
-        result = validate_bytes(path.read_bytes(), source=str(path), layers=ALL_LAYERS)
+        data = path.read_bytes()  # Binaries beside it (BinaryMode.BESIDE) are looked for there
+        result = validate_bytes(data, source=str(path), layers=ALL_LAYERS, beside=path.parent)
         errors = [f for f in result.findings if f.severity is Severity.ERROR]
         if errors:
             shown = "; ".join(f"{f.location}: {f.message}" for f in errors[:3])
@@ -700,18 +701,33 @@ def check_report(report_path: Path, inputs: Sequence[Path]) -> list[Failure]:
     return failures
 
 
-def check_convert(inputs: Sequence[Path], out_dir: Path, pixels: bool) -> list[Failure]:
-    """``fhirimg.convert`` (library, one process) over ``inputs``; with ``pixels``, Binaries
-    inline and rendered images. Nothing may escape; report and bundles are then checked."""
+PIXEL_VARIANTS: tuple[dict[str, Any], ...] = (
+    {"binary": "inline"},
+    {"binary": "beside", "fmt": "jpeg", "size": 17},
+    {"binary": "inline", "per": "series", "frame": 2},
+    {"binary": "inline", "fmt": "jpeg", "size": 1, "frame": 3},
+)
+"""The Binary and rendered-image options pixel batches cycle through (``variant`` below)."""
+
+
+def check_convert(
+    inputs: Sequence[Path], out_dir: Path, pixels: bool, variant: int = 0
+) -> list[Failure]:
+    """``fhirimg.convert`` (library, one process) over ``inputs``; with ``pixels``, Binaries and
+    rendered images as :data:`PIXEL_VARIANTS` ``[variant % 4]`` says (the first: Binaries
+    inline, PNG per instance). Nothing may escape; report and bundles are then checked."""
     from fhirimg import ConvertOptions, convert
     from fhirimg.images.binary import BinaryMode
-    from fhirimg.images.rendered import MediaOptions
+    from fhirimg.images.rendered import MediaOptions, MediaPer
 
+    chosen = dict(PIXEL_VARIANTS[variant % len(PIXEL_VARIANTS)])
+    binary = BinaryMode(chosen.pop("binary"))
+    per = MediaPer(chosen.pop("per", "instance"))
     options = ConvertOptions(
         out_dir=out_dir,
         jobs=1,
-        binary=BinaryMode.INLINE if pixels else None,
-        media=MediaOptions() if pixels else None,
+        binary=binary if pixels else None,
+        media=MediaOptions(per=per, **chosen) if pixels else None,
     )
     try:
         convert([str(p) for p in inputs], options)
@@ -865,12 +881,13 @@ def write_batch(kind: str, seed: int, count: int, folder: Path) -> list[Path]:
 
 
 def check_inputs(
-    kind: str, inputs: Sequence[Path], out_dir: Path, server: str | None = None
+    kind: str, inputs: Sequence[Path], out_dir: Path, server: str | None = None, variant: int = 0
 ) -> list[Failure]:
     """Run written inputs of ``kind`` through fhirimg (output, if any, into ``out_dir``): the
-    failures found. ``push`` takes the folder of the first input, with a good bundle added."""
+    failures found. ``push`` takes the folder of the first input, with a good bundle added;
+    ``variant`` picks the pixel options (:data:`PIXEL_VARIANTS`)."""
     if kind in ("headers", "pixels"):
-        return check_convert(inputs, out_dir, pixels=kind == "pixels")
+        return check_convert(inputs, out_dir, pixels=kind == "pixels", variant=variant)
     if kind == "validate":
         return check_validate(inputs)
     folder = inputs[0].parent

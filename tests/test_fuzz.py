@@ -54,9 +54,11 @@ def test_mutated_headers_through_the_library(tmp_path: Path) -> None:
     _assert_none(fuzzing.check_convert(inputs, tmp_path / "out", pixels=False))
 
 
-def test_mutated_pixels_with_binaries_and_media(tmp_path: Path) -> None:
-    inputs = _batch("pixels", 80, tmp_path / "in")
-    _assert_none(fuzzing.check_convert(inputs, tmp_path / "out", pixels=True))
+@pytest.mark.parametrize("variant", range(len(fuzzing.PIXEL_VARIANTS)))
+def test_mutated_pixels_with_binaries_and_media(tmp_path: Path, variant: int) -> None:
+    # Binaries inline and beside; PNG and JPEG, per instance and per series, frames, thumbnails.
+    inputs = _batch("pixels", 30, tmp_path / "in", seed=SEED + variant)
+    _assert_none(fuzzing.check_convert(inputs, tmp_path / "out", pixels=True, variant=variant))
 
 
 def test_mutants_through_the_command_line(tmp_path: Path) -> None:
