@@ -128,16 +128,45 @@ def _transaction(entries: Any) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 
 
+def _study(series: Any) -> list[Any]:
+    return [{"resource": {"resourceType": "ImagingStudy", "series": series}}]
+
+
+def _instance(instance: Any) -> list[Any]:
+    return _study([{"instance": [instance]}])
+
+
+_EXT = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
+# Each shape the campaign found, one per line of push/files.py binaries_beside it crashed on.
+_SHAPES = {
+    "entry-true": True,
+    "entry-null": [None],
+    "entry-int": [1],
+    "entry-str": ["x"],
+    "entry-list": [[]],
+    "resource-list": [{"resource": [1]}],
+    "request-list": [{"resource": {"resourceType": "Binary"}, "request": [1]}],
+    "series-float": _study(1.5),
+    "series-item-list": _study([[]]),
+    "instance-str": _study([{"instance": ["x"]}]),
+    "extension-list": _instance({"extension": [[]]}),
+    "valueReference-list": _instance({"extension": [{"url": _EXT, "valueReference": [1]}]}),
+}
+
+
 @_ROUTED
-@pytest.mark.parametrize("entries", [[None], [1], ["x"], [[]]], ids=["null", "int", "str", "list"])
-def test_push_regression_entry_not_an_object(tmp_path: Path, entries: Any) -> None:
-    # files.py binaries_beside: (e.get("resource") or {}) on an entry that is not an object.
+@pytest.mark.parametrize("entries", list(_SHAPES.values()), ids=list(_SHAPES))
+def test_push_regression_entry_shapes(tmp_path: Path, entries: Any) -> None:
+    # push/files.py binaries_beside calls .get() on whatever an entry, resource, request, series,
+    # instance, extension or valueReference holds, and iterates "entry" and "series" as lists:
+    # AttributeError / TypeError out of discover(), exit 70 (also with --dry-run).
     (tmp_path / "good.json").write_bytes(_GOOD.read_bytes())
     (tmp_path / "bad.json").write_bytes(_transaction(entries))
     result = _push_dry_run(tmp_path)
     assert result.exit_code == 1, result.output
     doc = json.loads(result.stdout)
-    assert sorted(b["file"] for b in doc["bundles"]) == ["bad.json", "good.json"]
+    files = [b["file"] for b in doc["bundles"]] + [Path(i["file"]).name for i in doc["ignored"]]
+    assert sorted(files) == ["bad.json", "good.json"]
 
 
 @_ROUTED
