@@ -312,7 +312,7 @@ def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
         if action == 0:
             raw[at] = rng.randrange(256)
         elif action == 1:
-            raw[at : at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\xfe\xff\xff\x7f", b"\x00\x00"])
+            raw[at : at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\xfe\xff\xff\x7f", b"\0\0\0\0"])
         elif action == 2:
             return bytes(raw[:at])
         elif action == 3:
