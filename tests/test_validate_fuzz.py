@@ -2,7 +2,9 @@
 
 Hypothesis mutates real fhirimg bundles (``tests/golden/``): random subtrees become arbitrary JSON
 values (numbers, strings, nulls, arrays, objects, wrong or unknown resourceTypes, nesting far past
-the depth limit, numbers no 64-bit type holds, broken bytes), and the result goes through the
+the depth limit, numbers no 64-bit type holds, broken bytes; the strategy is
+:func:`tests.fuzzing.mutated_bundles`, which ``bench/fuzz.py`` draws from too for its long
+campaigns), and the result goes through the
 library (:func:`validate_bytes`, :func:`validate_resource`) and through ``fhirimg validate`` on a
 folder of them. The explicit tests below pin each crash the fuzzer outside the repo found, and the
 files that are not files (FIFOs, devices), too large, or named in bytes that are not UTF-8.
@@ -10,12 +12,10 @@ files that are not files (FIFOs, devices), too large, or named in bytes that are
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,112 +43,10 @@ from fhirimg.validate import runner as validate_runner
 from fhirimg.validate.findings import CANNOT_CHECK
 from fhirimg.validate.json_layer import MAX_DEPTH
 from fhirimg.validate.runner import display_name, findings_json
+from tests.fuzzing import mutated_bundles
 
-GOLDEN = sorted((Path(__file__).parent / "golden").glob("*/study-*.json"))
-BASES: list[dict[str, Any]] = [orjson.loads(p.read_bytes()) for p in GOLDEN]
 CORPUS = Path(__file__).parent / "data" / "validate" / "corpus"
 cli = CliRunner()
-
-# Raw JSON that orjson.dumps cannot write (nesting past its 254 levels, integers past 64 bits,
-# escapes of lone surrogates): a marker string is dumped in its place and then replaced.
-_RAW = {
-    f"@@raw{i}@@": raw
-    for i, raw in enumerate(
-        [
-            b"[" * 129 + b"]" * 129,
-            b"[" * 990 + b"]" * 990,
-            b'{"a":' * 600 + b"1" + b"}" * 600,
-            b"[" * 1100 + b"]" * 1100,  # past orjson's own limit: not well-formed JSON
-            b"123456789012345678901234567890",
-            b"18446744073709551615",
-            b"1e400",
-            b"-0",
-            b'"\\ud800"',
-            b'"\\u0000"',
-        ]
-    )
-}
-_KEYS = [
-    "resourceType", "id", "entry", "resource", "contained", "extension", "url", "reference",
-    "_description", "description", "modality", "series", "instance", "uid", "data", "contentType",
-    "valueReference", "coding", "system", "code", "fullUrl", "request", "method", "identifier",
-    "value", "_given", "given", "size", "hash", "content", "attachment", "meta", "profile", "text",
-]  # fmt: skip
-_TYPES = [
-    "Bundle", "Patient", "ImagingStudy", "Endpoint", "Binary", "Media", "DocumentReference",
-    "ImagingSelection", "OperationOutcome", "Observation", "Foo", "", "patient", "Binary/x",
-    "Coding", "Resource", "É",
-]  # fmt: skip
-_STRINGS = [
-    "", " ", "x", "é", "\u00a0", "\x1b[31m", "urn:uuid:x", "#", "#a", "Binary/x", "1.02.3",
-    "aGk=", "aGk\u00e9", "urn:oid:1.2", "http://dicom.nema.org/resources/ontology/DCM", "Patient?",
-    "PUT", "transaction", "2024-01-01", "\ud7ff", "x" * 300,
-]  # fmt: skip
-
-text = st.text(st.characters(codec="utf-8"), max_size=12)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | text
-    | st.sampled_from(_STRINGS)
-)
-keys = st.sampled_from(_KEYS) | text
-resource_types = st.sampled_from(_TYPES) | scalars | st.lists(st.sampled_from(_TYPES), max_size=2)
-json_values = st.recursive(
-    scalars | st.fixed_dictionaries({"resourceType": resource_types}, optional={"id": scalars}),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-    max_leaves=16,
-)
-
-
-def _slots(doc: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key or index) of every value in ``doc``, iteratively."""
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        pairs = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in pairs:
-            yield node, key
-            if isinstance(value, dict | list):
-                stack.append(value)
-
-
-@st.composite
-def mutated_bundles(draw: st.DrawFn) -> bytes:
-    """A golden bundle with 1 to 4 subtrees replaced, renamed or doubled, as file bytes."""
-    doc = copy.deepcopy(draw(st.sampled_from(BASES)))
-    for _ in range(draw(st.integers(1, 4))):
-        slots = list(_slots(doc))
-        if not slots:
-            break
-        parent, key = draw(st.sampled_from(slots))
-        action = draw(st.sampled_from(["replace", "replace", "twin", "type", "drop"]))
-        if action == "replace":
-            parent[key] = draw(json_values)
-        elif action == "twin" and isinstance(parent, dict):
-            parent[f"_{key}"] = draw(json_values)  # a primitive's extension twin, any shape
-        elif action == "type" and isinstance(parent, dict):
-            parent["resourceType"] = draw(resource_types)
-        elif action == "drop" and isinstance(parent, dict):
-            del parent[key]
-    if draw(st.integers(0, 9)) == 9:
-        doc = draw(json_values)  # not a bundle at all
-    slots = list(_slots(doc)) if isinstance(doc, dict | list) else []
-    if slots and draw(st.integers(0, 5)) == 5:
-        parent, key = draw(st.sampled_from(slots))
-        parent[key] = draw(st.sampled_from(sorted(_RAW)))
-    data = orjson.dumps(doc)
-    for marker, raw in _RAW.items():
-        data = data.replace(f'"{marker}"'.encode(), raw)
-    cut = draw(st.integers(0, 19))  # hypothesis favours small values: rare cases at the top
-    if cut == 19:
-        data = data[: draw(st.integers(0, len(data)))]  # truncated
-    elif cut == 18:
-        at = draw(st.integers(0, len(data)))
-        data = data[:at] + draw(st.sampled_from([b"\xff", b"\x00", b"]", b"{"])) + data[at:]
-    return data
 
 
 def _check_result(result: FileResult, source: str) -> None:
