@@ -485,6 +485,8 @@ def _same_instance(
         return  # not base64 or not readable: the schema layer / img-binary-link say so
     meta = file_meta(head)
     if meta is None:
+        if not what.endswith(".dcm"):
+            return  # application/dicom data without DICM: img-dicom-preamble says so
         out.fail(rule_id, where, f"{what} is not a DICOM Part 10 file (no DICM at offset 128)")
         return
     # (0002,0003) Media Storage SOP Instance UID = (0008,0018); (0002,0002) = (0008,0016).
@@ -516,14 +518,19 @@ def _rendered(
 ) -> None:
     """The rules of a rendered image (R4 Media, R5 DocumentReference) on the release's paths."""
     types = list(rules.read("img-rendered-content-type", release, res, loc, under="content"))
-    if not types:
+    with_data = any(
+        isinstance(a, dict) and "data" in a
+        for _, a in rules.read("img-attachment-size", release, res, loc)
+    )
+    if not types and not with_data:  # data without a contentType: img-attachment-content-type
         out.fail(
             "img-rendered-content-type",
             f"{loc}.content",
             "a rendered image needs an attachment with an image/* contentType",
         )
     for t_loc, ctype in types:
-        if not isinstance(ctype, str) or not _mime(ctype).startswith("image/"):
+        # Not a MIME type at all: img-attachment-content-type says so.
+        if isinstance(ctype, str) and _MIME.match(ctype) and not _mime(ctype).startswith("image/"):
             out.fail("img-rendered-content-type", t_loc, f"is {ctype!r}, not an image/* type")
     if out.applies("r5-rendered-docref"):
         _r5_shape(res, loc, out, release)

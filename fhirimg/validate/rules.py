@@ -345,3 +345,32 @@ def _select(node: Any, loc: str, names: list[str]) -> Iterator[tuple[str, Any]]:
             yield from _select(item, f"{here}[{i}]", names[1:])
     else:
         yield from _select(value, here, names[1:])
+
+
+def markdown_table() -> str:
+    """The rule table as Markdown, as docs/validate.md lists it (a test keeps the two equal)."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    lines = [
+        "| rule | layer | releases | what it checks | reads | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in RULES:
+        releases = ", ".join(x.upper() for x in r.releases)
+        for release, why in r.not_in.items():
+            releases += f"; not {release.upper()}: {why}"
+        paths = {r.paths[x] for x in r.releases}
+        if len(paths) == 1:
+            reads = ", ".join(f"`{p}`" for p in r.paths[r.releases[0]])
+        else:
+            reads = "; ".join(
+                f"{x.upper()}: " + ", ".join(f"`{p}`" for p in r.paths[x]) for x in r.releases
+            )
+        severity = "" if r.severity is Severity.ERROR else f" ({r.severity.value})"
+        lines.append(
+            f"| `{r.id}` | {r.layer.value}{severity} | {cell(releases)} | {cell(r.checks)} "
+            f"| {cell(reads)} | {cell(r.source)} |"
+        )
+    return "\n".join(lines) + "\n"
