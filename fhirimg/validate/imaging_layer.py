@@ -71,8 +71,10 @@ class _Bundle:
     def __init__(self, obj: dict[str, Any]) -> None:
         self.known_binaries: frozenset[str] = frozenset()
         self.whole = False  # a whole Bundle, rather than one resource checked alone
+        self.types: frozenset[str] = frozenset()  # the resource types of the entries
         self.by_full_url: dict[str, dict[str, Any]] = {}
         self.by_type_id: dict[tuple[str, str], dict[str, Any]] = {}
+        types: set[str] = set()
         for entry in _list(obj.get("entry")):
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                 continue
@@ -83,6 +85,8 @@ class _Bundle:
                 if len(tail) == 3:
                     self.by_type_id[(tail[1], tail[2])] = res
             rtype, rid = res.get("resourceType"), res.get("id")
+            if isinstance(rtype, str):
+                types.add(rtype)
             if isinstance(rtype, str) and isinstance(rid, str):
                 self.by_type_id[(rtype, rid)] = res
             req = entry.get("request")
@@ -90,6 +94,7 @@ class _Bundle:
                 parts = req["url"].split("?", 1)[0].split("/")
                 if len(parts) == 2:
                     self.by_type_id[(parts[0], parts[1])] = res
+        self.types = frozenset(types)
 
     def resolve(self, ref: str) -> dict[str, Any] | None:
         if ref in self.by_full_url:
@@ -242,9 +247,9 @@ def _study(
         )
     _modalities(res, loc, out, release)
     if bundle.whole:
-        _local_ref(res.get("subject"), f"{loc}.subject", "img-subject-ref", out, bundle)
+        _local_ref(res.get("subject"), f"{loc}.subject", "img-subject-ref", out, bundle, _SUBJECTS)
         for i, ref in enumerate(_list(res.get("endpoint"))):
-            _local_ref(ref, f"{loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle)
+            _local_ref(ref, f"{loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle, _ENDPOINTS)
     series = _list(res.get("series"))
     seen_series: dict[str, str] = {}
     seen_instances: dict[str, str] = {}
@@ -258,7 +263,9 @@ def _study(
         )
         if bundle.whole:
             for i, ref in enumerate(_list(s.get("endpoint"))):
-                _local_ref(ref, f"{s_loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle)
+                _local_ref(
+                    ref, f"{s_loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle, _ENDPOINTS
+                )
         instances = _list(s.get("instance"))
         total += len(instances)
         _count(
@@ -351,21 +358,35 @@ def _sop_class(coding: Any, loc: str, out: RuleCollector) -> None:
         out.fail("img-sop-class", f"{loc}.code", problem)
 
 
-def _local_ref(value: Any, loc: str, rule_id: str, out: RuleCollector, bundle: _Bundle) -> None:
-    """A reference that must resolve within the bundle or name its target some other way the
-    server can resolve: absolute URL or conditional reference. ``urn:uuid:`` and ``#id``
-    references that do not resolve, and target types, are the bundle layer's (bdl-ref-*)."""
+def _local_ref(
+    value: Any,
+    loc: str,
+    rule_id: str,
+    out: RuleCollector,
+    bundle: _Bundle,
+    types: frozenset[str],
+) -> None:
+    """A reference to a resource of ``types`` that the bundle holds must resolve to an entry (its
+    fullUrl, or ``Type/id`` of an entry) or be absolute. When the bundle holds no resource of
+    those types (a later part of a split study), a relative or conditional reference names one on
+    the server. ``urn:uuid:`` and ``#id`` references that do not resolve, and target types, are the
+    bundle layer's (bdl-ref-*)."""
     ref = value.get("reference") if isinstance(value, dict) else None
     if not isinstance(ref, str) or ref.startswith(("urn:", "#", "http://", "https://")):
         return
-    if "?" in ref or bundle.resolve(ref) is not None:
+    if bundle.resolve(ref) is not None or not types & bundle.types:
         return
+    held = ", ".join(sorted(types & bundle.types))
     out.fail(
         rule_id,
         f"{loc}.reference",
-        f"{ref} is not an entry of the bundle: use the entry's fullUrl, a conditional "
-        "reference or an absolute URL",
+        f"{ref} is not an entry of the bundle, which holds the {held}: refer to the entry's "
+        "fullUrl (or use an absolute URL)",
     )
+
+
+_SUBJECTS = frozenset({"Patient", "Device", "Group"})  # ImagingStudy.subject targets
+_ENDPOINTS = frozenset({"Endpoint"})
 
 
 class _Link:
@@ -554,7 +575,7 @@ def _rendered(
             f"a rendered image refers to its ImagingStudy ({rules.rendered_type(release)}.{what})",
         )
     if bundle.whole:
-        _local_ref(res.get("subject"), f"{loc}.subject", "img-subject-ref", out, bundle)
+        _local_ref(res.get("subject"), f"{loc}.subject", "img-subject-ref", out, bundle, _SUBJECTS)
     if study is not None:
         _of_study(res, loc, out, release, study)
 

@@ -239,14 +239,15 @@ RULES: tuple[Rule, ...] = (
           "r5": ("DocumentReference.identifier", "DocumentReference.subject",
                  "DocumentReference.event.reference")}),
     Rule("img-subject-ref", _I, _E,
-         "the subject of a study or rendered image is an entry of the bundle (urn:uuid: or "
-         "Type/id of an entry), a conditional reference, or an absolute URL",
+         "when the bundle holds the subject (Patient, Device, Group), the subject of a study or "
+         "rendered image resolves to that entry (fullUrl or Type/id of an entry) or is an "
+         "absolute URL; a part of a split study without it may name it on the server",
          "bundle.html#references; ImagingStudy.subject",
          {"r4": ("ImagingStudy.subject", "Media.subject"),
           "r5": ("ImagingStudy.subject", "DocumentReference.subject")}),
     Rule("img-endpoint-ref", _I, _E,
-         "study and series endpoints are Endpoint entries of the bundle, conditional references "
-         "or absolute URLs",
+         "when the bundle holds an Endpoint, study and series endpoints resolve to Endpoint "
+         "entries or are absolute URLs",
          "bundle.html#references; ImagingStudy.endpoint, series.endpoint",
          _both("ImagingStudy.endpoint", "ImagingStudy.series.endpoint")),
     Rule("r5-docref-1", _I, _E,
