@@ -13,7 +13,12 @@
   DICOM file (``DICM`` at offset 128, PS3.10 section 7.1).
 - fhirimg's Binary link extension on ``ImagingStudy.series.instance`` points at an existing Binary:
   an entry of the bundle (``urn:uuid:`` fullUrl or ``Binary/<id>``) or ``<stem>.binaries/<id>.dcm``
-  beside the bundle file.
+  beside the bundle file, and that file's File Meta names the instance (PS3.10 section 7.1).
+- Every series modality is in the study's list (0008,0061); a rendered image is ``image/*``, refers
+  to its study and to one of its instances; R5 docRef-1/2 and the R5 rendered DocumentReference.
+
+Each check reports under a rule of :mod:`.rules`, and reads the element paths the table gives for
+the release where R4 and R5 differ.
 """
 
 from __future__ import annotations
