@@ -77,6 +77,7 @@ class _Bundle:
         self.known_binaries: frozenset[str] = frozenset()
         self.whole = False  # a whole Bundle, rather than one resource checked alone
         self.types: frozenset[str] = frozenset()  # the resource types of the entries
+        self.heads: dict[int, bytes | None] = {}  # id(Binary) -> head_of(it)
         self.by_full_url: dict[str, dict[str, Any]] = {}
         self.by_type_id: dict[tuple[str, str], dict[str, Any]] = {}
         types: set[str] = set()
@@ -100,6 +101,13 @@ class _Bundle:
                 if len(parts) == 2:
                     self.by_type_id[(parts[0], parts[1])] = res
         self.types = frozenset(types)
+
+    def head_of(self, binary: dict[str, Any]) -> bytes | None:
+        """The first bytes of a Binary's data (its File Meta), decoded once per Binary."""
+        key = id(binary)
+        if key not in self.heads:
+            self.heads[key] = _decoded(binary["data"], _META_BYTES)
+        return self.heads[key]
 
     def resolve(self, ref: str) -> dict[str, Any] | None:
         if ref in self.by_full_url:
@@ -431,7 +439,7 @@ def _binary_link(
                     f"{ref} holds {ctype}, not a DICOM Part 10 file (application/dicom)",
                 )
             else:
-                _same_instance(_decoded(target["data"], _META_BYTES), link, where, ref, out)
+                _same_instance(bundle.head_of(target), link, where, ref, out)
         return
     if ref.startswith("urn:uuid:"):
         out.fail(
