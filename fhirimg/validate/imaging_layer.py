@@ -261,8 +261,7 @@ def _study(
     _modalities(res, loc, out, release)
     if bundle.whole:
         _local_ref(res.get("subject"), f"{loc}.subject", "img-subject-ref", out, bundle, _SUBJECTS)
-        for i, ref in enumerate(_list(res.get("endpoint"))):
-            _local_ref(ref, f"{loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle, _ENDPOINTS)
+        _endpoint_entry(res, loc, out, bundle)
     series = _list(res.get("series"))
     seen_series: dict[str, str] = {}
     seen_instances: dict[str, str] = {}
@@ -274,11 +273,6 @@ def _study(
         _unique_uid(
             s.get("uid"), f"{s_loc}.uid", seen_series, out, "series uid", "img-series-uid-unique"
         )
-        if bundle.whole:
-            for i, ref in enumerate(_list(s.get("endpoint"))):
-                _local_ref(
-                    ref, f"{s_loc}.endpoint[{i}]", "img-endpoint-ref", out, bundle, _ENDPOINTS
-                )
         instances = _list(s.get("instance"))
         total += len(instances)
         _count(
@@ -399,7 +393,24 @@ def _local_ref(
 
 
 _SUBJECTS = frozenset({"Patient", "Device", "Group"})  # ImagingStudy.subject targets
-_ENDPOINTS = frozenset({"Endpoint"})
+
+
+def _endpoint_entry(res: dict[str, Any], loc: str, out: RuleCollector, bundle: _Bundle) -> None:
+    """img-endpoint-ref: a bundle that holds an Endpoint is read through it, so the study's
+    ``endpoint`` list refers to that entry. Other endpoints may stay (a merge keeps the server's
+    ``Endpoint/<id>``): a study may be reachable in several places."""
+    if "Endpoint" not in bundle.types:
+        return
+    for value in _list(res.get("endpoint")):
+        ref = value.get("reference") if isinstance(value, dict) else None
+        target = bundle.resolve(ref) if isinstance(ref, str) else None
+        if target is not None and target.get("resourceType") == "Endpoint":
+            return
+    out.fail(
+        "img-endpoint-ref",
+        f"{loc}.endpoint",
+        "the bundle holds an Endpoint but the study's endpoint list does not refer to it",
+    )
 
 
 class _Link:

@@ -246,10 +246,10 @@ RULES: tuple[Rule, ...] = (
          {"r4": ("ImagingStudy.subject", "Media.subject"),
           "r5": ("ImagingStudy.subject", "DocumentReference.subject")}),
     Rule("img-endpoint-ref", _I, _E,
-         "when the bundle holds an Endpoint, study and series endpoints resolve to Endpoint "
-         "entries or are absolute URLs",
-         "bundle.html#references; ImagingStudy.endpoint, series.endpoint",
-         _both("ImagingStudy.endpoint", "ImagingStudy.series.endpoint")),
+         "when the bundle holds an Endpoint, the study's endpoint list refers to that entry "
+         "(other endpoints, e.g. a server's kept by a merge, may stay)",
+         "bundle.html#references; ImagingStudy.endpoint",
+         _both("ImagingStudy.endpoint")),
     Rule("r5-docref-1", _I, _E,
          "docRef-1: facilityType only when no context is an Encounter (checked natively: the "
          "FHIRPath uses resolve())",
