@@ -7,7 +7,8 @@ resource (ref-1); a reference points at a resource type the element allows
 (``ElementDefinition.type.targetProfile``, shipped in ``references.json``); transaction and batch
 entries carry ``request.method`` and ``request.url`` (bdl-3), whose type matches the resource;
 ``PUT Type/id`` carries the same ``id`` in the resource; conditional URLs (``Type?query``,
-``ifNoneExist``) are well-formed query strings.
+``ifNoneExist``) are well-formed query strings and name an identifier the resource has. Each
+finding carries the id of its rule in :mod:`.rules`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
+from urllib.parse import unquote
 
 from fhirimg.validate import _data
-from fhirimg.validate.findings import Collector, Finding, Layer
+from fhirimg.validate.findings import Finding, Layer
+from fhirimg.validate.rules import RuleCollector
 
 _UUID_URL = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OID_URL = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$")
@@ -100,7 +103,7 @@ def _references(
 def check_resource_references(
     res: dict[str, Any],
     loc: str,
-    out: Collector,
+    out: RuleCollector,
     release: str,
     by_full_url: dict[str, dict[str, Any]],
     container: dict[str, Any] | None = None,
@@ -134,33 +137,48 @@ def check_resource_references(
             elif ref[1:] in local_types:
                 target_type = local_types[ref[1:]]
             else:
-                out.error(where, f"{ref} does not match the id of a contained resource (ref-1)")
+                out.fail(
+                    "bdl-ref-contained",
+                    where,
+                    f"{ref} does not match the id of a contained resource (ref-1)",
+                )
                 continue
         else:
             if ref.startswith("urn:uuid:"):
                 if ref not in by_full_url:
-                    out.error(where, f"{ref} does not resolve to any entry's fullUrl in the bundle")
+                    out.fail(
+                        "bdl-ref-resolves",
+                        where,
+                        f"{ref} does not resolve to any entry's fullUrl in the bundle",
+                    )
                     continue
             elif "?" in ref:
                 rt, _, query = ref.partition("?")
                 problem = query_problem(query) if _TYPE.match(rt) else f"{rt!r} is not a type"
                 if problem:
-                    out.error(where, f"conditional reference {ref!r}: {problem}")
+                    out.fail("bdl-ref-form", where, f"conditional reference {ref!r}: {problem}")
                     continue
             elif not ref.startswith(("http://", "https://", "urn:")):
                 parts = ref.split("/_history/", 1)[0].split("/")
                 if len(parts) != 2 or not _TYPE.match(parts[0]) or not _ID.match(parts[1]):
-                    out.error(where, f"{ref!r} is not a relative reference 'Type/id'")
+                    out.fail(
+                        "bdl-ref-form", where, f"{ref!r} is not a relative reference 'Type/id'"
+                    )
                     continue
             target_type = _type_of(ref, by_full_url)
         if not isinstance(target_type, str):
             target_type = None
         declared = ref_obj.get("type")
         if isinstance(declared, str) and target_type and declared != target_type:
-            out.error(where, f"Reference.type is {declared} but {ref} is a {target_type}")
+            out.fail(
+                "bdl-ref-target-type",
+                where,
+                f"Reference.type is {declared} but {ref} is a {target_type}",
+            )
         allowed = targets.get(element)
         if allowed and target_type and "Resource" not in allowed and target_type not in allowed:
-            out.error(
+            out.fail(
+                "bdl-ref-target-type",
                 where,
                 f"{element} may point at {', '.join(sorted(allowed))}, not {target_type}",
             )
@@ -175,7 +193,7 @@ def _contained(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check(obj: Any, file: str, release: str) -> list[Finding]:
     """Bundle-wide checks on a Bundle, reference checks on any other resource."""
-    out = Collector(file, Layer.BUNDLE)
+    out = RuleCollector(file, Layer.BUNDLE, release)
     if not isinstance(obj, dict):
         return out.findings
     if obj.get("resourceType") != "Bundle":
@@ -201,7 +219,8 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
             if btype == "history":
                 pass
             elif key in first_seen:
-                out.error(
+                out.fail(
+                    "bdl-fullurl-unique",
                     f"{loc}.fullUrl",
                     f"fullUrl {full_url} is already used by Bundle.entry[{first_seen[key]}]",
                 )
@@ -209,16 +228,32 @@ def check(obj: Any, file: str, release: str) -> list[Finding]:
                 first_seen[key] = i
             if full_url.startswith("urn:uuid:"):
                 if not _UUID_URL.match(full_url):
-                    out.error(f"{loc}.fullUrl", f"{full_url!r} is not urn:uuid: + a lowercase UUID")
+                    out.fail(
+                        "bdl-fullurl-form",
+                        f"{loc}.fullUrl",
+                        f"{full_url!r} is not urn:uuid: + a lowercase UUID",
+                    )
             elif full_url.startswith("urn:oid:"):
                 if not _OID_URL.match(full_url):
-                    out.error(f"{loc}.fullUrl", f"{full_url!r} is not urn:oid: + an OID")
+                    out.fail(
+                        "bdl-fullurl-form",
+                        f"{loc}.fullUrl",
+                        f"{full_url!r} is not urn:oid: + an OID",
+                    )
             elif not _ABS_URL.match(full_url):
-                out.error(f"{loc}.fullUrl", f"{full_url!r} is not an absolute URL or urn:uuid:")
+                out.fail(
+                    "bdl-fullurl-form",
+                    f"{loc}.fullUrl",
+                    f"{full_url!r} is not an absolute URL or urn:uuid:",
+                )
             if isinstance(res, dict):
                 by_full_url.setdefault(full_url, res)
         elif needs_request and isinstance(res, dict):
-            out.warning(f"{loc}", "entry has no fullUrl: nothing in the bundle can refer to it")
+            out.fail(
+                "bdl-fullurl-missing",
+                loc,
+                "entry has no fullUrl: nothing in the bundle can refer to it",
+            )
         if needs_request:
             _check_request(entry, loc, out)
     for i, entry in enumerate(entries):
@@ -235,62 +270,135 @@ def _version_id(res: Any) -> str:
     return version if isinstance(version, str) else ""
 
 
-def _check_request(entry: dict[str, Any], loc: str, out: Collector) -> None:
+def _check_request(entry: dict[str, Any], loc: str, out: RuleCollector) -> None:
     request = entry.get("request")
     res = entry.get("resource")
     if not isinstance(request, dict):
-        out.error(f"{loc}.request", "transaction and batch entries need a request (bdl-3)")
+        out.fail(
+            "bdl-request", f"{loc}.request", "transaction and batch entries need a request (bdl-3)"
+        )
         return
     method, url = request.get("method"), request.get("url")
     if not isinstance(method, str):
-        out.error(f"{loc}.request.method", "request.method is missing")
+        out.fail("bdl-request", f"{loc}.request.method", "request.method is missing")
     elif method not in _METHODS:
-        out.error(f"{loc}.request.method", f"{method!r} is not an HTTP verb FHIR knows")
+        out.fail(
+            "bdl-request", f"{loc}.request.method", f"{method!r} is not an HTTP verb FHIR knows"
+        )
     if not isinstance(url, str) or not url:
-        out.error(f"{loc}.request.url", "request.url is missing")
+        out.fail("bdl-request", f"{loc}.request.url", "request.url is missing")
         return
     if method in ("POST", "PUT", "PATCH") and not isinstance(res, dict):
-        out.error(f"{loc}.resource", f"a {method} entry needs a resource")
+        out.fail("bdl-request-resource", f"{loc}.resource", f"a {method} entry needs a resource")
     if url.startswith(("http://", "https://")):
-        out.warning(f"{loc}.request.url", "request.url should be relative to the server base")
+        out.fail(
+            "bdl-request-url-relative",
+            f"{loc}.request.url",
+            "request.url should be relative to the server base",
+        )
         return
     path, q, query = url.partition("?")
     parts = path.split("/")
     if parts[0] == "metadata" and len(parts) == 1:
         return  # the capability statement (http.html#capabilities)
     if not _TYPE.match(parts[0]) and not parts[0].startswith(("$", "_")):
-        out.error(f"{loc}.request.url", f"{url!r} does not start with a resource type")
+        out.fail(
+            "bdl-request-url", f"{loc}.request.url", f"{url!r} does not start with a resource type"
+        )
         return
     if q:
         problem = query_problem(query)
         if problem:
-            out.error(f"{loc}.request.url", f"conditional URL {url!r}: {problem}")
+            out.fail(
+                "bdl-conditional-query", f"{loc}.request.url", f"conditional URL {url!r}: {problem}"
+            )
+        elif isinstance(res, dict) and method in ("PUT", "POST", "PATCH"):
+            _same_identifier(query, res, f"{loc}.request.url", out)
     if any(p.startswith("$") for p in parts):
         return  # an operation (Type/$op, Type/id/$op): its resource is its Parameters
     rtype = res.get("resourceType") if isinstance(res, dict) else None
     if method in ("POST", "PUT") and isinstance(rtype, str) and parts[0] != rtype:
-        out.error(f"{loc}.request.url", f"request.url names {parts[0]} but the resource is {rtype}")
+        out.fail(
+            "bdl-request-url-type",
+            f"{loc}.request.url",
+            f"request.url names {parts[0]} but the resource is {rtype}",
+        )
     if method == "POST" and len(parts) > 1:
-        out.error(f"{loc}.request.url", "a POST url is the resource type only (no id)")
+        out.fail(
+            "bdl-request-url", f"{loc}.request.url", "a POST url is the resource type only (no id)"
+        )
     if method == "PUT" and not q:
         if len(parts) != 2 or not _ID.match(parts[1]):
-            out.error(f"{loc}.request.url", f"a PUT url is 'Type/id' or 'Type?query', not {url!r}")
+            out.fail(
+                "bdl-request-url",
+                f"{loc}.request.url",
+                f"a PUT url is 'Type/id' or 'Type?query', not {url!r}",
+            )
         elif isinstance(res, dict) and res.get("id") != parts[1]:
             have = res.get("id")
-            out.error(
+            out.fail(
+                "bdl-put-id",
                 f"{loc}.resource.id",
                 f"PUT {url} needs resource.id {parts[1]!r}, the resource has {have!r}",
             )
     none_exist = request.get("ifNoneExist")
     if isinstance(none_exist, str):
         if method != "POST":
-            out.warning(f"{loc}.request.ifNoneExist", "ifNoneExist only applies to POST")
+            out.fail(
+                "bdl-ifnoneexist-post",
+                f"{loc}.request.ifNoneExist",
+                "ifNoneExist only applies to POST",
+            )
         if "?" in none_exist:
-            out.error(
+            out.fail(
+                "bdl-conditional-query",
                 f"{loc}.request.ifNoneExist",
                 "ifNoneExist is the query part only (no 'Type?' and no leading '?')",
             )
         else:
             problem = query_problem(none_exist)
             if problem:
-                out.error(f"{loc}.request.ifNoneExist", f"ifNoneExist {none_exist!r}: {problem}")
+                out.fail(
+                    "bdl-conditional-query",
+                    f"{loc}.request.ifNoneExist",
+                    f"ifNoneExist {none_exist!r}: {problem}",
+                )
+            elif isinstance(res, dict):
+                _same_identifier(none_exist, res, f"{loc}.request.ifNoneExist", out)
+
+
+def _same_identifier(query: str, res: dict[str, Any], loc: str, out: RuleCollector) -> None:
+    """Each ``identifier=[system]|value`` of a (well-formed) conditional ``query`` matches an
+    identifier of ``res`` (one of its comma-separated values does), so that the server finds on
+    the next run the resource this entry creates or updates (http.html#cond-update: the search
+    decides which resource is updated)."""
+    identifiers = [i for i in _as_list(res.get("identifier")) if isinstance(i, dict)]
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name != "identifier":
+            continue
+        if not any(_matches(unquote(token), identifiers) for token in value.split(",")):
+            out.fail(
+                "bdl-conditional-identifier",
+                loc,
+                f"names identifier {unquote(value)!r} but the {res.get('resourceType')} has no "
+                "such identifier",
+            )
+
+
+def _matches(token: str, identifiers: list[dict[str, Any]]) -> bool:
+    """Whether the search token ``[system|]value`` (search.html#token) matches an identifier."""
+    system, bar, value = token.partition("|") if "|" in token else ("", "", token)
+    for ident in identifiers:
+        if bar and system and ident.get("system") != system:
+            continue
+        if bar and not system and "system" in ident:
+            continue  # "|value": an identifier without a system
+        if value and ident.get("value") != value:
+            continue
+        return True
+    return False
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -45,16 +45,23 @@ class Finding:
     location: str
     message: str
     layer: str
+    rule: str | None = None
+    """The id of the rule it breaks (:mod:`fhirimg.validate.rules`), for the bundle and imaging
+    layers; None for the layers whose rules are the HL7 definitions themselves."""
 
     def as_dict(self) -> dict[str, str]:
-        """The finding as plain JSON-ready strings (the ``--json`` output shape)."""
-        return {
+        """The finding as plain JSON-ready strings (the ``--json`` output shape); ``rule`` only
+        when the finding has one."""
+        out = {
             "severity": self.severity.value,
             "file": self.file,
             "location": self.location,
             "message": self.message,
             "layer": self.layer,
         }
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
 
 
 def child(path: str, name: str | int) -> str:
@@ -78,8 +85,10 @@ class Collector:
         self.layer = layer
         self.findings: list[Finding] = []
 
-    def add(self, severity: Severity, location: str, message: str) -> None:
-        self.findings.append(Finding(severity, self.file, location, message, self.layer.value))
+    def add(self, severity: Severity, location: str, message: str, rule: str | None = None) -> None:
+        self.findings.append(
+            Finding(severity, self.file, location, message, self.layer.value, rule)
+        )
 
     def error(self, location: str, message: str) -> None:
         self.add(Severity.ERROR, location, message)

@@ -15,6 +15,7 @@ import base64
 import copy
 import hashlib
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,39 @@ INSTANCE_UIDS = ["1.2.826.0.1.3680043.8.498.1.1.1", "1.2.826.0.1.3680043.8.498.1
 CT_IMAGE = "urn:oid:1.2.840.10008.5.1.4.1.1.2"
 U = {
     name: f"urn:uuid:{n:08x}-0000-4000-8000-{n:012x}"
-    for n, name in enumerate(["patient", "endpoint", "binary", "study", "media", "binary2"], 1)
+    for n, name in enumerate(
+        ["patient", "endpoint", "binary", "study", "media", "binary2", "png"], 1
+    )
 }
-# A tiny "DICOM file": 128-byte preamble, DICM, then a few bytes (PS3.10 section 7.1).
-DICOM_BYTES = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x00\x00\x00\x00"
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One File Meta element (group 0002, Explicit VR Little Endian, PS3.5 section 7.1.2)."""
+    if len(value) % 2:
+        value += b"\0"  # UI values are padded to even length with a NUL
+    if vr == b"OB":
+        return struct.pack("<HH", 2, element) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", 2, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def dicom_bytes(sop_instance_uid: str) -> bytes:
+    """A tiny "DICOM file": 128-byte preamble, DICM, the File Meta Information naming the
+    instance (PS3.10 section 7.1), and no data set."""
+    rest = (
+        _element(1, b"OB", b"\0\1")
+        + _element(2, b"UI", CT_IMAGE.removeprefix("urn:oid:").encode())
+        + _element(3, b"UI", sop_instance_uid.encode())
+        + _element(0x10, b"UI", b"1.2.840.10008.1.2.1")
+    )
+    return bytes(128) + b"DICM" + _element(0, b"UL", struct.pack("<I", len(rest))) + rest
+
+
+DICOM_BYTES = dicom_bytes(INSTANCE_UIDS[0])
 DATA = base64.b64encode(DICOM_BYTES).decode()
-SHA1 = base64.b64encode(hashlib.sha1(DICOM_BYTES).digest()).decode()
+DATA2 = base64.b64encode(dicom_bytes(INSTANCE_UIDS[1])).decode()
+# A rendered image (a PNG signature stands for one: only the bytes' size and hash are checked).
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(24)
+PNG_SHA1 = base64.b64encode(hashlib.sha1(PNG_BYTES).digest()).decode()
 
 
 def entry(name: str, resource: dict[str, Any], method: str, url: str, **req: str) -> dict[str, Any]:
@@ -83,7 +111,13 @@ def valid_r4() -> dict[str, Any]:
         "resourceType": "Binary",
         "id": "b2",
         "contentType": "application/dicom",
-        "data": DATA,
+        "data": DATA2,
+    }
+    png = {
+        "resourceType": "Binary",
+        "id": "b3",
+        "contentType": "image/png",
+        "data": base64.b64encode(PNG_BYTES).decode(),
     }
     study = {
         "resourceType": "ImagingStudy",
@@ -119,10 +153,10 @@ def valid_r4() -> dict[str, Any]:
         "subject": {"reference": U["patient"]},
         "partOf": [{"reference": U["study"]}],
         "content": {
-            "contentType": "application/dicom",
-            "url": U["binary"],
-            "size": len(DICOM_BYTES),
-            "hash": SHA1,
+            "contentType": "image/png",
+            "url": U["png"],
+            "size": len(PNG_BYTES),
+            "hash": PNG_SHA1,
         },
     }
     return {
@@ -147,6 +181,7 @@ def valid_r4() -> dict[str, Any]:
                 "media", media, "PUT", f"Media?identifier=urn:dicom:uid|urn:oid:{INSTANCE_UIDS[0]}"
             ),
             entry("binary2", binary2, "PUT", "Binary/b2"),
+            entry("png", png, "PUT", "Binary/b3"),
         ],
     }
 
@@ -183,10 +218,10 @@ def valid_r5() -> dict[str, Any]:
             "content": [
                 {
                     "attachment": {
-                        "contentType": "application/dicom",
-                        "url": U["binary"],
-                        "size": str(len(DICOM_BYTES)),  # integer64: a JSON string in R5
-                        "hash": SHA1,
+                        "contentType": "image/png",
+                        "url": U["png"],
+                        "size": str(len(PNG_BYTES)),  # integer64: a JSON string in R5
+                        "hash": PNG_SHA1,
                     }
                 }
             ],
@@ -195,7 +230,7 @@ def valid_r5() -> dict[str, Any]:
     }
     e.append(
         {
-            "fullUrl": "urn:uuid:00000007-0000-4000-8000-000000000007",
+            "fullUrl": "urn:uuid:00000008-0000-4000-8000-000000000008",
             "resource": {
                 "resourceType": "ImagingSelection",
                 "status": "available",
@@ -548,8 +583,8 @@ BROKEN: list[tuple[str, str, Mutation, list[tuple[str, str]]]] = [
     (
         "r5_bad_selection_status",
         "r5",
-        lambda b: b["entry"][6]["resource"].update(status="done"),
-        [("Bundle.entry[6].resource.status", "schema")],
+        lambda b: b["entry"][7]["resource"].update(status="done"),
+        [("Bundle.entry[7].resource.status", "schema")],
     ),
     (
         "r5_coding_for_concept",
@@ -560,7 +595,7 @@ BROKEN: list[tuple[str, str, Mutation, list[tuple[str, str]]]] = [
     (
         "r5_docref_content_type",
         "r5",
-        setter(MED, "content.0.attachment.contentType", "image/png"),
+        setter(MED, "content.0.attachment.contentType", "image/jpeg"),
         [(loc(MED, ".content[0].attachment.contentType"), "imaging")],
     ),
 ]
@@ -576,10 +611,10 @@ def main() -> None:
         manifest[f"{name}.json"] = {"fhirVersion": name[-2:], "expect": []}
     # A bundle whose second Binary is stored beside it, not inside (convert's large-file layout).
     beside = copy.deepcopy(bases["r4"])
-    beside["entry"].pop()
+    beside["entry"].pop(5)  # binary2, the Binary of instance 1
     write(out / "valid_r4_beside.json", beside)
     (out / "valid_r4_beside.binaries").mkdir(exist_ok=True)
-    (out / "valid_r4_beside.binaries" / "b2.dcm").write_bytes(DICOM_BYTES)
+    (out / "valid_r4_beside.binaries" / "b2.dcm").write_bytes(dicom_bytes(INSTANCE_UIDS[1]))
     manifest["valid_r4_beside.json"] = {"fhirVersion": "r4", "expect": []}
     for name, release, mutate, expect in BROKEN:
         b = copy.deepcopy(bases[release])
