@@ -398,8 +398,9 @@ _SUBJECTS = frozenset({"Patient", "Device", "Group"})  # ImagingStudy.subject ta
 def _endpoint_entry(res: dict[str, Any], loc: str, out: RuleCollector, bundle: _Bundle) -> None:
     """img-endpoint-ref: a bundle that holds an Endpoint is read through it, so the study's
     ``endpoint`` list refers to that entry. Other endpoints may stay (a merge keeps the server's
-    ``Endpoint/<id>``): a study may be reachable in several places."""
-    if "Endpoint" not in bundle.types:
+    ``Endpoint/<id>``): a study may be reachable in several places. A study without an
+    ``endpoint`` list (0..*) is not checked: the bundle's Endpoint may serve its series."""
+    if "Endpoint" not in bundle.types or not _list(res.get("endpoint")):
         return
     for value in _list(res.get("endpoint")):
         ref = value.get("reference") if isinstance(value, dict) else None
