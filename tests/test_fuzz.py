@@ -68,31 +68,9 @@ def test_mutants_through_the_command_line(tmp_path: Path) -> None:
     _assert_none(fuzzing.check_convert_cli(inputs, tmp_path / "out", pixels=True))
 
 
-# Failures of push that are known, and routed to push/ (issue 11, item 10, and the deep nesting
-# pinned below): the fuzz tests of push report them as expected failures until they are fixed,
-# and fail for any other.
-_KNOWN_PUSH = ('fhirimg/push/files.py", line', 'fhirimg/jsonio.py", line')
-
-
-def _known(failure: Failure) -> bool:
-    return failure.category == "crash" and any(k in failure.trace for k in _KNOWN_PUSH)
-
-
 def _push_fuzz(folder: Path, server: str | None) -> None:
     inputs = _batch("push", 30, folder)
-    failures = fuzzing.check_inputs("push", inputs, folder.parent / "unused", server)
-    if any(_known(f) for f in failures):
-        # The run died of a known crash: each file alone, so that it hides no other failure.
-        failures = []
-        for path in inputs:
-            alone = folder.parent / "alone" / path.stem
-            alone.mkdir(parents=True)
-            (alone / path.name).write_bytes(path.read_bytes())
-            failures += fuzzing.check_inputs("push", [alone / path.name], alone, server)
-    known = [f for f in failures if _known(f)]
-    _assert_none([f for f in failures if not _known(f)])
-    if known:
-        pytest.xfail(f"{len(known)} known push crash(es), routed (test_push_regression_*)")
+    _assert_none(fuzzing.check_inputs("push", inputs, folder.parent / "unused", server))
 
 
 def test_mutated_bundles_through_push_dry_run(tmp_path: Path) -> None:
@@ -105,11 +83,8 @@ def test_mutated_bundles_pushed_to_the_fhir_server(tmp_path: Path, clean_fhir: A
 
 
 # --------------------------------------------------------------------------- what campaigns found
-# Reproducers of the distinct failures of the bench/fuzz.py campaign (issue 11 note). Those in
-# push/ and jsonio are routed, not fixed here: strict xfail, so the fix turns them into failures
-# that say "remove the marker".
-
-_ROUTED = pytest.mark.xfail(strict=True, reason="routed to push/: see the issue 11 fuzz note")
+# Reproducers of the distinct failures of the bench/fuzz.py campaign (issue 11 note), all in push:
+# each was exit 70, also with --dry-run; now each odd file is refused with its reason.
 _GOOD = sorted(fuzzing.GOLDEN_BUNDLES)[0]
 
 
@@ -154,7 +129,6 @@ _SHAPES = {
 }
 
 
-@_ROUTED
 @pytest.mark.parametrize("entries", list(_SHAPES.values()), ids=list(_SHAPES))
 def test_push_regression_entry_shapes(tmp_path: Path, entries: Any) -> None:
     # push/files.py binaries_beside calls .get() on whatever an entry, resource, request, series,
@@ -169,7 +143,6 @@ def test_push_regression_entry_shapes(tmp_path: Path, entries: Any) -> None:
     assert sorted(files) == ["bad.json", "good.json"]
 
 
-@_ROUTED
 def test_push_regression_nesting_past_the_json_writer(tmp_path: Path) -> None:
     # jsonio.loads reads 300 levels; push_bundle's jsonio.dumps (orjson, 254 levels at most)
     # raises TypeError "Recursion limit reached" out of push_paths.

@@ -13,6 +13,7 @@ The servers are real (tools/fhir-test-server, Orthanc); the fault proxy only rew
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,29 @@ def test_r5_bundles_to_the_r4_server_exit_3_with_nothing_sent(
     assert "FHIR R5 (5.0.0)" in message
     assert "nothing was sent" in message
     assert count(clean_fhir.base_url, "ImagingStudy") == 0
+
+
+def test_a_folder_mixing_releases_pushes_the_servers_and_refuses_the_others(
+    clean_fhir: FhirTestServer, r4_out: Path, r5_out: Path, tmp_path: Path
+) -> None:
+    """One R5 bundle among R4 ones, to an R4 server: the R4 bundles land, the R5 one is refused
+    by name with the reason (exit 1), and nothing of it reaches the server."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    r4_names = sorted(p.name for p in r4_out.glob("study-*.json"))
+    for name in r4_names[1:]:
+        shutil.copy(r4_out / name, mixed / name)
+    odd = sorted(r5_out.glob("study-*.json"))[0]
+    shutil.copy(odd, mixed / "zz-r5.json")
+    result = _cli("push", mixed, "--server", clean_fhir.base_url, *FAST, "--json")
+    assert result.exit_code == 1, result.output
+    doc = _json(result)
+    by_file = {r["file"]: r for r in doc["bundles"]}
+    assert by_file["zz-r5.json"]["status"] == "failed"
+    assert "FHIR R5 (5.0.0) bundle" in by_file["zz-r5.json"]["error"]
+    assert "FHIR 4.0.1" in by_file["zz-r5.json"]["error"]
+    assert all(by_file[n]["status"] == "pushed" for n in r4_names[1:])
+    assert count(clean_fhir.base_url, "ImagingStudy") == len(r4_names) - 1
 
 
 def test_r4_bundles_to_the_r5_server_exit_3(clean_r5: FhirTestServer, r4_out: Path) -> None:

@@ -80,6 +80,9 @@ class DicomSource:
     path: str
     header: bytes  # b"" for a PS3.10 file
     file_size: int
+    skip: int = 0
+    """Bytes of the file left out: its own preamble and File Meta group, when ``header``
+    replaces them (a File Meta that names another instance than the dataset)."""
 
     @property
     def exact(self) -> bool:
@@ -87,29 +90,68 @@ class DicomSource:
         return not self.header
 
     @property
+    def mended(self) -> bool:
+        """Whether the file's own File Meta group was replaced (see :func:`dicom_source`)."""
+        return self.skip > 0
+
+    @property
     def length(self) -> int:
-        return len(self.header) + self.file_size
+        return len(self.header) + self.file_size - self.skip
 
     def chunks(self, size: int = 3 * (1 << 20)) -> Iterator[bytes]:
         if self.header:
             yield self.header
         with open(self.path, "rb") as fh:
+            fh.seek(self.skip)
             while chunk := fh.read(size):
                 yield chunk
 
 
 def dicom_source(path: str, sop_class_uid: str, sop_instance_uid: str) -> DicomSource:
-    """The :class:`DicomSource` of one file (reads its first 132 bytes)."""
+    """The :class:`DicomSource` of one file (reads its first bytes, up to its File Meta group).
+
+    A Part 10 file whose File Meta (0002,0003) Media Storage SOP Instance UID or (0002,0002)
+    Media Storage SOP Class UID is not the dataset's (0008,0018) / (0008,0016) contradicts
+    itself (PS3.10 section 7.1 requires them equal; UID-remapping tools that forget group 0002
+    write such files). The ImagingStudy names the dataset's instance, so the Binary gets a File
+    Meta group that says the same (same Transfer Syntax) in front of the dataset bytes,
+    unchanged: the Binary linked from an instance then holds that instance
+    (validate's img-binary-sop-instance).
+    """
+    from fhirimg.validate.imaging_layer import meta_span  # a leaf parser of group 0002
+
     with open(path, "rb") as fh:
-        head = fh.read(132)
+        head = fh.read(_META_READ)
         size = os.fstat(fh.fileno()).st_size
-    if len(head) == 132 and head[128:132] == b"DICM":
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return DicomSource(path, part10_header(sop_class_uid, sop_instance_uid), size)
+    span = meta_span(head)
+    if span is None:
         return DicomSource(path, b"", size)
-    return DicomSource(path, part10_header(sop_class_uid, sop_instance_uid), size)
+    meta, end = span
+    instance, sop_class = _uid(meta.get(0x0003)), _uid(meta.get(0x0002))
+    if instance == sop_instance_uid and sop_class in (None, sop_class_uid):
+        return DicomSource(path, b"", size)
+    syntax = _uid(meta.get(0x0010))
+    if syntax is None or end >= size:
+        return DicomSource(path, b"", size)  # nothing to put a header in front of: as it is
+    header = part10_header(sop_class_uid, sop_instance_uid, syntax)
+    return DicomSource(path, header, size, skip=end)
 
 
-def part10_header(sop_class_uid: str, sop_instance_uid: str) -> bytes:
-    """A 128-byte preamble, ``DICM`` and a File Meta Information group (PS3.10 section 7.1)."""
+_META_READ = 16384  # File Meta groups are a few hundred bytes
+
+
+def _uid(value: bytes | None) -> str | None:
+    # UI values are padded to even length with a NUL (PS3.5 section 9.1)
+    return value.rstrip(b"\0 ").decode("ascii", "replace") if value is not None else None
+
+
+def part10_header(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str | None = None
+) -> bytes:
+    """A 128-byte preamble, ``DICM`` and a File Meta Information group (PS3.10 section 7.1);
+    Implicit VR Little Endian unless ``transfer_syntax_uid`` says otherwise."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
@@ -118,7 +160,9 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    meta.TransferSyntaxUID = (
+        UID(transfer_syntax_uid) if transfer_syntax_uid else ImplicitVRLittleEndian
+    )
     buf = DicomBytesIO()
     write_file_meta_info(buf, meta, enforce_standard=True)
     return b"\0" * 128 + b"DICM" + buf.getvalue()

@@ -241,7 +241,13 @@ def _binaries(
     mode, strict = options.binary, options.strict
     for rec in recs:
         source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
-        if not source.exact:
+        if source.mended:
+            out.warnings.append(
+                "a DICOM file whose File Meta (0002,0003)/(0002,0002) named another instance "
+                "than its dataset got a File Meta group naming the dataset's in its Binary "
+                "(dataset bytes unchanged)"
+            )
+        elif not source.exact:
             out.warnings.append(
                 "a DICOM file without preamble/File Meta got a PS3.10 header in its Binary "
                 "(dataset bytes unchanged)"

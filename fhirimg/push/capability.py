@@ -49,9 +49,10 @@ def server_release(fhir_version: str) -> str | None:
 
 
 def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
-    """Read the server's CapabilityStatement and check that it takes every release of
-    ``releases`` (release -> what is of that release, for the message: ``"2 bundle(s), e.g.
-    study-1.json"``, ``"convert --fhir-version r5"``). Return the server's ``fhirVersion``.
+    """Read the server's CapabilityStatement and check that it takes a release of ``releases``
+    (release -> what is of that release, for the message: ``"2 bundle(s), e.g. study-1.json"``,
+    ``"convert --fhir-version r5"``). Return the server's ``fhirVersion``; bundles of another
+    release than the server's (when ``releases`` holds several) are the caller's to refuse.
 
     Raises :class:`~fhirimg.errors.AuthError` when the credentials are refused,
     :class:`~fhirimg.errors.ServerUnreachableError` when there is no answer, and
@@ -86,6 +87,10 @@ def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
         )
     version = clean(version.strip())[:40]
     takes = server_release(version)
+    if takes in releases:
+        # Some bundles are of the server's release: those are pushed; any of another release
+        # (a folder that mixes them) are refused one by one by the caller, named in the report.
+        return version
     for release, what in sorted(releases.items()):
         if release != takes:
             want = RELEASE_NAMES.get(release, release)

@@ -183,6 +183,33 @@ def _json_kind(value: object) -> str:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 
 
+MAX_NESTING = 128
+"""Deepest JSON nesting a bundle to push may have (validate's limit too; orjson writes 254 at
+most, so a deeper bundle could be read but never sent)."""
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests arrays/objects more than ``limit`` levels (iterative: no
+    recursion limit to hit).
+
+    >>> _deeper_than({"a": [[1]]}, 3), _deeper_than({"a": [[1]]}, 2)
+    (False, True)
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def transaction_problem(bundle: Mapping[str, Any]) -> str | None:
     """Why ``bundle`` cannot be pushed as a transaction, or None when its shape is pushable.
 
@@ -199,6 +226,8 @@ def transaction_problem(bundle: Mapping[str, Any]) -> str | None:
     >>> transaction_problem({"resourceType": "Patient"})
     "resourceType is 'Patient', not Bundle"
     """
+    if _deeper_than(bundle, MAX_NESTING):
+        return f"JSON nested deeper than {MAX_NESTING} levels: no FHIR resource is"
     kind = bundle.get("resourceType")
     if kind != "Bundle":
         return f"resourceType is {clean(repr(kind))[:80]}, not Bundle"

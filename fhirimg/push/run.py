@@ -9,6 +9,7 @@ server that stopped answering aborts it (confirmed work stays in the journal).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -23,7 +24,7 @@ import httpx
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
 from fhirimg.http.fhir import FhirClient, outcome_issues
-from fhirimg.push.capability import check_server
+from fhirimg.push.capability import RELEASE_NAMES, check_server, server_release
 from fhirimg.push.files import (
     DEFAULT_FOLDER,
     BundleFile,
@@ -52,6 +53,16 @@ _CREDENTIALS = "give credentials with --token, --user or --token-url (PushOption
 def _refused(f: BundleFile) -> BundleResult:
     """The result of a bundle :func:`discover` found unusable (a crafted Binary id, ...)."""
     return BundleResult(file=f.path.name, status="failed", error=f.problem)
+
+
+def _other_release(f: BundleFile, version: str) -> BundleFile:
+    """``f`` refused: a bundle of another FHIR release than the server's, in a run whose other
+    bundles are of the server's (a mixed folder); the run goes on with those."""
+    if f.problem is not None:
+        return f
+    want = RELEASE_NAMES.get(f.release, f.release)
+    why = f"a {want} bundle, and the server speaks FHIR {version}: not sent"
+    return dataclasses.replace(f, problem=why)
 
 
 def _releases(files: Sequence[BundleFile]) -> dict[str, str]:
@@ -135,7 +146,9 @@ def push_paths(
     try:
         if options.check_server:
             # Before the first bundle: the base URL is a FHIR server of the bundles' release.
-            check_server(client, _releases(files))
+            version = check_server(client, _releases(files))
+            takes = server_release(version)
+            files = [_other_release(f, version) if f.release != takes else f for f in files]
         with journal:
             _push_all(client, files, options, journal, report, observer)
     finally:

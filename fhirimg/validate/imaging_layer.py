@@ -494,6 +494,17 @@ def file_meta(head: bytes) -> dict[int, bytes] | None:
     >>> meta[3]
     b'1.2.3\\x00'
     """
+    span = meta_span(head)
+    return span[0] if span is not None else None
+
+
+def meta_span(head: bytes) -> tuple[dict[int, bytes], int] | None:
+    """:func:`file_meta` and the offset where the dataset starts (after the last group 0002
+    element read), or None without ``DICM`` at offset 128.
+
+    >>> meta_span(bytes(128) + b"DICM" + b"\\x02\\x00\\x03\\x00UI\\x06\\x001.2.3\\x00" + b"\\x08\\x00")
+    ({3: b'1.2.3\\x00'}, 146)
+    """
     if len(head) < 132 or head[128:132] != b"DICM":
         return None
     out: dict[int, bytes] = {}
@@ -514,7 +525,7 @@ def file_meta(head: bytes) -> dict[int, bytes] | None:
             break
         out[element] = head[start : start + length]
         pos = start + length
-    return out
+    return out, pos
 
 
 def _uid_text(value: bytes | None) -> str | None:
