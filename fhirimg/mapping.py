@@ -624,13 +624,14 @@ def imaging_study(
         "identifier": identifiers,
         "status": "available",
     }
-    # (0008,0061) Modalities in Study, else the union of the series modalities, in series order
+    # (0008,0061) Modalities in Study, then every series modality it lacks, in series order:
+    # each series.modality must appear in ImagingStudy.modality (validate's
+    # img-series-modality-in-study), and a header's Modalities in Study can be stale or partial.
     modalities = list(_first(records, "modalities_in_study") or ())
-    if not modalities:
-        modalities = [
-            s["modality"]["code"] if "code" in s["modality"] else s["modality"]["coding"][0]["code"]
-            for s in series
-        ]
+    modalities += [
+        s["modality"]["code"] if "code" in s["modality"] else s["modality"]["coding"][0]["code"]
+        for s in series
+    ]
     fields["modality"] = [release.modality(_modality_coding(m)) for m in dict.fromkeys(modalities)]
     fields["subject"] = {"reference": subject_ref}
     started, warn = values.fhir_datetime(

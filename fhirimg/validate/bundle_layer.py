@@ -377,7 +377,8 @@ def _same_identifier(query: str, res: dict[str, Any], loc: str, out: RuleCollect
         name, _, value = part.partition("=")
         if name != "identifier":
             continue
-        if not any(_matches(unquote(token), identifiers) for token in value.split(",")):
+        tokens = _split_unescaped(unquote(value), ",")
+        if not any(_matches(token, identifiers) for token in tokens):
             out.fail(
                 "bdl-conditional-identifier",
                 loc,
@@ -386,9 +387,49 @@ def _same_identifier(query: str, res: dict[str, Any], loc: str, out: RuleCollect
             )
 
 
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` not escaped by a backslash (search.html "Escaping Search
+    Parameters": ``\\``, ``\\,``, ``\\$``, ``\\|`` stand for the character); escapes are kept.
+
+    >>> _split_unescaped("a\\,b,c", ","), _split_unescaped("s|v\\|w", "|")
+    (['a\\\\,b', 'c'], ['s', 'v\\\\|w'])
+    """
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(text: str) -> str:
+    """A search value with its backslash escapes resolved (``\\|`` -> ``|``)."""
+    out, escaped = [], False
+    for char in text:
+        if escaped or char != "\\":
+            out.append(char)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
 def _matches(token: str, identifiers: list[dict[str, Any]]) -> bool:
     """Whether the search token ``[system|]value`` (search.html#token) matches an identifier."""
-    system, bar, value = token.partition("|") if "|" in token else ("", "", token)
+    pieces = _split_unescaped(token, "|")
+    if len(pieces) >= 2:
+        system, bar, value = _unescape(pieces[0]), "|", _unescape("|".join(pieces[1:]))
+    else:
+        system, bar, value = "", "", _unescape(token)
     for ident in identifiers:
         if bar and system and ident.get("system") != system:
             continue

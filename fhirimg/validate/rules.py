@@ -13,7 +13,8 @@ docs/validate.md lists this table; tests/test_validate_rules.py breaks each rule
 
 >>> rule("img-series-modality-in-study").releases
 ('r4', 'r5')
->>> [loc for loc, _ in read("img-modality-coding", "r5", {"modality": [{"coding": [{}]}]}, "S")]
+>>> study = {"resourceType": "ImagingStudy", "modality": [{"coding": [{}]}]}
+>>> [loc for loc, _ in read("img-modality-coding", "r5", study, "S")]
 ['S.modality[0].coding[0]']
 """
 
