@@ -133,13 +133,14 @@ class FhirClient(HttpClient):
         At most :data:`~fhirimg.http.limits.CAPABILITY_MAX` (16 MiB)."""
         return self.get_json("metadata", max_bytes=CAPABILITY_MAX)
 
-    def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
-        """POST a transaction (or batch) Bundle to the base URL; return the response Bundle
-        (at most :data:`~fhirimg.http.limits.TRANSACTION_MAX`, 256 MiB)."""
+    def transaction(self, bundle: Mapping[str, Any] | bytes) -> dict[str, Any]:
+        """POST a transaction (or batch) Bundle to the base URL (a mapping, or its JSON bytes as
+        read from a file); return the response Bundle (at most
+        :data:`~fhirimg.http.limits.TRANSACTION_MAX`, 256 MiB)."""
         response = self.request(
             "POST",
             "",
-            content=jsonio.dumps(bundle),
+            content=bundle if isinstance(bundle, bytes) else jsonio.dumps(bundle),
             headers={"Content-Type": FHIR_JSON},
             max_bytes=TRANSACTION_MAX,
         )

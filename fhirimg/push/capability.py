@@ -12,7 +12,7 @@ servers that do not answer it; each bundle then tells.
 **Which release a bundle is.** fhirimg writes R4 (4.0.1) or R5 (5.0.0), and says so in
 ``report.json`` (``fhirVersion``), but a bundle travels without its report (copied, pushed from
 another folder), so the bundle itself decides, by the elements that differ between the releases
-(:func:`fhirimg.validate.validator.detect_version`): an R5-only resource (ImagingSelection),
+(:func:`fhirimg.fhir.detect.detect_version`): an R5-only resource (ImagingSelection),
 ``ImagingStudy.modality`` and ``series.modality`` as CodeableConcept (``{"coding": [...]}``; R4: a
 Coding), R5 ``DocumentReference`` and ``Endpoint`` shapes, or a ``meta.profile`` under
 ``/R5/``. Every fhirimg bundle of a study holds its ImagingStudy with a modality, so this is
@@ -31,7 +31,7 @@ from fhirimg.errors import AuthError, PushError, ServerUnreachableError
 from fhirimg.http.fhir import FhirClient
 from fhirimg.safetext import clean
 
-__all__ = ["RELEASE_NAMES", "check_server", "server_release"]
+__all__ = ["RELEASE_NAMES", "check_release", "check_server", "server_release", "server_version"]
 
 RELEASE_NAMES = {"r4": "FHIR R4 (4.0.1)", "r5": "FHIR R5 (5.0.0)"}
 """How messages name the releases fhirimg writes."""
@@ -60,6 +60,16 @@ def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
     ``fhirVersion`` or the release does not match; every message names the server (its URL
     without credentials).
     """
+    version = server_version(client)
+    check_release(client, version, releases)
+    return version
+
+
+def server_version(client: FhirClient) -> str:
+    """The ``fhirVersion`` of the server's CapabilityStatement (``GET [base]/metadata``), the
+    first half of :func:`check_server`: push reads it before the first bundle and matches the
+    bundles' releases as it finds them (:func:`check_release`). Raises as :func:`check_server`.
+    """
     where = f"the FHIR server {client.server}"
     try:
         statement = client.capabilities()
@@ -85,12 +95,19 @@ def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
             f"{where} sent a CapabilityStatement without fhirVersion, so the FHIR release of "
             f"the server is unknown ({_SKIP})"
         )
-    version = clean(version.strip())[:40]
+    return clean(version.strip())[:40]
+
+
+def check_release(client: FhirClient, version: str, releases: Mapping[str, str]) -> None:
+    """:class:`~fhirimg.errors.PushError` unless a server of ``version`` takes a release of
+    ``releases`` (release -> what is of it, for the message), the second half of
+    :func:`check_server`. Nothing to push (``releases`` empty) passes."""
+    where = f"the FHIR server {client.server}"
     takes = server_release(version)
     if takes in releases:
         # Some bundles are of the server's release: those are pushed; any of another release
         # (a folder that mixes them) are refused one by one by the caller, named in the report.
-        return version
+        return
     for release, what in sorted(releases.items()):
         if release != takes:
             want = RELEASE_NAMES.get(release, release)
@@ -103,4 +120,3 @@ def check_server(client: FhirClient, releases: Mapping[str, str]) -> str:
                 f"{where} speaks FHIR {version}, and the bundles to push are {want} ({what}): "
                 f"nothing was sent{hint}, or push them to a FHIR {release.upper()} server"
             )
-    return version

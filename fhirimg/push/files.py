@@ -14,28 +14,34 @@ bundle with the reason instead of reading a file elsewhere and uploading it.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhirimg import jsonio
 from fhirimg.errors import InputError
+from fhirimg.fhir.detect import detect_version
 from fhirimg.push.journal import DEFAULT_JOURNAL_NAME
 from fhirimg.safetext import clean
-from fhirimg.validate.validator import detect_version
 
 __all__ = [
     "BINARY_EXTENSION_URL",
     "DEFAULT_FOLDER",
     "BundleFile",
+    "Candidate",
+    "Ignored",
+    "Listing",
     "beside_file",
     "binaries_beside",
     "check_id",
     "is_fhir_id",
     "default_journal_path",
     "discover",
+    "iter_discover",
+    "list_inputs",
     "load_bundle",
     "transaction_problem",
 ]
@@ -86,7 +92,7 @@ def beside_file(folder: Path, binary_id: str) -> Path:
 
 @dataclass(frozen=True)
 class BundleFile:
-    """A transaction Bundle file found by :func:`discover` and the Binary files beside it."""
+    """A transaction Bundle file found by :func:`iter_discover` and the Binary files beside it."""
 
     path: Path
     size: int
@@ -99,6 +105,14 @@ class BundleFile:
     release: str = "r4"
     """The FHIR release it is written in, ``r4`` or ``r5``, by its content
     (:mod:`fhirimg.push.capability`)."""
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    """The file's bytes as :func:`iter_discover` read them (None from :func:`discover`)."""
+    bundle: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The bundle parsed from :attr:`data`, handed to the push so that it is parsed once."""
+
+    def unloaded(self) -> BundleFile:
+        """This file without its bytes and parsed bundle (what a list of many keeps)."""
+        return replace(self, data=None, bundle=None)
 
 
 def binaries_beside(
@@ -263,9 +277,319 @@ def transaction_problem(bundle: Mapping[str, Any]) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- discovery
+#
+# Discovery streams (issue 19): each folder is listed once (names, sizes and the part files of
+# split studies all come from that one listing, and so do the progress totals), then each file
+# is classified and handed on as soon as it is read, so the first bundle is pushed while the
+# rest are still unread. A bundle is parsed once, here, and goes to the push with its bytes.
+# What is plainly no transaction Bundle (report.json, a Patient, a searchset) is recognised from
+# its first bytes, without reading or parsing the rest.
+
+HEAD_BYTES = 4096
+"""How much of a JSON file is read to recognise what it is without parsing it all."""
+
+REPORT_NAME = "report.json"
+"""convert's report (``fhirimg.convert.REPORT_NAME``; push imports no driver module)."""
+
+_PART = re.compile(r"^(?P<stem>.+)\.part-(?P<n>\d+)\.json$")
+_BINARY_URL = re.compile(rb'"url":\s*"Binary/([A-Za-z0-9.\-]{1,64})"')
+
+
+class Ignored(NamedTuple):
+    """A JSON file :func:`iter_discover` passed over, and why (``report.json``, a Patient)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A JSON file :func:`list_inputs` found, with what its folder's listing tells of it."""
+
+    path: Path
+    size: int
+    named: bool
+    """Given on its own (not found in a folder): refused, not passed over, when no bundle."""
+    parts: tuple[Path, ...] = ()
+    parts_size: int = 0
+    binaries_size: int = 0
+    """Bytes of the files in its ``<stem>.binaries/`` folder (the progress estimate)."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What :func:`list_inputs` found: the JSON files to classify, in push order, and the
+    progress totals from their sizes (nothing read yet)."""
+
+    candidates: tuple[Candidate, ...]
+    bundles: int
+    """Files that may be bundles (``report.json`` in a folder not counted)."""
+    total_bytes: int
+    """Their sizes, their part files' and those of the files in their ``.binaries/`` folders."""
+
+
+def list_inputs(paths: Sequence[Path]) -> Listing:
+    """The JSON files under ``paths``, each folder listed once (``os.scandir``; a file given on
+    its own is looked up in its folder's listing).
+
+    Folders are searched one level deep, their ``*.json`` files sorted by name, hidden ones left
+    out; a ``<stem>.part-N.json`` goes with its ``<stem>.json`` when both are in one folder, in
+    the order of N. The same file given twice (a folder and a file in it, a link) is listed
+    once. Raises :class:`InputError` when a path does not exist.
+    """
+    listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
+
+    def listing(folder: Path) -> dict[str, os.DirEntry[str]]:
+        if folder not in listings:
+            try:
+                with os.scandir(folder) as it:
+                    listings[folder] = {e.name: e for e in it}
+            except OSError as exc:
+                raise InputError(f"cannot list {folder}: {clean(exc.strerror or exc)}") from None
+        return listings[folder]
+
+    chosen: list[tuple[Path, os.DirEntry[str], bool]] = []
+    for p in paths:
+        if p.is_dir():
+            found = listing(p)
+            names = sorted(n for n in found if n.endswith(".json") and not n.startswith("."))
+            chosen.extend((p, found[n], False) for n in names if _is_file(found[n]))
+        elif p.is_file():
+            entry = listing(p.parent).get(p.name)
+            if entry is None:  # pragma: no cover - removed between is_file and the listing
+                raise InputError(f"no such file or folder: {p}")
+            chosen.append((p.parent, entry, True))
+        else:
+            raise InputError(f"no such file or folder: {p}")
+    heads = {(folder, entry.name) for folder, entry, _ in chosen}
+    candidates: list[Candidate] = []
+    seen: set[tuple[int, int]] = set()
+    bundles = total = 0
+    for folder, entry, named in chosen:
+        stat = _stat(entry)
+        if stat is not None:
+            if (stat.st_dev, stat.st_ino) in seen:
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+        match = _PART.match(entry.name)
+        if match and (folder, f"{match['stem']}.json") in heads:
+            continue  # pushed together with its study's first file
+        stem = entry.name.removesuffix(".json")
+        parts = _parts(listings[folder], stem)
+        binaries = listings[folder].get(f"{stem}.binaries")
+        c = Candidate(
+            folder / entry.name,
+            stat.st_size if stat is not None else 0,
+            named,
+            tuple(folder / e.name for e in parts),
+            sum(s.st_size for s in map(_stat, parts) if s is not None),
+            _folder_size(binaries) if binaries is not None else 0,
+        )
+        candidates.append(c)
+        if named or entry.name != REPORT_NAME:
+            bundles += 1
+            total += c.size + c.parts_size + c.binaries_size
+    return Listing(tuple(candidates), bundles, total)
+
+
+def _parts(found: Mapping[str, os.DirEntry[str]], stem: str) -> list[os.DirEntry[str]]:
+    """The ``<stem>.part-N.json`` files of a folder listing, by N."""
+    numbered = []
+    prefix = f"{stem}.part-"
+    for name, entry in found.items():
+        if name.startswith(prefix) and (match := _PART.match(name)) and match["stem"] == stem:
+            if _is_file(entry):
+                numbered.append((int(match["n"]), name, entry))
+    return [entry for _, _, entry in sorted(numbered, key=lambda item: item[:2])]
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    try:
+        return entry.stat()
+    except OSError:
+        return None
+
+
+def _folder_size(entry: os.DirEntry[str]) -> int:
+    """Bytes of the files in a ``<stem>.binaries/`` folder (not followed if it is a link)."""
+    try:
+        if not entry.is_dir(follow_symlinks=False):
+            return 0
+        with os.scandir(entry.path) as it:
+            return sum(e.stat().st_size for e in it if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
+
+
+def iter_discover(paths: Sequence[Path] | Listing) -> Iterator[BundleFile | Ignored]:
+    """Each JSON file under ``paths`` (or of a :func:`list_inputs` listing), in push order, as
+    soon as it is read: a :class:`BundleFile` carrying its bytes and its parsed bundle
+    (:attr:`BundleFile.data`, :attr:`BundleFile.bundle`) or the problem that keeps it from being
+    pushed, or an :class:`Ignored` with the reason. The rules are :func:`discover`'s.
+
+    A transaction Bundle is parsed once; ``report.json`` and JSON that is plainly no transaction
+    Bundle are recognised from their first :data:`HEAD_BYTES` bytes. Raises :class:`InputError`
+    (at the first ``next``) when a path does not exist.
+    """
+    listing = paths if isinstance(paths, Listing) else list_inputs(paths)
+    for candidate in listing.candidates:
+        yield _classify(candidate)
+
+
+def _classify(c: Candidate) -> BundleFile | Ignored:
+    path = c.path
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+            why = _not_a_transaction(path.name, head)
+            if why is not None:
+                if c.named:  # it was asked for: refused, with the reason
+                    return BundleFile(path, c.size, (), 0, problem=why)
+                return Ignored(str(path), why)
+            data = head + fh.read() if len(head) == HEAD_BYTES else head
+        bundle = jsonio.loads(data)
+        if not isinstance(bundle, dict):
+            raise InputError(f"{path.name}: the JSON is {_json_kind(bundle)}, not an object")
+    except (OSError, ValueError, InputError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        problem = f"not a readable JSON object: {clean(why)}"
+        return BundleFile(path, c.size, (), 0, problem=problem)
+    shape = transaction_problem(bundle)
+    if shape is not None:
+        is_transaction = bundle.get("resourceType") == "Bundle" and bundle.get("type") in (
+            "transaction",
+            "batch",
+        )
+        if not is_transaction and not c.named:
+            return Ignored(str(path), shape)
+        return BundleFile(path, len(data), (), 0, problem=shape)
+    in_parts = {i for part in c.parts for i in _inline_binary_ids(part)}
+    try:
+        binaries = tuple(binaries_beside(path, bundle, in_parts))
+    except InputError as exc:
+        return BundleFile(path, len(data), (), 0, c.parts, problem=str(exc))
+    size = sum(p.stat().st_size for _, p in binaries if p.is_file()) + c.parts_size
+    release = detect_version(bundle)
+    return BundleFile(
+        path, len(data), binaries, size, c.parts, release=release, data=data, bundle=bundle
+    )
+
+
+def _not_a_transaction(name: str, head: bytes) -> str | None:
+    """Why a JSON file whose first bytes are ``head`` is plainly no transaction Bundle (the
+    reason :func:`transaction_problem` would give), or None when only parsing it all tells.
+
+    >>> _not_a_transaction("p.json", b'{"resourceType": "Patient", "id": "1"}')
+    "resourceType is 'Patient', not Bundle"
+    >>> _not_a_transaction("b.json", b'{"resourceType":"Bundle","type":"searchset","entry":[')
+    "Bundle of type 'searchset', not a transaction"
+    >>> _not_a_transaction("report.json", b'{"fhirVersion":"4.0.1","summary":{"files":2')
+    "fhirimg convert's report, not a FHIR Bundle"
+    >>> _not_a_transaction("b.json", b'{"entry":[{"resource":{"resourceType":"Patient"') is None
+    True
+    """
+    members = _head_members(head)
+    kind = members.get("resourceType")
+    if isinstance(kind, str):
+        if kind != "Bundle":
+            return f"resourceType is {clean(repr(kind))[:80]}, not Bundle"
+        bundle_type = members.get("type")
+        if isinstance(bundle_type, str) and bundle_type not in ("transaction", "batch"):
+            return f"Bundle of type {clean(repr(bundle_type))[:80]}, not a transaction"
+        return None
+    if name == REPORT_NAME and "resourceType" not in members and "summary" in members:
+        return "fhirimg convert's report, not a FHIR Bundle"
+    return None
+
+
+_TOKEN = re.compile(rb'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"]+))')
+
+
+def _head_members(head: bytes) -> dict[str, str | None]:
+    """The members of the top-level JSON object that ``head`` (a file's first bytes) holds
+    whole: string values as strings, any other value as None (skipped, not read).
+
+    Tokens are read from the start; reading stops at the first that is cut off or out of place,
+    so nothing inside a string or a nested value is ever taken for a top-level member. Once
+    ``resourceType`` and ``type`` are known, the rest is not looked at.
+
+    >>> _head_members(b'{"a": {"resourceType": "x"}, "resourceType": "Bundle", "type": "tr')
+    {'a': None, 'resourceType': 'Bundle'}
+    >>> _head_members(b'[{"resourceType": "Patient"}]')
+    {}
+    """
+    members: dict[str, str | None] = {}
+    pos, depth, key, expect_value = 0, 0, None, False
+    while True:
+        match = _TOKEN.match(head, pos)
+        if match is None or match.end() == pos:
+            return members
+        pos = match.end()
+        string, punct = match.group(1), match.group(2)
+        if depth == 0:
+            if punct != b"{":
+                return members
+            depth = 1
+        elif punct in (b"{", b"["):
+            if depth == 1:
+                if not expect_value or key is None:
+                    return members  # an object or array where a member name belongs
+                members[key] = None
+                key, expect_value = None, False
+            depth += 1
+        elif punct in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                return members
+        elif depth > 1:
+            continue
+        elif punct == b":":
+            if key is None or expect_value:
+                return members
+            expect_value = True
+        elif punct == b",":
+            key, expect_value = None, False
+        elif expect_value and key is not None:
+            if pos == len(head) and string is None:
+                return members  # a number or literal may go on past the head
+            members[key] = _string(string) if string is not None else None
+            key, expect_value = None, False
+            if "type" in members and "resourceType" in members:
+                return members  # all that decides (fhirimg writes these two first)
+        elif string is not None and key is None:
+            key = _string(string)
+            if key is None:
+                return members
+        else:
+            return members
+
+
+def _string(token: bytes) -> str | None:
+    """The text of a JSON string token (quotes included), or None when it is not valid."""
+    if b"\\" not in token:
+        try:
+            return token[1:-1].decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        value = jsonio.loads(token)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, str]]]:
     """The transaction Bundle files under ``paths`` (files, or folders searched one level deep,
-    sorted by name), and the JSON files passed over with the reason.
+    sorted by name), and the JSON files passed over with the reason; :func:`iter_discover` all
+    at once, the files without their bytes (memory does not grow with the folder).
 
     Every file is accounted for. A file that cannot be a bundle to push (not readable, not
     UTF-8, not JSON, a JSON array or scalar, a transaction Bundle of an odd shape:
@@ -276,80 +600,23 @@ def discover(paths: Sequence[Path]) -> tuple[list[BundleFile], list[tuple[str, s
 
     Raises :class:`InputError` when a path does not exist.
     """
-    candidates: list[tuple[Path, bool]] = []
-    for p in paths:
-        if p.is_dir():
-            candidates.extend(
-                (c, False)
-                for c in sorted(p.glob("*.json"))
-                if c.is_file() and not c.name.startswith(".")
-            )
-        elif p.is_file():
-            candidates.append((p, True))
-        else:
-            raise InputError(f"no such file or folder: {p}")
     files: list[BundleFile] = []
     ignored: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-    heads = {p.name for p, _ in candidates}
-    for path, named in candidates:
-        if path.resolve() in seen:
-            continue
-        seen.add(path.resolve())
-        if _PART.search(path.name) and _PART.sub(".json", path.name) in heads:
-            continue  # pushed together with its study's first file
-        try:
-            data, bundle = load_bundle(path)
-        except (OSError, ValueError, InputError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            problem = f"not a readable JSON object: {clean(why)}"
-            files.append(BundleFile(path, _size(path), (), 0, problem=problem))
-            continue
-        shape = transaction_problem(bundle)
-        is_transaction = bundle.get("resourceType") == "Bundle" and bundle.get("type") in (
-            "transaction",
-            "batch",
-        )
-        if shape is not None and not is_transaction and not named:
-            ignored.append((str(path), shape))
-            continue
-        if shape is not None:
-            files.append(BundleFile(path, len(data), (), 0, problem=shape))
-            continue
-        parts = tuple(sorted(path.parent.glob(f"{path.stem}.part-*.json"), key=_part_number))
-        in_parts = {i for part in parts for i in _inline_binary_ids(part)}
-        try:
-            binaries = tuple(binaries_beside(path, bundle, in_parts))
-        except InputError as exc:
-            files.append(BundleFile(path, len(data), (), 0, parts, problem=str(exc)))
-            continue
-        size = sum(p.stat().st_size for _, p in binaries if p.is_file())
-        size += sum(p.stat().st_size for p in parts)
-        release = detect_version(bundle)
-        files.append(BundleFile(path, len(data), binaries, size, parts, release=release))
+    for found in iter_discover(paths):
+        if isinstance(found, Ignored):
+            ignored.append((found.file, found.reason))
+        else:
+            files.append(found.unloaded())
     return files, ignored
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-_PART = re.compile(r"\.part-\d+\.json$")
-_BINARY_URL = re.compile(rb'"url":\s*"Binary/([A-Za-z0-9.\-]{1,64})"')
-
-
-def _part_number(path: Path) -> int:
-    match = re.search(r"\.part-(\d+)\.json$", path.name)
-    return int(match.group(1)) if match else 1
 
 
 def _inline_binary_ids(path: Path) -> set[str]:
     """Ids of the Binary entries of a bundle file, from their request lines (no full parse)."""
-    with path.open("rb") as fh:
-        return {m.decode() for line in fh for m in _BINARY_URL.findall(line)}
+    try:
+        with path.open("rb") as fh:
+            return {m.decode() for line in fh for m in _BINARY_URL.findall(line)}
+    except OSError:
+        return set()  # an unreadable part fails its study when it is pushed
 
 
 def default_journal_path(paths: Sequence[Path]) -> Path:

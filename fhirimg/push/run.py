@@ -14,7 +14,7 @@ import hashlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,20 @@ import httpx
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
 from fhirimg.http.fhir import FhirClient, outcome_issues
-from fhirimg.push.capability import RELEASE_NAMES, check_server, server_release
+from fhirimg.push.capability import (
+    RELEASE_NAMES,
+    check_release,
+    server_release,
+    server_version,
+)
 from fhirimg.push.files import (
     DEFAULT_FOLDER,
     BundleFile,
+    Ignored,
+    Listing,
     default_journal_path,
-    discover,
+    iter_discover,
+    list_inputs,
     load_bundle,
     transaction_problem,
 )
@@ -51,7 +59,7 @@ _CREDENTIALS = "give credentials with --token, --user or --token-url (PushOption
 
 
 def _refused(f: BundleFile) -> BundleResult:
-    """The result of a bundle :func:`discover` found unusable (a crafted Binary id, ...)."""
+    """The result of a bundle discovery found unusable (a crafted Binary id, ...)."""
     return BundleResult(file=f.path.name, status="failed", error=f.problem)
 
 
@@ -86,6 +94,9 @@ def push_paths(
 ) -> PushReport:
     """Push every transaction Bundle under ``paths`` (default: ``fhirimg-out/``) to the server.
 
+    Discovery streams (:func:`~fhirimg.push.files.iter_discover`): the folders are listed once,
+    then each file is read, parsed once and pushed while the next ones are still being read.
+
     Raises :class:`InputError` when a path does not exist, :class:`PushError` (or its child
     :class:`AuthError`) when the server cannot be used at all (before the first bundle: not
     reachable, not a FHIR server, another FHIR release than the bundles', see
@@ -98,9 +109,10 @@ def push_paths(
     observer = observer or PushObserver()
     refuse_url_credentials(options.server, "the FHIR server URL", _CREDENTIALS)
     paths = list(paths) or [DEFAULT_FOLDER]
-    files, ignored = discover(paths)
-    report = PushReport(server=options.server.rstrip("/"), ignored=ignored)
-    if not files:
+    listing = list_inputs(paths)
+    found = _Found(iter_discover(listing))
+    report = PushReport(server=options.server.rstrip("/"), ignored=found.ignored)
+    if not found.look_ahead(lambda f: True):
         return report  # nothing to push, no request sent: exit_code 4
     journal_path = (options.journal or default_journal_path(paths)) if options.use_journal else None
     report.journal = str(journal_path) if journal_path else None
@@ -110,24 +122,23 @@ def push_paths(
         read_only=options.dry_run,
         mode=jsonio.modes(options.group_readable),
     )
-    observer.started(len(files), sum(f.size + f.binaries_size for f in files))
+    # The totals from the listing's file sizes: the bar starts before any file is read.
+    observer.started(listing.bundles, listing.total_bytes)
 
     if options.dry_run:
-        for f in files:
+        for _, f in found:
             if f.problem is not None:
-                report.results.append(_refused(f))
-                observer.finished(report.results[-1])
-                continue
-            data, bundle = load_bundle(f.path)
-            if journal.bundle_done(report.server, hashlib.sha256(data).hexdigest()):
+                result = _refused(f)
+            elif journal.bundle_done(report.server, _sha256(f)):
                 result = BundleResult(file=f.path.name, status="skipped")
             else:
                 result = push_bundle(
-                    None, bundle, f.binaries, name=f.path.name,
+                    None, _bundle(f), f.binaries, name=f.path.name,
                     max_entries=options.max_entries, dry_run=True,
                 )  # fmt: skip
             report.results.append(result)
             observer.finished(result)
+        found.correct_totals(observer, listing)
         report.elapsed_s = time.monotonic() - started
         return report
 
@@ -146,17 +157,29 @@ def push_paths(
     try:
         if options.check_server:
             # Before the first bundle: the base URL is a FHIR server of the bundles' release.
-            version = check_server(client, _releases(files))
-            takes = server_release(version)
-            files = [_other_release(f, version) if f.release != takes else f for f in files]
+            _match_release(client, found)
         with journal:
-            _push_all(client, files, options, journal, report, observer)
+            _push_all(client, found, options, journal, report, observer)
+        found.correct_totals(observer, listing)
     finally:
         report.requests = client.stats_requests
         report.retries = client.stats_retries
         client.close()
         report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _match_release(client: FhirClient, found: _Found) -> None:
+    """Read the server's FHIR release, then read ahead to the first bundle of that release
+    (nothing is sent meanwhile). When there is none and some bundle is of another release, the
+    run stops here (:class:`PushError`, as :func:`~fhirimg.push.capability.check_server`);
+    otherwise the bundles of another release (a mixed folder) are refused one by one."""
+    version = server_version(client)
+    takes = server_release(version)
+    looked = found.look_ahead(lambda f: f.problem is None and f.release == takes)
+    if not any(f.problem is None and f.release == takes for f in looked):
+        check_release(client, version, _releases(looked))
+    found.refuse = lambda f: _other_release(f, version) if f.release != takes else f
 
 
 def _push_split_study(
@@ -242,9 +265,67 @@ def _push_split_study(
     return total
 
 
+class _Found:
+    """The discovery stream (:func:`~fhirimg.push.files.iter_discover`) as numbered bundle
+    files: ignored files are collected on the way, files read ahead are kept until handed out,
+    and the files handed out are remembered without their bytes (for the results of bundles an
+    aborted run never got to, and the progress totals)."""
+
+    def __init__(self, stream: Iterator[BundleFile | Ignored]) -> None:
+        self._stream = stream
+        self._ahead: deque[BundleFile] = deque()
+        self.ignored: list[tuple[str, str]] = []
+        self.files: list[BundleFile] = []
+        self.refuse: Callable[[BundleFile], BundleFile] = lambda f: f
+        """What becomes of each file handed out (a bundle of another release refused)."""
+
+    def _next(self) -> BundleFile | None:
+        for item in self._stream:
+            if isinstance(item, Ignored):
+                self.ignored.append((item.file, item.reason))
+            else:
+                return item
+        return None
+
+    def look_ahead(self, wanted: Callable[[BundleFile], bool]) -> list[BundleFile]:
+        """Read on until a file is ``wanted`` or the stream ends; return the files read ahead
+        so far (kept for iteration), empty when there is no file at all."""
+        while not any(wanted(f) for f in self._ahead):
+            f = self._next()
+            if f is None:
+                break
+            # Only a bundle that will be sent keeps its bytes while it waits.
+            self._ahead.append(f if wanted(f) else f.unloaded())
+        return list(self._ahead)
+
+    def __iter__(self) -> Iterator[tuple[int, BundleFile]]:
+        while True:
+            f = self._ahead.popleft() if self._ahead else self._next()
+            if f is None:
+                return
+            f = self.refuse(f)
+            self.files.append(f.unloaded())
+            yield len(self.files) - 1, f
+
+    def correct_totals(self, observer: PushObserver, listing: Listing) -> None:
+        """Tell the observer the exact totals when the listing's estimate was off (JSON files
+        that were no bundles, ``.binaries/`` folders holding other files)."""
+        total = sum(f.size + f.binaries_size for f in self.files)
+        if (len(self.files), total) != (listing.bundles, listing.total_bytes):
+            observer.started(len(self.files), total)
+
+
+def _sha256(f: BundleFile) -> str:
+    return hashlib.sha256(f.data if f.data is not None else f.path.read_bytes()).hexdigest()
+
+
+def _bundle(f: BundleFile) -> dict[str, Any]:
+    return f.bundle if f.bundle is not None else load_bundle(f.path)[1]
+
+
 def _push_all(
     client: FhirClient,
-    files: list[BundleFile],
+    found: _Found,
     options: PushOptions,
     journal: Journal,
     report: PushReport,
@@ -254,13 +335,17 @@ def _push_all(
     learned: list[int | None] = [options.max_entries]
     lock = threading.Lock()
     results: dict[int, BundleResult] = {}
+    jobs = max(1, options.jobs)
 
     def one(n: int, f: BundleFile) -> BundleResult:
         name = f.path.name
         if f.problem is not None:
             return _refused(f)
         try:
-            data, bundle = load_bundle(f.path)
+            if f.data is not None and f.bundle is not None:
+                data, bundle = f.data, f.bundle  # read and parsed once, by discovery
+            else:
+                data, bundle = load_bundle(f.path)
         except (OSError, ValueError, InputError) as exc:
             return BundleResult(file=name, status="failed", error=f"cannot read: {exc}")
 
@@ -285,6 +370,7 @@ def _push_all(
             f.binaries,
             name=name,
             sha256=hashlib.sha256(data).hexdigest(),
+            raw=data,
             max_entries=limit(),
             auto_split=options.auto_split,
             journal=journal,
@@ -300,14 +386,35 @@ def _push_all(
         observer.advanced(f.size)
         return result
 
-    executor = ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="push")
+    executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="push")
     pending: dict[Future[BundleResult], int] = {}
-    queue = deque(enumerate(files))
+    stream = iter(found)
+    ready: deque[tuple[int, BundleFile]] = deque()
+    more = True
     try:
-        while queue or pending:
-            while queue and len(pending) < max(1, options.jobs) and report.aborted is None:
-                n, f = queue.popleft()
+        while more or ready or pending:
+            # Discovery runs here, in step with the workers: ``jobs`` bundles in flight and as
+            # many read ahead, so memory holds a few bundles, never the folder.
+            while report.aborted is None and (ready or more) and len(pending) < jobs:
+                if not ready:
+                    item = next(stream, None)
+                    if item is None:
+                        more = False
+                        break
+                    ready.append(item)
+                n, f = ready.popleft()
                 pending[executor.submit(one, n, f)] = n
+            while report.aborted is None and more and len(ready) < jobs:
+                item = next(stream, None)
+                if item is None:
+                    more = False
+                else:
+                    ready.append(item)
+            if report.aborted is not None and (more or ready):
+                ready.clear()
+                for _ in stream:  # every file left is accounted for (results below)
+                    pass
+                more = False
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -317,7 +424,7 @@ def _push_all(
                     result = future.result()
                 except AuthError as exc:
                     result = BundleResult(
-                        file=files[n].path.name, status="failed", http_status=exc.status,
+                        file=found.files[n].path.name, status="failed", http_status=exc.status,
                         error=str(exc), issues=outcome_issues(exc.outcome),
                     )  # fmt: skip
                     report.aborted = f"the server refused the credentials: {exc}"
@@ -336,9 +443,9 @@ def _push_all(
         executor.shutdown(wait=True, cancel_futures=True)
         raise
     executor.shutdown(wait=True)
-    for n, f in enumerate(files):
+    for n, f in enumerate(found.files):
         if n not in results:
             results[n] = BundleResult(
                 file=f.path.name, status="failed", error="not attempted: the run was aborted"
             )
-    report.results = [results[n] for n in range(len(files))]
+    report.results = [results[n] for n in range(len(found.files))]

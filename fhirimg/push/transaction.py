@@ -30,6 +30,7 @@ from fhirimg.errors import (
     PushError,
     ServerUnreachableError,
 )
+from fhirimg.fhir.detect import detect_version
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.files import check_id, transaction_problem
 from fhirimg.push.journal import Journal
@@ -50,7 +51,6 @@ from fhirimg.push.split import (
     urn_references,
 )
 from fhirimg.safetext import clean
-from fhirimg.validate.validator import detect_version
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,11 @@ def _send_entries(
     auto_split: bool,
     result: BundleResult,
     observer: PushObserver,
+    raw: bytes | None = None,
 ) -> dict[str, str]:
     """Send the entries as one transaction, or as pieces (see :mod:`fhirimg.push.split`); return
-    each entry's ``response.status`` by its ``fullUrl``."""
+    each entry's ``response.status`` by its ``fullUrl``. ``raw``: the bytes ``bundle`` was parsed
+    from, sent instead of serialising it again when it goes whole."""
     whole = max_entries is None or len(entries) <= max_entries
     queue: deque[list[Mapping[str, Any]]] = deque(
         [list(entries)] if whole else plan_pieces(entries, max_entries or len(entries))
@@ -197,9 +199,9 @@ def _send_entries(
     statuses: dict[str, str] = {}
     while queue:
         piece = queue.popleft()
-        body: Mapping[str, Any]
+        body: Mapping[str, Any] | bytes
         if whole and len(piece) == len(entries) and not mapping:
-            body = bundle  # the bytes as converted, untouched
+            body = raw if raw is not None else bundle  # the bundle as converted, untouched
         else:
             body = make_piece(bundle, rewrite_references(piece, mapping))
         try:
@@ -271,6 +273,7 @@ def push_bundle(
     *,
     name: str = "bundle",
     sha256: str | None = None,
+    raw: bytes | None = None,
     max_entries: int | None = None,
     auto_split: bool = True,
     journal: Journal | None = None,
@@ -285,8 +288,10 @@ def push_bundle(
     taken from the bundle (entry ids, ``request.url``, the Binary ids) must be a FHIR id, or the
     bundle fails with the reason before anything is read or sent. ``journal``
     (optional) is consulted and appended to; ``sha256`` identifies the bundle there (default: the
-    hash of its canonical JSON). Raises :class:`AuthError` when the server refuses the
-    credentials; every other failure is reported in the result (``status == "failed"``).
+    hash of its canonical JSON); ``raw`` (optional) is the file the bundle was parsed from, sent
+    as it is where nothing of the bundle changes (no ImagingStudy to merge, one transaction).
+    Raises :class:`AuthError` when the server refuses the credentials; every other failure is
+    reported in the result (``status == "failed"``).
     """
     observer = observer or PushObserver()
     result = BundleResult(file=name, status="failed")
@@ -318,7 +323,7 @@ def push_bundle(
     confirmed = False
     try:
         _upload_binaries(client, bundle, binaries, journal, result, observer)
-        _send_merging(client, bundle, entries, max_entries, auto_split, result, observer)
+        _send_merging(client, bundle, entries, max_entries, auto_split, result, observer, raw)
         confirmed = True
     except AuthError:
         raise
@@ -559,6 +564,7 @@ def _send_merging(
     auto_split: bool,
     result: BundleResult,
     observer: PushObserver,
+    raw: bytes | None = None,
 ) -> None:
     """Send the bundle with its ImagingStudy merged into the server's, never replacing it (issue
     10): read the server's study, merge, write conditionally on the version read
@@ -570,7 +576,7 @@ def _send_merging(
     index = _study_index(entries)
     search = _study_search(entries[index]) if index is not None else None
     if index is None or search is None:
-        _send_entries(client, bundle, entries, max_entries, auto_split, result, observer)
+        _send_entries(client, bundle, entries, max_entries, auto_split, result, observer, raw)
         return
     why = ""
     status: int | None = None
