@@ -12,7 +12,6 @@ import typer
 from rich.markup import escape
 
 from fhirimg import jsonio
-from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli._app import (
     RESUMABLE,
     JsonOpt,
@@ -27,6 +26,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
+    DICOMWEB_PANEL,
     NETWORK_PANEL,
     DicomwebAuth,
     FhirAuth,
@@ -226,7 +226,7 @@ def push(
             help="DICOMweb base URL: first store the studies' DICOM instances there (STOW-RS), "
             "then push (with --server) the bundles whose ImagingStudy has its Endpoint. Alone, "
             "the auth options above apply to it; with --server, use --dicomweb-*.",
-            rich_help_panel=_dw.PANEL,
+            rich_help_panel=DICOMWEB_PANEL,
         ),
     ] = None,
     dicomweb_auth: DicomwebAuth,
@@ -275,6 +275,9 @@ def push(
     )
     if dicomweb:
         # Alone, --dicomweb takes the FHIR auth options; beside --server, its own --dicomweb-*.
+        # Imported here: it loads convert and the DICOMweb path, which a plain push never uses.
+        from fhirimg.cli import _dicomweb as _dw
+
         dw_auth = dicomweb_auth.build()
         _dw.run_push_dicomweb(
             paths or [],
