@@ -399,6 +399,7 @@ def list_inputs(paths: Sequence[Path]) -> Listing:
         else:
             raise InputError(f"no such file or folder: {p}")
     heads = {(folder, entry.name) for folder, entry, _ in chosen}
+    parts_of = {folder: _parts(found) for folder, found in listings.items()}
     candidates: list[Candidate] = []
     seen: set[tuple[int, int]] = set()
     bundles = total = 0
@@ -412,7 +413,7 @@ def list_inputs(paths: Sequence[Path]) -> Listing:
         if match and (folder, f"{match['stem']}.json") in heads:
             continue  # pushed together with its study's first file
         stem = entry.name.removesuffix(".json")
-        parts = _parts(listings[folder], stem)
+        parts = parts_of[folder].get(stem, [])
         binaries = listings[folder].get(f"{stem}.binaries")
         c = Candidate(
             folder / entry.name,
@@ -429,15 +430,18 @@ def list_inputs(paths: Sequence[Path]) -> Listing:
     return Listing(tuple(candidates), bundles, total)
 
 
-def _parts(found: Mapping[str, os.DirEntry[str]], stem: str) -> list[os.DirEntry[str]]:
-    """The ``<stem>.part-N.json`` files of a folder listing, by N."""
-    numbered = []
-    prefix = f"{stem}.part-"
+def _parts(found: Mapping[str, os.DirEntry[str]]) -> dict[str, list[os.DirEntry[str]]]:
+    """The ``<stem>.part-N.json`` files of a folder listing by stem, each list in the order of N
+    (one pass over the listing, whatever the number of studies)."""
+    numbered: dict[str, list[tuple[int, str, os.DirEntry[str]]]] = {}
     for name, entry in found.items():
-        if name.startswith(prefix) and (match := _PART.match(name)) and match["stem"] == stem:
-            if _is_file(entry):
-                numbered.append((int(match["n"]), name, entry))
-    return [entry for _, _, entry in sorted(numbered, key=lambda item: item[:2])]
+        match = _PART.match(name)
+        if match and _is_file(entry):
+            numbered.setdefault(match["stem"], []).append((int(match["n"]), name, entry))
+    return {
+        stem: [entry for _, _, entry in sorted(items, key=lambda item: item[:2])]
+        for stem, items in numbered.items()
+    }
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:

@@ -290,12 +290,12 @@ class _Found:
     def look_ahead(self, wanted: Callable[[BundleFile], bool]) -> list[BundleFile]:
         """Read on until a file is ``wanted`` or the stream ends; return the files read ahead
         so far (kept for iteration), empty when there is no file at all."""
-        while not any(wanted(f) for f in self._ahead):
-            f = self._next()
-            if f is None:
-                break
-            # Only a bundle that will be sent keeps its bytes while it waits.
-            self._ahead.append(f if wanted(f) else f.unloaded())
+        if not any(wanted(f) for f in self._ahead):
+            while (f := self._next()) is not None:
+                if wanted(f):
+                    self._ahead.append(f)
+                    break
+                self._ahead.append(f.unloaded())  # only a bundle to send keeps its bytes
         return list(self._ahead)
 
     def __iter__(self) -> Iterator[tuple[int, BundleFile]]:
