@@ -436,7 +436,9 @@ def build_study(
 
     settled = settle(records, attempt, all_or_nothing)
     bundle, notes = settled.attempt.value
-    study = bundle["entry"][-1]["resource"]
+    study = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy"
+    )
     errors = settled.errors
     uid = records[0].study_instance_uid
     outcome = StudyOutcome(
