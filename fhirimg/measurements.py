@@ -225,11 +225,32 @@ def measurement_entries(
         for i, item in enumerate(content.items):
             ctx.children.setdefault(item.parent, []).append(i)
         title = _key(content.title)
-        if title == MEASUREMENT_REPORT or content.template == "1500":
-            _measurement_report(ctx)
-        elif title == DOSE_REPORT:
-            _dose_report(ctx)
+        try:
+            if title == MEASUREMENT_REPORT or content.template == "1500":
+                _measurement_report(ctx)
+            elif title == DOSE_REPORT:
+                _dose_report(ctx)
+        except Exception as exc:  # a mapping bug costs this SR's measurements, not the study
+            notes.add(f"{ctx.where}: measurements not mapped: {type(exc).__name__}: {exc}")
+            continue
         out += ctx.entries
+    return out
+
+
+_KINDS = ("Observation", "ImagingSelection", "BodyStructure")
+
+
+def entry_owners(records: Iterable[InstanceRecord]) -> dict[str, InstanceRecord]:
+    """The fullUrls :func:`measurement_entries` may give each SR record (by content item
+    position), so that a validation error in one of them is traced to that SR instance
+    (:mod:`fhirimg.partial`), never to the whole study."""
+    out: dict[str, InstanceRecord] = {}
+    for record in records:
+        if record.sr is None:
+            continue
+        for position in ("1", *(i.position for i in record.sr.items)):
+            for kind in _KINDS:
+                out[ids.full_url(kind, record.sop_instance_uid, position)] = record
     return out
 
 
@@ -719,4 +740,4 @@ def _event(ctx: _Context, index: int, item: ContentItem) -> str | None:
     return url
 
 
-__all__ = ["REGION_EXTENSION", "concept", "measurement_entries", "system_of"]
+__all__ = ["REGION_EXTENSION", "concept", "entry_owners", "measurement_entries", "system_of"]

@@ -31,7 +31,7 @@ from tests.helpers import GOLDEN, REPO, load, report_bytes
 from tests.servers.fhir_server import FhirTestServer
 
 CORPUS = REPO / "sample_data" / "sr"
-SCT, DCM, UCUM = "http://snomed.info/sct", "http://dicom.nema.org/resources/ontology/DCM", None
+SCT, DCM = "http://snomed.info/sct", "http://dicom.nema.org/resources/ontology/DCM"
 UCUM = "http://unitsofmeasure.org"
 Bundle = dict[str, Any]
 
@@ -63,13 +63,8 @@ def _bundles(folder: Path) -> list[Bundle]:
 
 
 def _study_m(folder: Path) -> Bundle:
-    """The bundle of study M (the one with the CT series)."""
-    for bundle in _bundles(folder):
-        if any(_of(bundle, "ImagingStudy")[0]["series"][0]["modality"] for _ in [0]):
-            study = _of(bundle, "ImagingStudy")[0]
-            if study["numberOfSeries"] == 4:
-                return bundle
-    raise AssertionError("no study M")
+    """The bundle of study M (CT, TID 1500, dose and text SR series)."""
+    return next(b for b in _bundles(folder) if _of(b, "ImagingStudy")[0]["numberOfSeries"] == 4)
 
 
 def _study_o(folder: Path) -> Bundle:
@@ -392,3 +387,38 @@ def test_pushed_found_by_part_of_and_code(clean_fhir: FhirTestServer, tmp_path: 
     again = CliRunner().invoke(app, ["push", str(out), "--server", base, "--quiet", "--force"])
     assert again.exit_code == 0, again.output
     assert count(base, "Observation") == 13
+
+
+# --------------------------------------------------------------------------- fault injection
+
+
+def test_invalid_observations_cost_their_sr_not_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Observations that fail validation (units made non-UCUM here) are traced to their SR
+    instance, which is left out (fhirimg.partial); the rest of the study is written."""
+    monkeypatch.setattr("fhirimg.measurements.UCUM", "http://example.org/not-ucum")
+    result = _convert(tmp_path / "out")
+    assert result.exit_code == 1, result.output  # files left out: partial
+    report = load(tmp_path / "out" / "report.json")
+    study = next(s for s in report["studies"] if s["instances"] == 4 and s["series"] == 2)
+    dropped = sorted(Path(f["path"]).name for f in study["droppedFiles"])
+    assert dropped == ["dose.dcm", "measurements.dcm"]
+    assert study["status"] == "written"
+    bundle = load(tmp_path / "out" / study["bundle"])
+    assert not _of(bundle, "Observation")
+    assert len(_of(bundle, "ImagingStudy")[0]["series"]) == 2  # the CT and the text SR
+
+
+def test_a_mapping_bug_costs_only_that_sr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ctx: object) -> None:
+        raise KeyError("injected")
+
+    monkeypatch.setattr("fhirimg.measurements._dose_report", broken)
+    result = _convert(tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = load(tmp_path / "out" / "report.json")
+    study = next(s for s in report["studies"] if s["series"] == 4)
+    assert any("measurements not mapped: KeyError" in w for w in study["warnings"])
+    bundle = load(tmp_path / "out" / study["bundle"])
+    assert len(_of(bundle, "Observation")) == 10  # the TID 1500 report's, not the dose report's
