@@ -28,7 +28,7 @@ from fhirimg.scan import read_file
 from fhirimg.srread import MAX_DEPTH
 from tests.conftest import count, search
 from tests.helpers import GOLDEN, REPO, load, report_bytes
-from tests.servers.fhir_server import FhirTestServer
+from tests.servers.fhir_server import FhirTestServer, start_fhir_server
 
 CORPUS = REPO / "sample_data" / "sr"
 SCT, DCM = "http://snomed.info/sct", "http://dicom.nema.org/resources/ontology/DCM"
@@ -422,3 +422,29 @@ def test_a_mapping_bug_costs_only_that_sr(tmp_path: Path, monkeypatch: pytest.Mo
     assert any("measurements not mapped: KeyError" in w for w in study["warnings"])
     bundle = load(tmp_path / "out" / study["bundle"])
     assert len(_of(bundle, "Observation")) == 10  # the TID 1500 report's, not the dose report's
+
+
+@pytest.mark.server
+def test_r5_pushed_found_by_part_of_and_code(outputs: dict[str, Path]) -> None:
+    """The R5 bundles on the test server in R5 mode (transaction semantics, R4 search
+    parameters): Observations found by ``part-of`` and ``code``, regions linked by reference."""
+    required = os.environ.get("FHIRIMG_REQUIRE_SERVERS") == "1"
+    try:
+        server = start_fhir_server(fhir_version="5.0.0")
+    except Exception as exc:  # not installed: as conftest's fixtures do
+        if required:
+            pytest.fail(f"FHIR test server did not start: {exc}")
+        pytest.skip(f"FHIR test server unavailable: {exc}")
+    with server:
+        base = server.base_url
+        pushed = CliRunner().invoke(app, ["push", str(outputs["r5"]), "--server", base, "--quiet"])
+        assert pushed.exit_code == 0, pushed.output
+        study = next(s for s in search(base, "ImagingStudy") if s["numberOfSeries"] == 4)
+        found = search(base, f"Observation?part-of=ImagingStudy/{study['id']}&_count=1000")
+        assert len(found) == 13
+        areas = search(base, f"Observation?code={SCT}|42798000&part-of=ImagingStudy/{study['id']}")
+        assert len(areas) == 2
+        assert all(a["derivedFrom"][0]["reference"].startswith("ImagingSelection/") for a in areas)
+        kidney = [o for o in found if "bodyStructure" in o]
+        assert kidney
+        assert all(o["bodyStructure"]["reference"].startswith("BodyStructure/") for o in kidney)
