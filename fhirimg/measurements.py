@@ -29,6 +29,7 @@ naming the item's position (PS3.3 C.17.3.2.5) and its concept, and the rest is m
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from fhirimg.mapping import (
     search_token,
 )
 from fhirimg.model import Code, ContentItem, InstanceRecord, SrContent
+
+log = logging.getLogger(__name__)
 
 UCUM = "http://unitsofmeasure.org"
 IDENTIFIER_TYPE = "http://hl7.org/fhir/uv/dicom-sr/CodeSystem/dicom-identifier-type"
@@ -231,7 +234,9 @@ def measurement_entries(
             elif title == DOSE_REPORT:
                 _dose_report(ctx)
         except Exception as exc:  # a mapping bug costs this SR's measurements, not the study
-            notes.add(f"{ctx.where}: measurements not mapped: {type(exc).__name__}: {exc}")
+            # The type only in the report: a message may quote content (patient data).
+            notes.add(f"{ctx.where}: measurements not mapped (internal error {type(exc).__name__})")
+            log.debug("%s: measurements not mapped", ctx.where, exc_info=True)
             continue
         out += ctx.entries
     return out

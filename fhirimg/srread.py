@@ -62,7 +62,9 @@ def read_content(path: str) -> SrContent:
     except RecursionError:
         why = "nested too deep for pydicom's reader"
     except Exception as exc:  # pydicom raises many types for corrupt input
-        why = f"{type(exc).__name__}: {exc}"
+        # The type only: pydicom's words may quote header values (a patient's name).
+        why = type(exc).__name__
+        log.debug("%s: SR content not read: %s", path, exc)
     return SrContent(None, None, None, None, (), (f"SR content not read: {why}",))
 
 

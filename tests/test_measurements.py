@@ -419,7 +419,7 @@ def test_a_mapping_bug_costs_only_that_sr(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0, result.output
     report = load(tmp_path / "out" / "report.json")
     study = next(s for s in report["studies"] if s["series"] == 4)
-    assert any("measurements not mapped: KeyError" in w for w in study["warnings"])
+    assert any("measurements not mapped (internal error KeyError)" in w for w in study["warnings"])
     bundle = load(tmp_path / "out" / study["bundle"])
     assert len(_of(bundle, "Observation")) == 10  # the TID 1500 report's, not the dose report's
 

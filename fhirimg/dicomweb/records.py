@@ -226,7 +226,10 @@ def _sr_content(dataset: JSONMapping, sop_class_uid: str) -> SrContent | None:
     try:
         ds = Dataset.from_json(dict(dataset))
     except Exception as exc:  # malformed DICOM JSON: the instance converts, its content not
-        return SrContent(None, None, None, None, (), (f"SR content not read: {exc}",))
+        # The type only: the message may quote values (patient data)
+        return SrContent(
+            None, None, None, None, (), (f"SR content not read: {type(exc).__name__}",)
+        )
     return content_of(ds)
 
 
