@@ -165,7 +165,7 @@ def check(
             _rendered(res, loc, out, release, bundle)
         if rtype == "DocumentReference" and out.applies("r5-docref-1"):
             _docref_invariants(res, loc, out, bundle)
-        if rtype in measurement_checks.TYPES:  # SR measurements (issue 20)
+        if isinstance(rtype, str) and rtype in measurement_checks.TYPES:  # SR measurements
             measurement_checks.check(res, loc, out, bundle.resolve, bundle.types, obj)
         # Attachments (and Binary) where the table says they sit in this release.
         for a_loc, att in rules.read("img-attachment-content-type", release, res, loc):

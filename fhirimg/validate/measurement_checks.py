@@ -126,9 +126,9 @@ def _listed(bundle: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
                 series = studies.setdefault(value[len("urn:oid:") :], {})
                 for s in _list(res.get("series")):
                     if isinstance(s, dict):
-                        uids = {
+                        uids = [
                             i.get("uid") for i in _list(s.get("instance")) if isinstance(i, dict)
-                        }
+                        ]
                         series.setdefault(str(s.get("uid")), set()).update(
                             u for u in uids if isinstance(u, str)
                         )
@@ -140,6 +140,8 @@ def _selection(res: dict[str, Any], loc: str, out: RuleCollector, bundle: dict[s
     if study is None:
         return  # the study is not in this bundle (a part file, a selection sent alone)
     series_uid = res.get("seriesUid")
+    if series_uid is not None and not isinstance(series_uid, str):
+        return  # not an id: the model layer's finding
     if series_uid is not None and series_uid not in study:
         out.fail(
             "r5-selection-instances",
@@ -150,7 +152,7 @@ def _selection(res: dict[str, Any], loc: str, out: RuleCollector, bundle: dict[s
     pool = study[series_uid] if series_uid is not None else set().union(*study.values())
     for i, inst in enumerate(_list(res.get("instance"))):
         uid = inst.get("uid") if isinstance(inst, dict) else None
-        if uid not in pool:
+        if not isinstance(uid, str) or uid not in pool:
             out.fail(
                 "r5-selection-instances",
                 f"{loc}.instance[{i}].uid",
