@@ -1,5 +1,8 @@
 """Imaging rules on SR measurements (issue 20): Observations and R5 ImagingSelections.
 
+Only Observations ``partOf`` an ImagingStudy are checked (the IG's imaging-observation): FHIR
+itself lets an Observation go without a value.
+
 - ``obs-code-value``: a code and a value (value[x], dataAbsentReason, valued components or, for
   a measurement group, members);
 - ``obs-ucum``: value and component Quantities are UCUM (HL7 dicom-sr imaging-measurement);
@@ -43,6 +46,8 @@ def check(
         if out.applies("r5-selection-instances"):
             _selection(res, loc, out, bundle)
         return
+    if not _of_imaging_study(res, resolve):
+        return  # an Observation of another kind: FHIR's own rules only
     _code_value(res, loc, out)
     _ucum(res.get("valueQuantity"), f"{loc}.valueQuantity", out)
     for i, comp in enumerate(_list(res.get("component"))):
@@ -54,6 +59,24 @@ def check(
         for i, ref in enumerate(refs):
             where = f"{loc}.{name}[{i}]" if isinstance(value, list) else f"{loc}.{name}"
             _resolves(ref, where, out, resolve, types)
+
+
+def _of_imaging_study(res: dict[str, Any], resolve: Resolve) -> bool:
+    """Whether the Observation is an imaging one: ``partOf`` an ImagingStudy (HL7 dicom-sr
+    imaging-observation, slice imagingStudyRef 1..1) by reference, type or bundle entry."""
+    for part in _list(res.get("partOf")):
+        if not isinstance(part, dict):
+            continue
+        ref = part.get("reference")
+        if part.get("type") == "ImagingStudy":
+            return True
+        if isinstance(ref, str):
+            if ref.startswith(("ImagingStudy/", "ImagingStudy?")):
+                return True
+            target = resolve(ref)
+            if target is not None and target.get("resourceType") == "ImagingStudy":
+                return True
+    return False
 
 
 def _list(value: Any) -> list[Any]:

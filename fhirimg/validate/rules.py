@@ -274,7 +274,8 @@ RULES: tuple[Rule, ...] = (
                 "R4 Attachment has no height or width"}),
     # -- imaging layer: SR measurements as Observations (issue 20, docs/measurements.md) -------
     Rule("obs-code-value", _I, _E,
-         "an Observation has a code (a coding with a code, or text) and a value: value[x], "
+         "an imaging Observation (partOf an ImagingStudy) has a code (a coding with a code, or "
+         "text) and a value: value[x], "
          "dataAbsentReason, components that each have one, or members (a measurement group)",
          "Observation.code 1..1, obs-6, obs-7; HL7 dicom-sr imaging-measurement (valueQuantity "
          "1..1), imaging-measurement-group",
@@ -282,14 +283,14 @@ RULES: tuple[Rule, ...] = (
                "Observation.valueString", "Observation.dataAbsentReason",
                "Observation.component.valueQuantity", "Observation.hasMember")),
     Rule("obs-ucum", _I, _E,
-         "a Quantity in an Observation's value or component has system http://unitsofmeasure.org "
-         "(UCUM) and a unit code",
+         "a Quantity in an imaging Observation's value or component has system "
+         "http://unitsofmeasure.org (UCUM) and a unit code",
          "HL7 dicom-sr imaging-measurement (valueQuantity: UCUM from (0040,08EA)); DICOM CID 82",
          _both("Observation.valueQuantity.system", "Observation.valueQuantity.code",
                "Observation.component.valueQuantity.system",
                "Observation.component.valueQuantity.code")),
     Rule("obs-refs-resolve", _I, _E,
-         "an Observation's subject, partOf, hasMember and derivedFrom resolve to entries of the "
+         "an imaging Observation's subject, partOf, hasMember and derivedFrom resolve to entries of the "
          "bundle (fullUrl or Type/id of an entry) when the bundle holds resources of the type "
          "they name",
          "bundle.html#references; HL7 dicom-sr imaging-observation (partOf imagingStudyRef, "
