@@ -21,6 +21,7 @@ from fhirimg import ids, jsonio
 from fhirimg.fhir import Release
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, Notes, endpoint, imaging_study, patient, sort_records
+from fhirimg.measurements import measurement_entries
 from fhirimg.model import InstanceRecord
 
 
@@ -82,7 +83,10 @@ def study_bundle(
     study, study_request = imaging_study(
         recs, pat_url, endpoint_url, release, options, notes, instance_extensions
     )
-    entries.append(entry(ids.full_url("ImagingStudy", study_uid), study, study_request))
+    study_url = ids.full_url("ImagingStudy", study_uid)
+    entries.append(entry(study_url, study, study_request))
+    # After the study: SR measurements and dose as Observations (issue 20).
+    entries += measurement_entries(recs, pat_url, study_url, release, options, notes)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, notes
 
 

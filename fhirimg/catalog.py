@@ -66,7 +66,16 @@ from fhirimg import jsonio
 from fhirimg.errors import CatalogError
 from fhirimg.folderlock import state_dir
 from fhirimg.group import PackedRecord
-from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
+from fhirimg.model import (
+    Code,
+    ContentItem,
+    FileProblem,
+    FileStatus,
+    ImageReference,
+    InstanceRecord,
+    Issuer,
+    SrContent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +262,7 @@ def _reader_fingerprint() -> str:
     another shape of the record classes."""
     shape = [
         (cls.__name__, [(f.name, str(f.type)) for f in dataclasses.fields(cls)])
-        for cls in (InstanceRecord, Issuer, Code)
+        for cls in (InstanceRecord, Issuer, Code, SrContent, ContentItem, ImageReference)
     ]
     return hashlib.sha256(repr((_version(), shape)).encode()).hexdigest()[:16]
 

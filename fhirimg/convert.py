@@ -57,6 +57,7 @@ from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, Notes, clean_text
+from fhirimg.measurements import entry_owners
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.partial import Attempt, settle
 from fhirimg.safetext import refuse_url_credentials
@@ -432,11 +433,13 @@ def build_study(
     def attempt(recs: list[InstanceRecord]) -> Attempt[tuple[JSON, Notes]]:
         bundle, notes = study_bundle(recs, mapping, release)
         errors = resource_error_findings(bundle, release.name, strict)
-        return Attempt(bundle, errors, (bundle, notes))
+        return Attempt(bundle, errors, (bundle, notes), entry_owners(recs))
 
     settled = settle(records, attempt, all_or_nothing)
     bundle, notes = settled.attempt.value
-    study = bundle["entry"][-1]["resource"]
+    study = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy"
+    )
     errors = settled.errors
     uid = records[0].study_instance_uid
     outcome = StudyOutcome(

@@ -209,6 +209,8 @@ class MapOptions:
     an issuer with a Universal Entity ID needs none (``fhir-imaging-spec.md``, Issuer rule)."""
     dicomweb_url: str | None = None
     """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
+    measurements: bool = True
+    """SR measurement and dose reports become Observations (:mod:`fhirimg.measurements`)."""
 
 
 @dataclass

@@ -32,6 +32,55 @@ class Code:
 
 
 @dataclass(frozen=True)
+class ImageReference:
+    """An instance an SR content item refers to: (0008,1199) Referenced SOP Sequence >
+    (0008,1150) Referenced SOP Class UID, (0008,1155) Referenced SOP Instance UID,
+    (0008,1160) Referenced Frame Number."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContentItem:
+    """One item of an SR content tree (PS3.3 C.17.3), flattened: ``parent`` is the index of its
+    parent in :attr:`SrContent.items` (-1: a child of the document root), ``position`` its
+    Referenced Content Item Identifier (PS3.3 C.17.3.2.5: ``1.3.2`` = the second child of the
+    third child of the root). Values are kept as read; :mod:`fhirimg.measurements` converts."""
+
+    parent: int
+    position: str
+    relationship: str | None  # (0040,A010) Relationship Type
+    value_type: str | None  # (0040,A040) Value Type; None for a by-reference relationship
+    concept: Code | None = None  # (0040,A043) Concept Name Code Sequence
+    observation_uid: str | None = None  # (0040,A171) Observation UID
+    observation_datetime: str | None = None  # (0040,A032) Observation DateTime
+    text: str | None = None  # TEXT (0040,A160), UIDREF (0040,A124), DATETIME (0040,A120)
+    number: str | None = None  # NUM (0040,A300) > (0040,A30A) Numeric Value, raw DS
+    unit: Code | None = None  # NUM (0040,A300) > (0040,08EA) Measurement Units Code Sequence
+    code: Code | None = None  # CODE (0040,A168) Concept Code Sequence
+    graphic_type: str | None = None  # SCOORD/SCOORD3D (0070,0023)
+    graphic_data: tuple[float, ...] = ()  # SCOORD/SCOORD3D (0070,0022)
+    frame_of_reference_uid: str | None = None  # SCOORD3D (3006,0024)
+    references: tuple[ImageReference, ...] = ()  # IMAGE / COMPOSITE (0008,1199)
+    reference_to: str | None = None  # by-reference: (0040,DB73) as "1.2.3"
+
+
+@dataclass(frozen=True)
+class SrContent:
+    """The content tree of a Structured Report, read in full (:mod:`fhirimg.srread`)."""
+
+    title: Code | None  # the root's (0040,A043) Concept Name Code Sequence
+    template: str | None  # (0040,A504) Content Template Sequence > (0040,DB00)
+    preliminary: str | None  # (0040,A496) Preliminary Flag
+    device_uid: str | None  # (0018,1002) Device UID
+    items: tuple[ContentItem, ...]
+    warnings: tuple[str, ...] = ()
+    """What could not be read, each naming its content item."""
+
+
+@dataclass(frozen=True)
 class InstanceRecord:
     """What is read from one DICOM file's header. Pure data; built by :func:`fhirimg.scan.read_file`."""
 
@@ -90,6 +139,8 @@ class InstanceRecord:
     manufacturer: str | None = None  # (0008,0070)
     model_name: str | None = None  # (0008,1090)
     station_name: str | None = None  # (0008,1010)
+    # A Structured Report's content tree (SR SOP classes only; read in full, fhirimg.srread).
+    sr: SrContent | None = None
     # Problems met while reading (bad charset, malformed values): recorded, never fatal.
     warnings: tuple[str, ...] = field(default=())
 

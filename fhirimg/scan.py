@@ -33,7 +33,8 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
+from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer, SrContent
+from fhirimg.srread import content_of, is_sr, read_content
 from fhirimg.walk import NotRegular, not_a_file, open_regular, os_problem, skipped_kind
 from fhirimg.walk import iter_files as iter_files  # re-exported: the walk lived here before
 
@@ -476,6 +477,9 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
                         return FileProblem(path, parsed.status, parsed.reason)
                 meta, header = parsed
                 record = _record(path, size, header, meta, kind)
+                if isinstance(record, InstanceRecord) and is_sr(record.sop_class_uid):
+                    # An SR's content tree: this one file is read in full (fhirimg.srread).
+                    record = _with_content(record, read_content(path))
     except NotRegular as exc:
         return skipped_kind(path, str(exc))
     except OSError as exc:
@@ -654,6 +658,12 @@ def _slow_read(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | Fi
     return meta, header
 
 
+def _with_content(record: InstanceRecord, content: SrContent) -> InstanceRecord:
+    from dataclasses import replace
+
+    return replace(record, sr=content)
+
+
 def _with_warnings(record: InstanceRecord, notes: tuple[str, ...]) -> InstanceRecord:
     from dataclasses import replace
 
@@ -753,7 +763,14 @@ def record_from_dataset(
     meta = Header()
     if transfer_syntax_uid:
         meta.values[0x00020010] = transfer_syntax_uid.encode("ascii", "replace")
-    return _record(path, size, header, meta, "file")
+    record = _record(path, size, header, meta, "file")
+    if (
+        isinstance(record, InstanceRecord)
+        and is_sr(record.sop_class_uid)
+        and "ContentSequence" in ds
+    ):
+        record = _with_content(record, content_of(ds))  # a peer that sent the content tree
+    return record
 
 
 def _truncated_at(ds: Dataset) -> str | None:

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,68 @@ def _no_height(b: Bundle, release: str) -> None:
     del _attachment(b, release)["height"]
 
 
+def _add_measurement(b: Bundle, rtype: str = "Observation") -> dict[str, Any]:
+    """A valid SR measurement (issue 20) appended to the bundle; the mutations below break it."""
+    n = sum(1 for e in b["entry"] if e["resource"]["resourceType"] == rtype)
+    ident = {
+        "system": "urn:ietf:rfc:3986",
+        "value": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{rtype}{n}')}",
+    }
+    study = _study_entry(b)
+    res: dict[str, Any] = {"resourceType": rtype, "identifier": [ident]}
+    if rtype == "Observation":
+        res |= {
+            "partOf": [{"reference": study["fullUrl"]}],
+            "status": "final",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "103339001"}]},
+            "subject": {"reference": _patient_url(b)},
+            "valueQuantity": {"value": 1.5, "system": "http://unitsofmeasure.org", "code": "mm"},
+        }
+    else:
+        uid = study["resource"]["identifier"][0]["value"].removeprefix("urn:oid:")
+        series = study["resource"]["series"][0]
+        res |= {
+            "status": "available",
+            "subject": {"reference": _patient_url(b)},
+            "studyUid": uid,
+            "seriesUid": series["uid"],
+            "code": {
+                "coding": [
+                    {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "111030"}
+                ]
+            },
+            "instance": [{"uid": series["instance"][0]["uid"]}],
+        }
+    b["entry"].append(
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'entry-{rtype}{n}')}",
+            "resource": res,
+            "request": {
+                "method": "POST",
+                "url": rtype,
+                "ifNoneExist": f"identifier={ident['system']}|{ident['value']}",
+            },
+        }
+    )
+    return res
+
+
+def _observation_without_value(b: Bundle, release: str) -> None:
+    del _add_measurement(b)["valueQuantity"]
+
+
+def _unit_not_ucum(b: Bundle, release: str) -> None:
+    _add_measurement(b)["valueQuantity"]["system"] = "urn:dicom:scheme:99UNITS"
+
+
+def _part_of_elsewhere(b: Bundle, release: str) -> None:
+    _add_measurement(b)["partOf"] = [{"reference": "ImagingStudy/not-in-the-bundle"}]
+
+
+def _selection_other_instance(b: Bundle, release: str) -> None:
+    _add_measurement(b, "ImagingSelection")["instance"][0]["uid"] = "1.2.3.4.5.6"
+
+
 MUTATIONS: dict[str, Callable[[Bundle, str], None]] = {
     "bdl-fullurl-unique": _dup_full_url,
     "bdl-fullurl-form": _bad_full_url,
@@ -349,6 +412,10 @@ MUTATIONS: dict[str, Callable[[Bundle, str], None]] = {
     "r5-docref-1": _facility_with_encounter,
     "r5-docref-2": _setting_with_encounter,
     "r5-rendered-docref": _no_height,
+    "obs-code-value": _observation_without_value,
+    "obs-ucum": _unit_not_ucum,
+    "obs-refs-resolve": _part_of_elsewhere,
+    "r5-selection-instances": _selection_other_instance,
 }
 
 

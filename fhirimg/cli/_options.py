@@ -69,6 +69,15 @@ EndpointUrlOpt = Annotated[
     ),
 ]
 
+NoMeasurementsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-measurements",
+        help="Leave SR measurement and radiation dose reports out: no Observations (R5 also no "
+        "ImagingSelections) from their content; the SR stays an instance of its study.",
+    ),
+]
+
 TimezoneOpt = Annotated[
     str | None,
     typer.Option(

@@ -52,6 +52,7 @@ from fhirimg.cli._options import (
     MediaOpt,
     Network,
     NoCapabilityCheckOpt,
+    NoMeasurementsOpt,
     PatientIdSystemOpt,
     StrictOpt,
     TimezoneOpt,
@@ -127,6 +128,7 @@ def convert_command(
     fhir_version: FhirVersionOpt = FhirVersion.R4,
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
+    no_measurements: NoMeasurementsOpt = False,
     patient_id_system: PatientIdSystemOpt = None,
     accession_system: Annotated[
         list[str] | None,
@@ -389,6 +391,7 @@ def convert_command(
             patient_id_systems=systems,
             accession_systems=accession_systems,
             dicomweb_url=dicomweb_url,
+            measurements=not no_measurements,
         ),
         jobs=jobs or None,
         binary=binary,

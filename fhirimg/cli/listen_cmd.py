@@ -39,6 +39,7 @@ from fhirimg.cli._options import (
     JobsOpt,
     MediaOpt,
     Network,
+    NoMeasurementsOpt,
     StrictOpt,
     TimezoneOpt,
     option_groups,
@@ -144,6 +145,7 @@ def listen_command(
     fhir_version: FhirVersionOpt = FhirVersion.R4,
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
+    no_measurements: NoMeasurementsOpt = False,
     binary: BinaryOpt = None,
     media: MediaOpt = False,
     strict: StrictOpt = False,
@@ -195,7 +197,9 @@ def listen_command(
     options = ConvertOptions(
         out_dir=out,
         fhir_version=fhir_version.value,
-        mapping=MapOptions(timezone=timezone, dicomweb_url=dicomweb_url),
+        mapping=MapOptions(
+            timezone=timezone, dicomweb_url=dicomweb_url, measurements=not no_measurements
+        ),
         jobs=jobs or None,
         binary=binary,
         media=MediaOptions() if media else None,

@@ -28,7 +28,7 @@ from fhirimg.convert import ConvertOptions, ConvertReport, Progress, convert_rec
 from fhirimg.dicomweb.client import DicomwebClient, first_value
 from fhirimg.errors import ConfigError, PushError
 from fhirimg.jsonio import JSONMapping
-from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer
+from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer, SrContent
 from fhirimg.safetext import clean
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,27 @@ def record_from_json(
         manufacturer=_text(dataset, "00080070"),
         model_name=_text(dataset, "00081090"),
         station_name=_text(dataset, "00081010"),
+        sr=_sr_content(dataset, str(uids["00080016"])),
     )
+
+
+def _sr_content(dataset: JSONMapping, sop_class_uid: str) -> SrContent | None:
+    """An SR's content tree from its metadata, which WADO-RS gives whole (no bulk data in it),
+    read as :func:`fhirimg.scan.read_file` reads it from a file (:mod:`fhirimg.srread`)."""
+    from fhirimg.srread import content_of, is_sr
+
+    if not is_sr(sop_class_uid) or "0040A730" not in dataset:  # (0040,A730) Content Sequence
+        return None
+    from pydicom.dataset import Dataset
+
+    try:
+        ds = Dataset.from_json(dict(dataset))
+    except Exception as exc:  # malformed DICOM JSON: the instance converts, its content not
+        # The type only: the message may quote values (patient data)
+        return SrContent(
+            None, None, None, None, (), (f"SR content not read: {type(exc).__name__}",)
+        )
+    return content_of(ds)
 
 
 # --------------------------------------------------------------------------- finding studies

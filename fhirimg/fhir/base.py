@@ -21,6 +21,10 @@ class Release(Protocol):
     imaging_study_order: tuple[str, ...]
     rendered_image_type: str
     """The resource type that carries a rendered image: ``Media`` (R4), ``DocumentReference`` (R5)."""
+    imaging_selection: bool
+    """Whether image regions of SR measurements become ImagingSelection resources (R5)."""
+    observation_body_structure: bool
+    """Whether a finding site with laterality becomes Observation.bodyStructure (R5)."""
 
     def modality(self, coding: JSON) -> JSON:
         """ImagingStudy.modality / series.modality: R4 Coding, R5 CodeableConcept."""

@@ -26,6 +26,8 @@ class _R4:
     name = "r4"
     fhir_version = "4.0.1"
     rendered_image_type = "Media"
+    imaging_selection = False  # ImagingSelection is an R5 resource
+    observation_body_structure = False  # Observation.bodyStructure is R5
     # Element order of R4 ImagingStudy (its StructureDefinition); output keys follow it.
     imaging_study_order: tuple[str, ...] = (
         "resourceType", "id", "meta", "extension", "identifier", "status", "modality", "subject",

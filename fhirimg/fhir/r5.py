@@ -39,6 +39,8 @@ class _R5:
     name = "r5"
     fhir_version = "5.0.0"
     rendered_image_type = "DocumentReference"
+    imaging_selection = True
+    observation_body_structure = True
     # Element order of R5 ImagingStudy (its StructureDefinition); output keys follow it.
     imaging_study_order: tuple[str, ...] = (
         "resourceType", "id", "meta", "extension", "identifier", "status", "modality", "subject",

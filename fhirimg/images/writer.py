@@ -57,6 +57,7 @@ from fhirimg.images.binary import (
 )
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import MapOptions, Notes, sort_records
+from fhirimg.measurements import entry_owners
 from fhirimg.model import InstanceRecord
 from fhirimg.partial import Attempt, settle
 from fhirimg.validate import resource_errors
@@ -201,6 +202,7 @@ def _head(
     skeleton = _skeleton(head, recs, options)
     errors = resource_error_findings(skeleton, release.name, options.strict, _known(recs, options))
     owners = {binary_full_url(r.sop_instance_uid): r for r in recs} if skeleton is not head else {}
+    owners |= entry_owners(recs)  # SR measurements belong to their SR instance
     return Attempt(skeleton, errors, (head, notes), owners)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from fhirimg.validate import rules
+from fhirimg.validate import measurement_checks, rules
 from fhirimg.validate.findings import Finding, Layer, Severity
 from fhirimg.validate.rules import RuleCollector
 
@@ -165,6 +165,8 @@ def check(
             _rendered(res, loc, out, release, bundle)
         if rtype == "DocumentReference" and out.applies("r5-docref-1"):
             _docref_invariants(res, loc, out, bundle)
+        if isinstance(rtype, str) and rtype in measurement_checks.TYPES:  # SR measurements
+            measurement_checks.check(res, loc, out, bundle.resolve, bundle.types, obj)
         # Attachments (and Binary) where the table says they sit in this release.
         for a_loc, att in rules.read("img-attachment-content-type", release, res, loc):
             if rtype == "Binary":

@@ -272,6 +272,39 @@ RULES: tuple[Rule, ...] = (
                  "DocumentReference.content.attachment.width")},
          {"r4": "R4 rendered images are Media, whose height and width sit on the resource; "
                 "R4 Attachment has no height or width"}),
+    # -- imaging layer: SR measurements as Observations (issue 20, docs/measurements.md) -------
+    Rule("obs-code-value", _I, _E,
+         "an imaging Observation (partOf an ImagingStudy) has a code (a coding with a code, or "
+         "text) and a value: value[x], "
+         "dataAbsentReason, components that each have one, or members (a measurement group)",
+         "Observation.code 1..1, obs-6, obs-7; HL7 dicom-sr imaging-measurement (valueQuantity "
+         "1..1), imaging-measurement-group",
+         _both("Observation.code", "Observation.valueQuantity", "Observation.valueCodeableConcept",
+               "Observation.valueString", "Observation.dataAbsentReason",
+               "Observation.component.valueQuantity", "Observation.hasMember")),
+    Rule("obs-ucum", _I, _E,
+         "a Quantity in an imaging Observation's value or component has system "
+         "http://unitsofmeasure.org (UCUM) and a unit code",
+         "HL7 dicom-sr imaging-measurement (valueQuantity: UCUM from (0040,08EA)); DICOM CID 82",
+         _both("Observation.valueQuantity.system", "Observation.valueQuantity.code",
+               "Observation.component.valueQuantity.system",
+               "Observation.component.valueQuantity.code")),
+    Rule("obs-refs-resolve", _I, _E,
+         "an imaging Observation's subject, partOf, hasMember and derivedFrom resolve to entries of the "
+         "bundle (fullUrl or Type/id of an entry) when the bundle holds resources of the type "
+         "they name",
+         "bundle.html#references; HL7 dicom-sr imaging-observation (partOf imagingStudyRef, "
+         "derivedFrom)",
+         _both("Observation.subject", "Observation.partOf", "Observation.hasMember",
+               "Observation.derivedFrom")),
+    Rule("r5-selection-instances", _I, _E,
+         "an ImagingSelection names instances that the bundle's ImagingStudy of its studyUid "
+         "lists, in the series its seriesUid names",
+         "R5 ImagingSelection.instance.uid, .studyUid, .seriesUid; HL7 dicom-sr image-region-2d",
+         {"r5": ("ImagingSelection.studyUid", "ImagingSelection.seriesUid",
+                 "ImagingSelection.instance.uid")},
+         {"r4": "ImagingSelection is an R5 resource; R4 measurements carry their regions in "
+                "fhirimg's image-region extension (docs/measurements.md)"}),
 )  # fmt: skip
 
 
