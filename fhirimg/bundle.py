@@ -83,6 +83,12 @@ def study_bundle(
         recs, pat_url, endpoint_url, release, options, notes, instance_extensions
     )
     entries.append(entry(ids.full_url("ImagingStudy", study_uid), study, study_request))
+    if options.pseudonymised:
+        from fhirimg.deid.labels import labelled
+
+        for item in entries:
+            if item["resource"]["resourceType"] != "Endpoint":  # no patient data in it
+                item["resource"] = labelled(item["resource"])
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, notes
 
 

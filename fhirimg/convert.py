@@ -64,6 +64,8 @@ from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
+    from fhirimg.deid import DeidOptions
+
     # Imported where used: they bring pydicom, numpy and Pillow, which a run that reads no DICOM
     # (an incremental re-run over an unchanged tree) never needs (issue 19).
     from fhirimg.images.rendered import MediaOptions
@@ -121,6 +123,22 @@ class ConvertOptions:
     """A study whose bundle has any validation error is not written (all its files fail); by
     default the instances the errors are traced to are left out and the rest is written
     (:mod:`fhirimg.partial`)."""
+    deid: DeidOptions | None = None
+    """De-identify (:mod:`fhirimg.deid`, docs/deidentify.md): every record right after reading,
+    every Binary's bytes, no rendered image or Binary of images that may carry burned-in text
+    (unless allowed); the Patient's identifier system is ``deid.patient_system``."""
+
+    def __post_init__(self) -> None:
+        if self.deid is not None and not self.mapping.pseudonymised:
+            # The issuers of the original ids say nothing of the pseudonyms (fhirimg.deid.actions)
+            mapping = replace(
+                self.mapping,
+                patient_id_system=self.deid.patient_system,
+                patient_id_systems=(),
+                accession_systems=(),
+                pseudonymised=True,
+            )
+            object.__setattr__(self, "mapping", mapping)
 
     @property
     def modes(self) -> jsonio.Modes:
@@ -160,6 +178,7 @@ class ConvertOptions:
             strict=self.strict,
             modes=self.modes,
             all_or_nothing=self.all_or_nothing,
+            deid=self.deid,
         )
 
 
@@ -487,6 +506,8 @@ def _write_study(
     """
     records, file_warnings = _clean(unpack(blobs))
     outcome = _build_and_write(records, mapping, fhir_version, out_dir, pixels, need_files)
+    if outcome.file_warnings:  # what de-identification withheld (fhirimg.deid.pixels)
+        file_warnings = tuple(sorted(file_warnings + outcome.file_warnings, key=lambda w: w[0]))
     return replace(outcome, file_warnings=file_warnings) if file_warnings else outcome
 
 
@@ -567,6 +588,23 @@ def _write_pixel_study(
 ) -> StudyOutcome:
     """The pixel study writer (:func:`fhirimg.images.writer.write_study`): Binaries and/or
     rendered images streamed after the head, possibly over several part files."""
+    if pixels.deid is not None:
+        from fhirimg.deid.pixels import write_deidentified
+
+        return write_deidentified(
+            _write_pixel_files, records, mapping, fhir_version, out_dir, pixels
+        )
+    return _write_pixel_files(records, mapping, fhir_version, out_dir, pixels)
+
+
+def _write_pixel_files(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: Path,
+    pixels: PixelOptions,
+) -> StudyOutcome:
+    """The pixel study writer on files whose bytes go into the output as they are."""
     uid = records[0].study_instance_uid
     series = len({r.series_instance_uid for r in records})
     from fhirimg.images.writer import write_study
@@ -638,14 +676,24 @@ def _not_written(uid: str, paths: list[str], blobs: list[bytes], stopped: str) -
     return StudyOutcome(uid, None, series, len(paths), errors=(why,))
 
 
-def _read_batch(paths: list[str]) -> list[PackedRecord | FileProblem]:
-    """Worker task: read a batch of files; records come back packed (pickled once, here)."""
+def _read_batch(
+    paths: list[str], deid: DeidOptions | None = None
+) -> list[PackedRecord | FileProblem]:
+    """Worker task: read a batch of files; records come back packed (pickled once, here), and
+    de-identified right after reading with ``deid`` (:func:`fhirimg.deid.record.deidentify_record`)."""
     from fhirimg.scan import read_file  # pydicom: only in runs (and workers) that read DICOM
 
     out: list[PackedRecord | FileProblem] = []
     for path in paths:
         item = read_file(path)
-        out.append(item if isinstance(item, FileProblem) else PackedRecord.of(item))
+        if isinstance(item, FileProblem):
+            out.append(item)
+            continue
+        if deid is not None:
+            from fhirimg.deid.record import deidentify_record
+
+            item = deidentify_record(item, deid)
+        out.append(PackedRecord.of(item))
     return out
 
 
@@ -780,7 +828,8 @@ def _options_digest(opts: ConvertOptions, streaming: bool) -> str:
     """What the bundles are built with: when it changes, every study is rewritten. ``streaming``
     (``convert --push``: bundles pushed, not kept) counts too, so that a plain run after one
     writes every bundle."""
-    what = repr((opts.fhir_version, opts.mapping, opts.pixels(), streaming))
+    key = opts.deid.fingerprint if opts.deid is not None else None  # the key, not shown
+    what = repr((opts.fhir_version, opts.mapping, opts.pixels(), streaming, key))
     return hashlib.sha256(what.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -849,7 +898,9 @@ class _IncrementalRun:
         total = sum(1 for _ in iter_files(self.inputs, exclude=exclude)) if progress else None
         sent: deque[tuple[list[str], list[os.stat_result | None]]] = deque()
 
-        def batches() -> Iterator[tuple[list[str]]]:
+        deid = self.opts.deid
+
+        def batches() -> Iterator[tuple[list[str], DeidOptions | None]]:
             paths: list[str] = []
             stats: list[os.stat_result | None] = []
             for item in self._to_read(exclude):
@@ -861,11 +912,11 @@ class _IncrementalRun:
                 stats.append(item.st)
                 if len(paths) >= _BATCH:
                     sent.append((paths, stats))
-                    yield (paths,)
+                    yield (paths, deid)
                     paths, stats = [], []
             if paths:
                 sent.append((paths, stats))
-                yield (paths,)
+                yield (paths, deid)
 
         for results in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
             paths, stats = sent.popleft()
@@ -1146,6 +1197,12 @@ def convert_records(
         if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
             with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
+        if opts.deid is not None:
+            from fhirimg.deid.pixels import DeidFetch, deidentified_source
+
+            originals: dict[str, InstanceRecord] = {}
+            source = deidentified_source(source, opts.deid, originals if fetch else None)
+            fetch = DeidFetch(fetch, originals) if fetch is not None else None
         return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
 
 

@@ -209,6 +209,9 @@ class MapOptions:
     an issuer with a Universal Entity ID needs none (``fhir-imaging-spec.md``, Issuer rule)."""
     dicomweb_url: str | None = None
     """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
+    pseudonymised: bool = False
+    """The records are de-identified (:mod:`fhirimg.deid`): Patient and ImagingStudy get
+    ``meta.security`` PSEUDED."""
 
 
 @dataclass

@@ -19,6 +19,8 @@ Option, 113111 Retain Safe Private Option).
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +34,7 @@ from fhirimg.deid.keys import DeidOptions, Keyed
 from fhirimg.deid.record import record_patient
 from fhirimg.model import InstanceRecord
 
+_PYDICOM = logging.getLogger("pydicom")
 _TEXT_VRS = {
     "AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
     "UR", "UT",
@@ -150,19 +153,32 @@ def deidentify_dataset(ds: Dataset, opts: DeidOptions, rec: InstanceRecord) -> D
 
 def read_and_deidentify(path: str, opts: DeidOptions) -> tuple[Dataset, InstanceRecord]:
     """Read the whole file at ``path`` and de-identify it; also its record as read (original
-    values, for the caller's report and re-identification map). Raises for an unreadable file."""
+    values, for the caller's report and re-identification map). Raises for an unreadable file.
+
+    What pydicom says meanwhile is not shown: its words may quote header values.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet, _PYDICOM.disabled = _PYDICOM.disabled, True
+        try:
+            return _read_and_deidentify(path, opts)
+        finally:
+            _PYDICOM.disabled = quiet
+
+
+def _read_and_deidentify(path: str, opts: DeidOptions) -> tuple[Dataset, InstanceRecord]:
     import pydicom
+    from pydicom.uid import UID, ImplicitVRLittleEndian
 
     from fhirimg.scan import record_from_dataset
 
     ds = pydicom.dcmread(path, force=True)
     syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+    # read from the raw elements, before any is converted: the scanner's own decoding
     rec = record_from_dataset(ds, path, transfer_syntax_uid=str(syntax) if syntax else None)
     if not isinstance(rec, InstanceRecord):
         raise ValueError(rec.reason)
     if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
-        from pydicom.uid import UID, ImplicitVRLittleEndian
-
         ds.file_meta = ds.file_meta or FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # a bare dataset (PS3.5 10.1)
         ds.file_meta.MediaStorageSOPClassUID = UID(rec.sop_class_uid)
