@@ -23,8 +23,8 @@ from rich.progress import (
 )
 
 from fhirimg import jsonio
+from fhirimg.cli import _deid, _dimse
 from fhirimg.cli import _dicomweb as _dw
-from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     CONVERT_RESUMABLE,
     RESUMABLE,
@@ -39,6 +39,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._deid import Deid
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -105,7 +106,7 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 
 
 @app.command("convert")
-@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth)
+@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth, deid=Deid)
 def convert_command(
     *,
     paths: Annotated[
@@ -344,9 +345,19 @@ def convert_command(
             rich_help_panel=_dimse.PANEL,
         ),
     ] = 11113,
+    deidentify: Annotated[
+        bool,
+        typer.Option(
+            "--deidentify",
+            help="De-identify (PS3.15 Annex E Basic Profile) every header, Binary and rendered "
+            "image; needs a key ($FHIRIMG_DEID_KEY or --deid-key-file). See docs/deidentify.md.",
+            rich_help_panel=_deid.PANEL,
+        ),
+    ] = False,
     dicomweb_auth: DicomwebAuth,
     auth: FhirAuth,
     network: Network,
+    deid: Deid,
 ) -> None:
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
@@ -411,6 +422,7 @@ def convert_command(
         full=full,
         prune_missing=prune_missing,
         lock_wait=wait,
+        deid=deid.options() if deidentify else None,
     )
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
