@@ -92,10 +92,21 @@ def _values(value: Any) -> Iterator[str]:
         yield str(value)
 
 
-def _walk(ds: Dataset, opts: DeidOptions, keyed: Keyed, patient: Patient) -> None:
+_FREE_TEXT = {"PN", "LT", "ST", "UT", "UC"}
+
+
+def _walk(
+    ds: Dataset, opts: DeidOptions, keyed: Keyed, patient: Patient, content: bool = False
+) -> None:
+    """De-identify the elements of ``ds``. ``content``: inside a sequence the table gives D
+    (Content Sequence (0040,A730) and the like: structured content), where free text and person
+    names that the table does not list get a dummy too (the Clean Structured Content Option is
+    not offered, so nothing written by a person stays)."""
     for tag in list(ds.keys()):
         elem = ds[tag]
         act = action(int(tag), opts)
+        if content and act == "K" and elem.VR in _FREE_TEXT:
+            act = "D"
         if act == "K" and elem.VR != "SQ":
             continue
         if act == "X":
@@ -106,7 +117,7 @@ def _walk(ds: Dataset, opts: DeidOptions, keyed: Keyed, patient: Patient) -> Non
                 elem.value = Sequence()
                 continue
             for item in elem.value or ():
-                _walk(item, opts, keyed, patient)
+                _walk(item, opts, keyed, patient, content or act == "D")
             continue
         if elem.VR in _TEXT_VRS:
             new = [text_value(act, elem.VR, v, keyed, patient) for v in _values(elem.value)]
