@@ -591,9 +591,10 @@ def _write_pixel_study(
     if pixels.deid is not None:
         from fhirimg.deid.pixels import write_deidentified
 
-        return write_deidentified(
+        outcome: StudyOutcome = write_deidentified(
             _write_pixel_files, records, mapping, fhir_version, out_dir, pixels
         )
+        return outcome
     return _write_pixel_files(records, mapping, fhir_version, out_dir, pixels)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fhirimg import jsonio
 from fhirimg.deid.keys import DeidOptions
@@ -28,11 +28,12 @@ from fhirimg.group import PackedRecord, unpack
 from fhirimg.model import FileProblem, InstanceRecord
 
 if TYPE_CHECKING:
-    from fhirimg.convert import StudyOutcome
     from fhirimg.images.writer import PixelOptions
     from fhirimg.mapping import MapOptions
 
-Writer = Callable[[list[InstanceRecord], "MapOptions", str, Path, "PixelOptions"], "StudyOutcome"]
+# The pixel study writer of fhirimg.convert and its StudyOutcome (a dataclass with
+# media_failures, dropped and file_warnings), which this layer below convert cannot name.
+Writer = Callable[[list[InstanceRecord], "MapOptions", str, Path, "PixelOptions"], Any]
 BURNED_IN_HINT = "--allow-burned-in puts it in"
 
 
@@ -43,7 +44,7 @@ def write_deidentified(
     fhir_version: str,
     out_dir: Path,
     pixels: PixelOptions,
-) -> StudyOutcome:
+) -> Any:
     """Write one study with ``write`` (the pixel study writer) from de-identified copies of its
     files; the outcome names the input files, never the copies."""
     opts = pixels.deid
