@@ -65,6 +65,7 @@ from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
     from fhirimg.deid import DeidOptions
+    from fhirimg.deid.files import ReidEntry, ReidMap
 
     # Imported where used: they bring pydicom, numpy and Pillow, which a run that reads no DICOM
     # (an incremental re-run over an unchanged tree) never needs (issue 19).
@@ -128,6 +129,11 @@ class ConvertOptions:
     every Binary's bytes, no rendered image or Binary of images that may carry burned-in text
     (unless allowed); the Patient's identifier system is ``deid.patient_system``."""
 
+    reid_map: Path | None = None
+    """With ``deid``: write the re-identification map (pseudonyms and new UIDs to the
+    originals) into this file, 0600, merged with what earlier runs wrote there; never inside
+    ``out_dir`` (:func:`fhirimg.deid.files.check_reid_map`)."""
+
     def __post_init__(self) -> None:
         if self.deid is not None and not self.mapping.pseudonymised:
             # The issuers of the original ids say nothing of the pseudonyms (fhirimg.deid.actions)
@@ -151,6 +157,12 @@ class ConvertOptions:
         every bundle's Endpoint)."""
         get_release(self.fhir_version)
         self.pixels()
+        if self.reid_map is not None:
+            if self.deid is None:
+                raise ConfigError("a re-identification map needs de-identification")
+            from fhirimg.deid.files import check_reid_map
+
+            check_reid_map(self.reid_map, Path(self.out_dir))
         if self.lock_wait is not None and (math.isnan(self.lock_wait) or self.lock_wait < 0):
             raise ConfigError("lock_wait must be a number of seconds >= 0")
         refuse_url_credentials(
@@ -678,24 +690,29 @@ def _not_written(uid: str, paths: list[str], blobs: list[bytes], stopped: str) -
 
 
 def _read_batch(
-    paths: list[str], deid: DeidOptions | None = None
-) -> list[PackedRecord | FileProblem]:
+    paths: list[str], deid: DeidOptions | None = None, reid: bool = False
+) -> tuple[list[PackedRecord | FileProblem], list[ReidEntry]]:
     """Worker task: read a batch of files; records come back packed (pickled once, here), and
-    de-identified right after reading with ``deid`` (:func:`fhirimg.deid.record.deidentify_record`)."""
+    de-identified right after reading with ``deid`` (:func:`fhirimg.deid.record.deidentify_record`),
+    with what the re-identification map keeps of each when ``reid``."""
     from fhirimg.scan import read_file  # pydicom: only in runs (and workers) that read DICOM
 
     out: list[PackedRecord | FileProblem] = []
+    entries: list[ReidEntry] = []
     for path in paths:
         item = read_file(path)
         if isinstance(item, FileProblem):
             out.append(item)
             continue
         if deid is not None:
+            from fhirimg.deid.files import reid_entry
             from fhirimg.deid.record import deidentify_record
 
+            if reid:
+                entries.append(reid_entry(item, deid))
             item = deidentify_record(item, deid)
         out.append(PackedRecord.of(item))
-    return out
+    return out, entries
 
 
 T = TypeVar("T")
@@ -856,6 +873,11 @@ class _IncrementalRun:
         self.jobs = resolve_jobs(opts.jobs)
         self.pruned = self.removed = self.studies_unchanged = self.unstatable = 0
         self.stopped: str | None = None  # why writing stopped (the disk is full)
+        self.reid: ReidMap | None = None
+        if opts.reid_map is not None:
+            from fhirimg.deid.files import ReidMap
+
+            self.reid = ReidMap()
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
@@ -889,6 +911,8 @@ class _IncrementalRun:
         report = self._report(summary, written, missing)
         catalog.end_run(summary.counts())
         _write_folder_report(self.out_dir / REPORT_NAME, report, catalog, missing, opts)
+        if self.reid is not None and opts.reid_map is not None:
+            self.reid.write(opts.reid_map, merge=True)
         return report
 
     # --- 1. walk: read only new and changed files ---
@@ -899,9 +923,9 @@ class _IncrementalRun:
         total = sum(1 for _ in iter_files(self.inputs, exclude=exclude)) if progress else None
         sent: deque[tuple[list[str], list[os.stat_result | None]]] = deque()
 
-        deid = self.opts.deid
+        deid, reid = self.opts.deid, self.reid is not None
 
-        def batches() -> Iterator[tuple[list[str], DeidOptions | None]]:
+        def batches() -> Iterator[tuple[list[str], DeidOptions | None, bool]]:
             paths: list[str] = []
             stats: list[os.stat_result | None] = []
             for item in self._to_read(exclude):
@@ -913,13 +937,16 @@ class _IncrementalRun:
                 stats.append(item.st)
                 if len(paths) >= _BATCH:
                     sent.append((paths, stats))
-                    yield (paths, deid)
+                    yield (paths, deid, reid)
                     paths, stats = [], []
             if paths:
                 sent.append((paths, stats))
-                yield (paths, deid)
+                yield (paths, deid, reid)
 
-        for results in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+        for results, entries in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+            if self.reid is not None:
+                for entry in entries:
+                    self.reid.add(entry)
             paths, stats = sent.popleft()
             catalog.record_many(zip(paths, stats, results, strict=True))
             if progress:
@@ -1202,8 +1229,18 @@ def convert_records(
             from fhirimg.deid.pixels import DeidFetch, deidentified_source
 
             originals: dict[str, InstanceRecord] = {}
-            source = deidentified_source(source, opts.deid, originals if fetch else None)
+            keep = fetch is not None or opts.reid_map is not None
+            source = deidentified_source(source, opts.deid, originals if keep else None)
             fetch = DeidFetch(fetch, originals) if fetch is not None else None
+            report = _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
+            if opts.reid_map is not None:
+                from fhirimg.deid.files import ReidMap, reid_entry
+
+                reid = ReidMap()
+                for original in originals.values():
+                    reid.add(reid_entry(original, opts.deid))
+                reid.write(opts.reid_map, merge=True)
+            return report
         return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
 
 

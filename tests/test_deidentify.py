@@ -336,6 +336,26 @@ def test_reid_map_is_private_and_never_in_the_output(
     assert "must not be inside the output folder" in result.output
 
 
+def test_convert_reid_map_agrees_with_deidentify(
+    files_out: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Both commands give the same pseudonyms and UIDs; the map merges runs, stays 0600."""
+    _, reid = files_out
+    mapped = tmp_path / "convert-reid.json"
+    _convert(tmp_path / "out", KEY, "--reid-map", str(mapped))
+    assert stat.S_IMODE(os.stat(mapped).st_mode) == 0o600
+    ours, theirs = load(mapped), load(reid)
+    assert ours["patients"].keys() == theirs["patients"].keys()
+    shared = ours["uids"].keys() & theirs["uids"].keys()
+    assert len(shared) > 20
+    assert all(ours["uids"][u] == theirs["uids"][u] for u in shared)
+    inside = _run(
+        ["convert", str(SAMPLE), "--out", str(tmp_path / "o2"), "--deidentify", "--reid-map"]
+        + [str(tmp_path / "o2" / "map.json")]
+    )
+    assert inside.exit_code == 2, inside.output
+
+
 def test_options_follow_the_profile() -> None:
     """The options change what the table says, as the profile's option columns do."""
     base = DeidOptions(key=KEY.encode())

@@ -96,6 +96,16 @@ class Deid:
             rich_help_panel=PANEL,
         ),
     ] = None
+    reid_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--reid-map",
+            metavar="FILE",
+            help="Also write the pseudonyms and new UIDs with the originals into FILE (0600; "
+            "refused inside --out). Whoever holds it can re-identify the data.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None
     allow_burned_in: Annotated[
         bool,
         typer.Option(
@@ -106,6 +116,20 @@ class Deid:
             rich_help_panel=PANEL,
         ),
     ] = False
+
+    def checked_reid_map(self, out: Path, deidentify: bool = True) -> Path | None:
+        """``--reid-map``, or exit 2: without de-identification, or inside ``out``."""
+        if self.reid_map is None:
+            return None
+        if not deidentify:
+            raise fail("--reid-map needs --deidentify", ExitCode.USAGE)
+        from fhirimg.deid.files import check_reid_map
+
+        try:
+            check_reid_map(self.reid_map, out)
+        except ConfigError as exc:
+            raise fail(str(exc), ExitCode.USAGE) from None
+        return self.reid_map
 
     def options(self) -> DeidOptions:
         """The :class:`DeidOptions`, with the key from ``--deid-key-file`` or the environment;

@@ -423,6 +423,7 @@ def convert_command(
         prune_missing=prune_missing,
         lock_wait=wait,
         deid=deid.options() if deidentify else None,
+        reid_map=deid.checked_reid_map(out, deidentify),
     )
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)

@@ -40,15 +40,6 @@ def deidentify_command(
             file_okay=False,
         ),
     ],
-    reid_map: Annotated[
-        Path | None,
-        typer.Option(
-            "--reid-map",
-            metavar="FILE",
-            help="Also write the pseudonym and new UIDs to the originals into FILE (0600; "
-            "refused inside --out). Whoever holds it can re-identify the data.",
-        ),
-    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
@@ -67,6 +58,7 @@ def deidentify_command(
     """
     configure_logging(verbose)
     options = deid.options()
+    reid_map = deid.checked_reid_map(out)
     from fhirimg.deid.files import deidentify_files
 
     with exit_on_error(codes={ConfigError: ExitCode.USAGE}):

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from fhirimg import jsonio
-from fhirimg.deid.actions import Patient
 from fhirimg.deid.keys import DeidOptions, Keyed
+from fhirimg.deid.record import record_patient
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.jsonio import JSON
@@ -67,6 +69,28 @@ def check_reid_map(reid_map: Path | None, out_dir: Path) -> None:
         )
 
 
+ReidEntry = tuple[str, JSON, tuple[tuple[str, str], ...]]
+"""(pseudonym, what it stands for, (new UID, original UID) pairs) of one instance."""
+
+
+def reid_entry(original: InstanceRecord, opts: DeidOptions) -> ReidEntry:
+    """What the re-identification map keeps of one instance, from its original record."""
+    keyed = Keyed(opts.key)
+    patient = record_patient(original, keyed)
+    uids = (
+        original.study_instance_uid,
+        original.series_instance_uid,
+        original.sop_instance_uid,
+    )
+    about: JSON = {
+        "patientId": original.patient_id,
+        "issuerOfPatientId": original.issuer_of_patient_id,
+        "patientName": original.patient_name,
+        "dateShiftDays": patient.shift_days,
+    }
+    return patient.pseudonym, about, tuple((keyed.uid(u), u) for u in uids)
+
+
 class ReidMap:
     """The pseudonyms and new UIDs met, with the originals: written only when asked for."""
 
@@ -74,25 +98,23 @@ class ReidMap:
         self.patients: dict[str, JSON] = {}
         self.uids: dict[str, str] = {}
 
-    def add(self, rec_original: InstanceRecord, keyed: Keyed, patient: Patient) -> None:
-        self.patients[patient.pseudonym] = {
-            "patientId": rec_original.patient_id,
-            "issuerOfPatientId": rec_original.issuer_of_patient_id,
-            "patientName": rec_original.patient_name,
-            "dateShiftDays": patient.shift_days,
-        }
-        for uid in (
-            rec_original.study_instance_uid,
-            rec_original.series_instance_uid,
-            rec_original.sop_instance_uid,
-        ):
-            self.uids[keyed.uid(uid)] = uid
+    def add(self, entry: ReidEntry) -> None:
+        pseudonym, about, uids = entry
+        self.patients[pseudonym] = about
+        self.uids.update(uids)
 
-    def write(self, path: Path) -> None:
-        doc = {
-            "patients": dict(sorted(self.patients.items())),
-            "uids": dict(sorted(self.uids.items())),
-        }
+    def write(self, path: Path, merge: bool = False) -> None:
+        """Write the map (0600); ``merge``: keep what an earlier run wrote there too (an
+        incremental ``convert`` reads only new files)."""
+        patients, uids = dict(self.patients), dict(self.uids)
+        if merge and path.is_file():
+            try:
+                before = orjson.loads(path.read_bytes())
+                patients = {**before.get("patients", {}), **patients}
+                uids = {**before.get("uids", {}), **uids}
+            except (orjson.JSONDecodeError, AttributeError):
+                pass  # not a map of ours: replaced
+        doc = {"patients": dict(sorted(patients.items())), "uids": dict(sorted(uids.items()))}
         jsonio.atomic_write(path, jsonio.dumps(doc), mode=jsonio.PRIVATE)
 
 
@@ -108,14 +130,12 @@ def deidentify_files(
     re-identification map inside ``out_dir`` and ``OSError`` when ``out_dir`` cannot be written.
     """
     from fhirimg.deid.dataset import burned_in_reason, part10_bytes, read_and_deidentify
-    from fhirimg.deid.record import record_patient
     from fhirimg.model import FileProblem
     from fhirimg.scan import read_file
 
     check_reid_map(reid_map, out_dir)
     jsonio.make_folder(out_dir)
     report = DeidReport(out_dir)
-    keyed = Keyed(opts.key)
     reid = ReidMap()
     seen: set[str] = set()
     for path in iter_files(paths, exclude=[out_dir]):
@@ -144,7 +164,7 @@ def deidentify_files(
         jsonio.atomic_write(out_dir / name, data, mode=jsonio.PRIVATE)
         report.files.append((path, "written", str(name)))
         if reid_map is not None:
-            reid.add(original, keyed, record_patient(original, keyed))
+            reid.add(reid_entry(original, opts))
     doc = {
         "summary": report.summary(),
         "files": [
