@@ -52,7 +52,7 @@ from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunReco
 from fhirimg.errors import CatalogError, ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
-from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, work_dir
+from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, state_dir, work_dir
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.jsonio import JSON
@@ -803,10 +803,35 @@ def convert(
     opts.check()  # fail early on bad options
     out_dir = Path(opts.out_dir)
     _make_folders(opts, bundle_dir)
-    with FolderLock(out_dir, opts.lock_wait), Catalog.open(out_dir, full=opts.full) as catalog:
-        clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, under the lock
-        run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
-        return run.run(on_study)
+    with FolderLock(out_dir, opts.lock_wait):
+        deid_mark = state_dir(out_dir) / DEID_MARK
+        read_as = opts.deid.fingerprint if opts.deid is not None else ""
+        known = (out_dir / STATE_DIR / CATALOG_NAME).is_file()
+        if known and not opts.full and read_as != _read_mark(deid_mark):
+            # The catalog's records were read with another de-identification (or none): they
+            # cannot be reused, every file is read again (docs/deidentify.md).
+            log.info("other de-identification than last time: every file is read again")
+            opts = replace(opts, full=True)
+        with Catalog.open(out_dir, full=opts.full) as catalog:
+            clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, locked
+            run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
+            report = run.run(on_study)
+        if read_as or deid_mark.exists():
+            jsonio.atomic_write(deid_mark, read_as.encode(), mode=jsonio.PRIVATE)
+        return report
+
+
+DEID_MARK = "deidentified"
+"""``<out>/.fhirimg/deidentified``: the fingerprint (:attr:`fhirimg.deid.DeidOptions.fingerprint`,
+never the key) of the de-identification the catalog's records were read with; empty or absent:
+none."""
+
+
+def _read_mark(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 RecordSource = Callable[

@@ -110,6 +110,21 @@ def test_same_key_gives_byte_identical_output(pixels_out: Path, tmp_path: Path) 
         assert (pixels_out / name).read_bytes() == (again / name).read_bytes(), name
 
 
+def test_another_key_into_the_same_folder_reads_every_file_again(tmp_path: Path) -> None:
+    """The catalog's records were read with the first key: they are not reused."""
+    out = _convert(tmp_path / "out", KEY)
+    first, _ = _uids_and_pseudonyms(out)
+    for bundle in out.glob("study-*.json"):
+        bundle.unlink()
+    _convert(out, OTHER_KEY)
+    report = load(out / "report.json")
+    assert report["summary"]["run"]["full"] is True
+    assert report["summary"]["run"]["files"]["unchanged"] == 0
+    again, _ = _uids_and_pseudonyms(out)
+    assert again
+    assert not first & again
+
+
 def _uids_and_pseudonyms(out: Path) -> tuple[set[str], set[str]]:
     uids: set[str] = set()
     pseudonyms: set[str] = set()
