@@ -125,6 +125,21 @@ def test_another_key_into_the_same_folder_reads_every_file_again(tmp_path: Path)
     assert not first & again
 
 
+def test_watch_once_deidentifies_too(tmp_path: Path) -> None:
+    """watch (and listen, which watch converts for) take the same options."""
+    out = tmp_path / "out"
+    args = ["watch", str(SAMPLE / "study_b_mr"), "--out", str(out), "--once", "--deidentify"]
+    result = _run([*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    (bundle,) = bundles(out).values()
+    patient = resources(bundle, "Patient")[0]
+    assert patient["meta"]["security"][0]["code"] == PSEUDED
+    original = pydicom.dcmread(next((SAMPLE / "study_b_mr").glob("*.dcm")), force=True)
+    text = str(bundle)
+    assert str(original.PatientID) not in text
+    assert str(original.StudyInstanceUID) not in text
+
+
 def _uids_and_pseudonyms(out: Path) -> tuple[set[str], set[str]]:
     uids: set[str] = set()
     pseudonyms: set[str] = set()

@@ -20,6 +20,17 @@ PANEL = "De-identification (docs/deidentify.md)"
 KEY_ENV = "FHIRIMG_DEID_KEY"
 
 
+DeidentifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deidentify",
+        help="De-identify (PS3.15 Annex E Basic Profile) every header, Binary and rendered "
+        "image; needs a key ($FHIRIMG_DEID_KEY or --deid-key-file). See docs/deidentify.md.",
+        rich_help_panel=PANEL,
+    ),
+]
+
+
 @dataclass(frozen=True)
 class Deid:
     """The options of PS3.15 Annex E's profile (their names) and the key."""

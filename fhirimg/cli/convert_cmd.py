@@ -23,8 +23,8 @@ from rich.progress import (
 )
 
 from fhirimg import jsonio
-from fhirimg.cli import _deid, _dimse
 from fhirimg.cli import _dicomweb as _dw
+from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     CONVERT_RESUMABLE,
     RESUMABLE,
@@ -39,7 +39,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
-from fhirimg.cli._deid import Deid
+from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -345,15 +345,7 @@ def convert_command(
             rich_help_panel=_dimse.PANEL,
         ),
     ] = 11113,
-    deidentify: Annotated[
-        bool,
-        typer.Option(
-            "--deidentify",
-            help="De-identify (PS3.15 Annex E Basic Profile) every header, Binary and rendered "
-            "image; needs a key ($FHIRIMG_DEID_KEY or --deid-key-file). See docs/deidentify.md.",
-            rich_help_panel=_deid.PANEL,
-        ),
-    ] = False,
+    deidentify: DeidentifyOpt = False,
     dicomweb_auth: DicomwebAuth,
     auth: FhirAuth,
     network: Network,
