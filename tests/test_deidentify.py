@@ -224,6 +224,18 @@ def test_fhir_resources_are_pseudonymised_and_labelled(pixels_out: Path) -> None
     assert labelled > 30
 
 
+def test_r5_document_references_are_labelled(tmp_path: Path) -> None:
+    out = tmp_path / "r5"
+    args = ["convert", str(SAMPLE / "study_b_mr"), "--out", str(out), "--deidentify", "-q"]
+    result = _run([*args, "--fhir-version", "r5", "--media", "--media-content", "binary"])
+    assert result.exit_code == 0, result.output
+    (bundle,) = bundles(out).values()
+    documents = resources(bundle, "DocumentReference")
+    assert documents
+    for res in [*documents, *resources(bundle, "Binary"), *resources(bundle, "Patient")]:
+        assert [s["code"] for s in res["meta"]["security"]] == [PSEUDED]
+
+
 def test_burned_in_images_are_withheld_and_reported(pixels_out: Path, tmp_path: Path) -> None:
     report = load(pixels_out / "report.json")
     warned = {
@@ -424,12 +436,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         yield server
 
 
-@pytest.mark.dicomweb
-def test_orthanc_accepts_the_files_over_stow_rs(
-    orthanc: OrthancServer, files_out: tuple[Path, Path]
-) -> None:
-    out, _ = files_out
-    files = list(_written(out))
+def _stow(orthanc: OrthancServer, files: list[Path]) -> dict[str, Any]:
+    """STOW-RS of ``files`` in one request (PS3.18 10.5); the server's answer."""
     boundary = "fhirimg-deid-test"
     body = (
         b"".join(
@@ -450,13 +458,57 @@ def test_orthanc_accepts_the_files_over_stow_rs(
     }
     with orthanc.client() as client:
         answer = client.post("/dicom-web/studies", content=body, headers=headers)
-        assert answer.status_code == 200, answer.text
-        doc = answer.json()
-        assert not doc.get("00081198", {}).get("Value"), doc["00081198"]  # Failed SOP Sequence
-        assert len(doc["00081199"]["Value"]) == len(files)  # Referenced SOP Sequence
+    assert answer.status_code == 200, answer.text
+    doc: dict[str, Any] = answer.json()
+    assert not doc.get("00081198", {}).get("Value"), doc["00081198"]  # Failed SOP Sequence
+    assert len(doc["00081199"]["Value"]) == len(files)  # Referenced SOP Sequence
+    return doc
+
+
+@pytest.mark.dicomweb
+def test_orthanc_accepts_the_files_over_stow_rs(
+    orthanc: OrthancServer, files_out: tuple[Path, Path]
+) -> None:
+    out, _ = files_out
+    files = list(_written(out))
+    _stow(orthanc, files)
+    with orthanc.client() as client:
         ds = pydicom.dcmread(files[0])
         hits = client.post("/tools/lookup", content=str(ds.SOPInstanceUID)).json()
         instance = next(h["ID"] for h in hits if h["Type"] == "Instance")
         tags = client.get(f"/instances/{instance}/simplified-tags").json()
     assert tags["PatientID"] == str(ds.PatientID)
     assert tags["PatientIdentityRemoved"] == "YES"
+
+
+@pytest.mark.dicomweb
+def test_convert_from_dicomweb_deidentifies_and_fetches_by_the_original_uids(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Records from QIDO/WADO metadata are de-identified; the instances for the Binaries are
+    fetched by their original UIDs and de-identified too: the same bundle as from the files."""
+    sources = sorted((SAMPLE / "study_b_mr").glob("mr_000*.dcm"))
+    _stow(orthanc, sources)
+    original = pydicom.dcmread(sources[0])
+    out, from_files = tmp_path / "dw", tmp_path / "files"
+    args = ["--deidentify", "--binary", "inline", "--quiet", "-j", "1"]
+    result = _run(
+        [
+            "convert",
+            "--from-dicomweb",
+            orthanc.dicomweb_url,
+            "--study",
+            str(original.StudyInstanceUID),
+        ]
+        + ["--out", str(out), *args]
+    )
+    assert result.exit_code == 0, result.output
+    result = _run(["convert", *map(str, sources), "--out", str(from_files), *args])
+    assert result.exit_code == 0, result.output
+    (bundle,) = bundles(out).values()
+    (expected,) = bundles(from_files).values()
+    binaries = resources(bundle, "Binary")
+    assert len(binaries) == len(sources)
+    assert [b["data"] for b in binaries] == [b["data"] for b in resources(expected, "Binary")]
+    assert str(original.StudyInstanceUID) not in str(bundle)
+    assert str(original.PatientID) not in str(bundle)
