@@ -417,7 +417,9 @@ def test_options_follow_the_profile() -> None:
     assert action(0x00101030, wide) == "K"
     assert action(0x00081030, wide) == "C"
     assert action(0x00091001, wide) == "K"
+    assert action(0x00090010, wide) == "K"  # its Private Creator
     assert action(0x00091002, wide) == "X"
+    assert action(0x00090011, wide) == "X"
 
 
 # --- Orthanc ------------------------------------------------------------------------------------

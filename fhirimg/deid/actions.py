@@ -61,8 +61,10 @@ def _action(tag: int, opts: DeidOptions) -> str:
     if tag in (PATIENT_NAME, PATIENT_ID):
         return "P"
     group = tag >> 16
-    if group & 1:
-        return "K" if tag in opts.keep_private else "X"  # private attributes (PS3.15 E.3.10)
+    if group & 1:  # private attributes (PS3.15 E.3.10): only those kept, with their creator
+        element = tag & 0xFFFF
+        creators = {k & 0xFFFF0000 | (k & 0xFF00) >> 8 for k in opts.keep_private}
+        return "K" if tag in opts.keep_private or (element <= 0xFF and tag in creators) else "X"
     if 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
         return "X"  # curves and overlays go whole (they may hold text drawn over the image)
     if tag in _ISSUERS:
