@@ -87,6 +87,12 @@ def study_bundle(
     entries.append(entry(study_url, study, study_request))
     # After the study: SR measurements and dose as Observations (issue 20).
     entries += measurement_entries(recs, pat_url, study_url, release, options, notes)
+    if options.pseudonymised:
+        from fhirimg.deid.labels import labelled
+
+        for item in entries:
+            if item["resource"]["resourceType"] != "Endpoint":  # no patient data in it
+                item["resource"] = labelled(item["resource"])
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, notes
 
 

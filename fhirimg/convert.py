@@ -52,7 +52,7 @@ from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunReco
 from fhirimg.errors import CatalogError, ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
-from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, work_dir
+from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers, state_dir, work_dir
 from fhirimg.group import PackedRecord, StudyIndex, unpack
 from fhirimg.images.binary import BinaryMode
 from fhirimg.jsonio import JSON
@@ -65,6 +65,9 @@ from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
+    from fhirimg.deid import DeidOptions
+    from fhirimg.deid.files import ReidEntry, ReidMap
+
     # Imported where used: they bring pydicom, numpy and Pillow, which a run that reads no DICOM
     # (an incremental re-run over an unchanged tree) never needs (issue 19).
     from fhirimg.images.rendered import MediaOptions
@@ -122,6 +125,27 @@ class ConvertOptions:
     """A study whose bundle has any validation error is not written (all its files fail); by
     default the instances the errors are traced to are left out and the rest is written
     (:mod:`fhirimg.partial`)."""
+    deid: DeidOptions | None = None
+    """De-identify (:mod:`fhirimg.deid`, docs/deidentify.md): every record right after reading,
+    every Binary's bytes, no rendered image or Binary of images that may carry burned-in text
+    (unless allowed); the Patient's identifier system is ``deid.patient_system``."""
+
+    reid_map: Path | None = None
+    """With ``deid``: write the re-identification map (pseudonyms and new UIDs to the
+    originals) into this file, 0600, merged with what earlier runs wrote there; never inside
+    ``out_dir`` (:func:`fhirimg.deid.files.check_reid_map`)."""
+
+    def __post_init__(self) -> None:
+        if self.deid is not None and not self.mapping.pseudonymised:
+            # The issuers of the original ids say nothing of the pseudonyms (fhirimg.deid.actions)
+            mapping = replace(
+                self.mapping,
+                patient_id_system=self.deid.patient_system,
+                patient_id_systems=(),
+                accession_systems=(),
+                pseudonymised=True,
+            )
+            object.__setattr__(self, "mapping", mapping)
 
     @property
     def modes(self) -> jsonio.Modes:
@@ -134,6 +158,12 @@ class ConvertOptions:
         every bundle's Endpoint)."""
         get_release(self.fhir_version)
         self.pixels()
+        if self.reid_map is not None:
+            if self.deid is None:
+                raise ConfigError("a re-identification map needs de-identification")
+            from fhirimg.deid.files import check_reid_map
+
+            check_reid_map(self.reid_map, Path(self.out_dir))
         if self.lock_wait is not None and (math.isnan(self.lock_wait) or self.lock_wait < 0):
             raise ConfigError("lock_wait must be a number of seconds >= 0")
         refuse_url_credentials(
@@ -161,6 +191,7 @@ class ConvertOptions:
             strict=self.strict,
             modes=self.modes,
             all_or_nothing=self.all_or_nothing,
+            deid=self.deid,
         )
 
 
@@ -490,6 +521,8 @@ def _write_study(
     """
     records, file_warnings = _clean(unpack(blobs))
     outcome = _build_and_write(records, mapping, fhir_version, out_dir, pixels, need_files)
+    if outcome.file_warnings:  # what de-identification withheld (fhirimg.deid.pixels)
+        file_warnings = tuple(sorted(file_warnings + outcome.file_warnings, key=lambda w: w[0]))
     return replace(outcome, file_warnings=file_warnings) if file_warnings else outcome
 
 
@@ -570,6 +603,24 @@ def _write_pixel_study(
 ) -> StudyOutcome:
     """The pixel study writer (:func:`fhirimg.images.writer.write_study`): Binaries and/or
     rendered images streamed after the head, possibly over several part files."""
+    if pixels.deid is not None:
+        from fhirimg.deid.pixels import write_deidentified
+
+        outcome: StudyOutcome = write_deidentified(
+            _write_pixel_files, records, mapping, fhir_version, out_dir, pixels
+        )
+        return outcome
+    return _write_pixel_files(records, mapping, fhir_version, out_dir, pixels)
+
+
+def _write_pixel_files(
+    records: list[InstanceRecord],
+    mapping: MapOptions,
+    fhir_version: str,
+    out_dir: Path,
+    pixels: PixelOptions,
+) -> StudyOutcome:
+    """The pixel study writer on files whose bytes go into the output as they are."""
     uid = records[0].study_instance_uid
     series = len({r.series_instance_uid for r in records})
     from fhirimg.images.writer import write_study
@@ -641,15 +692,30 @@ def _not_written(uid: str, paths: list[str], blobs: list[bytes], stopped: str) -
     return StudyOutcome(uid, None, series, len(paths), errors=(why,))
 
 
-def _read_batch(paths: list[str]) -> list[PackedRecord | FileProblem]:
-    """Worker task: read a batch of files; records come back packed (pickled once, here)."""
+def _read_batch(
+    paths: list[str], deid: DeidOptions | None = None, reid: bool = False
+) -> tuple[list[PackedRecord | FileProblem], list[ReidEntry]]:
+    """Worker task: read a batch of files; records come back packed (pickled once, here), and
+    de-identified right after reading with ``deid`` (:func:`fhirimg.deid.record.deidentify_record`),
+    with what the re-identification map keeps of each when ``reid``."""
     from fhirimg.scan import read_file  # pydicom: only in runs (and workers) that read DICOM
 
     out: list[PackedRecord | FileProblem] = []
+    entries: list[ReidEntry] = []
     for path in paths:
         item = read_file(path)
-        out.append(item if isinstance(item, FileProblem) else PackedRecord.of(item))
-    return out
+        if isinstance(item, FileProblem):
+            out.append(item)
+            continue
+        if deid is not None:
+            from fhirimg.deid.files import reid_entry
+            from fhirimg.deid.record import deidentify_record
+
+            if reid:
+                entries.append(reid_entry(item, deid))
+            item = deidentify_record(item, deid)
+        out.append(PackedRecord.of(item))
+    return out, entries
 
 
 T = TypeVar("T")
@@ -740,10 +806,35 @@ def convert(
     opts.check()  # fail early on bad options
     out_dir = Path(opts.out_dir)
     _make_folders(opts, bundle_dir)
-    with FolderLock(out_dir, opts.lock_wait), Catalog.open(out_dir, full=opts.full) as catalog:
-        clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, under the lock
-        run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
-        return run.run(on_study)
+    with FolderLock(out_dir, opts.lock_wait):
+        deid_mark = state_dir(out_dir) / DEID_MARK
+        read_as = opts.deid.fingerprint if opts.deid is not None else ""
+        known = (out_dir / STATE_DIR / CATALOG_NAME).is_file()
+        if known and not opts.full and read_as != _read_mark(deid_mark):
+            # The catalog's records were read with another de-identification (or none): they
+            # cannot be reused, every file is read again (docs/deidentify.md).
+            log.info("other de-identification than last time: every file is read again")
+            opts = replace(opts, full=True)
+        with Catalog.open(out_dir, full=opts.full) as catalog:
+            clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, locked
+            run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
+            report = run.run(on_study)
+        if read_as or deid_mark.exists():
+            jsonio.atomic_write(deid_mark, read_as.encode(), mode=jsonio.PRIVATE)
+        return report
+
+
+DEID_MARK = "deidentified"
+"""``<out>/.fhirimg/deidentified``: the fingerprint (:attr:`fhirimg.deid.DeidOptions.fingerprint`,
+never the key) of the de-identification the catalog's records were read with; empty or absent:
+none."""
+
+
+def _read_mark(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 RecordSource = Callable[
@@ -783,7 +874,8 @@ def _options_digest(opts: ConvertOptions, streaming: bool) -> str:
     """What the bundles are built with: when it changes, every study is rewritten. ``streaming``
     (``convert --push``: bundles pushed, not kept) counts too, so that a plain run after one
     writes every bundle."""
-    what = repr((opts.fhir_version, opts.mapping, opts.pixels(), streaming))
+    key = opts.deid.fingerprint if opts.deid is not None else None  # the key, not shown
+    what = repr((opts.fhir_version, opts.mapping, opts.pixels(), streaming, key))
     return hashlib.sha256(what.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -809,6 +901,11 @@ class _IncrementalRun:
         self.jobs = resolve_jobs(opts.jobs)
         self.pruned = self.removed = self.studies_unchanged = self.unstatable = 0
         self.stopped: str | None = None  # why writing stopped (the disk is full)
+        self.reid: ReidMap | None = None
+        if opts.reid_map is not None:
+            from fhirimg.deid.files import ReidMap
+
+            self.reid = ReidMap()
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
@@ -842,6 +939,8 @@ class _IncrementalRun:
         report = self._report(summary, written, missing)
         catalog.end_run(summary.counts())
         _write_folder_report(self.out_dir / REPORT_NAME, report, catalog, missing, opts)
+        if self.reid is not None and opts.reid_map is not None:
+            self.reid.write(opts.reid_map, merge=True)
         return report
 
     # --- 1. walk: read only new and changed files ---
@@ -852,7 +951,9 @@ class _IncrementalRun:
         total = sum(1 for _ in iter_files(self.inputs, exclude=exclude)) if progress else None
         sent: deque[tuple[list[str], list[os.stat_result | None]]] = deque()
 
-        def batches() -> Iterator[tuple[list[str]]]:
+        deid, reid = self.opts.deid, self.reid is not None
+
+        def batches() -> Iterator[tuple[list[str], DeidOptions | None, bool]]:
             paths: list[str] = []
             stats: list[os.stat_result | None] = []
             for item in self._to_read(exclude):
@@ -864,13 +965,16 @@ class _IncrementalRun:
                 stats.append(item.st)
                 if len(paths) >= _BATCH:
                     sent.append((paths, stats))
-                    yield (paths,)
+                    yield (paths, deid, reid)
                     paths, stats = [], []
             if paths:
                 sent.append((paths, stats))
-                yield (paths,)
+                yield (paths, deid, reid)
 
-        for results in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+        for results, entries in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+            if self.reid is not None:
+                for entry in entries:
+                    self.reid.add(entry)
             paths, stats = sent.popleft()
             catalog.record_many(zip(paths, stats, results, strict=True))
             if progress:
@@ -1149,6 +1253,22 @@ def convert_records(
         if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
             with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
+        if opts.deid is not None:
+            from fhirimg.deid.pixels import DeidFetch, deidentified_source
+
+            originals: dict[str, InstanceRecord] = {}
+            keep = fetch is not None or opts.reid_map is not None
+            source = deidentified_source(source, opts.deid, originals if keep else None)
+            fetch = DeidFetch(fetch, originals) if fetch is not None else None
+            report = _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
+            if opts.reid_map is not None:
+                from fhirimg.deid.files import ReidMap, reid_entry
+
+                reid = ReidMap()
+                for original in originals.values():
+                    reid.add(reid_entry(original, opts.deid))
+                reid.write(opts.reid_map, merge=True)
+            return report
         return _convert_uncatalogued(source, opts, progress, on_study, bundle_dir, fetch)
 
 

@@ -211,6 +211,9 @@ class MapOptions:
     """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
     measurements: bool = True
     """SR measurement and dose reports become Observations (:mod:`fhirimg.measurements`)."""
+    pseudonymised: bool = False
+    """The records are de-identified (:mod:`fhirimg.deid`): Patient and ImagingStudy get
+    ``meta.security`` PSEUDED."""
 
 
 @dataclass

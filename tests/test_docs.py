@@ -16,6 +16,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 # Where each command is documented (a new command must be added here, with its docs).
 COMMAND_DOCS = {
     "convert": "cli.md",
+    "deidentify": "deidentify.md",
     "validate": "validate.md",
     "push": "push.md",
     "verify": "dicomweb.md",

@@ -27,6 +27,7 @@ from fhirimg.safetext import clean, redact_urls
 
 COMMAND_MODULES = {
     "convert": "fhirimg.cli.convert_cmd",
+    "deidentify": "fhirimg.cli.deidentify_cmd",
     "listen": "fhirimg.cli.listen_cmd",
     "push": "fhirimg.cli.push_cmd",
     "validate": "fhirimg.cli.validate_cmd",

@@ -39,6 +39,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -106,7 +107,7 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 
 
 @app.command("convert")
-@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth)
+@option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth, deid=Deid)
 def convert_command(
     *,
     paths: Annotated[
@@ -346,9 +347,11 @@ def convert_command(
             rich_help_panel=_dimse.PANEL,
         ),
     ] = 11113,
+    deidentify: DeidentifyOpt = False,
     dicomweb_auth: DicomwebAuth,
     auth: FhirAuth,
     network: Network,
+    deid: Deid,
 ) -> None:
     """Convert DICOM files to FHIR transaction Bundles, one per study, plus report.json.
 
@@ -414,6 +417,8 @@ def convert_command(
         full=full,
         prune_missing=prune_missing,
         lock_wait=wait,
+        deid=deid.options() if deidentify else None,
+        reid_map=deid.checked_reid_map(out, deidentify),
     )
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)

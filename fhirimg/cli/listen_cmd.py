@@ -29,6 +29,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     BinaryOpt,
     EndpointUrlOpt,
@@ -57,7 +58,7 @@ _PUSH_PANEL = "Push"
 
 
 @app.command("listen")
-@option_groups(auth=FhirAuth, network=Network)
+@option_groups(auth=FhirAuth, network=Network, deid=Deid)
 def listen_command(
     *,
     port: Annotated[
@@ -158,7 +159,9 @@ def listen_command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
     auth: FhirAuth,
+    deidentify: DeidentifyOpt = False,
     network: Network,
+    deid: Deid,
 ) -> None:
     """Receive DICOM over the network (a C-STORE SCP; C-ECHO too) and convert each study once no
     instance of it has arrived for --settle seconds; with --push send it to a FHIR server. Every
@@ -205,6 +208,8 @@ def listen_command(
         media=MediaOptions() if media else None,
         strict=strict,
         group_readable=group_readable,
+        deid=deid.options() if deidentify else None,
+        reid_map=deid.checked_reid_map(out, deidentify),
     )
     push = (
         push_options(push_url, auth, network, group_readable=group_readable) if push_url else None

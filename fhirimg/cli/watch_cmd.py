@@ -34,6 +34,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -66,7 +67,7 @@ _PUSH_PANEL = "Push"
 
 
 @app.command("watch")
-@option_groups(auth=FhirAuth, network=Network)
+@option_groups(auth=FhirAuth, network=Network, deid=Deid)
 def watch_command(
     *,
     paths: Annotated[
@@ -142,7 +143,9 @@ def watch_command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
     auth: FhirAuth,
+    deidentify: DeidentifyOpt = False,
     network: Network,
+    deid: Deid,
 ) -> None:
     """Watch DICOM folders: convert each study once no new file of it has arrived for --settle
     seconds, and with --push send it to a FHIR server (merged with what the server holds).
@@ -180,6 +183,8 @@ def watch_command(
         strict=strict,
         all_or_nothing=all_or_nothing,
         group_readable=group_readable,
+        deid=deid.options() if deidentify else None,
+        reid_map=deid.checked_reid_map(out, deidentify),
     )
     push = (
         push_options(

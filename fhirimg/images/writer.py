@@ -64,6 +64,7 @@ from fhirimg.validate import resource_errors
 from fhirimg.validate.validator import resource_error_findings
 
 if TYPE_CHECKING:
+    from fhirimg.deid import DeidOptions
     from fhirimg.images.render import Rendered
 
 
@@ -84,6 +85,10 @@ class PixelOptions:
     all_or_nothing: bool = False
     """Any validation error fails the study; by default the instances the errors are traced to
     are left out (:mod:`fhirimg.partial`)."""
+    deid: DeidOptions | None = None
+    """De-identify (:mod:`fhirimg.deid.pixels` makes the files this writer reads)."""
+    withheld: frozenset[str] = frozenset()
+    """SOP Instance UIDs that get no Binary and no rendered image (burned-in text, :mod:`fhirimg.deid`)."""
 
     @property
     def active(self) -> bool:
@@ -171,12 +176,13 @@ def write_study(
             writer.add_head(encode_entry(item))
         if options.max_bytes is not None and writer.parts[0].size > options.max_bytes:
             out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
+        shown = [r for r in recs if r.sop_instance_uid not in options.withheld]
         if options.binary is not None:
             folder = out_dir / binaries_folder(name)
-            _binaries(recs, options, release, writer, folder, first, later, out)
+            _binaries(shown, options, release, writer, folder, first, later, out)
         if options.media is not None:
             _rendered(
-                recs, options.media, mapping, release, writer, first, later, out, options.strict
+                shown, options.media, mapping, release, writer, first, later, out, options.strict
             )
         out.bundles = writer.commit()
     except BaseException:
@@ -196,6 +202,8 @@ def _head(
         by_full_url = options.binary == BinaryMode.INLINE and not options.split
         for rec in recs:
             sop = rec.sop_instance_uid
+            if sop in options.withheld:
+                continue
             ref = binary_full_url(sop) if by_full_url else f"Binary/{binary_id(sop)}"
             extensions[sop] = [link_extension(ref)]
     head, notes = study_bundle(recs, mapping, release, extensions)
@@ -219,6 +227,7 @@ def _skeleton(head: JSON, recs: list[InstanceRecord], options: PixelOptions) -> 
             {"method": "PUT", "url": f"Binary/{binary_id(r.sop_instance_uid)}"},
         )
         for r in recs
+        if r.sop_instance_uid not in options.withheld
     ]
     return {**head, "entry": [*head["entry"], *extra]}
 
@@ -227,7 +236,9 @@ def _known(recs: list[InstanceRecord], options: PixelOptions) -> set[str]:
     """Ids of Binaries that live outside the head bundle: beside it, or in later part files."""
     if options.binary is None or (options.binary == BinaryMode.INLINE and not options.split):
         return set()
-    return {binary_id(r.sop_instance_uid) for r in recs}
+    return {
+        binary_id(r.sop_instance_uid) for r in recs if r.sop_instance_uid not in options.withheld
+    }
 
 
 def _binaries(
@@ -264,7 +275,9 @@ def _binaries(
             refs = first if in_first else later
             item = entry(
                 "urn:uuid:" + bid,
-                binary_resource(bid, refs.patient, DATA_PLACEHOLDER),
+                _mark(
+                    binary_resource(bid, refs.patient, DATA_PLACEHOLDER), options.deid is not None
+                ),
                 {"method": "PUT", "url": f"Binary/{bid}"},
             )
             # A DicomSource is a bundle DataSource: its bytes stream into Binary.data as base64.
@@ -315,7 +328,7 @@ def _rendered(
         url = None
         if opts.content == media.MediaContent.BINARY:
             url = f"Binary/{media.image_binary_id(rec.sop_instance_uid, frame)}"
-            writer.place(_image_binary(rec, rendered, first, later))
+            writer.place(_image_binary(rec, rendered, first, later, mapping.pseudonymised))
         att = media.attachment(rendered, media.title(rec, rendered), url)
 
         def build(
@@ -323,7 +336,7 @@ def _rendered(
         ) -> EncodedEntry:
             refs = first if in_first else later
             parts, _ = media.image_parts(rec, r, att, refs.patient, refs.study, mapping.timezone)
-            resource = release.rendered_image(parts)
+            resource = _mark(release.rendered_image(parts), mapping.pseudonymised)
             item = entry(
                 media.full_url(rtype, rec.sop_instance_uid, r.frame),
                 resource,
@@ -353,8 +366,21 @@ def _rendered(
         writer.place(build_later)
 
 
+def _mark(resource: JSON, pseudonymised: object) -> JSON:
+    """``resource`` with ``meta.security`` PSEUDED when the data is de-identified."""
+    if not pseudonymised:
+        return resource
+    from fhirimg.deid.labels import labelled
+
+    return labelled(resource)
+
+
 def _image_binary(
-    rec: InstanceRecord, rendered: Rendered, first: _Refs, later: _Refs
+    rec: InstanceRecord,
+    rendered: Rendered,
+    first: _Refs,
+    later: _Refs,
+    pseudonymised: bool = False,
 ) -> Callable[[bool], EncodedEntry]:
     bid = media.image_binary_id(rec.sop_instance_uid, rendered.frame)
     data = base64.b64encode(rendered.data).decode("ascii")
@@ -368,6 +394,7 @@ def _image_binary(
             "securityContext": {"reference": refs.patient},
             "data": data,
         }
+        resource = _mark(resource, pseudonymised)
         return encode_entry(
             entry("urn:uuid:" + bid, resource, {"method": "PUT", "url": f"Binary/{bid}"})
         )
