@@ -31,7 +31,7 @@ from tests.helpers import SAMPLE
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 KEY = "leak-scan-key-0123456789abcdef"
-INPUTS = [SAMPLE, PYDICOM_FILES]
+INPUTS = [SAMPLE, SAMPLE.parent / "sr", PYDICOM_FILES]  # sr: the measurement corpus (issue 20)
 
 # Attributes whose values identify (by keyword), beside every PN anywhere and the UIDs below.
 IDENTIFYING = {

@@ -224,6 +224,22 @@ def test_fhir_resources_are_pseudonymised_and_labelled(pixels_out: Path) -> None
     assert labelled > 30
 
 
+def test_sr_content_goes_and_with_it_the_observations(tmp_path: Path) -> None:
+    """(0040,A730) Content Sequence is not cleaned (no Clean Structured Content Option), so a
+    de-identified study carries no Observation; without --deidentify the same SRs give some."""
+    plain = tmp_path / "plain"
+    result = _run(["convert", str(SAMPLE.parent / "sr"), "--out", str(plain), "--quiet"], None)
+    assert result.exit_code in (0, 1), result.output
+    assert any(resources(b, "Observation") for b in bundles(plain).values())
+    deid = tmp_path / "deid"
+    args = ["convert", str(SAMPLE.parent / "sr"), "--out", str(deid), "--deidentify", "--quiet"]
+    result = _run(args)
+    assert result.exit_code in (0, 1), result.output
+    found = bundles(deid)
+    assert found
+    assert not any(resources(b, "Observation") for b in found.values())
+
+
 def test_r5_document_references_are_labelled(tmp_path: Path) -> None:
     out = tmp_path / "r5"
     args = ["convert", str(SAMPLE / "study_b_mr"), "--out", str(out), "--deidentify", "-q"]

@@ -100,6 +100,10 @@ def deidentify_record(rec: InstanceRecord, opts: DeidOptions) -> InstanceRecord:
     for name, tag in _SEQUENCES.items():
         if action(tag, opts) in ("X", "Z"):
             changes[name] = () if isinstance(getattr(rec, name), tuple) else None
+    # (0040,A730) Content Sequence: "D" in Table E.1-1, "C" only with Clean Structured Content,
+    # which is not built. An SR's content tree holds free text, dates, names and UIDs the fields
+    # above do not reach, so it goes, and with it the study's Observations (issue 20).
+    changes["sr"] = None
     for name in ("sop_instance_uid", "study_instance_uid", "series_instance_uid", "sop_class_uid"):
         changes[name] = changes.get(name) or getattr(rec, name)  # required: never empty
     return replace(rec, **changes)
