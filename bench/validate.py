@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from fhirimg.images.binary import part10_header
 from fhirimg.validate import iter_validate, parse_layers
 from fhirimg.validate.model_layer import model_class
 from fhirimg.validate.runner import default_jobs, discover
@@ -32,6 +33,7 @@ from fhirimg.validate.validator import detect_version
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EXT = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 
 
 def synthetic_bundle(n: int, instances: int) -> dict[str, Any]:
@@ -52,11 +54,17 @@ def synthetic_bundle(n: int, instances: int) -> dict[str, Any]:
                 "numberOfInstances": per,
                 "instance": [
                     {
-                        "extension": [{"url": EXT, "valueReference": {"reference": u("bin")}}],
+                        # one instance links to the bundle's one Binary, which holds that
+                        # instance (img-binary-sop-instance): the bundle is valid
+                        **(
+                            {"extension": [{"url": EXT, "valueReference": {"reference": u("bin")}}]}
+                            if s == 0 and i == 0
+                            else {}
+                        ),
                         "uid": f"{root}.{s + 1}.{i + 1}",
                         "sopClass": {
                             "system": "urn:ietf:rfc:3986",
-                            "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2",
+                            "code": f"urn:oid:{CT_IMAGE}",
                         },
                         "number": i + 1,
                     }
@@ -64,7 +72,10 @@ def synthetic_bundle(n: int, instances: int) -> dict[str, Any]:
                 ],
             }
         )
-    data = base64.b64encode(b"\0" * 128 + b"DICM" + b"\0" * 1024).decode()
+    # a Part 10 header naming the linked instance (File Meta (0002,0002)/(0002,0003)), then
+    # a dataset's worth of bytes
+    head = part10_header(CT_IMAGE, f"{root}.1.1")
+    data = base64.b64encode(head + b"\0" * 1024).decode()
     return {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -33,6 +33,7 @@ Nothing here prints: progress goes to an optional callback, results come back as
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import math
@@ -485,10 +486,32 @@ def build_study(
     return bundle, outcome
 
 
-StudyWriter: TypeAlias = (
-    "Callable[[list[InstanceRecord], MapOptions, str, Path, PixelOptions], StudyOutcome]"
-)
-"""Writes one study's bundle file(s) into a folder and says what became of the study."""
+class StudyWriter(Protocol):
+    """Writes one study's bundle file(s) into a folder and says what became of the study;
+    ``render`` is a pool and its size to render images in (only the pixel writer uses it)."""
+
+    def __call__(
+        self,
+        records: list[InstanceRecord],
+        mapping: MapOptions,
+        fhir_version: str,
+        out_dir: Path,
+        pixels: PixelOptions,
+        render: RenderPool = None,
+    ) -> StudyOutcome: ...
+
+
+RenderPool: TypeAlias = "tuple[Executor, int] | None"
+"""A process pool and its number of processes, to render one study's images in."""
+
+
+def _render_in_pool(
+    executor: Executor | None, pixels: PixelOptions, studies: int, jobs: int
+) -> bool:
+    """Whether studies are written one after another in this process, their images rendered in
+    the pool, rather than a study per process: with ``--media`` and fewer studies than processes
+    (one large study used one core of two: rendering is most of the time of ``--media``)."""
+    return executor is not None and pixels.media is not None and studies < jobs
 
 
 def _study_writer(pixels: PixelOptions) -> StudyWriter:
@@ -511,6 +534,7 @@ def _write_study(
     out_dir: str,
     pixels: PixelOptions,
     need_files: bool = False,
+    render: RenderPool = None,
 ) -> StudyOutcome:
     """Worker task: build, validate and (when valid) atomically write one study's bundle(s).
 
@@ -520,7 +544,7 @@ def _write_study(
     without touching its earlier bundle, which still holds that file's bytes.
     """
     records, file_warnings = _clean(unpack(blobs))
-    outcome = _build_and_write(records, mapping, fhir_version, out_dir, pixels, need_files)
+    outcome = _build_and_write(records, mapping, fhir_version, out_dir, pixels, need_files, render)
     if outcome.file_warnings:  # what de-identification withheld (fhirimg.deid.pixels)
         file_warnings = tuple(sorted(file_warnings + outcome.file_warnings, key=lambda w: w[0]))
     return replace(outcome, file_warnings=file_warnings) if file_warnings else outcome
@@ -547,6 +571,7 @@ def _build_and_write(
     out_dir: str,
     pixels: PixelOptions,
     need_files: bool,
+    render: RenderPool = None,
 ) -> StudyOutcome:
     if need_files and pixels.active:
         gone = [r.path for r in records if not os.path.lexists(r.path)]
@@ -560,7 +585,7 @@ def _build_and_write(
             )
             series = len({r.series_instance_uid for r in records})
             return StudyOutcome(uid, None, series, len(records), errors=(why,))
-    return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels)
+    return _study_writer(pixels)(records, mapping, fhir_version, Path(out_dir), pixels, render)
 
 
 def _write_plain_study(
@@ -569,9 +594,10 @@ def _write_plain_study(
     fhir_version: str,
     out_dir: Path,
     pixels: PixelOptions,
+    render: RenderPool = None,
 ) -> StudyOutcome:
     """The plain study writer: one bundle built in memory (:func:`build_study`), written when
-    valid; ``pixels`` only says how strictly to validate."""
+    valid; ``pixels`` only says how strictly to validate (nothing is rendered)."""
     try:
         bundle, outcome = build_study(
             records, mapping, fhir_version, pixels.strict, pixels.all_or_nothing
@@ -600,17 +626,24 @@ def _write_pixel_study(
     fhir_version: str,
     out_dir: Path,
     pixels: PixelOptions,
+    render: RenderPool = None,
 ) -> StudyOutcome:
     """The pixel study writer (:func:`fhirimg.images.writer.write_study`): Binaries and/or
-    rendered images streamed after the head, possibly over several part files."""
+    rendered images streamed after the head, possibly over several part files; images rendered
+    in ``render``'s pool when given."""
     if pixels.deid is not None:
         from fhirimg.deid.pixels import write_deidentified
 
         outcome: StudyOutcome = write_deidentified(
-            _write_pixel_files, records, mapping, fhir_version, out_dir, pixels
+            functools.partial(_write_pixel_files, render=render),
+            records,
+            mapping,
+            fhir_version,
+            out_dir,
+            pixels,
         )
         return outcome
-    return _write_pixel_files(records, mapping, fhir_version, out_dir, pixels)
+    return _write_pixel_files(records, mapping, fhir_version, out_dir, pixels, render)
 
 
 def _write_pixel_files(
@@ -619,6 +652,7 @@ def _write_pixel_files(
     fhir_version: str,
     out_dir: Path,
     pixels: PixelOptions,
+    render: RenderPool = None,
 ) -> StudyOutcome:
     """The pixel study writer on files whose bytes go into the output as they are."""
     uid = records[0].study_instance_uid
@@ -626,7 +660,8 @@ def _write_pixel_files(
     from fhirimg.images.writer import write_study
 
     try:
-        files = write_study(records, mapping, fhir_version, out_dir, pixels)
+        pool, jobs = render or (None, 1)
+        files = write_study(records, mapping, fhir_version, out_dir, pixels, pool, jobs)
     except Exception as exc:  # an unreadable file or a bug costs one study, not the run
         why = disk_error(
             exc, Path(getattr(exc, "filename", None) or out_dir / ids.bundle_name(uid))
@@ -1080,8 +1115,15 @@ class _IncrementalRun:
                     catalog.study_done(uid, ok=ok, outcome=doc, files=files)  # in the reserve
                 written.append(outcome)
 
+            write: Callable[..., StudyOutcome] = _write_study
+            if _render_in_pool(executor, pixels, len(present), self.jobs):
+                assert executor is not None
+                write = functools.partial(_write_study, render=(executor, self.jobs))
+                studies_pool: Executor | None = None
+            else:
+                studies_pool = executor
             try:
-                for outcome in _bounded(executor, _write_study, tasks, window=self.jobs * 2):
+                for outcome in _bounded(studies_pool, write, tasks, window=self.jobs * 2):
                     if outcome.out_of_space:
                         stop(outcome.errors[0])
                     if on_study is not None and outcome.ok:
@@ -1321,7 +1363,13 @@ def _convert_uncatalogued(
                     index.set_outcome([path], status, detail)
                 outcomes.append(outcome)
 
-            for outcome in _bounded(executor, _write_study, tasks, window=jobs * 2):
+            write: Callable[..., StudyOutcome] = _write_study
+            studies_pool = executor
+            if _render_in_pool(executor, pixels, len(uids), jobs):
+                assert executor is not None
+                write = functools.partial(_write_study, render=(executor, jobs))
+                studies_pool = None
+            for outcome in _bounded(studies_pool, write, tasks, window=jobs * 2):
                 if fetch is not None:
                     fetch.release(outcome.study_instance_uid)
                 if outcome.out_of_space and not stopped:

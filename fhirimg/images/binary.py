@@ -101,9 +101,13 @@ class DicomSource:
     def chunks(self, size: int = 3 * (1 << 20)) -> Iterator[bytes]:
         if self.header:
             yield self.header
-        with open(self.path, "rb") as fh:
+        # unbuffered, each read no larger than what is left: a file is read in one call when it
+        # fits a chunk (a 3 MiB buffer per read for a 0.5 MB slice cost more than the read)
+        with open(self.path, "rb", buffering=0) as fh:
+            left = max(0, os.fstat(fh.fileno()).st_size - self.skip)
             fh.seek(self.skip)
-            while chunk := fh.read(size):
+            while left > 0 and (chunk := fh.read(min(size, left))):
+                left -= len(chunk)
                 yield chunk
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from fhirimg.validate import _data
 from fhirimg.validate.findings import Collector, Finding, Layer, Severity
+from fhirimg.validate.invariant_fast import Fast, fast_for
 from fhirimg.validate.schema_layer import TypedNode, schema_for
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class Invariant:
     expression: str
     prop: str | None
     run: Callable[..., list[Any]] | None
+    fast: Fast | None = None
+    """The direct answer on plain shapes (:mod:`.invariant_fast`), FHIRPath otherwise."""
 
 
 # The function form as(type) on a collection: R4 writes dom-3 with `descendants().as(uri)`, which
@@ -94,8 +97,9 @@ def invariants_for(release: str) -> dict[str, tuple[Invariant, ...]]:
                 if item["severity"] == "error"
                 else Severity.WARNING
             )
+            fast = fast_for(expr) if run is not None and item["property"] is None else None
             compiled.append(
-                Invariant(item["key"], severity, item["human"], expr, item["property"], run)
+                Invariant(item["key"], severity, item["human"], expr, item["property"], run, fast)
             )
         out[definition] = tuple(compiled)
     return out
@@ -126,6 +130,13 @@ def check(typed: list[TypedNode], file: str, release: str) -> list[Finding]:
             if inv.run is None:
                 not_checked.setdefault(inv.key, node.location)
                 continue
+            if inv.fast is not None:
+                answer = inv.fast(node.node, node.resource)
+                if answer is True:
+                    continue
+                if answer is False:
+                    out.add(inv.severity, node.location, f"{inv.key}: {inv.human}")
+                    continue
             targets: list[tuple[str, Any, str]]
             if inv.prop is None:
                 targets = [(node.location, node.node, type_name)]

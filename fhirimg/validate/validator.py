@@ -78,6 +78,35 @@ def validate_resource(
     >>> [(f.layer, f.location) for f in found if f.severity == "error"][:2]
     [('schema', 'Patient.gender')]
     """
+    if isinstance(obj, dict) and isinstance(obj.get("resourceType"), str):
+        # Refused before any layer walks it: the walks recurse (fhir.resources, fhirpathpy too).
+        deep = json_layer.too_deep(obj, obj["resourceType"] or "$")
+        if deep is not None:
+            if fhir_version.lower() not in (*RELEASES, "auto"):
+                raise ConfigError(f"unknown FHIR version {fhir_version!r}: use r4, r5 or auto")
+            return [json_layer.too_deep_finding(source, deep)]
+    return run_layers(
+        obj,
+        fhir_version=fhir_version,
+        layers=layers,
+        source=source,
+        beside=beside,
+        known_binaries=known_binaries,
+    )
+
+
+def run_layers(
+    obj: dict[str, Any],
+    *,
+    fhir_version: str = "r4",
+    layers: Collection[Layer] = FAST_LAYERS,
+    source: str = "<memory>",
+    beside: Path | None = None,
+    known_binaries: Collection[str] = (),
+) -> list[Finding]:
+    """:func:`validate_resource` of an object already known to nest no deeper than
+    :data:`~fhirimg.validate.json_layer.MAX_DEPTH` (:func:`~fhirimg.validate.json_layer.too_deep`
+    is None): what the runner calls after its own depth check."""
     wanted = frozenset(layers)
     release = detect_version(obj) if fhir_version == "auto" else fhir_version.lower()
     if release not in RELEASES:
@@ -87,10 +116,6 @@ def validate_resource(
             Finding(Severity.ERROR, source, "$", "not a FHIR resource: no resourceType", "json")
         ]
     root = obj["resourceType"] or "$"  # the root of every location
-    # Refused before any layer walks it: the walks recurse (so do fhir.resources and fhirpathpy).
-    deep = json_layer.too_deep(obj, root)
-    if deep is not None:
-        return [json_layer.too_deep_finding(source, deep)]
     findings: list[Finding] = []
 
     def run(layer: Layer, check: Callable[[], list[Finding]]) -> None:
