@@ -121,6 +121,9 @@ class ConvertOptions:
     """A study whose bundle has any validation error is not written (all its files fail); by
     default the instances the errors are traced to are left out and the rest is written
     (:mod:`fhirimg.partial`)."""
+    output_format: str = "bundle"
+    """``"ndjson"``: also write the FHIR Bulk Data NDJSON file set (``<out>/ndjson/``) from the
+    bundles, for ``$import`` (:mod:`fhirimg.ndjson`); ``"bundle"``: the bundles only."""
 
     @property
     def modes(self) -> jsonio.Modes:
@@ -133,6 +136,12 @@ class ConvertOptions:
         every bundle's Endpoint)."""
         get_release(self.fhir_version)
         self.pixels()
+        if self.output_format not in ("bundle", "ndjson"):
+            raise ConfigError(f"unknown output format {self.output_format!r}")
+        if self.output_format == "ndjson" and self.binary == BinaryMode.BESIDE:
+            raise ConfigError(
+                "NDJSON needs the Binaries in the resources: use --binary inline with ndjson"
+            )
         if self.lock_wait is not None and (math.isnan(self.lock_wait) or self.lock_wait < 0):
             raise ConfigError("lock_wait must be a number of seconds >= 0")
         refuse_url_credentials(
@@ -340,6 +349,8 @@ class ConvertReport:
     """The studies this run wrote or tried to (with the catalog: a part of ``studies``)."""
     stopped: str | None = None
     """Why the run stopped writing studies before the last (``disk full writing <file>``)."""
+    ndjson: dict[str, int] | None = None
+    """Lines per resource type of the NDJSON file set (``output_format="ndjson"``), else None."""
 
     @property
     def render_failures(self) -> list[tuple[str, str]]:
@@ -385,6 +396,8 @@ class ConvertReport:
         }
         if self.run is not None:
             out["run"] = self.run.as_json()
+        if self.ndjson is not None:
+            out["ndjson"] = self.ndjson
         if self.stopped is not None:
             out["stopped"] = self.stopped
         out["exitCode"] = int(self.exit_code)
@@ -837,6 +850,7 @@ class _IncrementalRun:
             unstatable=self.unstatable,
         )
         report = self._report(summary, written, missing)
+        report.ndjson = _ndjson(opts, self.files_dir, report)
         catalog.end_run(summary.counts())
         _write_folder_report(self.out_dir / REPORT_NAME, report, catalog, missing, opts)
         return report
@@ -1040,6 +1054,21 @@ class _ToRead:
     skipped: int  # unchanged files passed over just before this one
 
 
+def _ndjson(opts: ConvertOptions, files_dir: Path, report: ConvertReport) -> dict[str, int] | None:
+    """With ``output_format="ndjson"``: the NDJSON file set of every study the folder holds
+    (:func:`fhirimg.ndjson.write_ndjson`), and its lines per type."""
+    if opts.output_format != "ndjson":
+        return None
+    from fhirimg.ndjson import StudyFiles, write_ndjson
+
+    studies = (
+        StudyFiles(s.study_instance_uid, (s.bundle, *s.parts))
+        for s in report.studies
+        if s.ok and s.bundle
+    )
+    return write_ndjson(files_dir, Path(opts.out_dir), studies, opts.modes)
+
+
 def _file_outcomes(paths: list[str], outcome: StudyOutcome) -> list[tuple[str, FileStatus, str]]:
     """The outcome of each file of a study: converted into its bundle, or failed with it; a file
     left out of its study (``outcome.dropped``) failed, with its own reason."""
@@ -1222,6 +1251,7 @@ def _convert_uncatalogued(
                 written=outcomes,
                 stopped=stopped[0] if stopped else None,
             )
+            report.ndjson = _ndjson(opts, files_dir, report)
             _write_report(out_dir / REPORT_NAME, report, index, opts)
     finally:
         if executor is not None:

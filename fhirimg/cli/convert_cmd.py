@@ -69,6 +69,7 @@ from fhirimg.convert import Progress as ProgressCallback
 from fhirimg.dicomweb import StudyQuery
 from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
+from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
 from fhirimg.push import PushOptions
@@ -77,6 +78,13 @@ from fhirimg.safetext import redact_url
 log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
+
+
+class OutputFormat(StrEnum):
+    """``--format`` choices."""
+
+    BUNDLE = "bundle"
+    NDJSON = "ndjson"
 
 
 class MediaFormat(StrEnum):
@@ -125,6 +133,16 @@ def convert_command(
         ),
     ] = DEFAULT_OUT,
     fhir_version: FhirVersionOpt = FhirVersion.R4,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="bundle: one transaction Bundle per study; ndjson: the bundles and, in "
+            "<out>/ndjson/, one NDJSON file per resource type for FHIR Bulk Data $import "
+            "(literal references, Patients once). See docs/scale-out.md.",
+            case_sensitive=False,
+        ),
+    ] = OutputFormat.BUNDLE,
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
     patient_id_system: PatientIdSystemOpt = None,
@@ -411,7 +429,12 @@ def convert_command(
         full=full,
         prune_missing=prune_missing,
         lock_wait=wait,
+        output_format=output_format.value,
     )
+    if output_format is OutputFormat.NDJSON and push_url:
+        raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
+    if output_format is OutputFormat.NDJSON and binary == BinaryMode.BESIDE:
+        raise fail("--format ndjson needs the Binaries inline: --binary inline", ExitCode.USAGE)
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
     _dimse.quiet_pynetdicom(verbose)
@@ -592,6 +615,9 @@ def _print_summary(report: ConvertReport) -> None:
         err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
     if "binaries" in s:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
+    if report.ndjson is not None:
+        lines = ", ".join(f"{n} {t}" for t, n in report.ndjson.items()) or "no resource"
+        err_console.print(f"NDJSON for $import in {report.out_dir}/ndjson/: {lines}")
     pushed = s.get("pushed")
     if pushed:
         err_console.print(
