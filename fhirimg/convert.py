@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunRecord
+from fhirimg.cluster import ClusterOptions
 from fhirimg.errors import CatalogError, ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
@@ -121,6 +122,9 @@ class ConvertOptions:
     """A study whose bundle has any validation error is not written (all its files fail); by
     default the instances the errors are traced to are left out and the rest is written
     (:mod:`fhirimg.partial`)."""
+    cluster: ClusterOptions | None = None
+    """``--engine dask``: read and write on this Dask cluster (:mod:`fhirimg.cluster`); None:
+    the local process pool of ``jobs`` processes. The output is the same."""
     output_format: str = "bundle"
     """``"ndjson"``: also write the FHIR Bulk Data NDJSON file set (``<out>/ndjson/``) from the
     bundles, for ``$import`` (:mod:`fhirimg.ndjson`); ``"bundle"``: the bundles only."""
@@ -696,6 +700,17 @@ def _bounded(
         yield fut.result()
 
 
+def _executor(opts: ConvertOptions, jobs: int) -> tuple[Executor | None, int]:
+    """The run's executor and its task slots (the window of tasks in flight follows them): the
+    Dask cluster's with ``opts.cluster`` (``--engine dask``), else the local process pool."""
+    if opts.cluster is not None:
+        from fhirimg.cluster import start
+
+        cluster = start(opts.cluster)
+        return cluster, cluster.threads
+    return _pool(jobs), jobs
+
+
 def _pool(jobs: int) -> ProcessPoolExecutor | None:
     """The worker processes of a run (None for one job: this process only)."""
     if jobs <= 1:
@@ -822,11 +837,11 @@ class _IncrementalRun:
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
-        if catalog.use_options(_options_digest(opts, self.streaming)):
-            log.info("first run, or other conversion options than last time: every study")
-        catalog.begin_run(self.inputs, full=opts.full)
-        executor = _pool(self.jobs)
+        executor, self.jobs = _executor(opts, self.jobs)  # a cluster that cannot start: no run
         try:
+            if catalog.use_options(_options_digest(opts, self.streaming)):
+                log.info("first run, or other conversion options than last time: every study")
+            catalog.begin_run(self.inputs, full=opts.full)
             self._read_new(executor)
             missing = self._missing()
             if not self.streaming:

@@ -58,6 +58,7 @@ from fhirimg.cli._options import (
     option_groups,
     push_options,
 )
+from fhirimg.cluster import ClusterOptions
 from fhirimg.convert import (
     DEFAULT_OUT,
     REPORT_NAME,
@@ -78,6 +79,7 @@ from fhirimg.safetext import redact_url
 log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
+_SCALE_PANEL = "Scale out (docs/scale-out.md)"
 
 
 class OutputFormat(StrEnum):
@@ -85,6 +87,13 @@ class OutputFormat(StrEnum):
 
     BUNDLE = "bundle"
     NDJSON = "ndjson"
+
+
+class Engine(StrEnum):
+    """``--engine`` choices."""
+
+    LOCAL = "local"
+    DASK = "dask"
 
 
 class MediaFormat(StrEnum):
@@ -144,6 +153,36 @@ def convert_command(
         ),
     ] = OutputFormat.BUNDLE,
     dicomweb_url: EndpointUrlOpt = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: a process pool on this machine (--jobs); dask: the read and write "
+            "tasks on a Dask cluster (needs fhirimg[dask]), same output.",
+            case_sensitive=False,
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = Engine.LOCAL,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="tcp://HOST:PORT",
+            help="With --engine dask: the Dask scheduler to use. Default: start a local cluster "
+            "(--workers).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="With --engine dask and no --scheduler: worker processes of the local cluster "
+            "(default 2).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
     timezone: TimezoneOpt = None,
     patient_id_system: PatientIdSystemOpt = None,
     accession_system: Annotated[
@@ -430,6 +469,7 @@ def convert_command(
         prune_missing=prune_missing,
         lock_wait=wait,
         output_format=output_format.value,
+        cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs, push_url),
     )
     if output_format is OutputFormat.NDJSON and push_url:
         raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
@@ -566,6 +606,38 @@ def _convert_with_progress(
             bar.update(tasks[stage], advance=advance)
 
         return run(paths, options, progress=on_progress)
+
+
+def _cluster(
+    engine: Engine,
+    scheduler: str | None,
+    workers: int | None,
+    source: str | None,
+    push_url: str | None,
+) -> ClusterOptions | None:
+    """``--engine dask`` and its options, checked (exit 2); None for the local engine."""
+    if engine is Engine.LOCAL:
+        if scheduler is not None or workers is not None:
+            raise fail("--scheduler and --workers need --engine dask", ExitCode.USAGE)
+        return None
+    if source or push_url:
+        raise fail(
+            "--engine dask converts files: not with --from-dicomweb, --from-pacs or --push",
+            ExitCode.USAGE,
+        )
+    if scheduler is not None:
+        if workers is not None:
+            raise fail("--workers starts a local cluster: not with --scheduler", ExitCode.USAGE)
+        parts = urlsplit(scheduler)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+            raise fail(
+                f"--scheduler needs tcp://HOST:PORT, not {redact_url(scheduler)!r}", ExitCode.USAGE
+            )
+    return ClusterOptions(scheduler=scheduler, workers=workers)
 
 
 def _is_http_url(url: str) -> bool:
