@@ -353,6 +353,9 @@ class ConvertReport:
     """The studies this run wrote or tried to (with the catalog: a part of ``studies``)."""
     stopped: str | None = None
     """Why the run stopped writing studies before the last (``disk full writing <file>``)."""
+    output: str | None = None
+    """Where the files went when that is not ``out_dir`` (an object-storage URL, shown without
+    credentials); ``summary.output`` then names it."""
     ndjson: dict[str, int] | None = None
     """Lines per resource type of the NDJSON file set (``output_format="ndjson"``), else None."""
 
@@ -389,7 +392,7 @@ class ConvertReport:
 
     def summary(self) -> JSON:
         out: JSON = {
-            "output": str(self.out_dir),
+            "output": self.output or str(self.out_dir),
             "files": {"total": sum(self.files.values()), **self.files},
             "studies": {
                 "total": len(self.studies),
@@ -1210,8 +1213,7 @@ def _convert_uncatalogued(
     pixels = opts.pixels()
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
-    jobs = resolve_jobs(opts.jobs)
-    executor = _pool(jobs)
+    executor, jobs = _executor(opts, resolve_jobs(opts.jobs))
     try:
         with StudyIndex(work_dir(out_dir)) as index:
             for results in source(executor):

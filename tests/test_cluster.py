@@ -11,9 +11,11 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -22,11 +24,11 @@ from fhirimg.cli import app
 from fhirimg.cluster import ClusterExecutor, ClusterOptions, start
 from fhirimg.convert import _write_study
 from fhirimg.group import PackedRecord
-from fhirimg.images.binary import BinaryMode
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
 from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
+from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
 
 runner = CliRunner()
 
@@ -75,37 +77,51 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_sample_data_byte_identical(cluster: ClusterExecutor, tmp_path: Path) -> None:
-    common = ["--quiet", "--dicomweb-url", "http://pacs.example/dicom-web", "--format", "ndjson"]
-    local = runner.invoke(
-        app, ["convert", str(SAMPLE), "-o", str(tmp_path / "local"), "--jobs", "2", *common]
-    )
+_COMMON = ["--quiet", "--dicomweb-url", "http://pacs.example/dicom-web", "--format", "ndjson"]
+
+
+@pytest.fixture(scope="module")
+def sample_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample data converted by the local engine: what the Dask runs must give."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    local = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(out), "--jobs", "2", *_COMMON])
+    assert local.exit_code == 1, local.output  # a truncated file, on purpose
+    return out
+
+
+def test_sample_data_byte_identical(
+    cluster: ClusterExecutor, sample_local: Path, tmp_path: Path
+) -> None:
     dask = runner.invoke(
         app,
         ["convert", str(SAMPLE), "-o", str(tmp_path / "dask"), "--engine", "dask"]
-        + ["--scheduler", _address(cluster), *common],
+        + ["--scheduler", _address(cluster), *_COMMON],
     )
-    assert local.exit_code == dask.exit_code == 1, dask.output  # a truncated file, on purpose
-    _same(tmp_path / "local", tmp_path / "dask")
+    assert dask.exit_code == 1, dask.output
+    _same(sample_local, tmp_path / "dask")
+
+
+@pytest.fixture(scope="module")
+def corpus_local(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus-local") / "out"
+    convert([corpus], ConvertOptions(out_dir=out, jobs=2))
+    return out
 
 
 def test_multi_study_corpus_duplicates_across_workers(
-    cluster: ClusterExecutor, corpus: Path, tmp_path: Path
+    cluster: ClusterExecutor, corpus: Path, corpus_local: Path, tmp_path: Path
 ) -> None:
-    local = convert([corpus], ConvertOptions(out_dir=tmp_path / "local", jobs=2))
     opts = ConvertOptions(out_dir=tmp_path / "dask", cluster=ClusterOptions(_address(cluster)))
     report = convert([corpus], opts)
-    assert report.files == local.files
     assert report.files["duplicate"] == 1
     assert report.files["failed"] == 1  # the edited copy: a conflict, named
     assert len([s for s in report.studies if s.ok]) == 12
-    _same(tmp_path / "local", tmp_path / "dask")
+    _same(corpus_local, tmp_path / "dask")
 
 
 def test_worker_killed_mid_run_same_output(
-    cluster: ClusterExecutor, corpus: Path, tmp_path: Path
+    cluster: ClusterExecutor, corpus: Path, corpus_local: Path, tmp_path: Path
 ) -> None:
-    convert([corpus], ConvertOptions(out_dir=tmp_path / "local", jobs=1))
     client = cluster.client
     pids: dict[str, int] = client.run(os.getpid)
     killed: list[int] = []
@@ -121,7 +137,7 @@ def test_worker_killed_mid_run_same_output(
     assert killed, "no worker was killed"
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)  # it is really gone
-    _same(tmp_path / "local", tmp_path / "dask")
+    _same(corpus_local, tmp_path / "dask")
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the next tests
 
 
@@ -129,7 +145,7 @@ def test_a_retried_write_overwrites_the_same_name(cluster: ClusterExecutor, tmp_
     record = read_file(str(pydicom_file("CT_small.dcm")))
     assert isinstance(record, InstanceRecord)
     blobs = [PackedRecord.of(record).blob]
-    pixels = ConvertOptions(binary=BinaryMode.INLINE).pixels()
+    pixels = ConvertOptions().pixels()
     args = (blobs, MapOptions(), "r4", str(tmp_path), pixels)
     # The same task twice at once (as a retry after a lost worker may run it): one name, the
     # same bytes, no temporary file left.
@@ -188,3 +204,36 @@ def test_engine_usage_errors(tmp_path: Path, args: list[str], message: str) -> N
     result = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_s3_objects_read_on_the_workers(
+    cluster: ClusterExecutor, moto_s3: str, sample_local: Path, tmp_path: Path
+) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=moto_s3, key=ACCESS_KEY, secret=SECRET_KEY)
+    bucket = f"fhirimg-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    fs.put(str(SAMPLE) + "/", f"{bucket}/in/", recursive=True)
+    storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
+    storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
+    src, out = f"s3://{bucket}/in", tmp_path / "dask"
+    dask = runner.invoke(
+        app,
+        ["convert", src, "-o", str(out), "--engine", "dask", "--scheduler", _address(cluster)]
+        + [*storage, *_COMMON],
+    )
+    assert dask.exit_code == 1, dask.output
+    # The bundles and NDJSON name no path: the same bytes as from the folder, locally.
+    mine, theirs = _outputs(out), _outputs(sample_local)
+    del mine["report.json"], theirs["report.json"]
+    assert mine == theirs
+    statuses = {
+        f["path"].removeprefix(src + "/"): f["status"]
+        for f in orjson.loads((out / "report.json").read_bytes())["files"]
+    }
+    local_statuses = {
+        f["path"].removeprefix(f"{SAMPLE}/"): f["status"]
+        for f in orjson.loads((sample_local / "report.json").read_bytes())["files"]
+    }
+    assert statuses == local_statuses

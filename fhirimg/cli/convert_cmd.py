@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -73,6 +74,7 @@ from fhirimg.exitcodes import ExitCode
 from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
+from fhirimg.objects import is_url
 from fhirimg.push import PushOptions
 from fhirimg.safetext import redact_url
 
@@ -126,21 +128,35 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 def convert_command(
     *,
     paths: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Argument(
-            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content). "
+            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content), "
+            "or object-storage URLs (s3://bucket/prefix, gs://..., file://...). "
             "Not with --from-dicomweb.",
-            exists=True,
-            metavar="PATH...",
+            metavar="PATH_OR_URL...",
             show_default=False,
         ),
     ] = None,
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--out", "-o", help="Folder for the bundles and report.json.", file_okay=False
+            "--out",
+            "-o",
+            help="Folder for the bundles and report.json, or an object-storage URL "
+            "(s3://bucket/prefix) they are put under at the end.",
         ),
-    ] = DEFAULT_OUT,
+    ] = str(DEFAULT_OUT),
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="An fsspec option for URL inputs and --out (repeatable), e.g. "
+            "endpoint_url=https://minio.example:9000; credentials are best left to the "
+            "usual environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
     fhir_version: FhirVersionOpt = FhirVersion.R4,
     output_format: Annotated[
         OutputFormat,
@@ -437,8 +453,12 @@ def convert_command(
         raise fail(
             f"--accession-system takes ISSUER=URI, not {accession_default!r}", ExitCode.USAGE
         )
+    storage = _storage_options(storage_option or [])
+    out_url = out if is_url(out) else None
+    if out_url is None and Path(out).is_file():
+        raise fail(f"--out {out!r} is a file, not a folder", ExitCode.USAGE)
     options = ConvertOptions(
-        out_dir=out,
+        out_dir=Path(out) if out_url is None else DEFAULT_OUT,
         fhir_version=fhir_version.value,
         mapping=MapOptions(
             timezone=timezone,
@@ -520,7 +540,13 @@ def convert_command(
             if push_url
             else None
         )
-        report = _from_files(paths, options, push, quiet)
+        _check_inputs(paths)
+        if out_url or any(is_url(p) for p in paths):
+            if push is not None:
+                raise fail("--push converts files: not with URL inputs or --out", ExitCode.USAGE)
+            report = _from_objects(paths, options, storage, out_url)
+        else:
+            report = _from_files([Path(p) for p in paths], options, push, quiet)
     if json_out:
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
     if not quiet:
@@ -547,6 +573,45 @@ def _from_dicomweb(
     return _dw.run_convert_from_dicomweb(
         url, auth.build(), query, options, network=network, progress=not quiet
     )
+
+
+def _storage_options(values: list[str]) -> dict[str, str]:
+    """``--storage-option KEY=VALUE`` values (exit 2 for one without ``=``)."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise fail("--storage-option takes KEY=VALUE", ExitCode.USAGE)
+        out[key] = item
+    return out
+
+
+def _check_inputs(paths: list[str]) -> None:
+    """Local paths exist, and inputs are all URLs or all paths (exit 2)."""
+    urls = [p for p in paths if is_url(p)]
+    if urls and len(urls) != len(paths):
+        raise fail("give local paths or object-storage URLs, not both", ExitCode.USAGE)
+    for path in paths:
+        if not urls and not os.path.lexists(path):
+            raise fail(f"Path {path!r} does not exist.", ExitCode.USAGE)
+
+
+def _from_objects(
+    inputs: list[str], options: ConvertOptions, storage: dict[str, str], out_url: str | None
+) -> ConvertReport:
+    """URL inputs and/or a URL --out (fhirimg.convert_objects); a failed listing or upload,
+    exit 3."""
+    from fhirimg.convert_objects import convert_objects
+
+    def message(exc: BaseException) -> str:
+        if isinstance(exc, OSError):
+            return f"cannot write to {options.out_dir}: {exc.strerror or exc}"
+        return str(exc)
+
+    with exit_on_error(
+        codes={OSError: ExitCode.CANNOT_START}, message=message, interrupted=CONVERT_RESUMABLE
+    ):
+        return convert_objects(inputs, options, storage, out_url)
 
 
 def _from_files(
@@ -654,12 +719,12 @@ def _print_summary(report: ConvertReport) -> None:
     where = (
         "study bundle(s), pushed and not kept"
         if "pushed" in s
-        else f"bundle(s) in [bold]{report.out_dir}/[/]"
+        else f"bundle(s) in [bold]{report.output or report.out_dir}/[/]"
     )
     err_console.print(
         f"Converted {files['converted']} of {files['total']} files into {studies['written']} "
         f"{where} ({files['skipped']} skipped, {files['duplicate']} duplicate, "
-        f"{files['failed']} failed; details in {report.out_dir / REPORT_NAME})"
+        f"{files['failed']} failed; details in {report.output or report.out_dir}/{REPORT_NAME})"
     )
     run = s.get("run")
     if run is not None:
@@ -689,7 +754,9 @@ def _print_summary(report: ConvertReport) -> None:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
     if report.ndjson is not None:
         lines = ", ".join(f"{n} {t}" for t, n in report.ndjson.items()) or "no resource"
-        err_console.print(f"NDJSON for $import in {report.out_dir}/ndjson/: {lines}")
+        err_console.print(
+            f"NDJSON for $import in {report.output or report.out_dir}/ndjson/: {lines}"
+        )
     pushed = s.get("pushed")
     if pushed:
         err_console.print(
