@@ -27,7 +27,9 @@ from fhirimg.group import PackedRecord
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
+from tests.conftest import count
 from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
+from tests.servers.fhir_server import FhirTestServer
 from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
 
 runner = CliRunner()
@@ -197,7 +199,7 @@ def test_without_dask_one_line_naming_pip(tmp_path: Path, monkeypatch: pytest.Mo
         (["--scheduler", "tcp://127.0.0.1:8786"], "need --engine dask"),
         (["--engine", "dask", "--scheduler", "http://host:8786"], "needs tcp://HOST:PORT"),
         (["--engine", "dask", "--scheduler", "tcp://h:1", "--workers", "2"], "not with"),
-        (["--engine", "dask", "--push", "http://fhir.example/fhir"], "not with"),
+        (["--engine", "dask", "--from-dicomweb", "http://pacs.example/dw"], "not with"),
     ],
 )
 def test_engine_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -237,3 +239,21 @@ def test_s3_objects_read_on_the_workers(
         for f in orjson.loads((sample_local / "report.json").read_bytes())["files"]
     }
     assert statuses == local_statuses
+
+
+@pytest.mark.server
+def test_push_with_the_dask_engine(
+    cluster: ClusterExecutor, clean_fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    base = clean_fhir.base_url
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path), "--engine", "dask"]
+        + ["--scheduler", _address(cluster), "--push", base, "--json", "-q"],
+    )
+    assert result.exit_code == 1, result.output  # the sample's truncated file
+    assert orjson.loads(result.stdout)["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    assert count(base, "ImagingStudy") == 5
+    assert count(base, "Patient") == 4
+    assert (tmp_path / ".fhirimg-push-journal.jsonl").is_file()  # the client's, as ever
+    assert not list(tmp_path.glob("study-*.json"))

@@ -183,6 +183,7 @@ def test_without_the_extra_one_line_naming_pip(
         (["s3://b/in", str(SAMPLE)], "not both"),
         (["s3://b/in", "--storage-option", "novalue"], "KEY=VALUE"),
         (["/no/such/dicom/folder"], "does not exist"),
+        (["s3://b/in", "--binary", "inline"], "not with URL inputs"),
     ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -489,7 +489,7 @@ def convert_command(
         prune_missing=prune_missing,
         lock_wait=wait,
         output_format=output_format.value,
-        cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs, push_url),
+        cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs),
     )
     if output_format is OutputFormat.NDJSON and push_url:
         raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
@@ -544,6 +544,10 @@ def convert_command(
         if out_url or any(is_url(p) for p in paths):
             if push is not None:
                 raise fail("--push converts files: not with URL inputs or --out", ExitCode.USAGE)
+            if (binary or media) and any(is_url(p) for p in paths):
+                raise fail(
+                    "--binary and --media read local files: not with URL inputs", ExitCode.USAGE
+                )
             report = _from_objects(paths, options, storage, out_url)
         else:
             report = _from_files([Path(p) for p in paths], options, push, quiet)
@@ -678,16 +682,15 @@ def _cluster(
     scheduler: str | None,
     workers: int | None,
     source: str | None,
-    push_url: str | None,
 ) -> ClusterOptions | None:
     """``--engine dask`` and its options, checked (exit 2); None for the local engine."""
     if engine is Engine.LOCAL:
         if scheduler is not None or workers is not None:
             raise fail("--scheduler and --workers need --engine dask", ExitCode.USAGE)
         return None
-    if source or push_url:
+    if source:
         raise fail(
-            "--engine dask converts files: not with --from-dicomweb, --from-pacs or --push",
+            "--engine dask converts files and objects: not with --from-dicomweb or --from-pacs",
             ExitCode.USAGE,
         )
     if scheduler is not None:
