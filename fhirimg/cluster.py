@@ -100,10 +100,10 @@ def start(options: ClusterOptions) -> ClusterExecutor:
         dist: Any = importlib.import_module("distributed")
     except ImportError:
         raise ClusterError(INSTALL_HINT) from None
-    # distributed logs its life at INFO (workers, comms); fhirimg's -v is about the conversion.
-    logging.getLogger("distributed").setLevel(
-        max(logging.WARNING, logging.getLogger(__name__).getEffectiveLevel())
-    )
+    # distributed logs its life at INFO and WARNING (workers started, lost, killed at close);
+    # fhirimg's default output is about the conversion: its warnings only with -v.
+    verbose = logging.getLogger(__name__).getEffectiveLevel() < logging.WARNING
+    logging.getLogger("distributed").setLevel(logging.WARNING if verbose else logging.ERROR)
     timeout = f"{options.connect_timeout}s"
     if options.scheduler:
         try:
