@@ -67,7 +67,8 @@ class ClusterExecutor(Executor):
     def __init__(self, client: Any, cluster: Any | None) -> None:
         self.client: Any = client  # a distributed.Client
         self._cluster = cluster
-        self._executor: Executor = client.get_executor()
+        # pure=False: a random key per task, no hashing of its arguments (a study's records)
+        self._executor: Executor = client.get_executor(pure=False)
 
     @property
     def address(self) -> str:
