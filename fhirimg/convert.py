@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 from fhirimg import ids, jsonio
 from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunRecord
+from fhirimg.cluster import ClusterOptions
 from fhirimg.errors import CatalogError, ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.fhir import release as get_release
@@ -136,6 +137,13 @@ class ConvertOptions:
     originals) into this file, 0600, merged with what earlier runs wrote there; never inside
     ``out_dir`` (:func:`fhirimg.deid.files.check_reid_map`)."""
 
+    cluster: ClusterOptions | None = None
+    """``--engine dask``: read and write on this Dask cluster (:mod:`fhirimg.cluster`); None:
+    the local process pool of ``jobs`` processes. The output is the same."""
+    output_format: str = "bundle"
+    """``"ndjson"``: also write the FHIR Bulk Data NDJSON file set (``<out>/ndjson/``) from the
+    bundles, for ``$import`` (:mod:`fhirimg.ndjson`); ``"bundle"``: the bundles only."""
+
     def __post_init__(self) -> None:
         if self.deid is not None and not self.mapping.pseudonymised:
             # The issuers of the original ids say nothing of the pseudonyms (fhirimg.deid.actions)
@@ -165,6 +173,12 @@ class ConvertOptions:
             from fhirimg.deid.files import check_reid_map
 
             check_reid_map(self.reid_map, Path(self.out_dir))
+        if self.output_format not in ("bundle", "ndjson"):
+            raise ConfigError(f"unknown output format {self.output_format!r}")
+        if self.output_format == "ndjson" and self.binary == BinaryMode.BESIDE:
+            raise ConfigError(
+                "NDJSON needs the Binaries in the resources: use --binary inline with ndjson"
+            )
         if self.lock_wait is not None and (math.isnan(self.lock_wait) or self.lock_wait < 0):
             raise ConfigError("lock_wait must be a number of seconds >= 0")
         refuse_url_credentials(
@@ -373,6 +387,11 @@ class ConvertReport:
     """The studies this run wrote or tried to (with the catalog: a part of ``studies``)."""
     stopped: str | None = None
     """Why the run stopped writing studies before the last (``disk full writing <file>``)."""
+    output: str | None = None
+    """Where the files went when that is not ``out_dir`` (an object-storage URL, shown without
+    credentials); ``summary.output`` then names it."""
+    ndjson: dict[str, int] | None = None
+    """Lines per resource type of the NDJSON file set (``output_format="ndjson"``), else None."""
 
     @property
     def render_failures(self) -> list[tuple[str, str]]:
@@ -407,7 +426,7 @@ class ConvertReport:
 
     def summary(self) -> JSON:
         out: JSON = {
-            "output": str(self.out_dir),
+            "output": self.output or str(self.out_dir),
             "files": {"total": sum(self.files.values()), **self.files},
             "studies": {
                 "total": len(self.studies),
@@ -418,6 +437,8 @@ class ConvertReport:
         }
         if self.run is not None:
             out["run"] = self.run.as_json()
+        if self.ndjson is not None:
+            out["ndjson"] = self.ndjson
         if self.stopped is not None:
             out["stopped"] = self.stopped
         out["exitCode"] = int(self.exit_code)
@@ -787,6 +808,17 @@ def _bounded(
         yield fut.result()
 
 
+def _executor(opts: ConvertOptions, jobs: int) -> tuple[Executor | None, int]:
+    """The run's executor and its task slots (the window of tasks in flight follows them): the
+    Dask cluster's with ``opts.cluster`` (``--engine dask``), else the local process pool."""
+    if opts.cluster is not None:
+        from fhirimg.cluster import start
+
+        cluster = start(opts.cluster)
+        return cluster, cluster.threads
+    return _pool(jobs), jobs
+
+
 def _pool(jobs: int) -> ProcessPoolExecutor | None:
     """The worker processes of a run (None for one job: this process only)."""
     if jobs <= 1:
@@ -944,11 +976,11 @@ class _IncrementalRun:
 
     def run(self, on_study: StudyHook | None) -> ConvertReport:
         catalog, opts = self.catalog, self.opts
-        if catalog.use_options(_options_digest(opts, self.streaming)):
-            log.info("first run, or other conversion options than last time: every study")
-        catalog.begin_run(self.inputs, full=opts.full)
-        executor = _pool(self.jobs)
+        executor, self.jobs = _executor(opts, self.jobs)  # a cluster that cannot start: no run
         try:
+            if catalog.use_options(_options_digest(opts, self.streaming)):
+                log.info("first run, or other conversion options than last time: every study")
+            catalog.begin_run(self.inputs, full=opts.full)
             self._read_new(executor)
             missing = self._missing()
             if not self.streaming:
@@ -972,6 +1004,7 @@ class _IncrementalRun:
             unstatable=self.unstatable,
         )
         report = self._report(summary, written, missing)
+        report.ndjson = _ndjson(opts, self.files_dir, report)
         catalog.end_run(summary.counts())
         _write_folder_report(self.out_dir / REPORT_NAME, report, catalog, missing, opts)
         if self.reid is not None and opts.reid_map is not None:
@@ -1189,6 +1222,21 @@ class _ToRead:
     skipped: int  # unchanged files passed over just before this one
 
 
+def _ndjson(opts: ConvertOptions, files_dir: Path, report: ConvertReport) -> dict[str, int] | None:
+    """With ``output_format="ndjson"``: the NDJSON file set of every study the folder holds
+    (:func:`fhirimg.ndjson.write_ndjson`), and its lines per type."""
+    if opts.output_format != "ndjson":
+        return None
+    from fhirimg.ndjson import StudyFiles, write_ndjson
+
+    studies = (
+        StudyFiles(s.study_instance_uid, (s.bundle, *s.parts))
+        for s in report.studies
+        if s.ok and s.bundle
+    )
+    return write_ndjson(files_dir, Path(opts.out_dir), studies, opts.modes)
+
+
 def _file_outcomes(paths: list[str], outcome: StudyOutcome) -> list[tuple[str, FileStatus, str]]:
     """The outcome of each file of a study: converted into its bundle, or failed with it; a file
     left out of its study (``outcome.dropped``) failed, with its own reason."""
@@ -1331,8 +1379,7 @@ def _convert_uncatalogued(
     pixels = opts.pixels()
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
-    jobs = resolve_jobs(opts.jobs)
-    executor = _pool(jobs)
+    executor, jobs = _executor(opts, resolve_jobs(opts.jobs))
     try:
         with StudyIndex(work_dir(out_dir)) as index:
             for results in source(executor):
@@ -1393,6 +1440,7 @@ def _convert_uncatalogued(
                 written=outcomes,
                 stopped=stopped[0] if stopped else None,
             )
+            report.ndjson = _ndjson(opts, files_dir, report)
             _write_report(out_dir / REPORT_NAME, report, index, opts)
     finally:
         if executor is not None:

@@ -142,3 +142,13 @@ class FolderLockedError(FhirimgError):
         super().__init__(message)
         self.folder = folder
         self.holder = holder
+
+
+class ClusterError(FhirimgError):
+    """The Dask cluster of ``convert --engine dask`` cannot be used: the extra is not installed,
+    the scheduler does not answer, or the cluster lost every worker (:mod:`fhirimg.cluster`)."""
+
+
+class StorageError(FhirimgError):
+    """Object storage cannot be used (:mod:`fhirimg.objects`): fsspec or its backend is not
+    installed, a listing failed, or an upload failed."""

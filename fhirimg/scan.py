@@ -455,35 +455,48 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
 
     The common encodings (little endian, explicit or implicit VR) are parsed by a small parser of
     fhirimg's that reads only the tags it needs; big endian, deflate and anything that parser
-    does not recognise go through pydicom.
+    does not recognise go through pydicom (:func:`read_header`, shared with objects in object
+    storage, :mod:`fhirimg.objects`).
     """
     try:
         not_regular = not_a_file(path)
         if not_regular is not None:
             return not_regular
         with open_regular(path) as (fh, size):
-            buf = fh.read(_FIRST_READ)
-            kind = sniff(buf[:132])
-            if kind is None:
-                return FileProblem(path, FileStatus.SKIPPED, "not a DICOM file (no DICM marker)")
-            with _listening() as heard:
-                parsed = _fast(fh, buf, size, kind)
-                if isinstance(parsed, FileProblem):
-                    return FileProblem(path, parsed.status, parsed.reason)
-                if parsed is None:
-                    fh.seek(0)
-                    parsed = _slow(fh, size, kind)
-                    if isinstance(parsed, FileProblem):
-                        return FileProblem(path, parsed.status, parsed.reason)
-                meta, header = parsed
-                record = _record(path, size, header, meta, kind)
-                if isinstance(record, InstanceRecord) and is_sr(record.sop_class_uid):
-                    # An SR's content tree: this one file is read in full (fhirimg.srread).
-                    record = _with_content(record, read_content(path))
+            return read_header(path, fh, size)
     except NotRegular as exc:
         return skipped_kind(path, str(exc))
     except OSError as exc:
         return os_problem(path, exc)
+
+
+def read_header(path: str, fh: BinaryIO, size: int) -> InstanceRecord | FileProblem:
+    """The header of the DICOM bytes ``fh`` (``size`` bytes long), named ``path``: the one parser
+    for local files and objects. Reads the first ``_FIRST_READ`` bytes (256 KiB), more only
+    when the header goes on (up to 16 MiB), so an object store serves it with one or two ranged
+    GETs. Never raises for bad bytes; an ``OSError`` of ``fh`` is left to the caller."""
+    try:
+        buf = fh.read(_FIRST_READ)
+        kind = sniff(buf[:132])
+        if kind is None:
+            return FileProblem(path, FileStatus.SKIPPED, "not a DICOM file (no DICM marker)")
+        with _listening() as heard:
+            parsed = _fast(fh, buf, size, kind)
+            if isinstance(parsed, FileProblem):
+                return FileProblem(path, parsed.status, parsed.reason)
+            if parsed is None:
+                fh.seek(0)
+                parsed = _slow(fh, size, kind)
+                if isinstance(parsed, FileProblem):
+                    return FileProblem(path, parsed.status, parsed.reason)
+            meta, header = parsed
+            record = _record(path, size, header, meta, kind)
+            if isinstance(record, InstanceRecord) and is_sr(record.sop_class_uid):
+                # An SR's content tree: this one file is read in full (fhirimg.srread).
+                fh.seek(0)
+                record = _with_content(record, read_content(fh))
+    except OSError:
+        raise
     except (EOFError, struct.error) as exc:
         return FileProblem(path, FileStatus.FAILED, f"truncated DICOM file: {exc}".rstrip(": "))
     except Exception as exc:  # pydicom raises many types for corrupt input; none may stop a run

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -51,8 +51,9 @@ def is_sr(sop_class_uid: str) -> bool:
     return sop_class_uid.startswith(SR_PREFIX) and sop_class_uid != KEY_OBJECT_SELECTION
 
 
-def read_content(path: str) -> SrContent:
-    """The content tree of the SR file at ``path`` (read in full, without pixel data).
+def read_content(path: str | BinaryIO) -> SrContent:
+    """The content tree of the SR file at ``path`` or in the open file ``path`` (read in full,
+    without pixel data).
 
     Never raises for bad content: what cannot be read becomes a warning of the result.
     """

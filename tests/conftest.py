@@ -47,6 +47,15 @@ def _start(**kwargs: Any) -> Iterator[FhirTestServer]:
 
 
 @pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (tests/servers/moto_server.py): its endpoint URL."""
+    from tests.servers.moto_server import start_moto
+
+    with start_moto() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
 def fhir_server() -> Iterator[FhirTestServer]:
     """The strict FHIR test server, started once per session (shared: reset before writing)."""
     yield from _start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -60,6 +61,7 @@ from fhirimg.cli._options import (
     option_groups,
     push_options,
 )
+from fhirimg.cluster import ClusterOptions
 from fhirimg.convert import (
     DEFAULT_OUT,
     REPORT_NAME,
@@ -71,14 +73,31 @@ from fhirimg.convert import Progress as ProgressCallback
 from fhirimg.dicomweb import StudyQuery
 from fhirimg.errors import FhirimgError
 from fhirimg.exitcodes import ExitCode
+from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
 from fhirimg.mapping import MapOptions
+from fhirimg.objects import is_url
 from fhirimg.push import PushOptions
 from fhirimg.safetext import redact_url
 
 log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
+_SCALE_PANEL = "Scale out (docs/scale-out.md)"
+
+
+class OutputFormat(StrEnum):
+    """``--format`` choices."""
+
+    BUNDLE = "bundle"
+    NDJSON = "ndjson"
+
+
+class Engine(StrEnum):
+    """``--engine`` choices."""
+
+    LOCAL = "local"
+    DASK = "dask"
 
 
 class MediaFormat(StrEnum):
@@ -111,23 +130,77 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
 def convert_command(
     *,
     paths: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Argument(
-            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content). "
+            help="DICOM files and/or folders (searched recursively; DICOM is recognised by content), "
+            "or object-storage URLs (s3://bucket/prefix, gs://..., file://...). "
             "Not with --from-dicomweb.",
-            exists=True,
-            metavar="PATH...",
+            metavar="PATH_OR_URL...",
             show_default=False,
         ),
     ] = None,
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--out", "-o", help="Folder for the bundles and report.json.", file_okay=False
+            "--out",
+            "-o",
+            help="Folder for the bundles and report.json, or an object-storage URL "
+            "(s3://bucket/prefix) they are put under at the end.",
         ),
-    ] = DEFAULT_OUT,
+    ] = str(DEFAULT_OUT),
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="An fsspec option for URL inputs and --out (repeatable), e.g. "
+            "endpoint_url=https://minio.example:9000; credentials are best left to the "
+            "usual environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
     fhir_version: FhirVersionOpt = FhirVersion.R4,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="bundle: one transaction Bundle per study; ndjson: the bundles and, in "
+            "<out>/ndjson/, one NDJSON file per resource type for FHIR Bulk Data $import "
+            "(literal references, Patients once). See docs/scale-out.md.",
+            case_sensitive=False,
+        ),
+    ] = OutputFormat.BUNDLE,
     dicomweb_url: EndpointUrlOpt = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: a process pool on this machine (--jobs); dask: the read and write "
+            "tasks on a Dask cluster (needs fhirimg[dask]), same output.",
+            case_sensitive=False,
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = Engine.LOCAL,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="tcp://HOST:PORT",
+            help="With --engine dask: the Dask scheduler to use. Default: start a local cluster "
+            "(--workers).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="With --engine dask and no --scheduler: worker processes of the local cluster "
+            "(default 2).",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
     timezone: TimezoneOpt = None,
     no_measurements: NoMeasurementsOpt = False,
     patient_id_system: PatientIdSystemOpt = None,
@@ -385,8 +458,12 @@ def convert_command(
         raise fail(
             f"--accession-system takes ISSUER=URI, not {accession_default!r}", ExitCode.USAGE
         )
+    storage = _storage_options(storage_option or [])
+    out_url = out if is_url(out) else None
+    if out_url is None and Path(out).is_file():
+        raise fail(f"--out {out!r} is a file, not a folder", ExitCode.USAGE)
     options = ConvertOptions(
-        out_dir=out,
+        out_dir=Path(out) if out_url is None else DEFAULT_OUT,
         fhir_version=fhir_version.value,
         mapping=MapOptions(
             timezone=timezone,
@@ -418,8 +495,14 @@ def convert_command(
         prune_missing=prune_missing,
         lock_wait=wait,
         deid=deid.options() if deidentify else None,
-        reid_map=deid.checked_reid_map(out, deidentify),
+        reid_map=deid.checked_reid_map(Path(out), deidentify),
+        output_format=output_format.value,
+        cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs),
     )
+    if output_format is OutputFormat.NDJSON and push_url:
+        raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
+    if output_format is OutputFormat.NDJSON and binary == BinaryMode.BESIDE:
+        raise fail("--format ndjson needs the Binaries inline: --binary inline", ExitCode.USAGE)
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
     _dimse.quiet_pynetdicom(verbose)
@@ -465,7 +548,20 @@ def convert_command(
             if push_url
             else None
         )
-        report = _from_files(paths, options, push, quiet)
+        _check_inputs(paths)
+        if out_url or any(is_url(p) for p in paths):
+            if push is not None:
+                raise fail("--push converts files: not with URL inputs or --out", ExitCode.USAGE)
+            if (binary or media) and any(is_url(p) for p in paths):
+                raise fail(
+                    "--binary and --media read local files: not with URL inputs", ExitCode.USAGE
+                )
+            if deidentify and any(is_url(p) for p in paths):
+                # Objects are read by fhirimg.objects, which does not de-identify (yet).
+                raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)
+            report = _from_objects(paths, options, storage, out_url)
+        else:
+            report = _from_files([Path(p) for p in paths], options, push, quiet)
     if json_out:
         sys.stdout.write(jsonio.dumps(report.summary()).decode())
     if not quiet:
@@ -492,6 +588,45 @@ def _from_dicomweb(
     return _dw.run_convert_from_dicomweb(
         url, auth.build(), query, options, network=network, progress=not quiet
     )
+
+
+def _storage_options(values: list[str]) -> dict[str, str]:
+    """``--storage-option KEY=VALUE`` values (exit 2 for one without ``=``)."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise fail("--storage-option takes KEY=VALUE", ExitCode.USAGE)
+        out[key] = item
+    return out
+
+
+def _check_inputs(paths: list[str]) -> None:
+    """Local paths exist, and inputs are all URLs or all paths (exit 2)."""
+    urls = [p for p in paths if is_url(p)]
+    if urls and len(urls) != len(paths):
+        raise fail("give local paths or object-storage URLs, not both", ExitCode.USAGE)
+    for path in paths:
+        if not urls and not os.path.lexists(path):
+            raise fail(f"Path {path!r} does not exist.", ExitCode.USAGE)
+
+
+def _from_objects(
+    inputs: list[str], options: ConvertOptions, storage: dict[str, str], out_url: str | None
+) -> ConvertReport:
+    """URL inputs and/or a URL --out (fhirimg.convert_objects); a failed listing or upload,
+    exit 3."""
+    from fhirimg.convert_objects import convert_objects
+
+    def message(exc: BaseException) -> str:
+        if isinstance(exc, OSError):
+            return f"cannot write to {options.out_dir}: {exc.strerror or exc}"
+        return str(exc)
+
+    with exit_on_error(
+        codes={OSError: ExitCode.CANNOT_START}, message=message, interrupted=CONVERT_RESUMABLE
+    ):
+        return convert_objects(inputs, options, storage, out_url)
 
 
 def _from_files(
@@ -553,6 +688,37 @@ def _convert_with_progress(
         return run(paths, options, progress=on_progress)
 
 
+def _cluster(
+    engine: Engine,
+    scheduler: str | None,
+    workers: int | None,
+    source: str | None,
+) -> ClusterOptions | None:
+    """``--engine dask`` and its options, checked (exit 2); None for the local engine."""
+    if engine is Engine.LOCAL:
+        if scheduler is not None or workers is not None:
+            raise fail("--scheduler and --workers need --engine dask", ExitCode.USAGE)
+        return None
+    if source:
+        raise fail(
+            "--engine dask converts files and objects: not with --from-dicomweb or --from-pacs",
+            ExitCode.USAGE,
+        )
+    if scheduler is not None:
+        if workers is not None:
+            raise fail("--workers starts a local cluster: not with --scheduler", ExitCode.USAGE)
+        parts = urlsplit(scheduler)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+            raise fail(
+                f"--scheduler needs tcp://HOST:PORT, not {redact_url(scheduler)!r}", ExitCode.USAGE
+            )
+    return ClusterOptions(scheduler=scheduler, workers=workers)
+
+
 def _is_http_url(url: str) -> bool:
     """An absolute http(s) URL with a host (Endpoint.address, a FHIR server base)."""
     parts = urlsplit(url)
@@ -567,12 +733,12 @@ def _print_summary(report: ConvertReport) -> None:
     where = (
         "study bundle(s), pushed and not kept"
         if "pushed" in s
-        else f"bundle(s) in [bold]{report.out_dir}/[/]"
+        else f"bundle(s) in [bold]{report.output or report.out_dir}/[/]"
     )
     err_console.print(
         f"Converted {files['converted']} of {files['total']} files into {studies['written']} "
         f"{where} ({files['skipped']} skipped, {files['duplicate']} duplicate, "
-        f"{files['failed']} failed; details in {report.out_dir / REPORT_NAME})"
+        f"{files['failed']} failed; details in {report.output or report.out_dir}/{REPORT_NAME})"
     )
     run = s.get("run")
     if run is not None:
@@ -600,6 +766,11 @@ def _print_summary(report: ConvertReport) -> None:
         err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
     if "binaries" in s:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
+    if report.ndjson is not None:
+        lines = ", ".join(f"{n} {t}" for t, n in report.ndjson.items()) or "no resource"
+        err_console.print(
+            f"NDJSON for $import in {report.output or report.out_dir}/ndjson/: {lines}"
+        )
     pushed = s.get("pushed")
     if pushed:
         err_console.print(

@@ -1,6 +1,6 @@
 """Validate files, folders and stdin, in parallel: what ``fhirimg validate`` calls.
 
-Folders are searched for ``*.json`` (recursively, without recursion, so any depth is safe),
+Folders are searched for ``*.json`` and ``*.ndjson`` (one resource a line; recursively, without recursion, so any depth is safe),
 skipping ``*.binaries/`` folders (the DICOM files stored beside a bundle) and not following
 symlinked folders. A JSON file without ``resourceType`` (``report.json`` of a convert run) gives an
 information finding, not an error. Files are spread over a process pool (``jobs``); each worker
@@ -187,7 +187,7 @@ def _walk(top: str) -> Iterator[tuple[str, _Problem | None]]:
             elif is_dir:
                 if not entry.name.endswith(".binaries"):
                     subfolders.append(entry.path)
-            elif entry.name.endswith(".json"):
+            elif entry.name.endswith((".json", ".ndjson")):
                 yield entry.path, None
         pending.extend(reversed(subfolders))
 
@@ -297,6 +297,8 @@ def _one(task: _Task) -> FileResult:
         severity = Severity.WARNING if exc.skipped and skip_non_fhir else Severity.ERROR
         finding = Finding(severity, file, "$", str(exc), Layer.JSON.value)
         return _shown(FileResult(file, None, (finding,), 0, file))
+    if file.endswith(".ndjson"):
+        return _shown(replace(_ndjson(file, data, fhir_version, layers), path=file))
     try:
         known = sibling_binaries(Path(file))
     except Exception:  # noqa: BLE001 - a sibling part unreadable: its links are then unknown
@@ -311,6 +313,46 @@ def _one(task: _Task) -> FileResult:
         known_binaries=known,
     )
     return _shown(replace(result, path=file))
+
+
+def _ndjson(file: str, data: bytes, fhir_version: str, layers: frozenset[Layer]) -> FileResult:
+    """An NDJSON file (FHIR Bulk Data, ``convert --format ndjson``): every line validated as a
+    resource of its own, its findings named ``<file>:<line>``. A link to ``Binary/<id>`` resolves
+    when the Binary is a line of ``Binary.ndjson`` in the same folder (the set ``$import``
+    loads together)."""
+    known = ndjson_binaries(Path(file).parent)
+    findings: list[Finding] = []
+    releases: set[str] = set()
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        result = validate_bytes(
+            line,
+            source=f"{file}:{number}",
+            fhir_version=fhir_version,
+            layers=layers,
+            known_binaries=known,
+        )
+        findings.extend(result.findings)
+        if result.release is not None:
+            releases.add(result.release)
+    release = releases.pop() if len(releases) == 1 else None
+    return FileResult(file, release, tuple(findings), len(data))
+
+
+_NDJSON_BINARY = re.compile(
+    rb'^\s*\{\s*"resourceType"\s*:\s*"Binary"\s*,\s*"id"\s*:\s*"([A-Za-z0-9.\-]{1,64})"'
+)
+
+
+def ndjson_binaries(folder: Path) -> set[str]:
+    """Ids of the Binaries in ``folder/Binary.ndjson`` (``resourceType`` then ``id`` at the start
+    of each line, as ``convert`` writes them); none when it cannot be read."""
+    try:
+        data = read_regular(str(folder / "Binary.ndjson"))
+    except _Unreadable:
+        return set()
+    return {m[1].decode() for m in map(_NDJSON_BINARY.match, data.split(b"\n")) if m}
 
 
 def _shown(result: FileResult) -> FileResult:

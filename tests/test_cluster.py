@@ -1,0 +1,259 @@
+"""``convert --engine dask`` on a real Dask ``LocalCluster`` (2 worker processes, one for the
+module): the same bundles and report.json as the local engine, a worker killed mid-run, an
+unreachable scheduler, Dask missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from fhirimg import ConvertOptions, convert
+from fhirimg.cli import app
+from fhirimg.cluster import ClusterExecutor, ClusterOptions, start
+from fhirimg.convert import _write_study
+from fhirimg.group import PackedRecord
+from fhirimg.mapping import MapOptions
+from fhirimg.model import InstanceRecord
+from fhirimg.scan import read_file
+from tests.conftest import count
+from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
+from tests.servers.fhir_server import FhirTestServer
+from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterExecutor]:
+    """The local cluster ``--engine dask`` starts without a scheduler, used through its
+    scheduler's address (``--scheduler``) by every test of the module."""
+    executor = start(ClusterOptions(workers=2))
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+def _address(cluster: ClusterExecutor) -> str:
+    return cluster.address
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every bundle and NDJSON file by name, and report.json as the golden files compare it."""
+    found = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.json"))}
+    found.update({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.ndjson")})
+    found["report.json"] = report_bytes(out)
+    return found
+
+
+def _same(local: Path, dask: Path) -> None:
+    a, b = _outputs(local), _outputs(dask)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], name
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 studies x 8 files in a folder each, plus duplicates across folders (read by other
+    tasks, so possibly other workers): a copy (duplicate) and an edited copy (conflict)."""
+    root = synthetic_tree(tmp_path_factory.mktemp("corpus") / "in", studies=12, per_study=8)
+    extra = root / "zz-copies"
+    extra.mkdir()
+    shutil.copy(root / "study-00000" / "00003.dcm", extra / "same.dcm")
+    data = bytearray((root / "study-00004" / "00001.dcm").read_bytes())
+    data[-1] ^= 0xFF  # other content, same UIDs and size
+    (extra / "edited.dcm").write_bytes(bytes(data))
+    return root
+
+
+_COMMON = ["--quiet", "--dicomweb-url", "http://pacs.example/dicom-web", "--format", "ndjson"]
+
+
+@pytest.fixture(scope="module")
+def sample_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample data converted by the local engine: what the Dask runs must give."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    local = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(out), "--jobs", "2", *_COMMON])
+    assert local.exit_code == 1, local.output  # a truncated file, on purpose
+    return out
+
+
+def test_sample_data_byte_identical(
+    cluster: ClusterExecutor, sample_local: Path, tmp_path: Path
+) -> None:
+    dask = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path / "dask"), "--engine", "dask"]
+        + ["--scheduler", _address(cluster), *_COMMON],
+    )
+    assert dask.exit_code == 1, dask.output
+    _same(sample_local, tmp_path / "dask")
+
+
+@pytest.fixture(scope="module")
+def corpus_local(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus-local") / "out"
+    convert([corpus], ConvertOptions(out_dir=out, jobs=2))
+    return out
+
+
+def test_multi_study_corpus_duplicates_across_workers(
+    cluster: ClusterExecutor, corpus: Path, corpus_local: Path, tmp_path: Path
+) -> None:
+    opts = ConvertOptions(out_dir=tmp_path / "dask", cluster=ClusterOptions(_address(cluster)))
+    report = convert([corpus], opts)
+    assert report.files["duplicate"] == 1
+    assert report.files["failed"] == 1  # the edited copy: a conflict, named
+    assert len([s for s in report.studies if s.ok]) == 12
+    _same(corpus_local, tmp_path / "dask")
+
+
+def test_worker_killed_mid_run_same_output(
+    cluster: ClusterExecutor, corpus: Path, corpus_local: Path, tmp_path: Path
+) -> None:
+    client = cluster.client
+    pids: dict[str, int] = client.run(os.getpid)
+    killed: list[int] = []
+
+    def kill_one(stage: str, advance: int, total: int | None) -> None:
+        if stage == "write" and not killed:  # the first study written: more in flight
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    opts = ConvertOptions(out_dir=tmp_path / "dask", cluster=ClusterOptions(_address(cluster)))
+    convert([corpus], opts, progress=kill_one)
+    assert killed, "no worker was killed"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)  # it is really gone
+    _same(corpus_local, tmp_path / "dask")
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the next tests
+
+
+def test_a_retried_write_overwrites_the_same_name(cluster: ClusterExecutor, tmp_path: Path) -> None:
+    record = read_file(str(pydicom_file("CT_small.dcm")))
+    assert isinstance(record, InstanceRecord)
+    blobs = [PackedRecord.of(record).blob]
+    pixels = ConvertOptions().pixels()
+    args = (blobs, MapOptions(), "r4", str(tmp_path), pixels)
+    # The same task twice at once (as a retry after a lost worker may run it): one name, the
+    # same bytes, no temporary file left.
+    first, second = (cluster.client.submit(_write_study, *args, pure=False) for _ in range(2))
+    one, two = first.result(), second.result()
+    assert one == two
+    assert one.bundle is not None
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [one.bundle]
+    before = (tmp_path / one.bundle).read_bytes()
+    cluster.client.submit(_write_study, *args, pure=False).result()
+    assert (tmp_path / one.bundle).read_bytes() == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_scheduler_exits_3_within_seconds(tmp_path: Path) -> None:
+    began = time.monotonic()
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--engine", "dask"]
+        + ["--scheduler", f"tcp://127.0.0.1:{_free_port()}"],
+    )
+    assert result.exit_code == 3, result.output
+    assert time.monotonic() - began < 20
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:" in result.output
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "out").glob("study-*.json"))
+
+
+def test_without_dask_one_line_naming_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--engine", "dask"]
+    )
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'fhirimg[dask]'" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scheduler", "tcp://127.0.0.1:8786"], "need --engine dask"),
+        (["--engine", "dask", "--scheduler", "http://host:8786"], "needs tcp://HOST:PORT"),
+        (["--engine", "dask", "--scheduler", "tcp://h:1", "--workers", "2"], "not with"),
+        (["--engine", "dask", "--from-dicomweb", "http://pacs.example/dw"], "not with"),
+    ],
+)
+def test_engine_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_s3_objects_read_on_the_workers(
+    cluster: ClusterExecutor, moto_s3: str, sample_local: Path, tmp_path: Path
+) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=moto_s3, key=ACCESS_KEY, secret=SECRET_KEY)
+    bucket = f"fhirimg-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    fs.put(str(SAMPLE) + "/", f"{bucket}/in/", recursive=True)
+    storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
+    storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
+    src, out = f"s3://{bucket}/in", tmp_path / "dask"
+    dask = runner.invoke(
+        app,
+        ["convert", src, "-o", str(out), "--engine", "dask", "--scheduler", _address(cluster)]
+        + [*storage, *_COMMON],
+    )
+    assert dask.exit_code == 1, dask.output
+    # The bundles and NDJSON name no path: the same bytes as from the folder, locally.
+    mine, theirs = _outputs(out), _outputs(sample_local)
+    del mine["report.json"], theirs["report.json"]
+    assert mine == theirs
+    statuses = {
+        f["path"].removeprefix(src + "/"): f["status"]
+        for f in orjson.loads((out / "report.json").read_bytes())["files"]
+    }
+    local_statuses = {
+        f["path"].removeprefix(f"{SAMPLE}/"): f["status"]
+        for f in orjson.loads((sample_local / "report.json").read_bytes())["files"]
+    }
+    assert statuses == local_statuses
+
+
+@pytest.mark.server
+def test_push_with_the_dask_engine(
+    cluster: ClusterExecutor, clean_fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    base = clean_fhir.base_url
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path), "--engine", "dask"]
+        + ["--scheduler", _address(cluster), "--push", base, "--json", "-q"],
+    )
+    assert result.exit_code == 1, result.output  # the sample's truncated file
+    assert orjson.loads(result.stdout)["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    assert count(base, "ImagingStudy") == 5
+    assert count(base, "Patient") == 4
+    assert (tmp_path / ".fhirimg-push-journal.jsonl").is_file()  # the client's, as ever
+    assert not list(tmp_path.glob("study-*.json"))
