@@ -143,6 +143,21 @@ def test_every_line_passes_validate(out: Path) -> None:
     assert len({f["file"] for f in patients[0]["findings"]}) == lines
 
 
+@pytest.mark.parametrize("release", ["r4", "r5"])
+def test_measurements_set_validates_as_its_release(tmp_path: Path, release: str) -> None:
+    """The SR corpus (issue 20): Observations, and in R5 ImagingSelection and BodyStructure, each
+    line checked as the set's release without --fhir-version."""
+    out = tmp_path / "out"
+    args = ["convert", str(SAMPLE.parent / "sr"), "--out", str(out), "--format", "ndjson"]
+    result = runner.invoke(app, [*args, "--fhir-version", release, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (out / NDJSON_DIR / "Observation.ndjson").is_file()
+    result = runner.invoke(app, ["validate", str(out / NDJSON_DIR), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    doc = orjson.loads(result.stdout)
+    assert {r["fhirVersion"] for r in doc["files"]} == {release}
+
+
 def test_validate_names_the_bad_line(tmp_path: Path, out: Path) -> None:
     shutil.copy(out / NDJSON_DIR / "Binary.ndjson", tmp_path)  # what the studies link to
     bad = tmp_path / "ImagingStudy.ndjson"

@@ -82,6 +82,14 @@ def detect_version(obj: Any) -> str:
                     att = c.get("attachment")
                     if isinstance(att, dict) and isinstance(att.get("size"), str):
                         return "r5"
+        if rtype == "Observation" and "bodyStructure" in res:
+            return "r5"  # Observation.bodyStructure is new in R5 (issue 20's finding site)
+        if rtype == "BodyStructure":
+            # R5 replaced BodyStructure.location (R4) by includedStructure.
+            if "includedStructure" in res:
+                return "r5"
+            if "location" in res:
+                return "r4"
         if rtype == "Endpoint":
             # R5: connectionType 1..* CodeableConcept and `payload`; R4: one Coding, payloadType.
             if "payload" in res or isinstance(res.get("connectionType"), list):

@@ -321,6 +321,10 @@ def _ndjson(file: str, data: bytes, fhir_version: str, layers: frozenset[Layer])
     when the Binary is a line of ``Binary.ndjson`` in the same folder (the set ``$import``
     loads together)."""
     known = ndjson_binaries(Path(file).parent)
+    if fhir_version == "auto":
+        # A file set is one release: a line says little of it (an R5 Observation without
+        # bodyStructure reads as R4), the set's resource types say more.
+        fhir_version = ndjson_release(Path(file).parent) or fhir_version
     findings: list[Finding] = []
     releases: set[str] = set()
     for number, line in enumerate(data.split(b"\n"), 1):
@@ -338,6 +342,16 @@ def _ndjson(file: str, data: bytes, fhir_version: str, layers: frozenset[Layer])
             releases.add(result.release)
     release = releases.pop() if len(releases) == 1 else None
     return FileResult(file, release, tuple(findings), len(data))
+
+
+def ndjson_release(folder: Path) -> str | None:
+    """The release of the NDJSON set in ``folder`` when a file names a resource type of one
+    release only (``ImagingSelection.ndjson``: R5; ``Media.ndjson``: R4), else None."""
+    if (folder / "ImagingSelection.ndjson").is_file():
+        return "r5"
+    if (folder / "Media.ndjson").is_file():
+        return "r4"
+    return None
 
 
 _NDJSON_BINARY = re.compile(
