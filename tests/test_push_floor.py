@@ -132,6 +132,8 @@ def test_part_files_come_from_one_listing_of_the_folder(
     for n in (2, 10, 3):  # numbered, not sorted by name: part-10 comes last
         (tmp_path / f"study-1.part-{n}.json").write_bytes(piece)
     (tmp_path / "lonely.part-2.json").write_bytes(piece)  # no lonely.json: a file of its own
+    os.link(tmp_path / "study-2.json", tmp_path / "study-3.json")  # a hard link: its own file
+    (tmp_path / "study-4.json").symlink_to(tmp_path / "study-0.json")  # a symbolic one: the same
     (tmp_path / "study-1.binaries").mkdir()
     (tmp_path / "study-1.binaries" / "b1.dcm").write_bytes(b"x" * 100)
     listed: list[str] = []
@@ -149,11 +151,18 @@ def test_part_files_come_from_one_listing_of_the_folder(
     listing = list_inputs([tmp_path, tmp_path / "study-1.json"])  # one file given twice too
     assert listed == [tmp_path.name, "study-1.binaries"]  # the folder once, for the sizes
     names = [c.path.name for c in listing.candidates]
-    assert names == ["lonely.part-2.json", "study-0.json", "study-1.json", "study-2.json"]
+    assert names == [
+        "lonely.part-2.json",
+        "study-0.json",
+        "study-1.json",
+        "study-2.json",
+        "study-3.json",
+    ]
     parts = {c.path.name: [p.name for p in c.parts] for c in listing.candidates}
     assert parts["study-1.json"] == [f"study-1.part-{n}.json" for n in (2, 3, 10)]
-    assert listing.bundles == 4
-    sizes = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert listing.bundles == 5
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    sizes = sum(p.stat().st_size for p in files)
     assert listing.total_bytes == sizes  # progress totals from the listing, nothing read
 
 

@@ -371,8 +371,8 @@ def list_inputs(paths: Sequence[Path]) -> Listing:
 
     Folders are searched one level deep, their ``*.json`` files sorted by name, hidden ones left
     out; a ``<stem>.part-N.json`` goes with its ``<stem>.json`` when both are in one folder, in
-    the order of N. The same file given twice (a folder and a file in it, a link) is listed
-    once. Raises :class:`InputError` when a path does not exist.
+    the order of N. The same file given twice (a folder and a file in it, a symbolic link to it)
+    is listed once. Raises :class:`InputError` when a path does not exist.
     """
     listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
 
@@ -401,14 +401,14 @@ def list_inputs(paths: Sequence[Path]) -> Listing:
     heads = {(folder, entry.name) for folder, entry, _ in chosen}
     parts_of = {folder: _parts(found) for folder, found in listings.items()}
     candidates: list[Candidate] = []
-    seen: set[tuple[int, int]] = set()
+    seen: set[str] = set()
     bundles = total = 0
     for folder, entry, named in chosen:
+        real = os.path.realpath(entry.path)  # links resolved; a hard link is a file of its own
+        if real in seen:
+            continue
+        seen.add(real)
         stat = _stat(entry)
-        if stat is not None:
-            if (stat.st_dev, stat.st_ino) in seen:
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
         match = _PART.match(entry.name)
         if match and (folder, f"{match['stem']}.json") in heads:
             continue  # pushed together with its study's first file
