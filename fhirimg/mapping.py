@@ -30,7 +30,8 @@ RFC3986 = "urn:ietf:rfc:3986"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 # DICOM coding scheme designators (0008,0102) -> FHIR code system URIs (DICOM PS3.16 Section 8,
-# "Coding Schemes", HL7 FHIR column). Unknown designators keep the code without a system.
+# "Coding Schemes", HL7 FHIR column). Other designators (private "99..." schemes, ones not listed
+# here) become urn:dicom:scheme:<designator> (coding_system).
 CODING_SCHEMES = {
     "DCM": DCM,
     "SCT": SNOMED,
@@ -44,7 +45,41 @@ CODING_SCHEMES = {
     "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
     "C4": "http://www.ama-assn.org/go/cpt",
     "NCIt": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+    # The imaging profiles' alias (the PS3.16 table lists https://www.nlm.nih.gov/research/umls/).
+    "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
 }
+
+PRIVATE_SCHEME_PREFIX = "urn:dicom:scheme:"
+"""Coding.system of a code whose Coding Scheme Designator (0008,0102) has no known URI."""
+
+
+def coding_system(designator: str | None, overrides: Mapping[str, str] | None = None) -> str | None:
+    """Coding.system for a Coding Scheme Designator (0008,0102): ``overrides`` first (the
+    ``--coding-system SCHEME=URI`` mapping), then the PS3.16 schemes of :data:`CODING_SCHEMES`,
+    else ``urn:dicom:scheme:<designator>``, so that a code of a private scheme (``99ACME``) or
+    of one not listed keeps saying whose code it is: a bare code without a system means nothing
+    to a receiver. None only without a designator. Characters outside unreserved URI ones are
+    percent-encoded (a designator is SH: spaces and punctuation are possible).
+
+    >>> coding_system("DCM")
+    'http://dicom.nema.org/resources/ontology/DCM'
+    >>> coding_system("99ACME"), coding_system("99 X/Y")
+    ('urn:dicom:scheme:99ACME', 'urn:dicom:scheme:99%20X%2FY')
+    >>> coding_system("99ACME", {"99ACME": "https://acme.example/codes"})
+    'https://acme.example/codes'
+    >>> coding_system("") is None
+    True
+    """
+    scheme = (designator or "").strip()
+    if not scheme:
+        return None
+    if overrides and scheme in overrides:
+        return overrides[scheme]
+    known = CODING_SCHEMES.get(scheme)
+    if known is not None:
+        return known
+    return PRIVATE_SCHEME_PREFIX + quote(scheme, safe="")
+
 
 # (0018,0015) Body Part Examined -> SNOMED CT, after DICOM PS3.16 Annex L (CID 4 correspondence)
 # for common values. Other values keep their text as Coding.display (no code is invented).
@@ -227,9 +262,10 @@ class Notes:
 
 
 def coding(code: Code) -> JSON | None:
-    """A DICOM code item to a FHIR Coding (system from the scheme designator)."""
+    """A DICOM code item to a FHIR Coding (system from the scheme designator,
+    :func:`coding_system`)."""
     out: JSON = {}
-    system = CODING_SCHEMES.get(code.scheme or "")
+    system = coding_system(code.scheme)
     if system:
         out["system"] = system
     if code.value:

@@ -108,3 +108,21 @@ def test_accession_local_namespace_system_is_configurable() -> None:
     assert without["assigner"] == {"display": "RIS1"}
     mapped = acsn(MapOptions(accession_systems=(("RIS1", "https://ris.example/acc"),)))
     assert mapped["system"] == "https://ris.example/acc"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "system"),
+    [
+        ("99ACME", "urn:dicom:scheme:99ACME"),  # private: the designator is kept
+        ("ACR", "urn:dicom:scheme:ACR"),  # a PS3.16 scheme without a URI here
+        ("SCT", "http://snomed.info/sct"),
+        ("UMLS", "http://terminology.hl7.org/CodeSystem/umls"),
+        (None, None),
+    ],
+)
+def test_a_code_keeps_whose_code_it_is(scheme: str | None, system: str | None) -> None:
+    coding = mapping.coding(Code("A-1", scheme, "Acme meaning"))
+    assert coding is not None
+    assert coding.get("system") == system
+    assert coding["code"] == "A-1"
+    assert coding["display"] == "Acme meaning"
