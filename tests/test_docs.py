@@ -58,6 +58,17 @@ def test_options_have_help_and_docs(name: str) -> None:
             )
 
 
+def test_config_keys_and_variables_are_documented() -> None:
+    """Every shared config key and its FHIRIMG_* variable has a row in docs/cli.md."""
+    from fhirimg.cli._config import CONFIG_ENV, SETTINGS
+
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert "## Configuration" in text
+    assert f"`{CONFIG_ENV}`" in text
+    for setting in SETTINGS:
+        assert f"| `{setting.key}` | `{setting.env}` |" in text, setting.key
+
+
 def test_readme_links_resolve() -> None:
     readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#]+)", readme):

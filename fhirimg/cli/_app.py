@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from fhirimg.cli import _config
 from fhirimg.errors import AuthError, CatalogError, FhirimgError, FolderLockedError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.safetext import clean, redact_urls
@@ -46,7 +47,20 @@ def load_commands() -> None:
 
 
 class _Commands(TyperGroup):
-    """The top-level command group, loading each command's module on first use."""
+    """The top-level command group, loading each command's module on first use.
+
+    Every command it holds gets the settings of :mod:`fhirimg.cli._config` (``--config``, the
+    ``FHIRIMG_*`` variables) here, in one place, whichever way it was built.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, command in self.commands.items():
+            _config.prepare(name, command, _CONFIG_HOOKS)
+
+    def add_command(self, cmd: Any, name: str | None = None) -> None:
+        _config.prepare(name or cmd.name or "", cmd, _CONFIG_HOOKS)
+        super().add_command(cmd, name)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
@@ -125,6 +139,15 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+_CONFIG_HOOKS = _config.Hooks(
+    fail=lambda message: fail(message, ExitCode.USAGE), warn=_warn, commands=COMMAND_MODULES
+)
+
+
 EXIT_CODES: Mapping[type[BaseException], ExitCode] = {
     KeyboardInterrupt: ExitCode.INTERRUPTED,
     FhirimgError: ExitCode.CANNOT_START,
@@ -141,11 +164,12 @@ def exit_code_for(
 ) -> ExitCode | None:
     """The exit code :data:`EXIT_CODES` (with ``codes`` over it) gives ``exc``, or None.
 
-    >>> from fhirimg.errors import AuthError
-    >>> exit_code_for(AuthError("401")), exit_code_for(RuntimeError("bug"))
-    (<ExitCode.CANNOT_START: 3>, None)
-    >>> exit_code_for(ValueError("bad"), {ValueError: ExitCode.USAGE})
-    <ExitCode.USAGE: 2>
+        >>> from fhirimg.cli import _config
+    from fhirimg.errors import AuthError
+        >>> exit_code_for(AuthError("401")), exit_code_for(RuntimeError("bug"))
+        (<ExitCode.CANNOT_START: 3>, None)
+        >>> exit_code_for(ValueError("bad"), {ValueError: ExitCode.USAGE})
+        <ExitCode.USAGE: 2>
     """
     table = {**EXIT_CODES, **(codes or {})}
     return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)

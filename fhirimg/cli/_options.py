@@ -221,6 +221,28 @@ ScopeOpt = Annotated[
     ),
 ]
 
+JwtKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--jwt-key",
+        metavar="FILE",
+        help="SMART Backend Services: with --token-url and --client-id, authenticate to the "
+        "token endpoint with a JWT signed by this private key (PEM or JWK; RSA signs RS384, "
+        "EC P-384 ES384) instead of a client secret.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+JwtKidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--jwt-kid",
+        metavar="KID",
+        help="With --jwt-key: the key's id in the JWKS registered with the server. Default: "
+        "the JWK's own kid, else the RFC 7638 thumbprint of the public key.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+
 DicomwebTokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -272,6 +294,25 @@ DicomwebClientSecretFileOpt = Annotated[
     typer.Option(
         "--dicomweb-client-secret-file",
         help="With --dicomweb-token-url: read the client secret from the first line of this file.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebJwtKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-jwt-key",
+        metavar="FILE",
+        help="With --dicomweb-token-url: sign a SMART client assertion with this private key "
+        "(PEM or JWK) instead of a client secret.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebJwtKidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-jwt-kid",
+        metavar="KID",
+        help="With --dicomweb-jwt-key: the key's id (default: the JWK's kid or the thumbprint).",
         rich_help_panel=DICOMWEB_PANEL,
     ),
 ]
@@ -387,8 +428,9 @@ MaxRetryTimeOpt = Annotated[
 @dataclass(frozen=True)
 class FhirAuth:
     """The FHIR server's credentials: ``--token``, ``--user``, ``--token-url``, ``--client-id``,
-    ``--scope``, and the secrets' files ``--token-file``, ``--password-file``,
-    ``--client-secret-file`` (or the environment, see :mod:`fhirimg.cli._auth`)."""
+    ``--scope``, the secrets' files ``--token-file``, ``--password-file``,
+    ``--client-secret-file`` (or the environment, see :mod:`fhirimg.cli._auth`), and the SMART
+    client assertion's ``--jwt-key`` and ``--jwt-kid``."""
 
     token: TokenOpt = None
     token_file: TokenFileOpt = None
@@ -398,6 +440,8 @@ class FhirAuth:
     client_id: ClientIdOpt = None
     client_secret_file: ClientSecretFileOpt = None
     scope: ScopeOpt = None
+    jwt_key: JwtKeyOpt = None
+    jwt_kid: JwtKidOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
@@ -410,6 +454,8 @@ class FhirAuth:
             token_file=self.token_file,
             password_file=self.password_file,
             secret_file=self.client_secret_file,
+            jwt_key=self.jwt_key,
+            jwt_kid=self.jwt_kid,
         )
 
 
@@ -424,6 +470,8 @@ class DicomwebAuth:
     dicomweb_token_url: DicomwebTokenUrlOpt = None
     dicomweb_client_id: DicomwebClientIdOpt = None
     dicomweb_client_secret_file: DicomwebClientSecretFileOpt = None
+    dicomweb_jwt_key: DicomwebJwtKeyOpt = None
+    dicomweb_jwt_kid: DicomwebJwtKidOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
@@ -436,6 +484,8 @@ class DicomwebAuth:
             token_file=self.dicomweb_token_file,
             password_file=self.dicomweb_password_file,
             secret_file=self.dicomweb_client_secret_file,
+            jwt_key=self.dicomweb_jwt_key,
+            jwt_kid=self.dicomweb_jwt_kid,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from fhirimg.cli._app import (
     fail,
 )
 from fhirimg.cli._auth import check_url
+from fhirimg.cli._config import from_command_line
 from fhirimg.cli._options import FhirAuth, FhirVersionOrAuto, Tls, option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
@@ -81,7 +83,9 @@ def validate_command(
     integrity and imaging rules. Exit 0 when no errors, 1 when errors were found."""
     configure_logging(verbose)
     check_url(server, "--server")
-    if not server and auth != FhirAuth(token=auth.token):  # a token may come from the env
+    # Only what was typed: a token or token URL may come from the env or fhirimg.toml.
+    given = [f.name for f in dataclasses.fields(FhirAuth) if f.name != "token"]
+    if not server and from_command_line(*given):
         raise fail("the authentication options are for --server: give --server", ExitCode.USAGE)
     # The $validate server's credentials are those of `push --server` (one implementation).
     server_auth = auth.build() if server else None

@@ -26,6 +26,7 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, check_url
+from fhirimg.cli._config import from_command_line
 from fhirimg.cli._options import DICOMWEB_PANEL, DicomwebAuth, FhirAuth, Network, option_groups
 from fhirimg.dicomweb.verify import (
     MAX_SEARCH_PAGES,
@@ -114,10 +115,13 @@ def verify_command(
     configure_logging(verbose)
     if verbose < 2:
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    if server and (paths or pacs is not None) and not from_command_line("server"):
+        server = None  # a server from the env or fhirimg.toml: the files given are what to check
     if server and paths:
         raise fail("give bundle files or --server, not both", ExitCode.USAGE)
     check_url(server, "--server")
-    if not server and any((auth.user, auth.token_url, auth.client_id, auth.scope)):
+    # Only what was typed: these may come from the environment or fhirimg.toml for push.
+    if not server and from_command_line("user", "token_url", "client_id", "scope"):
         raise fail(
             "--user, --token-url, --client-id and --scope are the FHIR server's: give --server",
             ExitCode.USAGE,
