@@ -74,3 +74,23 @@ def test_readme_links_resolve() -> None:
     for target in re.findall(r"\]\(([^)#]+)", readme):
         if not target.startswith("http"):
             assert (DOCS.parent / target).exists(), target
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_DOCS))
+def test_help_is_readable(name: str) -> None:
+    """Readable metavars (PATH, URL, N; never typer's <str> or <list[str]>), one usage style,
+    and the command's first sentence whole in `fhirimg --help` (not cut with '...')."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"<(str|int|float|path|list|bool)", result.output), result.output
+    assert result.output.startswith("Usage: ")
+    assert f" {name} [OPTIONS]" in result.output.splitlines()[0]
+    top = CliRunner().invoke(app, ["--help"])
+    listed = " ".join(top.output.split("Commands:")[1].split())
+    short = _commands()[name].short_help
+    assert short
+    assert short.endswith(".")
+    assert " ".join(short.split()) in listed
+    assert "..." not in listed

@@ -100,6 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retries", "retries per request"),
     Setting("backoff", "first retry wait in seconds"),
     Setting("max_retry_time", "give a request up after retrying this long"),
+    Setting("log_file", "file the log is appended to as JSON lines"),
     Setting("fhir_version", "FHIR release: r4 or r5"),
     Setting("timezone", "IANA time zone for DICOM times without an offset"),
     Setting("patient_id_system", "Patient ID system(s): URI or ISSUER=URI (a list)"),
@@ -149,10 +150,19 @@ def prepare(name: str, command: Any, hooks: Hooks) -> None:
     Idempotent (the group may build a command more than once)."""
     if any(p.name == "config" for p in command.params):
         return
-    for param_name, setting in shared_params(name, command.params).items():
-        for param in command.params:
-            if param.name == param_name and not param.envvar:
-                param.envvar = setting.env
+    _readable_help(command)
+    command.params.append(
+        TyperOption(
+            param_decls=["log_file", "--log-file"],
+            type=TyperPath(dir_okay=False, path_type=Path),
+            expose_value=False,
+            callback=_log_file_callback,
+            metavar="FILE",
+            help="Also write the log as JSON lines to FILE (appended, created 0600): what -v "
+            "shows at least, the request log with -vv.",
+            rich_help_panel=CONFIG_PANEL,
+        )
+    )
     option = TyperOption(
         param_decls=["config", "--config"],
         type=TyperPath(dir_okay=False, path_type=Path),
@@ -166,6 +176,57 @@ def prepare(name: str, command: Any, hooks: Hooks) -> None:
         rich_help_panel=CONFIG_PANEL,
     )
     command.params.append(option)
+    for param_name, setting in shared_params(name, command.params).items():
+        for param in command.params:
+            if param.name == param_name and not param.envvar:
+                param.envvar = setting.env
+
+
+def _metavar(param: Any) -> str:
+    """A readable metavar for an option or argument declared without one: ``PATH``, ``URL``,
+    ``N``, ``SECONDS``, ``TEXT`` (typer's default shows ``<str>``, ``<list[str]>``)."""
+    name = param.name or ""
+    type_name = type(param.type).__name__
+    if isinstance(param.type, TyperPath):
+        kind = "PATH" if param.type.dir_okay and param.type.file_okay else "FILE"
+        kind = "DIR" if not param.type.file_okay else kind
+    elif name in ("server", "push_url") or name.endswith(("_url", "dicomweb", "from_dicomweb")):
+        kind = "URL"
+    elif "Int" in type_name:
+        kind = "N"
+    elif "Float" in type_name:
+        kind = "SECONDS" if name in ("timeout", "max_time", "backoff", "max_retry_time") else "N"
+    elif "Choice" in type_name or "Enum" in type_name:
+        return ""  # typer shows the choices
+    else:
+        kind = name.upper().replace("_", "-") if name in ("study", "user", "scope") else "TEXT"
+    if param.param_type_name == "argument":
+        return f"{kind}..." if param.nargs == -1 else kind
+    return kind
+
+
+def _readable_help(command: Any) -> None:
+    """One help style for every command: readable metavars, and the first sentence of the help
+    as the command's line in ``fhirimg --help`` (click would cut it at 45 characters)."""
+    for param in command.params:
+        is_flag = getattr(param, "is_flag", False) or getattr(param, "count", False)
+        if param.metavar is None and not is_flag:
+            metavar = _metavar(param)
+            if metavar:
+                param.metavar = metavar
+    if command.help and not command.short_help:
+        first = command.help.strip().split("\n\n")[0].replace("\n", " ")
+        command.short_help = first.split(". ")[0].rstrip(".") + "."
+
+
+LOG_FILE_META = "fhirimg.log_file"
+"""Where ``--log-file`` leaves its value in the context's ``meta`` for
+:func:`fhirimg.cli._app.configure_logging`."""
+
+
+def _log_file_callback(ctx: typer.Context, _param: Any, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta[LOG_FILE_META] = value
 
 
 class ConfigFileError(Exception):

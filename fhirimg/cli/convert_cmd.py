@@ -22,7 +22,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fhirimg import jsonio
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
@@ -36,6 +35,9 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
+    print_json,
+    require_paths,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -113,7 +115,6 @@ def convert_command(
         typer.Argument(
             help="DICOM files and/or folders (searched recursively; DICOM is recognised by content). "
             "Not with --from-dicomweb.",
-            exists=True,
             metavar="PATH...",
             show_default=False,
         ),
@@ -411,6 +412,7 @@ def convert_command(
         full=full,
         prune_missing=prune_missing,
         lock_wait=wait,
+        invocation=invocation(paths or [from_dicomweb or from_pacs or ""]),
     )
     query = (study, since, patient, accession, modality, qido)
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
@@ -441,6 +443,7 @@ def convert_command(
                 "AET@HOST:PORT",
                 ExitCode.USAGE,
             )
+        require_paths(paths)
         if _dw.any_of(*query):
             raise fail(
                 "--study, --since and the other query options need --from-dicomweb or --from-pacs",
@@ -459,7 +462,7 @@ def convert_command(
         )
         report = _from_files(paths, options, push, quiet)
     if json_out:
-        sys.stdout.write(jsonio.dumps(report.summary()).decode())
+        print_json(int(report.exit_code), report.summary())
     if not quiet:
         _print_summary(report)
     if report.stopped is not None:  # an error line, --quiet or not: the run did not finish
@@ -576,13 +579,23 @@ def _print_summary(report: ConvertReport) -> None:
             f"rewritten, {done['unchanged']} untouched"
             + (f", {done['removed']} removed" if done["removed"] else "")
         )
+    warned = s.get("warnings")
+    if warned:
+        counts = ", ".join(f"{code} {n}" for code, n in warned.items())
+        err_console.print(
+            f"{sum(warned.values())} warning(s): {counts} (-v shows them; codes in report.json)",
+            highlight=False,
+            soft_wrap=True,
+        )
     failed_studies = [st for st in report.studies if not st.ok]
     for st in failed_studies[:10]:
         err_console.print(
             f"  [red]study not written[/]: {escape(st.errors[0] if st.errors else '?')}"
         )
+    _and_more(len(failed_studies), "study(ies) not written")
     for path, reason in report.failures[:10]:
         err_console.print(f"  [yellow]failed[/] {escape(path)}: {escape(reason)}")
+    _and_more(files["failed"], "failed file(s)")
     rendered = s.get("renderedImages")
     if rendered:
         err_console.print(
@@ -590,6 +603,7 @@ def _print_summary(report: ConvertReport) -> None:
         )
     for path, reason in report.render_failures[:10]:
         err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
+    _and_more(len(report.render_failures), "image(s) not rendered")
     if "binaries" in s:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
     pushed = s.get("pushed")
@@ -598,9 +612,18 @@ def _print_summary(report: ConvertReport) -> None:
             f"Pushed {pushed['pushed']} study bundle(s) ({pushed['skipped']} already on the "
             f"server per the journal, {pushed['failed']} refused); no bundle files kept"
         )
-    for st in [st for st in report.studies if st.push_failed][:10]:
+    not_pushed = [st for st in report.studies if st.push_failed]
+    for st in not_pushed[:10]:
         err_console.print(f"  [red]not pushed[/]: {escape(str(st.push))}")
         for issue in st.push_issues[:3]:
             err_console.print(f"    {escape(issue)}")
-    if files["failed"] > 10:
-        err_console.print(f"  ... and {files['failed'] - 10} more failed file(s): see report.json")
+    _and_more(len(not_pushed), "study(ies) not pushed")
+
+
+def _and_more(total: int, what: str, shown: int = 10) -> None:
+    """Every list of the summary shows ``shown`` items at most, then says how many more there
+    are (all of them are in report.json)."""
+    if total > shown:
+        err_console.print(
+            f"  ... and {total - shown} more {what}: see report.json", highlight=False
+        )

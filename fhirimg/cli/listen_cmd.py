@@ -26,6 +26,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -201,6 +202,7 @@ def listen_command(
         media=MediaOptions() if media else None,
         strict=strict,
         group_readable=group_readable,
+        invocation=invocation([store]),
     )
     push = (
         push_options(push_url, auth, network, group_readable=group_readable) if push_url else None

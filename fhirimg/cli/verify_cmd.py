@@ -4,14 +4,12 @@ DICOMweb server their Endpoint names agree, instance by instance."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 
-from fhirimg import jsonio
 from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     JsonOpt,
@@ -22,6 +20,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    print_json,
     server_message,
     shown,
 )
@@ -171,8 +170,7 @@ def verify_command(
         else:
             report = verify_bundles(paths or [Path("fhirimg-out")], options)
     if json_out:
-        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
-        sys.stdout.flush()
+        print_json(int(report.exit_code), report.to_json())
     if not quiet:
         _print(report)
     for pacs in report.unreachable:

@@ -30,6 +30,8 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
+    require_paths,
     say_interrupted,
     shown,
 )
@@ -73,7 +75,6 @@ def watch_command(
         typer.Argument(
             help="DICOM folders (and files) to watch, searched recursively; network shares too "
             "(polled, not inotify).",
-            exists=True,
             metavar="PATH...",
             show_default=False,
         ),
@@ -151,6 +152,7 @@ def watch_command(
     start.
     """
     configure_logging(verbose)
+    require_paths(paths)
     check_url(dicomweb_url, "--dicomweb-url", DICOMWEB)
     check_url(push_url, "--push", FHIR)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
@@ -177,6 +179,7 @@ def watch_command(
         strict=strict,
         all_or_nothing=all_or_nothing,
         group_readable=group_readable,
+        invocation=invocation(paths),
     )
     push = (
         push_options(
