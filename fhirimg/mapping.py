@@ -663,12 +663,15 @@ def imaging_study(
     # (0008,0061) Modalities in Study, then every series modality it lacks, in series order:
     # each series.modality must appear in ImagingStudy.modality (validate's
     # img-series-modality-in-study), and a header's Modalities in Study can be stale or partial.
+    # R4 lists acquisition modalities only (CID 29): SR, DOC, KO, PR ... stay on their series.
     modalities = list(_first(records, "modalities_in_study") or ())
     modalities += [
         s["modality"]["code"] if "code" in s["modality"] else s["modality"]["coding"][0]["code"]
         for s in series
     ]
-    fields["modality"] = [release.modality(_modality_coding(m)) for m in dict.fromkeys(modalities)]
+    study_codes = values.study_modalities(modalities, release.fhir_version)
+    if study_codes:
+        fields["modality"] = [release.modality(_modality_coding(m)) for m in study_codes]
     fields["subject"] = {"reference": subject_ref}
     started, warn = values.fhir_datetime(
         _first(records, "study_date"),
