@@ -244,6 +244,9 @@ class MapOptions:
     an issuer with a Universal Entity ID needs none (``fhir-imaging-spec.md``, Issuer rule)."""
     dicomweb_url: str | None = None
     """Base URL of the DICOMweb (WADO-RS) service holding the images; adds an Endpoint."""
+    coding_systems: tuple[tuple[str, str], ...] = ()
+    """Coding Scheme Designator (0008,0102) -> Coding.system, over the PS3.16 table and the
+    ``urn:dicom:scheme:`` default (:func:`coding_system`): ``--coding-system 99ACME=URI``."""
 
 
 @dataclass
@@ -261,11 +264,11 @@ class Notes:
             self.add(m)
 
 
-def coding(code: Code) -> JSON | None:
+def coding(code: Code, systems: Mapping[str, str] | None = None) -> JSON | None:
     """A DICOM code item to a FHIR Coding (system from the scheme designator,
     :func:`coding_system`)."""
     out: JSON = {}
-    system = coding_system(code.scheme)
+    system = coding_system(code.scheme, systems)
     if system:
         out["system"] = system
     if code.value:
@@ -275,9 +278,12 @@ def coding(code: Code) -> JSON | None:
     return out or None
 
 
-def concept(codes: Sequence[Code], text: str | None = None) -> JSON | None:
-    """Code items and/or free text to one CodeableConcept."""
-    codings = [c for c in (coding(code) for code in codes) if c]
+def concept(
+    codes: Sequence[Code], text: str | None = None, systems: Mapping[str, str] | None = None
+) -> JSON | None:
+    """Code items and/or free text to one CodeableConcept (``systems``: :func:`coding_system`'s
+    overrides)."""
+    codings = [c for c in (coding(code, systems) for code in codes) if c]
     out: JSON = {}
     if codings:
         out["coding"] = codings
@@ -639,10 +645,17 @@ def imaging_study(
         for d in (values.display_name(pn) for pn in (_first(records, "reading_physicians") or ()))
         if d
     )
+    systems = dict(options.coding_systems)
     procedures = tuple(
-        c for c in (concept([code]) for code in (_first(records, "procedure_codes") or ())) if c
+        c
+        for c in (
+            concept([code], None, systems) for code in _first(records, "procedure_codes") or ()
+        )
+        if c
     )  # (0008,1032) Procedure Code Sequence
-    reason = concept(_first(records, "reason_codes") or (), _first(records, "reason_for_procedure"))
+    reason = concept(
+        _first(records, "reason_codes") or (), _first(records, "reason_for_procedure"), systems
+    )
     parts = StudyParts(accession, procedures, (reason,) if reason else (), interpreters)
     extra = release.study_elements(parts)
     identifiers += extra.pop("identifier", [])

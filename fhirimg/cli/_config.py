@@ -105,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timezone", "IANA time zone for DICOM times without an offset"),
     Setting("patient_id_system", "Patient ID system(s): URI or ISSUER=URI (a list)"),
     Setting("accession_system", "Accession Number systems: ISSUER=URI (a list)"),
+    Setting("coding_system", "Coding.system per coding scheme: SCHEME=URI (a list)"),
 )
 """The shared keys, each the name of an option's parameter. A key applies to every command that
 has that option, except those of :data:`NOT_SHARED`."""

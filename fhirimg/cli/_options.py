@@ -87,6 +87,33 @@ PatientIdSystemOpt = Annotated[
     ),
 ]
 
+CodingSystemOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--coding-system",
+        metavar="SCHEME=URI",
+        help="Coding.system for codes of this Coding Scheme Designator (0008,0102), e.g. "
+        "99ACME=https://acme.example/codes. Default: the DICOM PS3.16 URI, else "
+        "urn:dicom:scheme:<designator>. Repeatable.",
+    ),
+]
+
+
+def parse_coding_systems(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--coding-system`` values as (designator, URI) pairs; exit 2 for one without ``=``.
+
+    >>> parse_coding_systems(["99ACME=https://acme.example/codes"])
+    (('99ACME', 'https://acme.example/codes'),)
+    """
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        scheme, sep, uri = value.partition("=")
+        if not (sep and scheme.strip() and uri.strip()):
+            raise fail(f"--coding-system takes SCHEME=URI, not {value!r}", ExitCode.USAGE)
+        pairs.append((scheme.strip(), uri.strip()))
+    return tuple(pairs)
+
+
 JobsOpt = Annotated[
     int,
     typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),

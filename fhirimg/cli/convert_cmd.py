@@ -44,6 +44,7 @@ from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
+    CodingSystemOpt,
     DicomwebAuth,
     EndpointUrlOpt,
     FhirAuth,
@@ -58,6 +59,7 @@ from fhirimg.cli._options import (
     StrictOpt,
     TimezoneOpt,
     option_groups,
+    parse_coding_systems,
     push_options,
 )
 from fhirimg.convert import (
@@ -129,6 +131,7 @@ def convert_command(
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
     patient_id_system: PatientIdSystemOpt = None,
+    coding_system: CodingSystemOpt = None,
     accession_system: Annotated[
         list[str] | None,
         typer.Option(
@@ -390,6 +393,7 @@ def convert_command(
             patient_id_systems=systems,
             accession_systems=accession_systems,
             dicomweb_url=dicomweb_url,
+            coding_systems=parse_coding_systems(coding_system or []),
         ),
         jobs=jobs or None,
         binary=binary,

@@ -39,6 +39,7 @@ from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
+    CodingSystemOpt,
     EndpointUrlOpt,
     FhirAuth,
     FhirVersion,
@@ -52,6 +53,7 @@ from fhirimg.cli._options import (
     StrictOpt,
     TimezoneOpt,
     option_groups,
+    parse_coding_systems,
     push_options,
 )
 from fhirimg.cli.convert_cmd import parse_patient_id_systems
@@ -127,6 +129,7 @@ def watch_command(
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
     patient_id_system: PatientIdSystemOpt = None,
+    coding_system: CodingSystemOpt = None,
     binary: BinaryOpt = None,
     media: MediaOpt = False,
     strict: StrictOpt = False,
@@ -172,6 +175,7 @@ def watch_command(
             patient_id_system=default_system,
             patient_id_systems=systems,
             dicomweb_url=dicomweb_url,
+            coding_systems=parse_coding_systems(coding_system or []),
         ),
         jobs=jobs or None,
         binary=binary,
