@@ -33,7 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     config.chmod(0o600)
     out = folder / "out"
-    args = ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "--json", "-q"]
+    args = ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "--json", "-q", "-j", "1"]
     args += ["--config", str(config)]
     result = runner.invoke(app, args, env={"FHIRIMG_FHIR_VERSION": "r5"})
     assert result.exit_code == 0, result.output
@@ -100,7 +100,7 @@ def _convert(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
 
 def test_v_shows_each_warning_with_its_code_and_no_line_is_wrapped(tmp_path: Path) -> None:
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / ("and-another-one-" * 4) / "out"
-    done = _convert([str(SAMPLE / "study_b_mr"), "-o", str(deep), "-v"], tmp_path)
+    done = _convert([str(SAMPLE / "study_b_mr"), "-o", str(deep), "-v", "-j", "1"], tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert any(line.endswith("[time-left-out]") and "time 141500" in line for line in lines)

@@ -58,7 +58,7 @@ def bundles(tmp_path: Path) -> Path:
 
 
 def test_timezone_precedence_cli_env_file_default(cwd: Path) -> None:
-    convert = ["convert", str(SAMPLE / "study_b_mr"), "-o", str(cwd / "out"), "-q"]
+    convert = ["convert", str(SAMPLE / "study_b_mr"), "-o", str(cwd / "out"), "-q", "-j", "1"]
     # No file, no env: the default (no time zone) converts.
     assert _run(convert).exit_code == 0
     _toml(cwd / "fhirimg.toml", 'timezone = "File/Zone"\n')
@@ -157,7 +157,7 @@ def test_shared_keys_do_not_switch_on_what_they_do_not_mean(cwd: Path, bundles: 
         'server = "http://127.0.0.1:9/fhir"\ntoken_url = "http://127.0.0.1:9/token"\n'
         'client_id = "fhirimg"\n',
     )
-    validated = _run(["validate", str(bundles), "-q"])
+    validated = _run(["validate", str(bundles), "-q", "-j", "1"])
     assert validated.exit_code in (0, 1), validated.output
     assert "127.0.0.1:9" not in validated.output
     verified = _run(["verify", str(bundles), "-q", "--json"])

@@ -22,7 +22,9 @@ FAST = ["--retries", "0", "--timeout", "2"]
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("codes") / "out"
-    result = runner.invoke(app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q"])
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q", "-j", "1"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -75,9 +77,9 @@ def test_a_url_that_is_not_http_is_2_everywhere(
 @pytest.mark.parametrize(
     "args",
     [
-        ["convert", "{sample}", "--push", DOWN, *FAST],
+        ["convert", "{sample}", "--push", DOWN, *FAST, "-j", "1"],
         ["push", "{bundles}", "--server", DOWN, *FAST],
-        ["validate", "{bundles}", "--server", DOWN],
+        ["validate", "{bundles}", "--server", DOWN, "-j", "1"],
         ["verify", "--server", DOWN, *FAST],
         ["watch", "{sample}", "--once", "--push", DOWN, *FAST],
     ],

@@ -27,7 +27,9 @@ CORPUS = REPO / "tests" / "data" / "validate" / "corpus"
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("json") / "out"
-    result = runner.invoke(app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q"])
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q", "-j", "1"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -45,13 +47,13 @@ def _envelope(args: list[str], code: int) -> dict[str, Any]:
 
 CASES = [
     # (args, exit code, summary expected)
-    (["convert", "{sample}", "-o", "{tmp}/c", "-q"], 0, True),
+    (["convert", "{sample}", "-o", "{tmp}/c", "-q", "-j", "1"], 0, True),
     (["convert", "/nonexistent/in", "-o", "{tmp}/c"], 3, False),
     (["convert", "{sample}", "-o", "{tmp}/c", "--timezone", "No/Zone"], 2, False),
     (["push", "{bundles}", "--dry-run", "-q"], 0, True),
     (["push", "{bundles}", "--server", DOWN, *FAST, "-q"], 3, False),
     (["push", "{bundles}", "--server", "ftp://x/fhir"], 2, False),
-    (["validate", "{bundles}", "-q"], 0, True),
+    (["validate", "{bundles}", "-q", "-j", "1"], 0, True),
     (["validate", str(CORPUS / "imaging_uid_leading_zero.json"), "-q", "-j", "1"], 1, True),
     (["validate", "/nonexistent/in"], 3, False),
     (["verify", "{bundles}", "-q", *FAST], 4, True),  # no Endpoint: nothing to check

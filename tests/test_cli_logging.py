@@ -25,7 +25,9 @@ PATIENT_DATA = ("Yamada", "FHIRIMG-0002", "19800215", "1980-02-15")
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("logging") / "out"
-    result = runner.invoke(app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q"])
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q", "-j", "1"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -67,8 +69,8 @@ def test_the_default_level_shows_no_patient_data_and_the_log_file_gets_warnings(
 ) -> None:
     log_file = tmp_path / "convert.jsonl"
     done = _fhirimg(
-        "convert", str(SAMPLE / "study_b_mr"), "-o", str(tmp_path / "out"), "--log-file",
-        str(log_file),
+        "convert", str(SAMPLE / "study_b_mr"), "-o", str(tmp_path / "out"), "-j", "1",
+        "--log-file", str(log_file),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for value in PATIENT_DATA:

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_coding_system_maps_a_private_scheme(tmp_path: Path) -> None:
     out = tmp_path / "out"
     uri = "https://codes.example/fhirimg"
-    args = ["convert", str(SAMPLE / "study_a_ct"), "-o", str(out), "-q"]
+    args = ["convert", str(SAMPLE / "study_a_ct"), "-o", str(out), "-q", "-j", "1"]
     result = runner.invoke(app, [*args, "--coding-system", f"99FHIRIMG={uri}"])
     assert result.exit_code == 0, result.output
     text = "".join(p.read_text(encoding="utf-8") for p in out.glob("study-*.json"))

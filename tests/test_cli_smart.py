@@ -72,7 +72,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smart") / "out"
-    result = runner.invoke(app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q"])
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE / "study_b_mr"), "-o", str(out), "-q", "-j", "1"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
