@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from fhirimg import ids, jsonio
+from fhirimg.audit import Invocation, audit_json, count_warnings, warning_code
 from fhirimg.bundle import remove_stale_parts, study_bundle
 from fhirimg.catalog import CATALOG_NAME, Catalog, CatalogEntry, Change, RunRecord
 from fhirimg.cluster import ClusterOptions
@@ -143,6 +144,10 @@ class ConvertOptions:
     output_format: str = "bundle"
     """``"ndjson"``: also write the FHIR Bulk Data NDJSON file set (``<out>/ndjson/``) from the
     bundles, for ``$import`` (:mod:`fhirimg.ndjson`); ``"bundle"``: the bundles only."""
+
+    invocation: Invocation | None = None
+    """How the run was asked for (the CLI's command and options): report.json then ends with an
+    ``audit`` section (:mod:`fhirimg.audit`). Not a conversion option: it changes no bundle."""
 
     def __post_init__(self) -> None:
         if self.deid is not None and not self.mapping.pseudonymised:
@@ -441,8 +446,18 @@ class ConvertReport:
             out["ndjson"] = self.ndjson
         if self.stopped is not None:
             out["stopped"] = self.stopped
+        warned = count_warnings(self.warning_texts())
+        if warned:
+            out["warnings"] = warned
         out["exitCode"] = int(self.exit_code)
         return out
+
+    def warning_texts(self) -> Iterator[str]:
+        """Every warning of the studies in the report: the studies' own (mapping) and those
+        about single files (reading, text cleaning), counted by code in ``summary.warnings``."""
+        for study in self.studies:
+            yield from study.warnings
+            yield from (w for _, w in study.file_warnings)
 
     def _pixel_summary(self) -> JSON:
         """Counts of Binaries, rendered images and bundle parts (only when asked for)."""
@@ -1253,9 +1268,15 @@ def _file_outcomes(paths: list[str], outcome: StudyOutcome) -> list[tuple[str, F
 
 
 def _log_files(outcome: StudyOutcome) -> None:
-    """``-v``: what was cleaned in which file, and which files were left out of their study."""
+    """``-v``: the study's mapping warnings (time left out, a Patient ID without a system, an
+    unparseable date, ...) and what was cleaned in which file, each with its code
+    (:func:`fhirimg.audit.warning_code`), and which files were left out of their study. The
+    warnings never quote patient data (they name the element, not its value)."""
+    where = outcome.bundle or f"study {outcome.study_instance_uid}"
+    for warning in outcome.warnings:
+        log.info("%s: %s [%s]", where, warning, warning_code(warning))
     for path, warning in outcome.file_warnings:
-        log.info("%s: %s", _printable(path), warning)
+        log.info("%s: %s [%s]", _printable(path), warning, warning_code(warning))
     for path, reason in outcome.dropped:
         log.info("%s: left out of its study: %s", _printable(path), reason)
 
@@ -1452,7 +1473,8 @@ def _write_report(
     path: Path, report: ConvertReport, index: StudyIndex, opts: ConvertOptions
 ) -> None:
     """``report.json`` of a run without the catalog: summary, studies, and every input file
-    with its status (sorted by path). Deterministic like the bundles: no timestamps."""
+    with its status (sorted by path). Deterministic like the bundles: no timestamps, but for
+    the ``audit`` section at the end (with an invocation)."""
     render_failed = dict(report.render_failures)
     warned = _file_warnings(report.studies)
 
@@ -1473,6 +1495,8 @@ def _write_report(
         "studies": [_json_safe(s.as_json()) for s in report.studies],
         "files": [],
     }
+    if opts.invocation is not None:
+        doc["audit"] = audit_json(opts.invocation, report.warning_texts())
     _stream_report(path, doc, files(), opts.modes)
 
 
@@ -1487,8 +1511,9 @@ def _write_folder_report(
     ``studies``, ``files``: every file recorded, with ``"missing": true`` for those gone), this
     run (``run``) and the history of runs (``history``, oldest first).
 
-    Deterministic except ``history``, the last section: it holds timestamps and fhirimg
-    versions; everything before it is the same bytes for the same folder and run.
+    Deterministic except ``history`` and ``audit`` (with an invocation), the last sections:
+    they hold timestamps and fhirimg versions; everything before them is the same bytes for the
+    same folder and run.
     """
     gone = {m.path for m in missing}
     render_failed = {
@@ -1519,6 +1544,8 @@ def _write_folder_report(
         "files": [],
         "history": [_run_json(r) for r in catalog.runs()],
     }
+    if opts.invocation is not None:
+        doc["audit"] = audit_json(opts.invocation, report.warning_texts())
     _stream_report(path, doc, files(), opts.modes)
 
 

@@ -23,6 +23,11 @@ class ConfigError(FhirimgError):
     """An option or setting is invalid (bad time zone, bad URL, ...)."""
 
 
+class MissingFileError(ConfigError):
+    """A file an option names does not exist (a CA bundle, a client certificate). Like a missing
+    input path, exit 3 on every command (nothing could be done), not a usage error."""
+
+
 class ValidationError(FhirimgError):
     """A resource or bundle fails validation; ``findings`` holds what was found."""
 

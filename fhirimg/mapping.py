@@ -30,7 +30,8 @@ RFC3986 = "urn:ietf:rfc:3986"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 # DICOM coding scheme designators (0008,0102) -> FHIR code system URIs (DICOM PS3.16 Section 8,
-# "Coding Schemes", HL7 FHIR column). Unknown designators keep the code without a system.
+# "Coding Schemes", HL7 FHIR column). Other designators (private "99..." schemes, ones not listed
+# here) become urn:dicom:scheme:<designator> (coding_system).
 CODING_SCHEMES = {
     "DCM": DCM,
     "SCT": SNOMED,
@@ -44,7 +45,41 @@ CODING_SCHEMES = {
     "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
     "C4": "http://www.ama-assn.org/go/cpt",
     "NCIt": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+    # The imaging profiles' alias (the PS3.16 table lists https://www.nlm.nih.gov/research/umls/).
+    "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
 }
+
+PRIVATE_SCHEME_PREFIX = "urn:dicom:scheme:"
+"""Coding.system of a code whose Coding Scheme Designator (0008,0102) has no known URI."""
+
+
+def coding_system(designator: str | None, overrides: Mapping[str, str] | None = None) -> str | None:
+    """Coding.system for a Coding Scheme Designator (0008,0102): ``overrides`` first (the
+    ``--coding-system SCHEME=URI`` mapping), then the PS3.16 schemes of :data:`CODING_SCHEMES`,
+    else ``urn:dicom:scheme:<designator>``, so that a code of a private scheme (``99ACME``) or
+    of one not listed keeps saying whose code it is: a bare code without a system means nothing
+    to a receiver. None only without a designator. Characters outside unreserved URI ones are
+    percent-encoded (a designator is SH: spaces and punctuation are possible).
+
+    >>> coding_system("DCM")
+    'http://dicom.nema.org/resources/ontology/DCM'
+    >>> coding_system("99ACME"), coding_system("99 X/Y")
+    ('urn:dicom:scheme:99ACME', 'urn:dicom:scheme:99%20X%2FY')
+    >>> coding_system("99ACME", {"99ACME": "https://acme.example/codes"})
+    'https://acme.example/codes'
+    >>> coding_system("") is None
+    True
+    """
+    scheme = (designator or "").strip()
+    if not scheme:
+        return None
+    if overrides and scheme in overrides:
+        return overrides[scheme]
+    known = CODING_SCHEMES.get(scheme)
+    if known is not None:
+        return known
+    return PRIVATE_SCHEME_PREFIX + quote(scheme, safe="")
+
 
 # (0018,0015) Body Part Examined -> SNOMED CT, after DICOM PS3.16 Annex L (CID 4 correspondence)
 # for common values. Other values keep their text as Coding.display (no code is invented).
@@ -214,6 +249,9 @@ class MapOptions:
     pseudonymised: bool = False
     """The records are de-identified (:mod:`fhirimg.deid`): Patient and ImagingStudy get
     ``meta.security`` PSEUDED."""
+    coding_systems: tuple[tuple[str, str], ...] = ()
+    """Coding Scheme Designator (0008,0102) -> Coding.system, over the PS3.16 table and the
+    ``urn:dicom:scheme:`` default (:func:`coding_system`): ``--coding-system 99ACME=URI``."""
 
 
 @dataclass
@@ -231,10 +269,11 @@ class Notes:
             self.add(m)
 
 
-def coding(code: Code) -> JSON | None:
-    """A DICOM code item to a FHIR Coding (system from the scheme designator)."""
+def coding(code: Code, systems: Mapping[str, str] | None = None) -> JSON | None:
+    """A DICOM code item to a FHIR Coding (system from the scheme designator,
+    :func:`coding_system`)."""
     out: JSON = {}
-    system = CODING_SCHEMES.get(code.scheme or "")
+    system = coding_system(code.scheme, systems)
     if system:
         out["system"] = system
     if code.value:
@@ -244,9 +283,12 @@ def coding(code: Code) -> JSON | None:
     return out or None
 
 
-def concept(codes: Sequence[Code], text: str | None = None) -> JSON | None:
-    """Code items and/or free text to one CodeableConcept."""
-    codings = [c for c in (coding(code) for code in codes) if c]
+def concept(
+    codes: Sequence[Code], text: str | None = None, systems: Mapping[str, str] | None = None
+) -> JSON | None:
+    """Code items and/or free text to one CodeableConcept (``systems``: :func:`coding_system`'s
+    overrides)."""
+    codings = [c for c in (coding(code, systems) for code in codes) if c]
     out: JSON = {}
     if codings:
         out["coding"] = codings
@@ -608,10 +650,17 @@ def imaging_study(
         for d in (values.display_name(pn) for pn in (_first(records, "reading_physicians") or ()))
         if d
     )
+    systems = dict(options.coding_systems)
     procedures = tuple(
-        c for c in (concept([code]) for code in (_first(records, "procedure_codes") or ())) if c
+        c
+        for c in (
+            concept([code], None, systems) for code in _first(records, "procedure_codes") or ()
+        )
+        if c
     )  # (0008,1032) Procedure Code Sequence
-    reason = concept(_first(records, "reason_codes") or (), _first(records, "reason_for_procedure"))
+    reason = concept(
+        _first(records, "reason_codes") or (), _first(records, "reason_for_procedure"), systems
+    )
     parts = StudyParts(accession, procedures, (reason,) if reason else (), interpreters)
     extra = release.study_elements(parts)
     identifiers += extra.pop("identifier", [])
@@ -632,12 +681,15 @@ def imaging_study(
     # (0008,0061) Modalities in Study, then every series modality it lacks, in series order:
     # each series.modality must appear in ImagingStudy.modality (validate's
     # img-series-modality-in-study), and a header's Modalities in Study can be stale or partial.
+    # R4 lists acquisition modalities only (CID 29): SR, DOC, KO, PR ... stay on their series.
     modalities = list(_first(records, "modalities_in_study") or ())
     modalities += [
         s["modality"]["code"] if "code" in s["modality"] else s["modality"]["coding"][0]["code"]
         for s in series
     ]
-    fields["modality"] = [release.modality(_modality_coding(m)) for m in dict.fromkeys(modalities)]
+    study_codes = values.study_modalities(modalities, release.fhir_version)
+    if study_codes:
+        fields["modality"] = [release.modality(_modality_coding(m)) for m in study_codes]
     fields["subject"] = {"reference": subject_ref}
     started, warn = values.fhir_datetime(
         _first(records, "study_date"),

@@ -38,13 +38,13 @@ from fhirimg import ids, values
 from fhirimg.fhir import Release
 from fhirimg.jsonio import JSON
 from fhirimg.mapping import (
-    CODING_SCHEMES,
     DCM,
     DICOM_UID_SYSTEM,
     RFC3986,
     V2_0203,
     MapOptions,
     Notes,
+    coding_system,
     issuer_system,
     search_token,
 )
@@ -100,9 +100,7 @@ def system_of(scheme: str | None) -> str | None:
     >>> system_of("SCT"), system_of("99FHIRIMG")
     ('http://snomed.info/sct', 'urn:dicom:scheme:99FHIRIMG')
     """
-    if not scheme:
-        return None
-    return CODING_SCHEMES.get(scheme) or f"urn:dicom:scheme:{scheme}"
+    return coding_system(scheme)  # the one rule of fhirimg.mapping (no --coding-system here yet)
 
 
 def concept(code: Code) -> JSON:

@@ -383,3 +383,30 @@ def fhir_text(value: str, kind: TextKind = TextKind.STRING) -> tuple[str | None,
             changes.append("nothing left: left out")
         return None, tuple(changes)
     return text, tuple(changes)
+
+
+NON_ACQUISITION_MODALITIES = frozenset(
+    {
+        "ANN", "AU", "DOC", "FID", "KO", "PLAN", "POS", "PR", "REG", "RESP", "RTDOSE",
+        "RTINTENT", "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG", "SMR",
+        "SR", "STAIN", "TEXTUREMAP",
+    }
+)  # fmt: skip
+"""Modality (0008,0060) values that describe no acquisition: documents, reports, annotations,
+presentation states, plans, registrations (DICOM PS3.16 CID 32 "Non-Acquisition Modality").
+R4's ImagingStudy.modality lists acquisition modalities only (extensible binding to CID 29,
+fhir-imaging-spec.md "Facts"); such series keep their own series.modality. R5 lists every
+distinct modality (CID 33)."""
+
+
+def study_modalities(codes: list[str], fhir_version: str) -> list[str]:
+    """ImagingStudy.modality codes: ``codes`` without repeats, in order; for R4 (``4.x``) the
+    acquisition modalities only.
+
+    >>> study_modalities(["CT", "SR", "CT", "KO"], "4.0.1"), study_modalities(["CT", "SR"], "5.0.0")
+    (['CT'], ['CT', 'SR'])
+    """
+    unique = list(dict.fromkeys(codes))
+    if fhir_version.startswith("4"):
+        return [c for c in unique if c not in NON_ACQUISITION_MODALITIES]
+    return unique

@@ -854,7 +854,7 @@ def check_push(folder: Path, inputs: Sequence[Path], server: str | None) -> list
     if failures:
         return failures
     try:
-        doc = json.loads(result.stdout)
+        doc = json.loads(result.stdout)["summary"]
     except ValueError as exc:
         return [Failure(CRASH, f"--json printed no JSON: {exc}", trace=result.stdout[-2000:])]
     names = Counter(b["file"] for b in doc["bundles"])

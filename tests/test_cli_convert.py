@@ -35,7 +35,7 @@ def test_json_summary_and_partial_exit(tmp_path: Path) -> None:
         app, ["convert", str(SAMPLE), "--out", str(tmp_path), "--json", "--quiet"]
     )
     assert result.exit_code == 1, result.output  # the sample holds a truncated file on purpose
-    summary = json.loads(result.stdout)
+    summary = json.loads(result.stdout)["summary"]
     assert summary["files"]["failed"] == 1
     assert summary["studies"] == {"total": 5, "written": 5, "failed": 0}
     assert summary["exitCode"] == 1
@@ -61,9 +61,10 @@ def test_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> No
     assert message in result.output
 
 
-def test_missing_input_is_usage_error() -> None:
+def test_missing_input_cannot_start() -> None:
     result = runner.invoke(app, ["convert", "/nonexistent/dicom"])
-    assert result.exit_code == 2
+    assert result.exit_code == 3, result.output  # as on every command (test_cli_exit_codes)
+    assert "no such file or folder: /nonexistent/dicom" in result.output
 
 
 def test_unwritable_output_exits_3(tmp_path: Path) -> None:

@@ -45,7 +45,11 @@ def test_basic_auth_reaches_the_server(
         tmp_path, proxy.base_url, "--user", "alice", "-vv", env={"FHIRIMG_PASSWORD": PASSWORD}
     )
     assert result.exit_code == 1, result.output  # the sample's truncated file
-    assert json.loads(result.stdout)["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    assert json.loads(result.stdout)["summary"]["pushed"] == {
+        "pushed": 5,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert count(clean_fhir.base_url, "ImagingStudy") == 5
     assert proxy.log
     assert all((s.authorization or "").startswith("Basic ") for s in proxy.log)
@@ -63,7 +67,7 @@ def test_bearer_token_option_and_a_wrong_one(
     proxy.clear()
     result = _convert_push(tmp_path / "b", proxy.base_url, "--token", TOKEN)
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["pushed"]["pushed"] == 5
+    assert json.loads(result.stdout)["summary"]["pushed"]["pushed"] == 5
     assert all(s.authorization == f"Bearer {TOKEN}" for s in proxy.log)
     assert TOKEN not in result.output
 
@@ -77,5 +81,9 @@ def test_retry_options_reach_the_push(
     proxy.script(Fault("status", status=503, times=2, match=is_transaction))
     result = _convert_push(tmp_path, proxy.base_url, "--retries", "2", "--backoff", "0.01")
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    assert json.loads(result.stdout)["summary"]["pushed"] == {
+        "pushed": 5,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert proxy.actions().count("status") == 2

@@ -48,6 +48,7 @@ def test_a_path_with_brackets_reaches_the_user(tmp_path: Path) -> None:
         (AuthError("401"), ExitCode.CANNOT_START),
         (ServerUnreachableError("no route"), ExitCode.CANNOT_START),
         (InputError("no bundles"), ExitCode.CANNOT_START),
+        (ConfigError("not an http(s) server URL"), ExitCode.USAGE),
         (KeyboardInterrupt(), ExitCode.INTERRUPTED),
         (RuntimeError("a bug"), None),
         (ValueError("a bug too"), None),

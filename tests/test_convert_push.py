@@ -23,7 +23,7 @@ def _convert_push(out: Path, server: str, *extra: str) -> dict[str, object]:
         app, ["convert", str(SAMPLE), "--out", str(out), "--push", server, "--json", "-q", *extra]
     )
     assert result.exit_code == 1, result.output  # the sample's truncated file
-    summary: dict[str, object] = json.loads(result.stdout)
+    summary: dict[str, object] = json.loads(result.stdout)["summary"]
     return summary
 
 

@@ -58,7 +58,7 @@ def test_cli_push_convert_verify(pacs: Any, tmp_path: Path, clean_fhir: Any) -> 
     assert "skipped 20" in result.output  # instances already confirmed: journal
     result = runner.invoke(app, ["verify", "--server", server, "--json"])
     assert result.exit_code == 0, result.output
-    assert load_json(result.stdout)["checked"] == 5
+    assert load_json(result.stdout)["summary"]["checked"] == 5
     _verify_with_fhir_credentials(server)
 
 
@@ -77,7 +77,7 @@ def _verify_with_fhir_credentials(server: str) -> None:
             env={"FHIRIMG_PASSWORD": "pw-SECRET-1"},
         )
         assert result.exit_code == 0, result.output
-        assert load_json(result.stdout)["checked"] == 5
+        assert load_json(result.stdout)["summary"]["checked"] == 5
         assert "pw-SECRET-1" not in result.output
     with FaultProxy(server) as proxy:
         proxy.enable_oauth("fhirimg", "cs-SECRET-9")
@@ -93,7 +93,7 @@ def _verify_with_fhir_credentials(server: str) -> None:
             app, [*verify, proxy.base_url, *oauth], env={"FHIRIMG_CLIENT_SECRET": "cs-SECRET-9"}
         )
         assert result.exit_code == 0, result.output
-        assert load_json(result.stdout)["checked"] == 5
+        assert load_json(result.stdout)["summary"]["checked"] == 5
         assert proxy.tokens_issued == 1
         assert "cs-SECRET-9" not in result.output
         result = runner.invoke(

@@ -280,7 +280,7 @@ def test_cli_convert_from_pacs_json(
         ["convert", "--from-pacs", orthanc.pacs_address, "-o", str(tmp_path), "--json", "-q"],
     )
     assert result.exit_code == 0, result.output
-    summary = httpx.Response(200, content=result.stdout).json()
+    summary = httpx.Response(200, content=result.stdout).json()["summary"]
     assert summary["files"]["converted"] == 20
     assert summary["studies"]["written"] == 5
 
@@ -323,7 +323,7 @@ def test_verify_against_the_pacs_over_dimse(
         app, ["verify", str(converted), "--pacs", orthanc.pacs_address, "--json"]
     )
     assert result.exit_code == 0, result.output
-    report = httpx.Response(200, content=result.stdout).json()
+    report = httpx.Response(200, content=result.stdout).json()["summary"]
     assert (report["checked"], report["differing"]) == (5, 0)
     victim_sop, victim = sorted(source_files(converted).items())[0]
     with orthanc.client() as c:
@@ -335,7 +335,7 @@ def test_verify_against_the_pacs_over_dimse(
             app, ["verify", str(converted), "--pacs", orthanc.pacs_address, "--json", "-q"]
         )
         assert result.exit_code == 1, result.output
-        report = httpx.Response(200, content=result.stdout).json()
+        report = httpx.Response(200, content=result.stdout).json()["summary"]
         missing = [m["instance"] for s in report["studies"] for m in s["missingInPacs"]]
         assert missing == [victim_sop]
     finally:

@@ -59,8 +59,39 @@ def test_options_have_help_and_docs(name: str) -> None:
             )
 
 
+def test_config_keys_and_variables_are_documented() -> None:
+    """Every shared config key and its FHIRIMG_* variable has a row in docs/cli.md."""
+    from fhirimg.cli._config import CONFIG_ENV, SETTINGS
+
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert "## Configuration" in text
+    assert f"`{CONFIG_ENV}`" in text
+    for setting in SETTINGS:
+        assert f"| `{setting.key}` | `{setting.env}` |" in text, setting.key
+
+
 def test_readme_links_resolve() -> None:
     readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#]+)", readme):
         if not target.startswith("http"):
             assert (DOCS.parent / target).exists(), target
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_DOCS))
+def test_help_is_readable(name: str) -> None:
+    """Readable metavars (PATH, URL, N; never typer's <str> or <list[str]>), one usage style,
+    and the command's first sentence whole in `fhirimg --help` (not cut with '...')."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"<(str|int|float|path|list|bool)", result.output), result.output
+    assert result.output.startswith("Usage: ")
+    assert f" {name} [OPTIONS]" in result.output.splitlines()[0]
+    top = CliRunner().invoke(app, ["--help"])
+    listed = " ".join(top.output.split("Commands:")[1].split())
+    short = _commands()[name].short_help
+    assert short
+    assert short.endswith(".")
+    assert " ".join(short.split()) in listed
+    assert "..." not in listed

@@ -138,7 +138,7 @@ def test_push_regression_entry_shapes(tmp_path: Path, entries: Any) -> None:
     (tmp_path / "bad.json").write_bytes(_transaction(entries))
     result = _push_dry_run(tmp_path)
     assert result.exit_code == 1, result.output
-    doc = json.loads(result.stdout)
+    doc = json.loads(result.stdout)["summary"]
     files = [b["file"] for b in doc["bundles"]] + [Path(i["file"]).name for i in doc["ignored"]]
     assert sorted(files) == ["bad.json", "good.json"]
 
@@ -155,7 +155,7 @@ def test_push_regression_nesting_past_the_json_writer(tmp_path: Path) -> None:
     )
     result = _push_dry_run(tmp_path)
     assert result.exit_code == 1, result.output
-    doc = json.loads(result.stdout)
+    doc = json.loads(result.stdout)["summary"]
     files = {b["file"]: b for b in doc["bundles"]} | {
         Path(i["file"]).name: i for i in doc["ignored"]
     }

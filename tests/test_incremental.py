@@ -454,7 +454,7 @@ def test_non_utf8_file_name_end_to_end(tmp_path: Path) -> None:
     for n in range(2):
         result = runner.invoke(app, ["convert", str(src), "-o", str(out), "-j", "2", "--json"])
         assert result.exit_code == 1, result.output  # 1: the truncated file; not 70
-        summary = json.loads(result.stdout)
+        summary = json.loads(result.stdout)["summary"]
         assert summary["files"]["total"] == 25
         assert summary["run"]["files"]["unchanged"] == (0 if n == 0 else 25)
         by_path = files_of(out)

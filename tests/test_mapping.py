@@ -108,3 +108,66 @@ def test_accession_local_namespace_system_is_configurable() -> None:
     assert without["assigner"] == {"display": "RIS1"}
     mapped = acsn(MapOptions(accession_systems=(("RIS1", "https://ris.example/acc"),)))
     assert mapped["system"] == "https://ris.example/acc"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "system"),
+    [
+        ("99ACME", "urn:dicom:scheme:99ACME"),  # private: the designator is kept
+        ("ACR", "urn:dicom:scheme:ACR"),  # a PS3.16 scheme without a URI here
+        ("SCT", "http://snomed.info/sct"),
+        ("UMLS", "http://terminology.hl7.org/CodeSystem/umls"),
+        (None, None),
+    ],
+)
+def test_a_code_keeps_whose_code_it_is(scheme: str | None, system: str | None) -> None:
+    coding = mapping.coding(Code("A-1", scheme, "Acme meaning"))
+    assert coding is not None
+    assert coding.get("system") == system
+    assert coding["code"] == "A-1"
+    assert coding["display"] == "Acme meaning"
+
+
+def test_r4_study_modality_lists_acquisition_modalities_only() -> None:
+    """R4 ImagingStudy.modality: CID 29 (acquisition) only; SR and DOC stay on their series.
+    R5 lists every distinct series modality (CID 33). Pinned on the sample's mixed study."""
+    from tests.helpers import GOLDEN, load, resources
+
+    name = "study-045f2aed-5b45-59f5-b139-b1258f97dbfd.json"
+    for folder, fhir_release in (("sample", "r4"), ("r5", "r5")):
+        [study] = resources(load(GOLDEN / folder / name), "ImagingStudy")
+        series = {
+            (s["modality"].get("code") or s["modality"]["coding"][0]["code"])
+            for s in study["series"]
+        }
+        listed = {(m.get("code") or m["coding"][0]["code"]) for m in study.get("modality", [])}
+        assert {"SR", "DOC"} <= series, series
+        if fhir_release == "r4":
+            assert listed == series - {"SR", "DOC"}
+        else:
+            assert listed >= series
+
+
+def test_r5_document_reference_keeps_what_r4_media_carries() -> None:
+    """The capture time (R4 Media.createdDateTime) is R5 Attachment.creation, the device
+    (Media.deviceName) the DocumentReference's author; pinned on the golden runs."""
+    from tests.helpers import GOLDEN, load, resources
+
+    def by_identifier(folder: str, kind: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for path in sorted((GOLDEN / folder).glob("study-*.json")):
+            for res in resources(load(path), kind):
+                out[res["identifier"][0]["value"]] = res
+        return out
+
+    media = by_identifier("binary-inline-media", "Media")
+    docs = by_identifier("r5", "DocumentReference")
+    assert docs
+    assert set(docs) <= set(media)
+    created = 0
+    for key, doc in docs.items():
+        attachment = doc["content"][0]["attachment"]
+        assert attachment.get("creation") == media[key].get("createdDateTime")
+        created += "creation" in attachment
+        assert doc["author"] == [{"type": "Device", "display": media[key]["deviceName"]}]
+    assert created

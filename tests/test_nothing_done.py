@@ -33,7 +33,7 @@ def _cli(*args: str | Path) -> Any:
 
 
 def _json(result: Any) -> dict[str, Any]:
-    data: dict[str, Any] = jsonio.loads(result.stdout)
+    data: dict[str, Any] = jsonio.loads(result.stdout)["summary"]
     return data
 
 

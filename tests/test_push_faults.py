@@ -51,7 +51,7 @@ def test_503_then_success(proxy: FaultProxy, make_folder: MakeFolder) -> None:
     assert result.exit_code == 0, result.output
     # metadata and the ImagingStudy search (the merge's read) first
     assert proxy.actions() == ["pass", "pass", "status", "status", "pass"]
-    assert jsonio.loads(result.stdout)["retries"] == 2
+    assert jsonio.loads(result.stdout)["summary"]["retries"] == 2
     assert count(proxy.base_url, "ImagingStudy") == 1
 
 
@@ -160,7 +160,7 @@ def test_server_gone_mid_run_stops_the_run(proxy: FaultProxy, make_folder: MakeF
     result = push(folder, "--server", proxy.base_url, *FAST, "--jobs", "1", "--json")
     # Dropped connections are transport errors but not "cannot connect": every bundle is tried.
     assert result.exit_code == 1, result.output
-    assert jsonio.loads(result.stdout)["failed"] == 4
+    assert jsonio.loads(result.stdout)["summary"]["failed"] == 4
 
 
 # --------------------------------------------------------------------------- auth
@@ -310,7 +310,7 @@ def test_interrupted_push_resumes_to_the_same_state(
     proxy.delay_all = 0.0
     resumed = push(folder, "--server", proxy.base_url, *FAST, "--json")
     assert resumed.exit_code == 0, resumed.output
-    summary = jsonio.loads(resumed.stdout)
+    summary = jsonio.loads(resumed.stdout)["summary"]
     assert summary["skipped"] == stopped_at
     assert summary["pushed"] == n - stopped_at
     assert snapshot(clean_fhir.base_url) == expected

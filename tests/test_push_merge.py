@@ -130,13 +130,13 @@ def test_late_series_then_old_bundle_again(clean_fhir: Any, pieces: dict[str, Pa
     base = clean_fhir.base_url
     first = _push_cli(pieces["ct"], "--server", base, *CLI_FAST, "--json")
     assert first.exit_code == 0, first.output
-    assert jsonio.loads(first.stdout)["bundles"][0]["merge"] == "created"
+    assert jsonio.loads(first.stdout)["summary"]["bundles"][0]["merge"] == "created"
     assert _server_study(base)["numberOfInstances"] == 5
 
     # The late localizer, converted and pushed in a second run: the union, not 1 instance.
     late = _push_cli(pieces["localizer"], "--server", base, *CLI_FAST, "--json")
     assert late.exit_code == 0, late.output
-    assert jsonio.loads(late.stdout)["bundles"][0]["merge"] == "merged"
+    assert jsonio.loads(late.stdout)["summary"]["bundles"][0]["merge"] == "merged"
     study = _check_union(base)
     assert study == jsonio.loads(jsonio.dumps(study))
     assert study["series"][0]["uid"] == LOCALIZER  # ordered by Series Number
@@ -145,19 +145,19 @@ def test_late_series_then_old_bundle_again(clean_fhir: Any, pieces: dict[str, Pa
     # The old CT bundle pushed again (journal ignored): loses nothing, writes nothing.
     again = _push_cli(pieces["ct"], "--server", base, *CLI_FAST, "--json", "--force")
     assert again.exit_code == 0, again.output
-    assert jsonio.loads(again.stdout)["bundles"][0]["merge"] == "unchanged"
+    assert jsonio.loads(again.stdout)["summary"]["bundles"][0]["merge"] == "unchanged"
     assert _check_union(base) == study
     assert _versions(base, study) == versions
 
     # The whole study converted at once, pushed on top: the same study, nothing to change.
     whole = _push_cli(pieces["all"], "--server", base, *CLI_FAST, "--json")
     assert whole.exit_code == 0, whole.output
-    assert jsonio.loads(whole.stdout)["bundles"][0]["merge"] == "unchanged"
+    assert jsonio.loads(whole.stdout)["summary"]["bundles"][0]["merge"] == "unchanged"
     assert _versions(base, study) == versions
 
     # A journaled bundle is still skipped, as before: the server holds a superset.
     skipped = _push_cli(pieces["localizer"], "--server", base, *CLI_FAST, "--json")
-    assert jsonio.loads(skipped.stdout)["bundles"][0]["status"] == "skipped"
+    assert jsonio.loads(skipped.stdout)["summary"]["bundles"][0]["status"] == "skipped"
 
 
 def test_newer_values_win_and_nothing_is_rolled_back(

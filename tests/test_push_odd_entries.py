@@ -97,7 +97,7 @@ def _odd_folder(tmp_path: Path) -> Path:
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    data: dict[str, Any] = jsonio.loads(result.stdout)
+    data: dict[str, Any] = jsonio.loads(result.stdout)["summary"]
     return data
 
 
@@ -160,7 +160,7 @@ def test_odd_imaging_study_shapes_never_crash_push(
     # server refuses it.
     refused = CliRunner().invoke(app, ["push", str(odd), *base])
     assert refused.exit_code == 1, refused.output
-    assert _summary(refused)["bundles"][0]["http_status"] == 400
+    assert _summary(refused)["bundles"][0]["httpStatus"] == 400
     good = tmp_path / "good.json"
     good.write_bytes(jsonio.dumps(study_bundle(uid, f"MRN-{uid}")[0]))
     first = CliRunner().invoke(app, ["push", str(good), *base])

@@ -34,7 +34,7 @@ def push(*args: str | Path, env: dict[str, str] | None = None) -> Any:
 
 
 def summary(result: Any) -> dict[str, Any]:
-    data: dict[str, Any] = jsonio.loads(result.stdout)
+    data: dict[str, Any] = jsonio.loads(result.stdout)["summary"]
     return data
 
 
@@ -115,7 +115,7 @@ def test_refused_bundle_shows_the_server_message(clean_fhir: Any, make_folder: M
     data = summary(result)
     assert (data["pushed"], data["failed"]) == (2, 1)
     failed = next(b for b in data["bundles"] if b["status"] == "failed")
-    assert failed["http_status"] == 400
+    assert failed["httpStatus"] == 400
     assert failed["issues"]
     # All or nothing: nothing of the refused bundle is on the server.
     assert count(clean_fhir.base_url, "Patient", f"identifier={MRN_SYSTEM}|MRN9") == 0

@@ -111,7 +111,7 @@ def test_crafted_binary_ids_fail_their_bundle_and_read_nothing_outside(
     monkeypatch.setattr(Path, "read_bytes", recording)
     result = run("push", folder, "--server", clean_fhir.base_url, *FAST, "--json", "-j", "1")
     assert result.exit_code == 1, result.output
-    by_file = {r["file"]: r for r in jsonio.loads(result.stdout)["bundles"]}
+    by_file = {r["file"]: r for r in jsonio.loads(result.stdout)["summary"]["bundles"]}
     assert by_file["study-good.json"]["status"] == "pushed"  # the others go on
     for name in ("study-dots.json", "study-absolute.json", "study-escape.json"):
         assert by_file[name]["status"] == "failed", by_file[name]

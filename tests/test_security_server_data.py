@@ -185,7 +185,7 @@ def test_absolute_endpoint_reference_elsewhere_is_not_fetched(
     assert "not fetched" in result.stderr
     assert elsewhere.origin in result.stderr
     assert fhir.origin in result.stderr
-    (study,) = orjson.loads(result.stdout)["studies"]
+    (study,) = orjson.loads(result.stdout)["summary"]["studies"]
     assert study["contacted"] is False
     assert not study["ok"]
     assert log.requests(origin=elsewhere) == [], log.describe()
@@ -247,7 +247,7 @@ def test_endpoint_elsewhere_is_reported_not_contacted(
     assert "not contacted" in result.stderr
     assert elsewhere.origin in result.stderr
     assert pacs.origin in result.stderr
-    report = orjson.loads(result.stdout)
+    report = orjson.loads(result.stdout)["summary"]
     assert report["notContacted"] == 1
     assert report["studies"][0]["contacted"] is False
     assert elsewhere.origin in report["studies"][0]["error"]
@@ -344,7 +344,7 @@ def test_verify_findings_and_json_are_cleaned(
     assert result.exit_code == 1, result.output
     assert "evilid" in result.stderr
     assert_clean(result)
-    assert control_characters(str(orjson.loads(result.stdout))) == []
+    assert control_characters(str(orjson.loads(result.stdout)["summary"])) == []
 
 
 def test_validate_server_escape_sequences_do_not_reach_the_terminal(

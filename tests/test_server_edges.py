@@ -47,7 +47,7 @@ def _cli(*args: str | Path) -> Any:
 
 
 def _json(result: Any) -> dict[str, Any]:
-    data: dict[str, Any] = jsonio.loads(result.stdout)
+    data: dict[str, Any] = jsonio.loads(result.stdout)["summary"]
     return data
 
 
@@ -220,7 +220,7 @@ def test_a_wrong_base_path_is_fatal_before_sending(
     assert going_on.exit_code == 1, going_on.output
     bundles = _json(going_on)["bundles"]
     assert len(bundles) == len(STUDIES)
-    assert all(b["status"] == "failed" and b["http_status"] == 404 for b in bundles), bundles
+    assert all(b["status"] == "failed" and b["httpStatus"] == 404 for b in bundles), bundles
     assert count(clean_fhir.base_url, "ImagingStudy") == 0
 
 

@@ -145,6 +145,7 @@ def test_server_findings_are_merged(validate_server: str) -> None:
             "location": "Bundle.entry[0].resource.gender",
             "message": "server says no",
             "layer": "server",
+            "rule": "server",  # every finding has a rule code; the server's: its layer
         }
     ]
     assert _Handler.paths[-1] == "/fhir/Bundle/$validate"

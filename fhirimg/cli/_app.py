@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,9 +25,19 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from fhirimg.errors import AuthError, CatalogError, FhirimgError, FolderLockedError, PushError
+from fhirimg.audit import Invocation
+from fhirimg.cli import _config
+from fhirimg.errors import (
+    AuthError,
+    CatalogError,
+    ConfigError,
+    FhirimgError,
+    FolderLockedError,
+    MissingFileError,
+    PushError,
+)
 from fhirimg.exitcodes import ExitCode
-from fhirimg.safetext import clean, redact_urls
+from fhirimg.safetext import clean, redact_url, redact_urls
 
 COMMAND_MODULES = {
     "convert": "fhirimg.cli.convert_cmd",
@@ -47,7 +61,20 @@ def load_commands() -> None:
 
 
 class _Commands(TyperGroup):
-    """The top-level command group, loading each command's module on first use."""
+    """The top-level command group, loading each command's module on first use.
+
+    Every command it holds gets the settings of :mod:`fhirimg.cli._config` (``--config``, the
+    ``FHIRIMG_*`` variables) here, in one place, whichever way it was built.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, command in self.commands.items():
+            _config.prepare(name, command, _CONFIG_HOOKS)
+
+    def add_command(self, cmd: Any, name: str | None = None) -> None:
+        _config.prepare(name or cmd.name or "", cmd, _CONFIG_HOOKS)
+        super().add_command(cmd, name)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
@@ -79,15 +106,80 @@ app = typer.Typer(
 )
 
 # People's messages and progress go to stderr; stdout carries data only (--json summaries).
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap when stderr is not a terminal (a log file, a cron mail, a pipe): rich would wrap
+# every line at 80 columns there, breaking paths and summaries mid-word; one message, one line.
+err_console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC), ``level``, ``logger``, ``message`` (``--log-file``).
+
+    >>> record = logging.LogRecord("fhirimg.push", logging.INFO, "", 0, "sent %s", ("a",), None)
+    >>> record.created = 0.0
+    >>> JsonLines().format(record)
+    '{"time":"1970-01-01T00:00:00Z","level":"INFO","logger":"fhirimg.push","message":"sent a"}'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        doc = {
+            "time": stamp,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_urls(clean(record.getMessage())),
+        }
+        return orjson.dumps(doc).decode()
+
+
+_log_file: list[logging.Handler] = []
+
+
+def _open_log_file(path: Path) -> logging.Handler:
+    """A handler appending JSON lines to ``path``, created owner-only (it names files)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise fail(
+            f"cannot write --log-file {path}: {exc.strerror or exc}", ExitCode.USAGE
+        ) from None
+    handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    handler.setFormatter(JsonLines())
+    return handler
 
 
 def configure_logging(verbose: int) -> None:
-    """Configure logging once, from the number of ``-v`` flags (library modules add no handlers)."""
+    """Configure logging once, from the number of ``-v`` flags (library modules add no handlers).
+
+    ``-v`` shows fhirimg's INFO (mapping warnings with their codes, retries); ``-vv`` its DEBUG
+    too (each request: method, path, status), never other libraries' debug output. With
+    ``--log-file`` the same records, at least INFO, also go to the file as JSON lines.
+    """
+    from typer._click.globals import get_current_context
+
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=min(level, logging.INFO),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
     )
+    root = logging.getLogger()
+    for handler in root.handlers:  # basicConfig's own (the stderr one), not a test's capture
+        if type(handler) is logging.StreamHandler and handler not in _log_file:
+            handler.setLevel(level)
+    logging.getLogger("fhirimg").setLevel(level if level < logging.INFO else logging.INFO)
+    ctx = get_current_context(silent=True)
+    path = ctx.meta.get(_config.LOG_FILE_META) if ctx is not None else None
+    while _log_file:  # one run's file only (a process may run several commands: tests)
+        old = _log_file.pop()
+        root.removeHandler(old)
+        old.close()
+    if path is not None:
+        handler = _open_log_file(Path(path))
+        handler.setLevel(min(level, logging.INFO))
+        root.addHandler(handler)
+        _log_file.append(handler)
     # httpx logs every request's whole URL at INFO, and httpcore its traffic at DEBUG: QIDO-RS and
     # FHIR search queries carry PatientID, AccessionNumber, names. fhirimg.http logs each request
     # itself, path only, so theirs stay off at every -v level.
@@ -113,6 +205,96 @@ def shown(text: object) -> str:
     return escape(clean(text))
 
 
+JSON_VERSION = 1
+"""Version of the ``--json`` envelope's shape (docs/cli-json.schema.json); a change that could
+break a reader of it raises this."""
+
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
+
+
+def camel_keys(doc: Any) -> Any:
+    """``doc`` with every snake_case key made camelCase (``elapsed_s`` -> ``elapsedS``), the
+    naming of every ``--json`` document; other keys (file names, camelCase) stay.
+
+    >>> camel_keys({"elapsed_s": 1, "bundles": [{"learned_limit": 2, "a.json": 3}]})
+    {'elapsedS': 1, 'bundles': [{'learnedLimit': 2, 'a.json': 3}]}
+    """
+    if isinstance(doc, dict):
+        return {
+            (re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k) if _SNAKE.match(k) else k): (
+                camel_keys(v)
+            )
+            for k, v in doc.items()
+        }
+    if isinstance(doc, list):
+        return [camel_keys(v) for v in doc]
+    return doc
+
+
+def json_envelope(
+    command: str,
+    exit_code: int,
+    summary: Any,
+    errors: list[dict[str, str]] | None = None,
+    **results: Any,
+) -> dict[str, Any]:
+    """The one ``--json`` document of every command (docs/cli.md#json-output): ``fhirimg`` (the
+    version that wrote it), ``version`` (of this shape), ``command``, ``exitCode``, ``summary``
+    (null when the run could not start), ``errors`` (``code``, ``message``), then the command's
+    ``results`` (``files`` of validate, ...). Keys camelCase.
+
+    >>> env = json_envelope("push", 3, None, [{"code": "cannot-start", "message": "down"}])
+    >>> list(env), env["exitCode"], env["version"]
+    (['fhirimg', 'version', 'command', 'exitCode', 'summary', 'errors'], 3, 1)
+    """
+    from fhirimg.audit import fhirimg_version
+
+    out: dict[str, Any] = {
+        "fhirimg": fhirimg_version(),
+        "version": JSON_VERSION,
+        "command": command,
+        "exitCode": int(exit_code),
+        "summary": camel_keys(summary),
+        "errors": errors or [],
+    }
+    out.update(camel_keys(results))
+    return out
+
+
+def print_json(
+    exit_code: int,
+    summary: Any,
+    errors: list[dict[str, str]] | None = None,
+    **results: Any,
+) -> None:
+    """Write the running command's ``--json`` envelope (:func:`json_envelope`) to stdout."""
+    import orjson
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    command = (ctx.command.name or "") if ctx is not None else ""
+    doc = json_envelope(command, exit_code, summary, errors, **results)
+    sys.stdout.buffer.write(
+        orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    )
+    sys.stdout.flush()
+
+
+_ERROR_CODES = {
+    ExitCode.USAGE: "usage",
+    ExitCode.CANNOT_START: "cannot-start",
+    ExitCode.PARTIAL: "partial",
+    ExitCode.NOTHING_DONE: "nothing-to-do",
+}
+
+
+def _json_requested() -> bool:
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("json_out"))
+
+
 def fail(message: str, code: ExitCode) -> typer.Exit:
     """Print ``message`` to stderr as plain text and return the Exit to raise with ``code``.
 
@@ -123,12 +305,39 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
     # redact_urls: a URL with a password in it is never printed, whoever built the message.
     text = shown(redact_urls(message))
     err_console.print(f"[bold red]error:[/] {text}", soft_wrap=True, highlight=False)
+    if _json_requested():  # --json: the envelope is printed on failure too (stdout)
+        error = {"code": _ERROR_CODES.get(code, "error"), "message": redact_urls(clean(message))}
+        print_json(int(code), None, [error])
+    for handler in _log_file:  # the error that ends the run, in the log file too
+        handler.handle(
+            logging.makeLogRecord(
+                {
+                    "name": "fhirimg.cli",
+                    "levelname": "ERROR",
+                    "levelno": logging.ERROR,
+                    "msg": message,
+                }
+            )
+        )
     return typer.Exit(int(code))
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+_CONFIG_HOOKS = _config.Hooks(
+    fail=lambda message: fail(message, ExitCode.USAGE), warn=_warn, commands=COMMAND_MODULES
+)
 
 
 EXIT_CODES: Mapping[type[BaseException], ExitCode] = {
     KeyboardInterrupt: ExitCode.INTERRUPTED,
     FhirimgError: ExitCode.CANNOT_START,
+    # A bad value of an option (a URL that is not http(s), a time zone, a --layers list) is a
+    # usage error on every command, whichever layer notices it.
+    ConfigError: ExitCode.USAGE,
+    MissingFileError: ExitCode.CANNOT_START,  # a CA bundle, a certificate: like a missing path
     CatalogError: ExitCode.CANNOT_START,  # the message says when --full rebuilds it
     FolderLockedError: ExitCode.CANNOT_START,  # another run writes to the output folder
 }
@@ -205,6 +414,53 @@ def exit_on_error(
         raise fail(message(exc), code) from None
 
 
+SECRET_PARAMS = frozenset({"token", "dicomweb_token"})
+"""Options whose value is a secret: ``***`` in report.json's audit (the others name files)."""
+
+_SOURCES = {"COMMANDLINE": "commandLine", "ENVIRONMENT": "environment", "DEFAULT_MAP": "config"}
+
+
+def _audit_value(name: str, value: Any) -> Any:
+    if name in SECRET_PARAMS:
+        return "***"
+    if isinstance(value, list | tuple):
+        return [_audit_value(name, v) for v in value]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    text = str(getattr(value, "value", value))  # an enum's value, a path's text
+    return redact_url(text) if "://" in text else text
+
+
+def invocation(inputs: Iterable[object] = ()) -> Invocation:
+    """The :class:`~fhirimg.audit.Invocation` of the running command, for report.json's
+    ``audit``: each option given (not left at its default) by its long name, with its value
+    (secrets ``***``, URLs without credentials) and where it came from (``commandLine``,
+    ``environment``, ``config``), the input roots and the config file read."""
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return Invocation(command="", inputs=tuple(str(i) for i in inputs))
+    options: dict[str, Any] = {}
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = getattr(ctx.get_parameter_source(name), "name", "")
+        if source not in _SOURCES or not param.opts or not param.opts[0].startswith("-"):
+            continue
+        flag = max(param.opts, key=len)
+        options[flag] = {
+            "value": _audit_value(name, ctx.params.get(name)),
+            "from": _SOURCES[source],
+        }
+    config = ctx.meta.get("fhirimg.config")
+    return Invocation(
+        command=ctx.command.name or "",
+        options=options,
+        inputs=tuple(redact_url(str(i)) for i in inputs),
+        config_file=str(config) if config is not None else None,
+    )
+
+
 RESUMABLE = "interrupted: confirmed work is in the journal; run the same command to continue"
 """What Ctrl-C prints in a command that keeps a journal (``push``, ``convert --push``)."""
 
@@ -213,6 +469,14 @@ CONVERT_RESUMABLE = (
     "run the same command again to continue where it stopped"
 )
 """What Ctrl-C prints in ``convert`` (the catalog makes the next run incremental)."""
+
+
+def require_paths(paths: Iterable[str | Path]) -> None:
+    """Exit 3 (nothing could be done: no input) naming the first path that does not exist, in
+    the words every command uses (``push``, ``validate``, ``verify`` say it from the library)."""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise fail(f"no such file or folder: {path}", ExitCode.CANNOT_START)
 
 
 def server_message(exc: BaseException) -> str:

@@ -23,15 +23,20 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import typer
 
 from fhirimg.cli._app import err_console, fail
+from fhirimg.cli._config import from_command_line
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth
+from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth, PrivateKeyJwtAuth
 from fhirimg.safetext import refuse_url_credentials
+
+if TYPE_CHECKING:
+    from fhirimg.http.jwt import SigningKey
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class AuthNames:
     token_file: str
     password_file: str
     secret_file: str
+    jwt_key: str
 
     @property
     def credentials_hint(self) -> str:
@@ -72,6 +78,7 @@ FHIR = AuthNames(
     token_file="--token-file",
     password_file="--password-file",
     secret_file="--client-secret-file",
+    jwt_key="--jwt-key",
 )
 DICOMWEB = AuthNames(
     token="--dicomweb-token",
@@ -85,6 +92,7 @@ DICOMWEB = AuthNames(
     token_file="--dicomweb-token-file",
     password_file="--dicomweb-password-file",
     secret_file="--dicomweb-client-secret-file",
+    jwt_key="--dicomweb-jwt-key",
 )
 
 _warned: set[str] = set()
@@ -97,10 +105,10 @@ def _warn_once(key: str, message: str) -> None:
         err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _on_command_line(value: str, env: str) -> bool:
-    """Whether the option's ``value`` came from the command line: the environment variable the
-    option also reads does not hold it (Typer fills the option from either)."""
-    return os.environ.get(env) != value
+def _on_command_line(option: str) -> bool:
+    """Whether ``option`` (``--token``) was given on the command line, not by its environment
+    variable or the config file (:mod:`fhirimg.cli._config`)."""
+    return from_command_line(option.lstrip("-").replace("-", "_"))
 
 
 def read_secret_file(path: Path, option: str) -> str:
@@ -131,6 +139,29 @@ def read_secret_file(path: Path, option: str) -> str:
     return secret
 
 
+def read_signing_key(path: Path, option: str, kid: str | None) -> SigningKey:
+    """The SMART client assertion key in ``path`` (PEM or JWK): a usage error (exit 2) when it
+    cannot be read or used, a warning (once) when group or others may read it."""
+    from fhirimg.http.jwt import load_signing_key
+
+    try:
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            data = fh.read(1024 * 1024)
+    except OSError as exc:
+        raise fail(f"cannot read {option} {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        _warn_once(
+            f"mode:{path}",
+            f"{option} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}",
+        )
+    try:
+        return load_signing_key(data, kid)
+    except ConfigError as exc:
+        raise fail(f"{option} {path}: {exc}", ExitCode.USAGE) from None
+
+
 def check_url(url: str | None, option: str, names: AuthNames | None = FHIR) -> None:
     """Exit 2 when the URL option ``option`` holds credentials (user info, ``?access_token=``);
     the message shows the URL redacted and names the proper options (``names``' ones)."""
@@ -156,6 +187,8 @@ def build_auth(
     token_file: Path | None = None,
     password_file: Path | None = None,
     secret_file: Path | None = None,
+    jwt_key: Path | None = None,
+    jwt_kid: str | None = None,
 ) -> httpx.Auth | None:
     """The :class:`httpx.Auth` the options ask for, or None; a usage error (exit 2) when they
     contradict each other or a secret is missing and there is no terminal to ask on.
@@ -182,7 +215,16 @@ def build_auth(
         raise fail(f"{names.password_file} needs {names.user}", ExitCode.USAGE)
     if secret_file and not token_url:
         raise fail(f"{names.secret_file} needs {names.token_url}", ExitCode.USAGE)
-    if token and _on_command_line(token, names.token_env):
+    if jwt_key and not token_url:
+        raise fail(f"{names.jwt_key} needs {names.token_url}", ExitCode.USAGE)
+    if jwt_key and secret_file:
+        raise fail(
+            f"choose {names.jwt_key} (SMART client assertion) or {names.secret_file}, not both",
+            ExitCode.USAGE,
+        )
+    if jwt_kid and not jwt_key:
+        raise fail(f"{names.jwt_key.replace('-key', '-kid')} needs {names.jwt_key}", ExitCode.USAGE)
+    if token and _on_command_line(names.token):
         _warn_once(
             names.token,
             f"{names.token} on the command line is visible to other local users (ps) and stays "
@@ -207,6 +249,11 @@ def build_auth(
                 )
             password = typer.prompt(f"{names.prompt} for {user}", hide_input=True, err=True)
         return BasicAuth(user, password)
+    if token_url and jwt_key:
+        if not client_id:
+            raise fail(f"{names.jwt_key} needs {names.client_id}", ExitCode.USAGE)
+        key = read_signing_key(jwt_key, names.jwt_key, jwt_kid)
+        return PrivateKeyJwtAuth(token_url, client_id, key, scope)
     if token_url:
         if secret_file:
             secret: str | None = read_secret_file(secret_file, names.secret_file)

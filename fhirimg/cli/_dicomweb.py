@@ -4,7 +4,6 @@ with ``verify`` are an option group in :mod:`fhirimg.cli._options`."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +14,12 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from fhirimg import jsonio
 from fhirimg.cli._app import (
     RESUMABLE,
     err_console,
     exit_on_error,
     fail,
+    print_json,
     server_message,
     shown,
 )
@@ -136,8 +135,7 @@ def run_push_dicomweb(
 def _print_push(report: DicomwebPushReport, *, json_out: bool, quiet: bool) -> None:
     store = report.store
     if json_out:
-        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
-        sys.stdout.flush()
+        print_json(int(report.exit_code), report.to_json())
     for study in store.studies:
         for instance, reason in study.failed[:5]:
             err_console.print(

@@ -96,6 +96,33 @@ PatientIdSystemOpt = Annotated[
     ),
 ]
 
+CodingSystemOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--coding-system",
+        metavar="SCHEME=URI",
+        help="Coding.system for codes of this Coding Scheme Designator (0008,0102), e.g. "
+        "99ACME=https://acme.example/codes. Default: the DICOM PS3.16 URI, else "
+        "urn:dicom:scheme:<designator>. Repeatable.",
+    ),
+]
+
+
+def parse_coding_systems(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--coding-system`` values as (designator, URI) pairs; exit 2 for one without ``=``.
+
+    >>> parse_coding_systems(["99ACME=https://acme.example/codes"])
+    (('99ACME', 'https://acme.example/codes'),)
+    """
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        scheme, sep, uri = value.partition("=")
+        if not (sep and scheme.strip() and uri.strip()):
+            raise fail(f"--coding-system takes SCHEME=URI, not {value!r}", ExitCode.USAGE)
+        pairs.append((scheme.strip(), uri.strip()))
+    return tuple(pairs)
+
+
 JobsOpt = Annotated[
     int,
     typer.Option("--jobs", "-j", min=0, help="Processes for reading headers (0 = all cores)."),
@@ -230,6 +257,28 @@ ScopeOpt = Annotated[
     ),
 ]
 
+JwtKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--jwt-key",
+        metavar="FILE",
+        help="SMART Backend Services: with --token-url and --client-id, authenticate to the "
+        "token endpoint with a JWT signed by this private key (PEM or JWK; RSA signs RS384, "
+        "EC P-384 ES384) instead of a client secret.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+JwtKidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--jwt-kid",
+        metavar="KID",
+        help="With --jwt-key: the key's id in the JWKS registered with the server. Default: "
+        "the JWK's own kid, else the RFC 7638 thumbprint of the public key.",
+        rich_help_panel=AUTH_PANEL,
+    ),
+]
+
 DicomwebTokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -281,6 +330,25 @@ DicomwebClientSecretFileOpt = Annotated[
     typer.Option(
         "--dicomweb-client-secret-file",
         help="With --dicomweb-token-url: read the client secret from the first line of this file.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebJwtKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicomweb-jwt-key",
+        metavar="FILE",
+        help="With --dicomweb-token-url: sign a SMART client assertion with this private key "
+        "(PEM or JWK) instead of a client secret.",
+        rich_help_panel=DICOMWEB_PANEL,
+    ),
+]
+DicomwebJwtKidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb-jwt-kid",
+        metavar="KID",
+        help="With --dicomweb-jwt-key: the key's id (default: the JWK's kid or the thumbprint).",
         rich_help_panel=DICOMWEB_PANEL,
     ),
 ]
@@ -396,8 +464,9 @@ MaxRetryTimeOpt = Annotated[
 @dataclass(frozen=True)
 class FhirAuth:
     """The FHIR server's credentials: ``--token``, ``--user``, ``--token-url``, ``--client-id``,
-    ``--scope``, and the secrets' files ``--token-file``, ``--password-file``,
-    ``--client-secret-file`` (or the environment, see :mod:`fhirimg.cli._auth`)."""
+    ``--scope``, the secrets' files ``--token-file``, ``--password-file``,
+    ``--client-secret-file`` (or the environment, see :mod:`fhirimg.cli._auth`), and the SMART
+    client assertion's ``--jwt-key`` and ``--jwt-kid``."""
 
     token: TokenOpt = None
     token_file: TokenFileOpt = None
@@ -407,6 +476,8 @@ class FhirAuth:
     client_id: ClientIdOpt = None
     client_secret_file: ClientSecretFileOpt = None
     scope: ScopeOpt = None
+    jwt_key: JwtKeyOpt = None
+    jwt_kid: JwtKidOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
@@ -419,6 +490,8 @@ class FhirAuth:
             token_file=self.token_file,
             password_file=self.password_file,
             secret_file=self.client_secret_file,
+            jwt_key=self.jwt_key,
+            jwt_kid=self.jwt_kid,
         )
 
 
@@ -433,6 +506,8 @@ class DicomwebAuth:
     dicomweb_token_url: DicomwebTokenUrlOpt = None
     dicomweb_client_id: DicomwebClientIdOpt = None
     dicomweb_client_secret_file: DicomwebClientSecretFileOpt = None
+    dicomweb_jwt_key: DicomwebJwtKeyOpt = None
+    dicomweb_jwt_kid: DicomwebJwtKidOpt = None
 
     def build(self) -> httpx.Auth | None:
         """The :class:`httpx.Auth` asked for, or None; exit 2 when the options contradict."""
@@ -445,6 +520,8 @@ class DicomwebAuth:
             token_file=self.dicomweb_token_file,
             password_file=self.dicomweb_password_file,
             secret_file=self.dicomweb_client_secret_file,
+            jwt_key=self.dicomweb_jwt_key,
+            jwt_kid=self.dicomweb_jwt_kid,
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -23,7 +22,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fhirimg import jsonio
 from fhirimg.cli import _dicomweb as _dw
 from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
@@ -37,6 +35,9 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
+    print_json,
+    require_paths,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -44,6 +45,7 @@ from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
+    CodingSystemOpt,
     DicomwebAuth,
     EndpointUrlOpt,
     FhirAuth,
@@ -59,6 +61,7 @@ from fhirimg.cli._options import (
     StrictOpt,
     TimezoneOpt,
     option_groups,
+    parse_coding_systems,
     push_options,
 )
 from fhirimg.cluster import ClusterOptions
@@ -204,6 +207,7 @@ def convert_command(
     timezone: TimezoneOpt = None,
     no_measurements: NoMeasurementsOpt = False,
     patient_id_system: PatientIdSystemOpt = None,
+    coding_system: CodingSystemOpt = None,
     accession_system: Annotated[
         list[str] | None,
         typer.Option(
@@ -472,6 +476,7 @@ def convert_command(
             accession_systems=accession_systems,
             dicomweb_url=dicomweb_url,
             measurements=not no_measurements,
+            coding_systems=parse_coding_systems(coding_system or []),
         ),
         jobs=jobs or None,
         binary=binary,
@@ -498,6 +503,7 @@ def convert_command(
         reid_map=deid.checked_reid_map(Path(out), deidentify),
         output_format=output_format.value,
         cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs),
+        invocation=invocation(paths or [from_dicomweb or from_pacs or ""]),
     )
     if output_format is OutputFormat.NDJSON and push_url:
         raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
@@ -532,6 +538,7 @@ def convert_command(
                 "AET@HOST:PORT",
                 ExitCode.USAGE,
             )
+        require_paths(p for p in paths if not is_url(p))
         if _dw.any_of(*query):
             raise fail(
                 "--study, --since and the other query options need --from-dicomweb or --from-pacs",
@@ -563,7 +570,7 @@ def convert_command(
         else:
             report = _from_files([Path(p) for p in paths], options, push, quiet)
     if json_out:
-        sys.stdout.write(jsonio.dumps(report.summary()).decode())
+        print_json(int(report.exit_code), report.summary())
     if not quiet:
         _print_summary(report)
     if report.stopped is not None:  # an error line, --quiet or not: the run did not finish
@@ -602,13 +609,11 @@ def _storage_options(values: list[str]) -> dict[str, str]:
 
 
 def _check_inputs(paths: list[str]) -> None:
-    """Local paths exist, and inputs are all URLs or all paths (exit 2)."""
+    """Inputs are all URLs or all paths (exit 2); that local paths exist is
+    :func:`~fhirimg.cli._app.require_paths`' (exit 3, as for every command)."""
     urls = [p for p in paths if is_url(p)]
     if urls and len(urls) != len(paths):
         raise fail("give local paths or object-storage URLs, not both", ExitCode.USAGE)
-    for path in paths:
-        if not urls and not os.path.lexists(path):
-            raise fail(f"Path {path!r} does not exist.", ExitCode.USAGE)
 
 
 def _from_objects(
@@ -750,13 +755,23 @@ def _print_summary(report: ConvertReport) -> None:
             f"rewritten, {done['unchanged']} untouched"
             + (f", {done['removed']} removed" if done["removed"] else "")
         )
+    warned = s.get("warnings")
+    if warned:
+        counts = ", ".join(f"{code} {n}" for code, n in warned.items())
+        err_console.print(
+            f"{sum(warned.values())} warning(s): {counts} (-v shows them; codes in report.json)",
+            highlight=False,
+            soft_wrap=True,
+        )
     failed_studies = [st for st in report.studies if not st.ok]
     for st in failed_studies[:10]:
         err_console.print(
             f"  [red]study not written[/]: {escape(st.errors[0] if st.errors else '?')}"
         )
+    _and_more(len(failed_studies), "study(ies) not written")
     for path, reason in report.failures[:10]:
         err_console.print(f"  [yellow]failed[/] {escape(path)}: {escape(reason)}")
+    _and_more(files["failed"], "failed file(s)")
     rendered = s.get("renderedImages")
     if rendered:
         err_console.print(
@@ -764,6 +779,7 @@ def _print_summary(report: ConvertReport) -> None:
         )
     for path, reason in report.render_failures[:10]:
         err_console.print(f"  [yellow]not rendered[/] {escape(path)}: {escape(reason)}")
+    _and_more(len(report.render_failures), "image(s) not rendered")
     if "binaries" in s:
         err_console.print(f"{s['binaries']} Binary resource(s) with the DICOM bytes")
     if report.ndjson is not None:
@@ -777,9 +793,18 @@ def _print_summary(report: ConvertReport) -> None:
             f"Pushed {pushed['pushed']} study bundle(s) ({pushed['skipped']} already on the "
             f"server per the journal, {pushed['failed']} refused); no bundle files kept"
         )
-    for st in [st for st in report.studies if st.push_failed][:10]:
+    not_pushed = [st for st in report.studies if st.push_failed]
+    for st in not_pushed[:10]:
         err_console.print(f"  [red]not pushed[/]: {escape(str(st.push))}")
         for issue in st.push_issues[:3]:
             err_console.print(f"    {escape(issue)}")
-    if files["failed"] > 10:
-        err_console.print(f"  ... and {files['failed'] - 10} more failed file(s): see report.json")
+    _and_more(len(not_pushed), "study(ies) not pushed")
+
+
+def _and_more(total: int, what: str, shown: int = 10) -> None:
+    """Every list of the summary shows ``shown`` items at most, then says how many more there
+    are (all of them are in report.json)."""
+    if total > shown:
+        err_console.print(
+            f"  ... and {total - shown} more {what}: see report.json", highlight=False
+        )

@@ -26,6 +26,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -210,6 +211,7 @@ def listen_command(
         group_readable=group_readable,
         deid=deid.options() if deidentify else None,
         reid_map=deid.checked_reid_map(out, deidentify),
+        invocation=invocation([store]),
     )
     push = (
         push_options(push_url, auth, network, group_readable=group_readable) if push_url else None

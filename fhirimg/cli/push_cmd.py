@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fhirimg import jsonio
 from fhirimg.cli._app import (
     RESUMABLE,
     JsonOpt,
@@ -22,6 +20,7 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    print_json,
     server_message,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
@@ -301,8 +300,7 @@ def push(
             report = push_paths(paths or [], options, observer)
 
     if json_out:
-        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
-        sys.stdout.flush()
+        print_json(int(report.exit_code), report.to_json())
     elif dry_run:
         _print_plan(report)
     if report.aborted:

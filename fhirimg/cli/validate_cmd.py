@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from enum import StrEnum
 from typing import Annotated
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -19,13 +22,23 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    print_json,
 )
 from fhirimg.cli._auth import check_url
+from fhirimg.cli._config import from_command_line
 from fhirimg.cli._options import FhirAuth, FhirVersionOrAuto, Tls, option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.validate import FileResult, Severity, iter_validate, parse_layers
 from fhirimg.validate.runner import default_jobs, display_name, findings_json
+
+
+class OutputFormat(StrEnum):
+    """``validate --format``."""
+
+    TABLE = "table"
+    TEXT = "text"
+
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFORMATION: "dim"}
 
@@ -74,6 +87,16 @@ def validate_command(
     ] = "all",
     auth: FhirAuth,
     tls: Tls,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="Human output on stdout: 'table' (one table per file) or 'text' (one line per "
+            "finding, file:location: severity: rule: message, like a compiler; for logs and "
+            "editors).",
+            case_sensitive=False,
+        ),
+    ] = OutputFormat.TABLE,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -81,7 +104,9 @@ def validate_command(
     integrity and imaging rules. Exit 0 when no errors, 1 when errors were found."""
     configure_logging(verbose)
     check_url(server, "--server")
-    if not server and auth != FhirAuth(token=auth.token):  # a token may come from the env
+    # Only what was typed: a token or token URL may come from the env or fhirimg.toml.
+    given = [f.name for f in dataclasses.fields(FhirAuth) if f.name != "token"]
+    if not server and from_command_line(*given):
         raise fail("the authentication options are for --server: give --server", ExitCode.USAGE)
     # The $validate server's credentials are those of `push --server` (one implementation).
     server_auth = auth.build() if server else None
@@ -103,9 +128,18 @@ def validate_command(
     bad = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
     counts = {s: sum(1 for r in results for f in r.findings if f.severity is s) for s in Severity}
     failed = sum(1 for r in results if any(f.severity in bad for f in r.findings))
+    code = ExitCode.PARTIAL if failed else ExitCode.OK
     if json_out:
-        sys.stdout.buffer.write(findings_json(results))
-        sys.stdout.flush()
+        summary = {
+            "files": len(results),
+            "failed": failed,
+            "errors": counts[Severity.ERROR],
+            "warnings": counts[Severity.WARNING],
+            "information": counts[Severity.INFORMATION],
+        }
+        print_json(int(code), summary, files=orjson.loads(findings_json(results))["files"])
+    elif output_format is OutputFormat.TEXT:
+        _print_lines(results, verbose)
     else:
         _print_tables(results, Console(highlight=False, soft_wrap=False), verbose)
     if not quiet:
@@ -114,7 +148,21 @@ def validate_command(
             f" ({counts[Severity.ERROR]} errors, {counts[Severity.WARNING]} warnings, "
             f"{counts[Severity.INFORMATION]} information)"
         )
-    raise typer.Exit(int(ExitCode.PARTIAL if failed else ExitCode.OK))
+    raise typer.Exit(int(code))
+
+
+def _print_lines(results: list[FileResult], verbose: int) -> None:
+    """``--format text``: ``file:location: severity: rule: message``, one finding a line (the
+    file's keys and values reach it: control characters removed by display_name)."""
+    out = sys.stdout
+    for r in results:
+        for f in r.findings:
+            if verbose or f.severity is not Severity.INFORMATION:
+                out.write(
+                    f"{display_name(r.file)}:{display_name(f.location)}: {f.severity.value}: "
+                    f"{f.rule_code()}: {display_name(f.message)}\n"
+                )
+    out.flush()
 
 
 def _print_tables(results: list[FileResult], console: Console, verbose: int) -> None:

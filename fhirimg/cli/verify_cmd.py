@@ -4,14 +4,12 @@ DICOMweb server their Endpoint names agree, instance by instance."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 
-from fhirimg import jsonio
 from fhirimg.cli import _dimse
 from fhirimg.cli._app import (
     JsonOpt,
@@ -22,10 +20,12 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    print_json,
     server_message,
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, check_url
+from fhirimg.cli._config import from_command_line
 from fhirimg.cli._options import DICOMWEB_PANEL, DicomwebAuth, FhirAuth, Network, option_groups
 from fhirimg.dicomweb.verify import (
     MAX_SEARCH_PAGES,
@@ -114,10 +114,13 @@ def verify_command(
     configure_logging(verbose)
     if verbose < 2:
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    if server and (paths or pacs is not None) and not from_command_line("server"):
+        server = None  # a server from the env or fhirimg.toml: the files given are what to check
     if server and paths:
         raise fail("give bundle files or --server, not both", ExitCode.USAGE)
     check_url(server, "--server")
-    if not server and any((auth.user, auth.token_url, auth.client_id, auth.scope)):
+    # Only what was typed: these may come from the environment or fhirimg.toml for push.
+    if not server and from_command_line("user", "token_url", "client_id", "scope"):
         raise fail(
             "--user, --token-url, --client-id and --scope are the FHIR server's: give --server",
             ExitCode.USAGE,
@@ -167,8 +170,7 @@ def verify_command(
         else:
             report = verify_bundles(paths or [Path("fhirimg-out")], options)
     if json_out:
-        sys.stdout.buffer.write(jsonio.dumps(report.to_json()))
-        sys.stdout.flush()
+        print_json(int(report.exit_code), report.to_json())
     if not quiet:
         _print(report)
     for pacs in report.unreachable:

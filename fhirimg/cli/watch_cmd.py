@@ -30,6 +30,8 @@ from fhirimg.cli._app import (
     err_console,
     exit_on_error,
     fail,
+    invocation,
+    require_paths,
     say_interrupted,
     shown,
 )
@@ -38,6 +40,7 @@ from fhirimg.cli._deid import Deid, DeidentifyOpt
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
+    CodingSystemOpt,
     EndpointUrlOpt,
     FhirAuth,
     FhirVersion,
@@ -52,6 +55,7 @@ from fhirimg.cli._options import (
     StrictOpt,
     TimezoneOpt,
     option_groups,
+    parse_coding_systems,
     push_options,
 )
 from fhirimg.cli.convert_cmd import parse_patient_id_systems
@@ -75,7 +79,6 @@ def watch_command(
         typer.Argument(
             help="DICOM folders (and files) to watch, searched recursively; network shares too "
             "(polled, not inotify).",
-            exists=True,
             metavar="PATH...",
             show_default=False,
         ),
@@ -129,6 +132,7 @@ def watch_command(
     timezone: TimezoneOpt = None,
     no_measurements: NoMeasurementsOpt = False,
     patient_id_system: PatientIdSystemOpt = None,
+    coding_system: CodingSystemOpt = None,
     binary: BinaryOpt = None,
     media: MediaOpt = False,
     strict: StrictOpt = False,
@@ -156,6 +160,7 @@ def watch_command(
     start.
     """
     configure_logging(verbose)
+    require_paths(paths)
     check_url(dicomweb_url, "--dicomweb-url", DICOMWEB)
     check_url(push_url, "--push", FHIR)
     for option, url in (("--dicomweb-url", dicomweb_url), ("--push", push_url)):
@@ -176,6 +181,7 @@ def watch_command(
             patient_id_systems=systems,
             dicomweb_url=dicomweb_url,
             measurements=not no_measurements,
+            coding_systems=parse_coding_systems(coding_system or []),
         ),
         jobs=jobs or None,
         binary=binary,
@@ -185,6 +191,7 @@ def watch_command(
         group_readable=group_readable,
         deid=deid.options() if deidentify else None,
         reid_map=deid.checked_reid_map(out, deidentify),
+        invocation=invocation(paths),
     )
     push = (
         push_options(

@@ -101,6 +101,11 @@ class _R5:
         attachment["width"] = parts.width
         if parts.frames is not None:
             attachment["frames"] = parts.frames
+        if parts.created:
+            # What R4 Media.createdDateTime carries: the capture time (Content/Acquisition Date
+            # and Time). Attachment.creation is a dateTime like it; DocumentReference.date is an
+            # instant (seconds and zone required), which a DICOM time often cannot fill.
+            attachment["creation"] = parts.created
         doc: JSON = {
             "resourceType": "DocumentReference",
             "identifier": list(parts.identifiers),
@@ -110,6 +115,11 @@ class _R5:
             "subject": {"reference": parts.subject_ref},
             "event": [{"reference": {"reference": parts.study_ref}}],
         }
+        if parts.device_name:
+            # R4 Media.deviceName: (0008,0070) Manufacturer + (0008,1090) Model Name. R5 has no
+            # device element; the capturing device is the document's author (Reference(Device)),
+            # by name, as no Device resource is written.
+            doc["author"] = [{"type": "Device", "display": parts.device_name}]
         if parts.body_site:
             doc["bodySite"] = [{"concept": _concept(parts.body_site)}]
         if parts.description:

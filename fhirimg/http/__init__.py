@@ -3,8 +3,9 @@
 
 - :mod:`fhirimg.http.client`: :class:`HttpClient` (the only place an ``httpx.Client`` is built)
   and :class:`RetryPolicy`;
-- :mod:`fhirimg.http.auth`: bearer, basic and OAuth2 client-credentials authentication, bound to
-  an origin (:class:`OriginBoundAuth`);
+- :mod:`fhirimg.http.auth`: bearer, basic and OAuth2 client-credentials authentication (a secret
+  or a SMART private_key_jwt assertion, :mod:`fhirimg.http.jwt`), bound to an origin
+  (:class:`OriginBoundAuth`);
 - :mod:`fhirimg.http.limits`: the size cap of each kind of answer and the deadline per request;
 - :mod:`fhirimg.http.fhir`: :class:`FhirClient`, the FHIR REST semantics (OperationOutcome,
   CapabilityStatement, transactions, Binary uploads).
@@ -22,6 +23,7 @@ from fhirimg.http.auth import (
     ClientCredentialsAuth,
     Origin,
     OriginBoundAuth,
+    PrivateKeyJwtAuth,
     is_loopback,
     origin_of,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "HttpClient",
     "Origin",
     "OriginBoundAuth",
+    "PrivateKeyJwtAuth",
     "RetryPolicy",
     "TlsSettings",
     "format_outcome",

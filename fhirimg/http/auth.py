@@ -1,5 +1,6 @@
 """Authentication for every server fhirimg talks to (FHIR, DICOMweb): bearer token, HTTP basic,
-OAuth2 client credentials.
+OAuth2 client credentials with a client secret or, for SMART Backend Services, a signed JWT client
+assertion (:class:`PrivateKeyJwtAuth`, :mod:`fhirimg.http.jwt`).
 
 Every scheme is an :class:`httpx.Auth`, so :class:`fhirimg.http.client.HttpClient` applies it to each
 request (retries included). The OAuth2 token request is yielded from the auth flow, so it too is sent
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +31,9 @@ import httpx
 from fhirimg.errors import AuthError, PushError
 from fhirimg.http.limits import TOKEN_MAX, read_body
 from fhirimg.safetext import redact_url
+
+if TYPE_CHECKING:
+    from fhirimg.http.jwt import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ __all__ = [
     "ClientCredentialsAuth",
     "Origin",
     "OriginBoundAuth",
+    "PrivateKeyJwtAuth",
     "is_loopback",
     "origin_of",
 ]
@@ -267,3 +272,44 @@ class ClientCredentialsAuth(httpx.Auth):
             token = self._accept_token(token_response)
             request.headers["Authorization"] = f"Bearer {token}"
             yield request
+
+
+class PrivateKeyJwtAuth(ClientCredentialsAuth):
+    """OAuth2 client credentials with a ``private_key_jwt`` client assertion (RFC 7523; SMART
+    Backend Services): no secret is sent, each token request carries a new JWT signed by
+    ``key`` (RS384 or ES384, its ``kid`` in the header) with ``iss`` = ``sub`` = the client id,
+    ``aud`` = the token URL, ``exp`` five minutes ahead and a fresh ``jti``. Refresh as for
+    :class:`ClientCredentialsAuth`.
+
+    >>> from cryptography.hazmat.primitives.asymmetric import ec
+    >>> from fhirimg.http.jwt import SigningKey
+    >>> key = SigningKey.from_private_key(ec.generate_private_key(ec.SECP384R1()), kid="k1")
+    >>> PrivateKeyJwtAuth("https://ehr.example/token", "fhirimg", key, "system/*.rs")
+    PrivateKeyJwtAuth(token_url='https://ehr.example/token', client_id='fhirimg', alg='ES384', kid='k1')
+    """
+
+    def __init__(
+        self, token_url: str, client_id: str, key: SigningKey, scope: str | None = None
+    ) -> None:
+        super().__init__(token_url, client_id, "", scope)
+        self._key = key
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivateKeyJwtAuth(token_url={self.token_url!r}, client_id={self.client_id!r}, "
+            f"alg={self._key.alg!r}, kid={self._key.kid!r})"
+        )
+
+    def _token_request(self) -> httpx.Request:
+        from fhirimg.http.jwt import ASSERTION_TYPE, client_assertion
+
+        data = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(self._key, self.client_id, self.token_url),
+        }
+        if self.scope:
+            data["scope"] = self.scope
+        return httpx.Request(
+            "POST", self.token_url, data=data, headers={"Accept": "application/json"}
+        )

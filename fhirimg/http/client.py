@@ -48,6 +48,7 @@ import httpx
 from fhirimg.errors import (
     AuthError,
     ConfigError,
+    MissingFileError,
     PushError,
     ResponseTooLargeError,
     ServerUnreachableError,
@@ -210,7 +211,7 @@ def ssl_context(
         context = httpx.create_ssl_context(verify=verify)
     else:
         if not Path(verify).is_file():
-            raise ConfigError(f"CA bundle not found: {verify}")
+            raise MissingFileError(f"CA bundle not found: {verify}")
         try:
             context = ssl.create_default_context(cafile=str(verify))
         except (ssl.SSLError, OSError) as exc:
@@ -219,7 +220,7 @@ def ssl_context(
         cert, key = client_cert
         for path in (cert, key):
             if not Path(path).is_file():
-                raise ConfigError(f"client certificate file not found: {path}")
+                raise MissingFileError(f"client certificate file not found: {path}")
         try:
             context.load_cert_chain(str(cert), str(key))
         except (ssl.SSLError, OSError) as exc:
@@ -474,6 +475,7 @@ class HttpClient:
                     log.debug("%s %s -> %d", method, _path_only(url), response.status_code)
                     return response
                 status = response.status_code
+                log.debug("%s %s -> %d", method, _path_only(url), status)  # -vv: refusals too
                 failure, outcome = self.refusal(response)
                 if status in (401, 403):
                     raise AuthError(

@@ -7,8 +7,12 @@ validated object (``$`` when it has none).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
+
+_INVARIANT_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9]*-\d+)\b")
+"""An invariant finding's message starts with its key: ``dom-6: ...``."""
 
 
 class Severity(str, Enum):  # noqa: UP042 - the public API names (str, Enum)
@@ -50,18 +54,34 @@ class Finding:
     layers; None for the layers whose rules are the HL7 definitions themselves."""
 
     def as_dict(self) -> dict[str, str]:
-        """The finding as plain JSON-ready strings (the ``--json`` output shape); ``rule`` only
-        when the finding has one."""
-        out = {
+        """The finding as plain JSON-ready strings (the ``--json`` output shape), always with a
+        ``rule`` code (:meth:`rule_code`)."""
+        return {
             "severity": self.severity.value,
             "file": self.file,
             "location": self.location,
             "message": self.message,
             "layer": self.layer,
+            "rule": self.rule_code(),
         }
+
+    def rule_code(self) -> str:
+        """The code of what this finding checks: the rule id of the bundle and imaging layers
+        (``bdl-7``, ``img-series-modality-in-study``), the FHIRPath invariant's key that an
+        invariant finding's message starts with (``dom-6``), else the layer (``json``,
+        ``model``, ``schema``, ``server``).
+
+        >>> Finding(Severity.ERROR, "f", "Bundle", "dom-6: A resource should have narrative", "invariant").rule_code()
+        'dom-6'
+        >>> Finding(Severity.ERROR, "f", "Bundle.type", "not a code", "schema").rule_code()
+        'schema'
+        """  # noqa: E501
         if self.rule is not None:
-            out["rule"] = self.rule
-        return out
+            return self.rule
+        key = _INVARIANT_KEY.match(self.message)
+        if self.layer == "invariant" and key:
+            return key.group(1)
+        return self.layer
 
 
 def child(path: str, name: str | int) -> str:

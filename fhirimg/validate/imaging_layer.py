@@ -35,6 +35,7 @@ from typing import Any
 from fhirimg.validate import measurement_checks, rules
 from fhirimg.validate.findings import Finding, Layer, Severity
 from fhirimg.validate.rules import RuleCollector
+from fhirimg.values import NON_ACQUISITION_MODALITIES
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -210,6 +211,8 @@ def _modalities(res: dict[str, Any], loc: str, out: RuleCollector, release: str)
     listed = {_coding_key(c) for _, c in rules.read(rule_id, release, res, loc, under="modality")}
     for s_loc, coding in rules.read(rule_id, release, res, loc, under="series.modality"):
         key = _coding_key(coding)
+        if release == "r4" and key is not None and key[1] in NON_ACQUISITION_MODALITIES:
+            continue  # R4 lists acquisition modalities only (CID 29): SR, KO ... are not there
         if key is not None and key not in listed:
             out.fail(
                 rule_id,

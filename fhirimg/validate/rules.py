@@ -180,7 +180,8 @@ RULES: tuple[Rule, ...] = (
          {"r4": ("ImagingStudy.modality", "ImagingStudy.series.modality"),
           "r5": ("ImagingStudy.modality.coding", "ImagingStudy.series.modality.coding")}),
     Rule("img-series-modality-in-study", _I, _E,
-         "when the study lists modalities, every series modality is among them",
+         "when the study lists modalities, every series modality is among them (in R4 every "
+         "acquisition one: CID 29)",
          "ImagingStudy.modality definition; DICOM (0008,0061) Modalities in Study",
          {"r4": ("ImagingStudy.modality", "ImagingStudy.series.modality"),
           "r5": ("ImagingStudy.modality.coding", "ImagingStudy.series.modality.coding")}),
