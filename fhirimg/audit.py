@@ -56,6 +56,8 @@ WARNING_CODES: tuple[tuple[str, str, str], ...] = (
     ("value-invalid", r"is not a valid|is not M, F or O|is not L, R or B",
      "another value that is not valid for its VR or enumeration: left out or defaulted"),
     ("modality-missing", r"has no Modality", "a series without (0008,0060): OT"),
+    ("sr-content", r"^SR \S+: |content item ", "an SR content item that could not be read or "
+     "mapped to an Observation: left out, the rest converts (docs/measurements.md)"),
 )  # fmt: skip
 """(code, pattern, meaning) of each kind of warning, the first match wins (docs/cli.md)."""
 

@@ -252,7 +252,11 @@ def test_push_with_the_dask_engine(
         + ["--scheduler", _address(cluster), "--push", base, "--json", "-q"],
     )
     assert result.exit_code == 1, result.output  # the sample's truncated file
-    assert orjson.loads(result.stdout)["pushed"] == {"pushed": 5, "skipped": 0, "failed": 0}
+    assert orjson.loads(result.stdout)["summary"]["pushed"] == {
+        "pushed": 5,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert count(base, "ImagingStudy") == 5
     assert count(base, "Patient") == 4
     assert (tmp_path / ".fhirimg-push-journal.jsonl").is_file()  # the client's, as ever

@@ -84,7 +84,7 @@ def test_s3_in_and_out_same_as_a_folder_run(s3: tuple[Any, str], moto_s3: str, l
     mine = _statuses(report, f"s3://{bucket}/in/")
     theirs = _statuses(orjson.loads((local / "report.json").read_bytes()), f"{SAMPLE}/")
     assert mine == theirs  # every object accounted for, as every file is
-    assert orjson.loads(result.stdout)["output"] == f"s3://{bucket}/out"
+    assert orjson.loads(result.stdout)["summary"]["output"] == f"s3://{bucket}/out"
 
 
 def test_credentials_from_the_environment(
@@ -182,7 +182,6 @@ def test_without_the_extra_one_line_naming_pip(
     [
         (["s3://b/in", str(SAMPLE)], "not both"),
         (["s3://b/in", "--storage-option", "novalue"], "KEY=VALUE"),
-        (["/no/such/dicom/folder"], "does not exist"),
         (["s3://b/in", "--binary", "inline"], "not with URL inputs"),
     ],
 )
@@ -190,3 +189,10 @@ def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["convert", *args, "-o", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_a_missing_local_path_exits_3_as_for_every_command(tmp_path: Path) -> None:
+    """Issue 16's one exit-code table: no input to work on is 3, beside URL inputs too."""
+    result = runner.invoke(app, ["convert", "/no/such/dicom/folder", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 3, result.output
+    assert "no such file or folder: /no/such/dicom/folder" in result.output
