@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
 _SCALE_PANEL = "Scale out (docs/scale-out.md)"
+_SELECT_PANEL = "Selecting studies, dry run"
 
 
 class OutputFormat(StrEnum):
@@ -332,6 +333,7 @@ def convert_command(
             help="Read the headers and list the studies (Study Instance UIDs; Patient IDs with "
             "-v) and counts a run would write, and where; write nothing. Exit 4: nothing to "
             "convert. File input only.",
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = False,
     json_out: JsonOpt = False,
@@ -363,7 +365,7 @@ def convert_command(
             help="Only studies of this Study Date (0008,0020) or later (YYYYMMDD or "
             "YYYY-MM-DD): files are read and the other studies' files skipped; with "
             "--from-dicomweb or --from-pacs, a query key.",
-            rich_help_panel=_dw.PANEL,
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     patient: Annotated[
@@ -373,7 +375,7 @@ def convert_command(
             metavar="ID",
             help="Only studies of this Patient ID (0010,0020), exact match for files; with "
             "--from-dicomweb or --from-pacs, a query key (QIDO-RS matching).",
-            rich_help_panel=_dw.PANEL,
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     accession: Annotated[
@@ -392,7 +394,7 @@ def convert_command(
             help="Only studies with a series of this Modality (0008,0060), repeatable: any "
             "matches. With --from-dicomweb or --from-pacs: once, a query key "
             "(ModalitiesInStudy).",
-            rich_help_panel=_dw.PANEL,
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     qido: Annotated[
