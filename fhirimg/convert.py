@@ -917,13 +917,15 @@ def convert(
         return report
 
 
-def read_files(inputs: list[Path], out_dir: Path | None = None) -> RecordSource:
+def read_files(
+    inputs: list[Path], out_dir: Path | None = None, deid: DeidOptions | None = None
+) -> RecordSource:
     """A :data:`RecordSource` of every file under ``inputs`` (``out_dir`` not entered), read in
-    batches on the executor it is handed."""
+    batches on the executor it is handed, de-identified with ``deid``."""
 
     def source(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
         files = iter_files(inputs, exclude=[out_dir] if out_dir is not None else [])
-        batches = ((batch,) for batch in _batched(files, _BATCH))
+        batches = ((batch, deid) for batch in _batched(files, _BATCH))
         for results, _ in _bounded(executor, _read_batch, batches, window=16):
             yield results
 

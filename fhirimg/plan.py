@@ -11,12 +11,16 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhirimg.convert import read_files, resolve_jobs, select_studies
 from fhirimg.group import StudyIndex
 from fhirimg.jsonio import JSON
 from fhirimg.model import FileStatus
 from fhirimg.select import StudySelection
+
+if TYPE_CHECKING:
+    from fhirimg.deid import DeidOptions
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,15 @@ def plan(
     out_dir: Path,
     select: StudySelection | None = None,
     jobs: int | None = None,
+    deid: DeidOptions | None = None,
 ) -> Plan:
     """Read the headers under ``inputs`` and say which studies a run into ``out_dir`` would
-    write (that folder is neither entered nor written)."""
+    write (that folder is neither entered nor written); with ``deid``, under the UIDs and
+    pseudonyms the bundles would carry."""
     from concurrent.futures import ProcessPoolExecutor
 
     out_dir = out_dir.resolve()
-    source = read_files([Path(p) for p in inputs], out_dir)
+    source = read_files([Path(p) for p in inputs], out_dir, deid)
     workers = resolve_jobs(jobs)
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:

@@ -157,3 +157,29 @@ def test_dry_run_with_nothing_to_convert_exits_4(tmp_path: Path) -> None:
     assert doc["summary"]["studies"]["list"] == []
     assert "patientId" not in json.dumps(doc)
     assert not (tmp_path / "o").exists()
+
+
+def test_filters_refused_with_deidentify(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path / "o"), "--deidentify", "--patient", "P"],
+        env={"FHIRIMG_DEID_KEY": "k" * 32},
+    )
+    assert result.exit_code == 2, result.output
+    assert "not with --deidentify" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_deidentified_lists_the_new_uids(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE / "study_b_mr"), "-o", str(tmp_path / "o"), "-j", "1"]
+        + ["--dry-run", "--json", "-v", "--deidentify"],
+        env={"FHIRIMG_DEID_KEY": "k" * 32},
+    )
+    assert result.exit_code == 0, result.output
+    (study,) = json.loads(result.stdout)["summary"]["studies"]["list"]
+    assert study["studyInstanceUid"] != MR
+    assert study["patientId"] != "FHIRIMG-0002"
+    assert (study["series"], study["instances"]) == (2, 4)
+    assert not (tmp_path / "o").exists()

@@ -572,6 +572,10 @@ def convert_command(
                 ExitCode.USAGE,
             )
         options = replace(options, select=_selection(modality, since, patient))
+        if options.select.active and deidentify:
+            # The records are de-identified as they are read: Patient ID and dates would be
+            # matched against pseudonyms and shifted dates.
+            raise fail("--modality, --since and --patient: not with --deidentify", ExitCode.USAGE)
         if dry_run:
             _dry_run(paths, options, json_out=json_out, quiet=quiet, verbose=verbose)
         push = (
@@ -632,7 +636,7 @@ def _dry_run(
     if any(is_url(p) for p in paths):
         raise fail("--dry-run reads local files: not with URL inputs", ExitCode.USAGE)
     with exit_on_error(codes={OSError: ExitCode.CANNOT_START}):
-        found = plan(paths, Path(options.out_dir), options.select, options.jobs)
+        found = plan(paths, Path(options.out_dir), options.select, options.jobs, options.deid)
     code = ExitCode.NOTHING_DONE if found.nothing_to_do else ExitCode.OK
     if json_out:
         print_json(int(code), found.summary(patient=verbose > 0))
