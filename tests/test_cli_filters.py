@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirimg.cli import app
+from fhirimg.convert import ConvertOptions, StudyOutcome, convert
+from fhirimg.select import StudySelection
 from tests.helpers import REPO, SAMPLE
 
 runner = CliRunner()
@@ -183,3 +185,23 @@ def test_dry_run_deidentified_lists_the_new_uids(tmp_path: Path) -> None:
     assert study["patientId"] != "FHIRIMG-0002"
     assert (study["series"], study["instances"]) == (2, 4)
     assert not (tmp_path / "o").exists()
+
+
+def test_selection_reaches_the_streaming_hook(tmp_path: Path) -> None:
+    """``convert --push`` goes through :func:`convert` with ``on_study``: only the studies kept
+    reach it (the push itself is tested in test_convert_push)."""
+    seen: list[str] = []
+
+    def hook(outcome: StudyOutcome, folder: Path) -> StudyOutcome:
+        assert folder == tmp_path / "stream"
+        seen.append(outcome.study_instance_uid)
+        return outcome
+
+    (tmp_path / "stream").mkdir()
+    opts = ConvertOptions(
+        out_dir=tmp_path / "out", jobs=1, select=StudySelection.of(["MR"], None, None)
+    )
+    report = convert([SAMPLE], opts, on_study=hook, bundle_dir=tmp_path / "stream")
+    assert seen == [MR]
+    # 16 filtered out, the DICOMDIR, the non-DICOM file; the truncated one failed
+    assert report.files == {"converted": 4, "skipped": 18, "duplicate": 0, "failed": 1}

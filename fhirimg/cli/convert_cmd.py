@@ -577,6 +577,8 @@ def convert_command(
             # matched against pseudonyms and shifted dates.
             raise fail("--modality, --since and --patient: not with --deidentify", ExitCode.USAGE)
         if dry_run:
+            if out_url:
+                raise fail("--dry-run names a local --out folder, not a URL", ExitCode.USAGE)
             _dry_run(paths, options, json_out=json_out, quiet=quiet, verbose=verbose)
         push = (
             push_options(
