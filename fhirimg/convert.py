@@ -64,6 +64,7 @@ from fhirimg.measurements import entry_owners
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.partial import Attempt, settle
 from fhirimg.safetext import refuse_url_credentials
+from fhirimg.select import StudySelection
 from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
@@ -144,6 +145,11 @@ class ConvertOptions:
     output_format: str = "bundle"
     """``"ndjson"``: also write the FHIR Bulk Data NDJSON file set (``<out>/ndjson/``) from the
     bundles, for ``$import`` (:mod:`fhirimg.ndjson`); ``"bundle"``: the bundles only."""
+
+    select: StudySelection = field(default_factory=StudySelection)
+    """Only the studies that match (``--modality/--since/--patient``, :mod:`fhirimg.select`);
+    the files of the others are reported skipped. A selecting file run goes without the catalog
+    (:func:`convert`)."""
 
     invocation: Invocation | None = None
     """How the run was asked for (the CLI's command and options): report.json then ends with an
@@ -885,6 +891,11 @@ def convert(
     ``OSError`` when the output folder cannot be written.
     """
     opts = options or ConvertOptions()
+    if opts.select.active:
+        # A selection sees part of the inputs: the catalog would take the studies left out for
+        # gone. Read every file, write the matching studies, prune nothing (docs/incremental.md).
+        source = read_files([Path(p) for p in paths], Path(opts.out_dir))
+        return convert_records(source, opts, progress, on_study=on_study, bundle_dir=bundle_dir)
     opts.check()  # fail early on bad options
     out_dir = Path(opts.out_dir)
     _make_folders(opts, bundle_dir)
@@ -904,6 +915,36 @@ def convert(
         if read_as or deid_mark.exists():
             jsonio.atomic_write(deid_mark, read_as.encode(), mode=jsonio.PRIVATE)
         return report
+
+
+def read_files(
+    inputs: list[Path], out_dir: Path | None = None, deid: DeidOptions | None = None
+) -> RecordSource:
+    """A :data:`RecordSource` of every file under ``inputs`` (``out_dir`` not entered), read in
+    batches on the executor it is handed, de-identified with ``deid``."""
+
+    def source(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
+        files = iter_files(inputs, exclude=[out_dir] if out_dir is not None else [])
+        batches = ((batch, deid) for batch in _batched(files, _BATCH))
+        for results, _ in _bounded(executor, _read_batch, batches, window=16):
+            yield results
+
+    return source
+
+
+def select_studies(index: StudyIndex, select: StudySelection) -> list[str]:
+    """The studies of ``index`` that ``select`` keeps; the files of the others are skipped."""
+    uids = index.study_uids()
+    if not select.active:
+        return uids
+    kept = []
+    for uid in uids:
+        why = select.reason(index.records(uid))
+        if why is None:
+            kept.append(uid)
+        else:
+            index.set_outcome(index.study_paths(uid), FileStatus.SKIPPED, why)
+    return kept
 
 
 DEID_MARK = "deidentified"
@@ -1408,7 +1449,7 @@ def _convert_uncatalogued(
             index.resolve_duplicates()
 
             outcomes: list[StudyOutcome] = []
-            uids = index.study_uids()
+            uids = select_studies(index, opts.select)
             stopped: list[str] = []  # the disk is full: no further study is taken
             if fetch is not None and not pixels.active:
                 fetch = None  # only Binaries and rendered images need the bytes

@@ -113,7 +113,7 @@ def load_json(text: str) -> Any:
     "args",
     [
         ["convert"],
-        ["convert", "--since", "2024-01-01", str(SAMPLE)],
+        ["convert", "--accession", "A1", str(SAMPLE)],  # --since filters files (issue 16)
         ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", str(SAMPLE)],
         ["convert", "--from-dicomweb", "http://127.0.0.1:9/dw", "--since", "yesterday"],
         ["push"],

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -74,7 +75,7 @@ from fhirimg.convert import (
 )
 from fhirimg.convert import Progress as ProgressCallback
 from fhirimg.dicomweb import StudyQuery
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import ConfigError, FhirimgError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.images.binary import BinaryMode
 from fhirimg.images.rendered import MediaContent, MediaOptions, MediaPer
@@ -82,11 +83,13 @@ from fhirimg.mapping import MapOptions
 from fhirimg.objects import is_url
 from fhirimg.push import PushOptions
 from fhirimg.safetext import redact_url
+from fhirimg.select import StudySelection
 
 log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
 _SCALE_PANEL = "Scale out (docs/scale-out.md)"
+_SELECT_PANEL = "Selecting studies, dry run"
 
 
 class OutputFormat(StrEnum):
@@ -323,6 +326,16 @@ def convert_command(
             "long for it to finish (default 0: exit 3 at once, naming the other process).",
         ),
     ] = 0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Read the headers and list the studies (Study Instance UIDs; Patient IDs with "
+            "-v) and counts a run would write, and where; write nothing. Exit 4: nothing to "
+            "convert. File input only.",
+            rich_help_panel=_SELECT_PANEL,
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -348,16 +361,21 @@ def convert_command(
         str | None,
         typer.Option(
             "--since",
-            help="With --from-dicomweb or --from-pacs: only studies of this date (YYYY-MM-DD) or later.",
-            rich_help_panel=_dw.PANEL,
+            metavar="YYYYMMDD",
+            help="Only studies of this Study Date (0008,0020) or later (YYYYMMDD or "
+            "YYYY-MM-DD): files are read and the other studies' files skipped; with "
+            "--from-dicomweb or --from-pacs, a query key.",
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     patient: Annotated[
         str | None,
         typer.Option(
             "--patient",
-            help="With --from-dicomweb or --from-pacs: only studies of this Patient ID (QIDO-RS matching).",
-            rich_help_panel=_dw.PANEL,
+            metavar="ID",
+            help="Only studies of this Patient ID (0010,0020), exact match for files; with "
+            "--from-dicomweb or --from-pacs, a query key (QIDO-RS matching).",
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     accession: Annotated[
@@ -369,11 +387,14 @@ def convert_command(
         ),
     ] = None,
     modality: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--modality",
-            help="With --from-dicomweb or --from-pacs: only studies with this modality (ModalitiesInStudy).",
-            rich_help_panel=_dw.PANEL,
+            metavar="CS",
+            help="Only studies with a series of this Modality (0008,0060), repeatable: any "
+            "matches. With --from-dicomweb or --from-pacs: once, a query key "
+            "(ModalitiesInStudy).",
+            rich_help_panel=_SELECT_PANEL,
         ),
     ] = None,
     qido: Annotated[
@@ -509,7 +530,13 @@ def convert_command(
         raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
     if output_format is OutputFormat.NDJSON and binary == BinaryMode.BESIDE:
         raise fail("--format ndjson needs the Binaries inline: --binary inline", ExitCode.USAGE)
-    query = (study, since, patient, accession, modality, qido)
+    if len(modality or []) > 1 and (from_dicomweb or from_pacs):
+        raise fail("--modality once with --from-dicomweb or --from-pacs", ExitCode.USAGE)
+    query = (study, since, patient, accession, modality[0] if modality else None, qido)
+    if dry_run and (from_dicomweb or from_pacs or push_url):
+        raise fail(
+            "--dry-run reads files: not with --from-dicomweb, --from-pacs or --push", ExitCode.USAGE
+        )
     _dimse.check_dimse_options(from_pacs, calling_aet, move_dest)
     _dimse.quiet_pynetdicom(verbose)
     if from_pacs:
@@ -539,11 +566,20 @@ def convert_command(
                 ExitCode.USAGE,
             )
         require_paths(p for p in paths if not is_url(p))
-        if _dw.any_of(*query):
+        if _dw.any_of(study, accession, qido):
             raise fail(
-                "--study, --since and the other query options need --from-dicomweb or --from-pacs",
+                "--study, --accession and --qido need --from-dicomweb or --from-pacs",
                 ExitCode.USAGE,
             )
+        options = replace(options, select=_selection(modality, since, patient))
+        if options.select.active and deidentify:
+            # The records are de-identified as they are read: Patient ID and dates would be
+            # matched against pseudonyms and shifted dates.
+            raise fail("--modality, --since and --patient: not with --deidentify", ExitCode.USAGE)
+        if dry_run:
+            if out_url:
+                raise fail("--dry-run names a local --out folder, not a URL", ExitCode.USAGE)
+            _dry_run(paths, options, json_out=json_out, quiet=quiet, verbose=verbose)
         push = (
             push_options(
                 push_url,
@@ -581,6 +617,54 @@ def convert_command(
             highlight=False,
         )
     raise typer.Exit(int(report.exit_code))
+
+
+def _selection(
+    modality: list[str] | None, since: str | None, patient: str | None
+) -> StudySelection:
+    """``--modality/--since/--patient`` for file input (exit 2 for a bad date)."""
+    try:
+        return StudySelection.of(modality or [], since, patient)
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+
+
+def _dry_run(
+    paths: list[str], options: ConvertOptions, *, json_out: bool, quiet: bool, verbose: int
+) -> NoReturn:
+    """``convert --dry-run``: the studies a run would write, nothing written; exit 0 or 4."""
+    from fhirimg.plan import plan
+
+    if any(is_url(p) for p in paths):
+        raise fail("--dry-run reads local files: not with URL inputs", ExitCode.USAGE)
+    with exit_on_error(codes={OSError: ExitCode.CANNOT_START}):
+        found = plan(paths, Path(options.out_dir), options.select, options.jobs, options.deid)
+    code = ExitCode.NOTHING_DONE if found.nothing_to_do else ExitCode.OK
+    if json_out:
+        print_json(int(code), found.summary(patient=verbose > 0))
+    if not quiet:
+        for st in found.studies:
+            who = f" patient {escape(st.patient_id or '?')}" if verbose > 0 else ""
+            err_console.print(
+                f"  study {st.study_instance_uid}{who}: {st.series} series, "
+                f"{st.instances} instance(s)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        files = found.files
+        counts = ", ".join(f"{n} {status}" for status, n in files.items())
+        what = (
+            f"{len(found.studies)} study bundle(s) would be written"
+            if found.studies
+            else "nothing to convert (exit 4), nothing would be written"
+        )
+        err_console.print(
+            f"Dry run: {what} in {found.out_dir}/ "
+            f"(files: {sum(files.values())} total, {counts}); nothing written",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(int(code))
 
 
 def _from_dicomweb(
