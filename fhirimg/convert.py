@@ -42,10 +42,10 @@ import shutil
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from fhirimg import ids, jsonio
 from fhirimg.audit import Invocation, audit_json, count_warnings, warning_code
@@ -65,6 +65,7 @@ from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.partial import Attempt, settle
 from fhirimg.safetext import refuse_url_credentials
 from fhirimg.select import StudySelection
+from fhirimg.tasks import batched, bounded
 from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
@@ -795,40 +796,6 @@ def _read_batch(
     return out, entries
 
 
-T = TypeVar("T")
-
-
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _bounded(
-    executor: Executor | None, fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], window: int
-) -> Iterator[T]:
-    """Run ``fn(*args)`` for each args tuple, at most ``window`` in flight; results in order.
-
-    Without an executor, runs inline. Bounded submission keeps memory flat however many tasks.
-    """
-    if executor is None:
-        for args in jobs:
-            yield fn(*args)
-        return
-    pending: list[Future[T]] = []
-    for args in jobs:
-        pending.append(executor.submit(fn, *args))
-        if len(pending) >= window:
-            yield pending.pop(0).result()
-    for fut in pending:
-        yield fut.result()
-
-
 def _executor(opts: ConvertOptions, jobs: int) -> tuple[Executor | None, int]:
     """The run's executor and its task slots (the window of tasks in flight follows them): the
     Dask cluster's with ``opts.cluster`` (``--engine dask``), else the local process pool."""
@@ -925,8 +892,8 @@ def read_files(
 
     def source(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
         files = iter_files(inputs, exclude=[out_dir] if out_dir is not None else [])
-        batches = ((batch, deid) for batch in _batched(files, _BATCH))
-        for results, _ in _bounded(executor, _read_batch, batches, window=16):
+        batches = ((batch, deid) for batch in batched(files, _BATCH))
+        for results, _ in bounded(executor, _read_batch, batches, window=16):
             yield results
 
     return source
@@ -1095,7 +1062,7 @@ class _IncrementalRun:
                 sent.append((paths, stats))
                 yield (paths, deid, reid)
 
-        for results, entries in _bounded(executor, _read_batch, batches(), window=self.jobs * 4):
+        for results, entries in bounded(executor, _read_batch, batches(), window=self.jobs * 4):
             if self.reid is not None:
                 for entry in entries:
                     self.reid.add(entry)
@@ -1109,7 +1076,7 @@ class _IncrementalRun:
         """The files to read, each with its stat taken *before* reading (a change while it is
         read then shows next run), classified a few hundred at a time. A path that cannot be
         stat'ed (gone, or never there) is read too: :func:`fhirimg.scan.read_file` reports it."""
-        for chunk in _batched(iter_files(self.inputs, exclude=exclude), _CLASSIFY):
+        for chunk in batched(iter_files(self.inputs, exclude=exclude), _CLASSIFY):
             stats: list[tuple[str, os.stat_result]] = []
             skipped = 0
             for path in chunk:
@@ -1212,7 +1179,7 @@ class _IncrementalRun:
             else:
                 studies_pool = executor
             try:
-                for outcome in _bounded(studies_pool, write, tasks, window=self.jobs * 2):
+                for outcome in bounded(studies_pool, write, tasks, window=self.jobs * 2):
                     if outcome.out_of_space:
                         stop(outcome.errors[0])
                     if on_study is not None and outcome.ok:
@@ -1478,7 +1445,7 @@ def _convert_uncatalogued(
                 assert executor is not None
                 write = functools.partial(_write_study, render=(executor, jobs))
                 studies_pool = None
-            for outcome in _bounded(studies_pool, write, tasks, window=jobs * 2):
+            for outcome in bounded(studies_pool, write, tasks, window=jobs * 2):
                 if fetch is not None:
                     fetch.release(outcome.study_instance_uid)
                 if outcome.out_of_space and not stopped:
@@ -1612,7 +1579,7 @@ def _stream_report(path: Path, doc: JSON, files: Iterator[JSON], modes: jsonio.M
     with jsonio.atomic_writer(path, mode=modes) as fh:
         fh.write(text[:at])
         first = True
-        for chunk in _batched(files, 1000):
+        for chunk in batched(files, 1000):
             # dumps of a list: "[\n  {...},\n  {...}\n]"; its items, two spaces deeper
             items = jsonio.dumps(chunk)[2:-3].replace(b"\n", b"\n  ")
             fh.write((b"[\n  " if first else b",\n  ") + items)

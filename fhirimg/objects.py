@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from fhirimg.errors import StorageError
 from fhirimg.group import PackedRecord
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.safetext import redact_url
+from fhirimg.tasks import batched, bounded
 
 log = logging.getLogger(__name__)
 
@@ -123,29 +123,10 @@ def object_source(urls: Sequence[str], options: StorageOptions, window: int = 8)
     opts = dict(options)
 
     def source(executor: Executor | None) -> Iterator[Sequence[PackedRecord | FileProblem]]:
-        pending: deque[Future[list[PackedRecord | FileProblem]]] = deque()
-        for batch in _batched(list_objects(urls, opts), _BATCH):
-            if executor is None:
-                yield read_objects(batch, opts)
-                continue
-            pending.append(executor.submit(read_objects, batch, opts))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        batches = ((batch, opts) for batch in batched(list_objects(urls, opts), _BATCH))
+        yield from bounded(executor, read_objects, batches, window)
 
     return source
-
-
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def upload_folder(folder: Path, url: str, options: StorageOptions) -> int:
