@@ -15,6 +15,7 @@ processes too), then for real on a small tmpfs mounted in a private mount namesp
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -40,16 +41,22 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def disk_holds(monkeypatch: pytest.MonkeyPatch, bundles: int, err: int = errno.ENOSPC) -> None:
-    """Bundle writes fail with ``err`` once ``bundles`` bundle files are in their folder."""
+    """Bundle writes fail with ``err`` once ``bundles`` bundle files are in their folder.
+
+    The count and the write hold an flock beside the output folder, as one step: with ``-j 2``
+    two workers could otherwise both see three bundles and both write (a disk holds what it
+    holds, whoever asks first)."""
     real = jsonio.atomic_write
 
     def atomic_write(path: Path, data: bytes, *args: Any, **kwargs: Any) -> None:
-        if (
-            path.name.startswith("study-")
-            and len(list(path.parent.glob("study-*.json"))) >= bundles
-        ):
-            raise OSError(err, os.strerror(err))
-        real(path, data, *args, **kwargs)
+        if not path.name.startswith("study-"):
+            real(path, data, *args, **kwargs)
+            return
+        with open(path.parent.parent / "disk-holds.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if len(list(path.parent.glob("study-*.json"))) >= bundles:
+                raise OSError(err, os.strerror(err))
+            real(path, data, *args, **kwargs)
 
     monkeypatch.setattr(jsonio, "atomic_write", atomic_write)
 
