@@ -166,8 +166,9 @@ def main() -> None:
         minimal.write_text(MINIMAL_CLIENT)
 
         def pushed_all(stdout: bytes) -> str | None:
-            report = jsonio.loads(stdout)
-            ok = isinstance(report, dict) and report.get("pushed") == args.bundles
+            envelope = jsonio.loads(stdout)
+            summary = envelope.get("summary") if isinstance(envelope, dict) else None
+            ok = isinstance(summary, dict) and summary.get("pushed") == args.bundles
             return None if ok else f"not every bundle pushed: {stdout[:300]!r}"
 
         with start_fhir_server() as server:
