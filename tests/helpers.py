@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+import pytest
 from pydicom.data import get_testdata_file
+
+from tests.servers.orthanc_server import OrthancServer, start_orthanc, why_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data" / "dicom"
@@ -15,6 +19,24 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 def load(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def require_or_skip(reason: str) -> NoReturn:
+    """Skip the test for ``reason``, or fail it when the run requires the real servers
+    (``FHIRIMG_REQUIRE_DICOMWEB=1``, as CI sets it): a missing server never passes silently."""
+    if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def orthanc_or_skip(
+    workdir: Path, username: str | None = None, password: str | None = None
+) -> OrthancServer:
+    """A started Orthanc (DICOMweb and DIMSE) for a test, or skip/fail as :func:`require_or_skip`."""
+    reason = why_unavailable()
+    if reason is not None:
+        require_or_skip(reason)
+    return start_orthanc(workdir, username, password)
 
 
 def pydicom_file(name: str) -> Path:

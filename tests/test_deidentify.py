@@ -27,9 +27,8 @@ from typer.testing import CliRunner
 from fhirimg.cli import app
 from fhirimg.deid import DeidOptions
 from fhirimg.deid.actions import action
-from tests.helpers import SAMPLE, bundles, load, resources
-from tests.servers import orthanc_server
-from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
+from tests.helpers import SAMPLE, bundles, load, orthanc_or_skip, resources
+from tests.servers.orthanc_server import OrthancServer
 
 KEY = "first-key-0123456789abcdefghij"
 OTHER_KEY = "other-key-0123456789abcdefghij"
@@ -443,14 +442,7 @@ def test_options_follow_the_profile() -> None:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    reason = None
-    if not in_private_netns():
-        reason = "not in a private network namespace; " + orthanc_server.HOW_TO_RUN
-    if reason is not None:
-        if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with start_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 

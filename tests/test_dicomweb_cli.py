@@ -18,16 +18,15 @@ from fhirimg.cli._app import err_console
 from fhirimg.cli._options import Network
 from fhirimg.convert import ConvertOptions
 from fhirimg.dicomweb import StudyQuery
-from tests.helpers import REPO, SAMPLE, bundles
+from tests.helpers import REPO, SAMPLE, bundles, orthanc_or_skip
 from tests.servers.faultproxy import FaultProxy
-from tests.test_dicomweb_orthanc import _start_or_skip
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with _start_or_skip(tmp_path_factory.mktemp("orthanc-cli")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc-cli")) as server:
         yield server
 
 

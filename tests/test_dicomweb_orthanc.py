@@ -8,7 +8,6 @@ Skipped outside one, failed instead when FHIRIMG_REQUIRE_DICOMWEB=1.
 from __future__ import annotations
 
 import io
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,34 +31,16 @@ from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
 from fhirimg.push import PushOptions
 from fhirimg.scan import read_file
-from tests.helpers import SAMPLE, bundles, load, resources
-from tests.servers import orthanc_server
-from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
+from tests.helpers import SAMPLE, bundles, load, orthanc_or_skip, resources
+from tests.servers.orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.dicomweb
 FAST = RetryPolicy(max_attempts=2, backoff_base=0.05, jitter=False)
 
 
-def _start_or_skip(workdir: Path, user: str | None = None, pw: str | None = None) -> OrthancServer:
-    reason = None
-    if not in_private_netns():
-        reason = "not in a private network namespace; " + orthanc_server.HOW_TO_RUN
-    else:
-        try:
-            orthanc_server.find_orthanc_binary()
-            orthanc_server.find_dicomweb_plugin()
-        except RuntimeError as exc:
-            reason = str(exc)
-    if reason is not None:
-        if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return start_orthanc(workdir, user, pw)
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with _start_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 
@@ -307,7 +288,7 @@ def test_bundle_without_endpoint_is_stored_but_not_pushed(
 def test_basic_auth(tmp_path: Path) -> None:
     password = secrets.token_urlsafe(12)
     out = tmp_path / "out"
-    with _start_or_skip(tmp_path / "orthanc", "fhirimg", password) as server:
+    with orthanc_or_skip(tmp_path / "orthanc", "fhirimg", password) as server:
         convert(
             [SAMPLE / "odd"],
             ConvertOptions(

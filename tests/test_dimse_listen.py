@@ -20,9 +20,9 @@ import pytest
 from fhirimg.convert import ConvertOptions, convert
 from fhirimg.dimse.listen import ListenOptions, Peer, Received, StorageScp, listen
 from fhirimg.watch import StudyHandled
-from tests.helpers import REPO, SAMPLE, bundles, resources
+from tests.helpers import REPO, SAMPLE, bundles, orthanc_or_skip, require_or_skip, resources
 from tests.servers.orthanc_server import OrthancServer
-from tests.test_dimse_orthanc import _assert_same, _key_entries, source_files, start_or_skip, upload
+from tests.test_dimse_orthanc import _assert_same, _key_entries, source_files, upload
 
 pytestmark = pytest.mark.dicomweb
 
@@ -30,15 +30,13 @@ pytestmark = pytest.mark.dicomweb
 def _dcmtk(tool: str) -> str:
     found = shutil.which(tool)
     if found is None:
-        if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
-            pytest.fail(f"{tool} not found: install dcmtk with sh tools/dcmtk/install.sh")
-        pytest.skip(f"{tool} not found (sh tools/dcmtk/install.sh)")
+        require_or_skip(f"{tool} not found: install dcmtk with sh tools/dcmtk/install.sh")
     return found
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with start_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 

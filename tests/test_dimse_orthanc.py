@@ -8,7 +8,6 @@ Skipped outside one, failed instead when FHIRIMG_REQUIRE_DICOMWEB=1.
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -27,29 +26,11 @@ from fhirimg.dimse.records import convert_from_pacs, find_studies
 from fhirimg.dimse.scu import DimseClient
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
-from tests.helpers import SAMPLE, bundles, load, resources
-from tests.servers import orthanc_server
-from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
+from tests.helpers import SAMPLE, bundles, load, orthanc_or_skip, resources
+from tests.servers.orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.dicomweb
 runner = CliRunner()
-
-
-def start_or_skip(workdir: Path) -> OrthancServer:
-    reason = None
-    if not in_private_netns():
-        reason = "not in a private network namespace; " + orthanc_server.HOW_TO_RUN
-    else:
-        try:
-            orthanc_server.find_orthanc_binary()
-            orthanc_server.find_dicomweb_plugin()
-        except RuntimeError as exc:
-            reason = str(exc)
-    if reason is not None:
-        if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return start_orthanc(workdir)
 
 
 def upload(orthanc: OrthancServer, files: list[Path]) -> None:
@@ -72,7 +53,7 @@ def source_files(out: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with start_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 

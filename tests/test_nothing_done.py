@@ -19,10 +19,9 @@ from fhirimg.cli import app
 from fhirimg.convert import ConvertOptions, convert
 from fhirimg.exitcodes import ExitCode
 from tests.conftest import study_bundle, write_bundle
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, orthanc_or_skip
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.fhir_server import FhirTestServer
-from tests.test_dicomweb_orthanc import _start_or_skip
 
 FAST = ["--backoff", "0.01", "--retries", "0", "--quiet"]
 NOTHING = int(ExitCode.NOTHING_DONE)
@@ -92,7 +91,7 @@ def test_watch_once_over_an_empty_folder_is_0(tmp_path: Path) -> None:
 
 @pytest.mark.dicomweb
 def test_convert_from_dicomweb_matching_nothing_exits_4(tmp_path: Path) -> None:
-    with _start_or_skip(tmp_path / "orthanc") as orthanc:  # a real, empty PACS
+    with orthanc_or_skip(tmp_path / "orthanc") as orthanc:  # a real, empty PACS
         result = _cli(
             "convert", "--from-dicomweb", orthanc.dicomweb_url, "--study", "2.25.404",
             "--out", tmp_path / "out", "--json", *FAST,

@@ -28,9 +28,8 @@ from fhirimg.mapping import MapOptions
 from fhirimg.push import PushOptions, push_bundle
 from fhirimg.push.transaction import MERGE_ATTEMPTS
 from tests.conftest import count, search
-from tests.helpers import SAMPLE, bundles, resources
-from tests.servers import orthanc_server
-from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
+from tests.helpers import SAMPLE, bundles, orthanc_or_skip, resources
+from tests.servers.orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.server
 
@@ -319,22 +318,7 @@ def test_two_pacs_give_two_endpoints(clean_fhir: Any, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    reason = None
-    if not in_private_netns():
-        reason = "not in a private network namespace; " + orthanc_server.HOW_TO_RUN
-    else:
-        try:
-            orthanc_server.find_orthanc_binary()
-            orthanc_server.find_dicomweb_plugin()
-        except RuntimeError as exc:
-            reason = str(exc)
-    if reason is not None:
-        import os
-
-        if os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with start_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 

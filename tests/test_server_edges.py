@@ -30,11 +30,10 @@ from fhirimg.dicomweb.store_results import StoreOptions
 from fhirimg.http import RetryPolicy
 from fhirimg.mapping import MapOptions
 from tests.conftest import _start, count, search
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, orthanc_or_skip
 from tests.servers.faultproxy import Fault, FaultProxy
 from tests.servers.fhir_server import FhirTestServer
 from tests.servers.orthanc_server import OrthancServer
-from tests.test_dicomweb_orthanc import _start_or_skip
 
 pytestmark = pytest.mark.server
 
@@ -299,7 +298,7 @@ def test_verify_exits_3_when_the_fhir_server_port_is_closed() -> None:
 
 @pytest.mark.dicomweb
 def test_verify_against_orthanc_then_orthanc_stopped(tmp_path: Path) -> None:
-    orthanc: OrthancServer = _start_or_skip(tmp_path / "orthanc")
+    orthanc: OrthancServer = orthanc_or_skip(tmp_path / "orthanc")
     with orthanc:
         out = _converted(tmp_path, "r4", dicomweb_url=orthanc.dicomweb_url)
         fast = RetryPolicy(max_attempts=2, backoff_base=0.05, jitter=False)

@@ -119,6 +119,20 @@ class StudyCheck:
             self.missing_in_pacs or self.missing_in_fhir or self.sop_class_differs or self.error
         )
 
+    def compare(
+        self, fhir: Mapping[tuple[str, str], str], pacs: Mapping[tuple[str, str], str]
+    ) -> StudyCheck:
+        """Fill in the differences between the instances the ImagingStudy lists and those the PACS
+        lists, each keyed by (Series Instance UID, SOP Instance UID) with its SOP Class UID (an
+        empty class is not compared); returns this check."""
+        self.in_pacs = len(pacs)
+        self.missing_in_pacs = sorted(set(fhir) - set(pacs))
+        self.missing_in_fhir = sorted(set(pacs) - set(fhir))
+        for key in sorted(set(fhir) & set(pacs)):
+            if pacs[key] and fhir[key] and pacs[key] != fhir[key]:
+                self.sop_class_differs.append((key[1], fhir[key], pacs[key]))
+        return self
+
     def to_json(self) -> dict[str, Any]:
         """The check as JSON; every string came from a server or a file, so control codes are
         removed (:func:`~fhirimg.safetext.clean`): ``--json`` output is piped to terminals too."""
@@ -252,13 +266,7 @@ def check_study(client: DicomwebClient, study: JSONMapping, source: str) -> Stud
         else:
             check.error = clean(exc)
             return check
-    check.in_pacs = len(pacs)
-    check.missing_in_pacs = sorted(set(fhir) - set(pacs))
-    check.missing_in_fhir = sorted(set(pacs) - set(fhir))
-    for key in sorted(set(fhir) & set(pacs)):
-        if pacs[key] and fhir[key] and pacs[key] != fhir[key]:
-            check.sop_class_differs.append((key[1], fhir[key], pacs[key]))
-    return check
+    return check.compare(fhir, pacs)
 
 
 # --------------------------------------------------------------------------- many studies

@@ -37,13 +37,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What the mapping reads (fhirimg.scan._record), asked for as return keys (PS3.4 C.4.1.1.3.2).
-INSTANCE_KEYS = (
+# Return keys of the SERIES query (PS3.4 C.6.1.1.4); their values fill an instance's answer where
+# the PACS left them out at the IMAGE level.
+SERIES_KEYS = (
     "SpecificCharacterSet",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Modality",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "Laterality",
+    "SeriesDate",
+    "SeriesTime",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "StationName",
+)
+# What the mapping reads (fhirimg.scan._record), asked for as return keys (PS3.4 C.4.1.1.3.2):
+# the instance, study and patient attributes, and the series ones above.
+INSTANCE_KEYS = (
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
-    "SeriesInstanceUID",
     "InstanceNumber",
     "ImageType",
     "ContentLabel",
@@ -76,36 +93,8 @@ INSTANCE_KEYS = (
     "ReasonForRequestedProcedureCodeSequence",
     "InstitutionalDepartmentName",
     "ModalitiesInStudy",
-    "SeriesNumber",
-    "Modality",
-    "SeriesDescription",
-    "BodyPartExamined",
-    "Laterality",
-    "SeriesDate",
-    "SeriesTime",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "StationName",
     "AvailableTransferSyntaxUID",
-)
-SERIES_KEYS = (
-    "SpecificCharacterSet",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "Modality",
-    "SeriesDescription",
-    "BodyPartExamined",
-    "Laterality",
-    "SeriesDate",
-    "SeriesTime",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "StationName",
-)
+) + SERIES_KEYS
 _UNANSWERED = "did not answer instance-level C-FIND"
 
 

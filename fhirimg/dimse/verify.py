@@ -60,13 +60,7 @@ def check_study_dimse(client: DimseClient, study: JSONMapping, source: str) -> S
     except DimseError as exc:
         check.error = clean(exc)
         return check
-    check.in_pacs = len(pacs)
-    check.missing_in_pacs = sorted(set(fhir) - set(pacs))
-    check.missing_in_fhir = sorted(set(pacs) - set(fhir))
-    for key in sorted(set(fhir) & set(pacs)):
-        if pacs[key] and fhir[key] and pacs[key] != fhir[key]:
-            check.sop_class_differs.append((key[1], fhir[key], pacs[key]))
-    return check
+    return check.compare(fhir, pacs)
 
 
 def verify_bundles_dimse(

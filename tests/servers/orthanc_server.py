@@ -108,6 +108,19 @@ def find_dicomweb_plugin() -> Path:
     )
 
 
+def why_unavailable() -> str | None:
+    """Why Orthanc with its DICOMweb plugin cannot start here (no private network namespace, no
+    binary, no plugin), or None when it can; the tests skip or fail with this reason."""
+    if not in_private_netns():
+        return "not in a private network namespace; " + HOW_TO_RUN
+    try:
+        find_orthanc_binary()
+        find_dicomweb_plugin()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

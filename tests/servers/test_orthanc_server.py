@@ -9,7 +9,6 @@ FHIRIMG_REQUIRE_DICOMWEB=1 is set, in which case they fail.
 from __future__ import annotations
 
 import io
-import os
 import re
 import secrets
 import socket
@@ -23,7 +22,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from tests.servers import orthanc_server
+from tests.helpers import orthanc_or_skip
 from tests.servers.orthanc_server import OrthancServer, in_private_netns, start_orthanc
 
 pytestmark = pytest.mark.dicomweb
@@ -159,36 +158,16 @@ def _uids(data: bytes) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- fixtures
 
 
-def _start_or_skip(
-    workdir: Path, username: str | None = None, password: str | None = None
-) -> OrthancServer:
-    required = os.environ.get("FHIRIMG_REQUIRE_DICOMWEB") == "1"
-    reason = None
-    if not in_private_netns():
-        reason = "not in a private network namespace; " + orthanc_server.HOW_TO_RUN
-    else:
-        try:
-            orthanc_server.find_orthanc_binary()
-            orthanc_server.find_dicomweb_plugin()
-        except RuntimeError as exc:
-            reason = str(exc)
-    if reason is not None:
-        if required:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return start_orthanc(workdir, username, password)
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with _start_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def orthanc_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
     password = secrets.token_urlsafe(12)
-    with _start_or_skip(tmp_path_factory.mktemp("orthanc-auth"), "fhirimg", password) as server:
+    with orthanc_or_skip(tmp_path_factory.mktemp("orthanc-auth"), "fhirimg", password) as server:
         yield server
 
 
