@@ -36,6 +36,9 @@ from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth, PrivateKe
 from fhirimg.safetext import refuse_url_credentials
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
     from fhirimg.http.jwt import SigningKey
 
 
@@ -111,6 +114,24 @@ def _on_command_line(option: str) -> bool:
     return from_command_line(option.lstrip("-").replace("-", "_"))
 
 
+def _read_private(path: Path, option: str, read: Callable[[BinaryIO], bytes]) -> bytes:
+    """What ``read`` takes from the secret file ``path`` of ``option``: a usage error (exit 2)
+    when it cannot be read, a warning (once) when group or others may read it."""
+    try:
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            data = read(fh)
+    except OSError as exc:
+        raise fail(f"cannot read {option} {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        _warn_once(
+            f"mode:{path}",
+            f"{option} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}",
+        )
+    return data
+
+
 def read_secret_file(path: Path, option: str) -> str:
     """The secret in ``path``: its first line without the line break. A usage error (exit 2)
     when it cannot be read or is empty; a warning (once) when group or others may read it.
@@ -121,18 +142,7 @@ def read_secret_file(path: Path, option: str) -> str:
     >>> read_secret_file(f, "--token-file")
     's3cret'
     """
-    try:
-        with path.open("rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            first = fh.readline(64 * 1024)
-    except OSError as exc:
-        raise fail(f"cannot read {option} {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
-    if stat.S_ISREG(mode) and mode & 0o077:
-        _warn_once(
-            f"mode:{path}",
-            f"{option} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
-            f"chmod 600 {path}",
-        )
+    first = _read_private(path, option, lambda fh: fh.readline(64 * 1024))
     secret = first.decode("utf-8", "replace").rstrip("\r\n")
     if not secret:
         raise fail(f"{option} {path}: the first line is empty", ExitCode.USAGE)
@@ -144,18 +154,7 @@ def read_signing_key(path: Path, option: str, kid: str | None) -> SigningKey:
     cannot be read or used, a warning (once) when group or others may read it."""
     from fhirimg.http.jwt import load_signing_key
 
-    try:
-        with path.open("rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            data = fh.read(1024 * 1024)
-    except OSError as exc:
-        raise fail(f"cannot read {option} {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
-    if stat.S_ISREG(mode) and mode & 0o077:
-        _warn_once(
-            f"mode:{path}",
-            f"{option} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
-            f"chmod 600 {path}",
-        )
+    data = _read_private(path, option, lambda fh: fh.read(1024 * 1024))
     try:
         return load_signing_key(data, kid)
     except ConfigError as exc:
