@@ -11,12 +11,13 @@ import typer
 from fhirimg import jsonio
 from fhirimg.cli._app import app, configure_logging, err_console, exit_on_error, fail
 from fhirimg.cli._deid import Deid
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 
 
-@app.command("deidentify")
+@app.command("deidentify", cls=PanelledCommand)
 @option_groups(deid=Deid)
 def deidentify_command(
     *,

@@ -37,6 +37,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._deid import Deid, DeidentifyOpt
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -70,7 +71,13 @@ from fhirimg.watch import DEFAULT_INTERVAL, DEFAULT_SETTLE, StudyHandled, watch
 _PUSH_PANEL = "Push"
 
 
-@app.command("watch")
+class _WatchCommand(PanelledCommand):
+    """``watch --help`` in the groups of docs/cli.md#fhirimg-watch."""
+
+    moved = {"no_capability_check": _PUSH_PANEL}  # a check of the --push server
+
+
+@app.command("watch", cls=_WatchCommand)
 @option_groups(auth=FhirAuth, network=Network, deid=Deid)
 def watch_command(
     *,
