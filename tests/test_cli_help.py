@@ -54,6 +54,14 @@ def test_no_help_text_loses_characters(name: str) -> None:
             assert _words(text) in printed, f"{name} {param.opts}: help text changed"
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_usage_line_in_one_style(name: str) -> None:
+    """``PATH...`` required, ``[PATH...]`` optional: no typer braces (``{PATH...}``)."""
+    usage = _help([name]).splitlines()[0]
+    assert "{" not in usage, usage
+    assert re.fullmatch(r"Usage: .* [a-z]+ \[OPTIONS\]( \[?[A-Z_]+(\.\.\.)?\]?)*", usage), usage
+
+
 def test_help_texts_with_brackets_are_covered() -> None:
     """The check above means something: help texts with square brackets exist and print."""
     printed = _words(_help(["convert"])) + _words(_help(["push"]))

@@ -79,6 +79,14 @@ class PanelledCommand(TyperCommand):
         _unwrapped(formatter)
         super().format_help(ctx, formatter)
 
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        """One usage style: ``PATH...`` for a required argument, ``[PATH...]`` for an optional
+        one (typer writes a required one ``{PATH...}``, which reads as a choice)."""
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
     def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
         for name, rows in panels(self, ctx, self.default_panel, self.moved, self.panel_order):
             with formatter.section(name):
