@@ -2,7 +2,8 @@
 
 Each option says its group with typer's ``rich_help_panel``; :class:`PanelledCommand` prints one
 section per group (``Arguments``, the command's own options, then ``Mapping``, ``Authentication``
-... in the order they first appear), titled like the docs' headings.
+..., in the docs' order where the command gives it, else in the order they first appear), titled
+like the docs' headings (tests/test_cli_help.py holds the two together).
 
 Plain click sections, not typer's rich help: rich markup would read the square brackets of help
 texts (``fhirimg[dimse]``, ``GET [base]/metadata``) as tags and drop them, print ``<str>`` type
@@ -55,8 +56,9 @@ def panels(
     return [(name, rows) for name, rows in grouped.items() if rows]
 
 
-def _unwrapped(formatter: HelpFormatter) -> None:
-    """No wrapping when stdout is not a terminal: a help text in a log stays on its line."""
+def unwrapped_help(formatter: HelpFormatter) -> None:
+    """No wrapping when stdout is not a terminal: a help text in a log stays on its line (every
+    command's ``--help`` and ``fhirimg --help``)."""
     if not sys.stdout.isatty():
         formatter.width = 10_000
 
@@ -64,11 +66,10 @@ def _unwrapped(formatter: HelpFormatter) -> None:
 class PanelledCommand(TyperCommand):
     """A command whose ``--help`` prints its options in their panels (:func:`panels`).
 
-    ``default_panel`` titles the command's own options (those without a panel); ``moved``
-    puts a shared option (by parameter name) in another panel of this command's, where its docs
-    list it (``convert`` shows ``--no-capability-check`` with ``--push``); ``panel_order`` the order of the
-    panels after its own (the docs' order; others follow). A command sets them
-    in a subclass.
+    A command sets in a subclass: ``default_panel``, the title of its own options (those
+    without a panel); ``moved``, shared options (by parameter name) it shows in another of its
+    panels, where its docs list them (``convert`` shows ``--no-capability-check`` with
+    ``--push``); ``panel_order``, the order of the panels after its own (the docs' order).
     """
 
     default_panel: str = OPTIONS
@@ -76,7 +77,7 @@ class PanelledCommand(TyperCommand):
     panel_order: Sequence[str] = ()
 
     def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
-        _unwrapped(formatter)
+        unwrapped_help(formatter)
         super().format_help(ctx, formatter)
 
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
@@ -91,8 +92,3 @@ class PanelledCommand(TyperCommand):
         for name, rows in panels(self, ctx, self.default_panel, self.moved, self.panel_order):
             with formatter.section(name):
                 formatter.write_dl(rows)
-
-
-def unwrapped_help(formatter: HelpFormatter) -> None:
-    """For the command group's own ``--help`` (``fhirimg --help``): no wrapping in a log."""
-    _unwrapped(formatter)
