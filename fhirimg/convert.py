@@ -861,7 +861,7 @@ def convert(
     if opts.select.active:
         # A selection sees part of the inputs: the catalog would take the studies left out for
         # gone. Read every file, write the matching studies, prune nothing (docs/incremental.md).
-        source = read_files([Path(p) for p in paths], Path(opts.out_dir))
+        source = read_files([Path(p) for p in paths], Path(opts.out_dir), progress=progress)
         return convert_records(source, opts, progress, on_study=on_study, bundle_dir=bundle_dir)
     opts.check()  # fail early on bad options
     out_dir = Path(opts.out_dir)
@@ -885,15 +885,22 @@ def convert(
 
 
 def read_files(
-    inputs: list[Path], out_dir: Path | None = None, deid: DeidOptions | None = None
+    inputs: list[Path],
+    out_dir: Path | None = None,
+    deid: DeidOptions | None = None,
+    progress: Progress | None = None,
 ) -> RecordSource:
     """A :data:`RecordSource` of every file under ``inputs`` (``out_dir`` not entered), read in
-    batches on the executor it is handed, de-identified with ``deid``."""
+    batches on the executor it is handed, de-identified with ``deid``; ``progress`` is told each
+    batch read (stage "read", of all the files: counted first, as an incremental run does)."""
+    exclude = [out_dir] if out_dir is not None else []
 
     def source(executor: Executor | None) -> Iterator[list[PackedRecord | FileProblem]]:
-        files = iter_files(inputs, exclude=[out_dir] if out_dir is not None else [])
-        batches = ((batch, deid) for batch in batched(files, _BATCH))
+        total = sum(1 for _ in iter_files(inputs, exclude=exclude)) if progress else None
+        batches = ((batch, deid) for batch in batched(iter_files(inputs, exclude=exclude), _BATCH))
         for results, _ in bounded(executor, _read_batch, batches, window=16):
+            if progress:
+                progress("read", len(results), total)
             yield results
 
     return source

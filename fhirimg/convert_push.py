@@ -22,6 +22,7 @@ from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcom
 from fhirimg.errors import FhirimgError
 from fhirimg.folderlock import work_dir
 from fhirimg.http import FhirClient
+from fhirimg.http.client import requests_for
 from fhirimg.push import (
     DEFAULT_JOURNAL_NAME,
     Journal,
@@ -103,15 +104,16 @@ def _push_study(
             except FhirimgError as exc:
                 status = f"failed: {exc}"
                 break
-            result = push_bundle(
-                client,
-                bundle,
-                binaries,
-                name=name,
-                max_entries=push.max_entries,
-                auto_split=push.auto_split,
-                journal=journal,
-            )
+            with requests_for(name):  # the -vv request log names the bundle file
+                result = push_bundle(
+                    client,
+                    bundle,
+                    binaries,
+                    name=name,
+                    max_entries=push.max_entries,
+                    auto_split=push.auto_split,
+                    journal=journal,
+                )
             if result.status == "failed":
                 where = f"HTTP {result.http_status}: " if result.http_status else ""
                 status, issues = f"failed: {where}{result.error}", tuple(result.issues)

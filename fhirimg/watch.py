@@ -26,6 +26,16 @@ One writer: the folder's :class:`~fhirimg.folderlock.FolderLock` is held from st
 only while :func:`~fhirimg.convert.convert` runs (which takes it itself), so a second ``watch`` or
 a ``convert`` into the same folder is refused with a message naming this process.
 
+Filters (``options.select``: ``--modality/--since/--patient``) are applied as ``convert`` applies
+them, to whole studies, but by watch itself, on the headers it has read anyway: a settled study is
+converted when the files of it read so far match (:meth:`~fhirimg.select.StudySelection.reason`),
+and convert is called without them, so that it keeps its catalog and converts only what is new.
+A study left out keeps its files in memory: a file arriving later (a CT series after the
+localizer) may make it match, and then the whole study is converted. A study written once (by this
+run, or in the catalog of an earlier one) is kept whole: its later files are converted whatever
+they are (the dose SR after its CT). Files of studies left out are not in the catalog: a restarted
+watch, and each ``once`` run, reads them again.
+
 Stopping: set ``stop_event`` (the CLI does it on SIGINT / SIGTERM); the batch of studies being
 converted and pushed is finished first. ``once``: one pass for cron, settle ignored: convert
 everything under the paths now (exactly ``convert``), push, return.
@@ -54,10 +64,11 @@ from fhirimg.exitcodes import ExitCode
 from fhirimg.folderlock import STATE_DIR, FolderLock, FolderLockedError
 from fhirimg.http import FhirClient
 from fhirimg.jsonio import JSON
-from fhirimg.model import FileProblem
+from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.push import PushOptions, push_paths
 from fhirimg.push.capability import check_server
 from fhirimg.safetext import refuse_url_credentials
+from fhirimg.select import StudySelection
 from fhirimg.walk import iter_files
 
 log = logging.getLogger(__name__)
@@ -272,6 +283,11 @@ class _Study:
     new: int = 0  # files read since the last conversion
     last_arrival: float = 0.0
     due: bool = False
+    # What the filters look at, one record per distinct (Modality, Study Date, Patient ID): a
+    # study's files are tracked, not its records (memory follows the number of files).
+    traits: dict[tuple[str | None, str | None, str | None], InstanceRecord] = field(
+        default_factory=dict
+    )
 
 
 class _Watcher:
@@ -289,7 +305,11 @@ class _Watcher:
         report: WatchReport,
     ) -> None:
         self.roots = roots
-        self.options = options
+        # The filters are watch's to apply (per study, on the headers it reads): convert, given
+        # only the studies that match, keeps its catalog and reads only what is new.
+        self.select = options.select
+        self.options = replace(options, select=StudySelection())
+        self.written: set[str] = set()  # studies with a bundle: kept whole, filters or not
         self.out = Path(options.out_dir)
         self.settle = settle
         self.push = push
@@ -332,6 +352,9 @@ class _Watcher:
     # --- once ---
 
     def once(self) -> None:
+        if self.select.active:
+            self._once_selected()
+            return
         outcomes: list[StudyOutcome] = []
         report = self._convert(self.roots, outcomes)
         # An idle watch folder is normal: convert's "nothing to do" (4) is 0 here (docs/cli.md).
@@ -340,6 +363,50 @@ class _Watcher:
         failed = [s for s in report.studies if not s.ok]
         events = [self._event(o, None) for o in _unique(outcomes + failed)]
         self._push_and_tell(events, catch_up=True)
+
+    def _once_selected(self) -> None:
+        """``once`` with filters: read every file the catalog does not list unchanged, convert
+        the studies that match (as the loop does, settle ignored)."""
+        self._load_catalog()
+        now = time.monotonic()
+        for key, sig in self._unhandled():
+            self._read(key, sig, now)
+        uids = self._selected(list(self.studies))
+        files = sorted({f for uid in uids for f in self.studies[uid].files})
+        if not files:
+            self.report.convert_exit = ExitCode.OK  # nothing new that matches: an idle folder
+            return
+        outcomes: list[StudyOutcome] = []
+        report = self._convert(files, outcomes)
+        code = report.exit_code
+        self.report.convert_exit = ExitCode.OK if code == ExitCode.NOTHING_DONE else code
+        failed = [s for s in report.studies if not s.ok]
+        events = [
+            self._event(o, len(self.studies[o.study_instance_uid].files))
+            if o.study_instance_uid in self.studies
+            else self._event(o, None)
+            for o in _unique(outcomes + failed)
+        ]
+        self._push_and_tell(events, catch_up=True)
+
+    def _selected(self, uids: list[str]) -> list[str]:
+        """The studies of ``uids`` to convert: those the filters keep, the files that gave no
+        study (convert reports them), and studies written before. The others wait, with their
+        files, for a file that makes them match."""
+        if not self.select.active:
+            return uids
+        kept = []
+        for uid in uids:
+            study = self.studies[uid]
+            why = None
+            if uid != _NO_STUDY and uid not in self.written:
+                why = self.select.reason(study.traits.values())
+            if why is None:
+                kept.append(uid)
+                continue
+            log.info("study %s: %s: %d file(s) not converted", uid, why, len(study.files))
+            study.due = False  # until a file of it arrives; its files count as new till then
+        return kept
 
     # --- the loop ---
 
@@ -358,6 +425,7 @@ class _Watcher:
                 for uid, study in self.studies.items()
                 if study.due and started - study.last_arrival >= self.settle
             ]
+            due = self._selected(due)
             if due and not self.stop.is_set():
                 self._convert_studies(due)
             self._retry_pushes()
@@ -372,16 +440,15 @@ class _Watcher:
                 if entry.status is None or entry.size is None or entry.mtime_ns is None:
                     continue  # read by a run that stopped before writing its study: read again
                 self.handled[os.path.abspath(entry.path)] = (entry.size, entry.mtime_ns)
+                if entry.status == FileStatus.CONVERTED and entry.study_instance_uid:
+                    self.written.add(entry.study_instance_uid)
         log.info("catalog: %d file(s) converted by earlier runs", len(self.handled))
 
     def _study(self, uid: str) -> _Study:
         return self.studies.setdefault(uid, _Study())
 
-    def _poll(self) -> None:
-        """Walk the paths; read the files that are new and the same size and mtime as at the
-        last poll (no longer being written)."""
-        now = time.monotonic()
-        current: dict[str, Signature] = {}
+    def _unhandled(self) -> Iterator[tuple[str, Signature]]:
+        """Walk the paths: each regular file not handled with its present size and mtime."""
         for path in iter_files(self.roots, exclude=[self.out]):
             if self.stop.is_set():
                 break  # a long first walk (a backlog) need not end before stopping
@@ -393,8 +460,15 @@ class _Watcher:
             if not stat.S_ISREG(st.st_mode):
                 continue
             sig = (st.st_size, st.st_mtime_ns)
-            if self.handled.get(key) == sig:
-                continue
+            if self.handled.get(key) != sig:
+                yield key, sig
+
+    def _poll(self) -> None:
+        """Walk the paths; read the files that are new and the same size and mtime as at the
+        last poll (no longer being written)."""
+        now = time.monotonic()
+        current: dict[str, Signature] = {}
+        for key, sig in self._unhandled():
             if self.seen.get(key) != sig:
                 current[key] = sig  # new or still growing: look again next poll
                 continue
@@ -407,6 +481,9 @@ class _Watcher:
         result = read_file(key)
         uid = _NO_STUDY if isinstance(result, FileProblem) else result.study_instance_uid
         study = self._study(uid)
+        if not isinstance(result, FileProblem):
+            trait = (result.modality, result.study_date, result.patient_id)
+            study.traits.setdefault(trait, result)
         study.files.add(key)
         study.new += 1
         study.last_arrival = now
@@ -434,6 +511,7 @@ class _Watcher:
         # With the catalog, convert knows each study's earlier files: only new ones are given
         # next time, and nothing is kept here. Without it, every file of the study is given.
         incremental = (self.out / STATE_DIR / CATALOG_NAME).is_file()
+        self.written.update(o.study_instance_uid for o in outcomes if o.ok)
         for uid in uids:
             if incremental:
                 del self.studies[uid]

@@ -123,3 +123,27 @@ def test_every_list_of_the_summary_is_capped_with_and_n_more(tmp_path: Path) -> 
     lines = result.stderr.splitlines()
     assert sum(1 for line in lines if line.startswith("  failed ")) == 10, result.stderr
     assert "  ... and 3 more failed file(s): see report.json" in lines
+
+
+def test_the_not_rendered_list_is_capped_too(tmp_path: Path) -> None:
+    """13 images whose pixel data is cut short: the study converts, 10 are listed as not
+    rendered, then "and 3 more" (report.json has them all)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None
+    for i in range(13):
+        bad = pydicom.dcmread(source)
+        bad.SOPInstanceUID = f"{bad.SOPInstanceUID}.{i + 1}"
+        bad.PixelData = bad.PixelData[:100]
+        bad.save_as(folder / f"bad{i:02}.dcm")
+    result = runner.invoke(
+        app, ["convert", str(folder), "-o", str(tmp_path / "out"), "--media", "-j", "1"]
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert sum(1 for line in lines if line.startswith("  not rendered ")) == 10, result.stderr
+    assert "  ... and 3 more image(s) not rendered: see report.json" in lines

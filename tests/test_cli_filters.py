@@ -205,3 +205,25 @@ def test_selection_reaches_the_streaming_hook(tmp_path: Path) -> None:
     assert seen == [MR]
     # 16 filtered out, the DICOMDIR, the non-DICOM file; the truncated one failed
     assert report.files == {"converted": 4, "skipped": 18, "duplicate": 0, "failed": 1}
+
+
+def test_a_filtered_run_reports_the_reading_stage(tmp_path: Path) -> None:
+    """A filtered run shows "reading headers" (stage "read") like an unfiltered one: every file
+    once, of the same total."""
+    seen: dict[str, list[tuple[int, int | None]]] = {"filtered": [], "all": []}
+    for name, select in (("filtered", StudySelection.of(["MR"], None, None)), ("all", None)):
+        opts = ConvertOptions(out_dir=tmp_path / name, jobs=1)
+        if select is not None:
+            opts = ConvertOptions(out_dir=tmp_path / name, jobs=1, select=select)
+
+        def progress(stage: str, advance: int, total: int | None, name: str = name) -> None:
+            if stage == "read":
+                seen[name].append((advance, total))
+
+        convert([SAMPLE], opts, progress)
+    for name, reads in seen.items():
+        assert reads, name
+        totals = {total for _, total in reads}
+        assert len(totals) == 1, (name, reads)
+        assert sum(advance for advance, _ in reads) == totals.pop(), (name, reads)
+    assert seen["filtered"][-1][1] == seen["all"][-1][1]

@@ -60,6 +60,9 @@ CASES = [
     (["verify", "--server", DOWN, *FAST], 3, False),
     (["watch", "/nonexistent/in", "--once", "-o", "{tmp}/w"], 3, False),
     (["listen", "--push", "ftp://x/fhir"], 2, False),
+    (["deidentify", "{sample}", "-o", "{tmp}/d", "--deid-key-file", "{key}", "-q"], 0, True),
+    (["deidentify", "/nonexistent/in", "-o", "{tmp}/d", "--deid-key-file", "{key}"], 3, False),
+    (["deidentify", "{sample}", "-o", "{tmp}/d", "--deid-key-file", "/nonexistent/key"], 2, False),
 ]
 
 
@@ -67,7 +70,15 @@ CASES = [
 def test_every_command_prints_the_envelope(
     args: list[str], code: int, summary: bool, bundles: Path, tmp_path: Path
 ) -> None:
-    values = {"sample": str(SAMPLE / "study_b_mr"), "bundles": str(bundles), "tmp": tmp_path}
+    key = tmp_path / "deid.key"
+    key.write_text("a-key-for-the-json-test\n", encoding="utf-8")
+    key.chmod(0o600)
+    values = {
+        "sample": str(SAMPLE / "study_b_mr"),
+        "bundles": str(bundles),
+        "tmp": tmp_path,
+        "key": key,
+    }
     doc = _envelope([a.format(**values) for a in args], code)
     if summary:
         assert doc["summary"] is not None

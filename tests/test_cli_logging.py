@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -54,7 +55,13 @@ def test_vv_is_the_request_log_and_the_log_file_json_lines(
     assert done.returncode == 0, done.stderr
     requests = [line for line in done.stderr.splitlines() if line.startswith("DEBUG fhirimg")]
     assert any(line.endswith("GET metadata -> 200") for line in requests), done.stderr
-    assert any(line.endswith("-> 200") and " POST " in f" {line}" for line in requests)
+    # Each bundle's requests name its file (-vv of issue 16): the transaction POST and the
+    # ImagingStudy look-up before it.
+    names = sorted(p.name for p in bundles.glob("study-*.json"))
+    assert names
+    for name in names:
+        mine = [line for line in requests if line.endswith(f" ({name})")]
+        assert any(" POST [base] -> 200 " in line for line in mine), (name, requests)
     assert "httpcore" not in done.stderr
     assert "httpx" not in done.stderr
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
@@ -62,6 +69,25 @@ def test_vv_is_the_request_log_and_the_log_file_json_lines(
     assert records
     assert all(set(r) == {"time", "level", "logger", "message"} for r in records)
     assert any(r["message"] == "GET metadata -> 200" for r in records)
+    assert any(r["message"].endswith(f" ({names[0]})") for r in records)
+
+
+@pytest.mark.server
+def test_vv_of_convert_push_names_the_bundle_file(
+    clean_fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    done = _fhirimg(
+        "convert", str(SAMPLE / "study_b_mr"), "-o", str(tmp_path / "out"), "-j", "1",
+        "--push", clean_fhir.base_url, "-vv",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    posts = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith("DEBUG fhirimg") and " POST [base] -> 200 " in line
+    ]
+    assert posts, done.stderr
+    assert all(re.search(r" \(study-[0-9a-f-]+\.json\)$", line) for line in posts), posts
 
 
 def test_the_default_level_shows_no_patient_data_and_the_log_file_gets_warnings(

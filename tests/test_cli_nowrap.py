@@ -23,11 +23,15 @@ LONG = "/" + "/".join(["a-folder-with-a-rather-long-name-for-a-log-line"] * 4) +
         ["validate", LONG],
         ["verify", LONG],
         ["watch", LONG, "--once", "-o", "{tmp}/out"],
+        ["deidentify", LONG, "-o", "{tmp}/out"],
+        # a store folder that cannot be made: under a regular file (root may write anywhere)
+        ["listen", "--store", "{tmp}/file" + LONG, "--port", "0", "-o", "{tmp}/out"],
     ],
     ids=lambda a: a[0],
 )
 def test_no_line_is_broken_mid_word(args: list[str], tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
+    (tmp_path / "file").touch()
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     with log.open("w") as err:
         done = subprocess.run(

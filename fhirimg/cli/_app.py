@@ -27,6 +27,7 @@ from typer.core import TyperGroup
 
 from fhirimg.audit import Invocation
 from fhirimg.cli import _config
+from fhirimg.cli._help import unwrapped_help
 from fhirimg.errors import (
     AuthError,
     CatalogError,
@@ -75,6 +76,10 @@ class _Commands(TyperGroup):
     def add_command(self, cmd: Any, name: str | None = None) -> None:
         _config.prepare(name or cmd.name or "", cmd, _CONFIG_HOOKS)
         super().add_command(cmd, name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        unwrapped_help(formatter)
+        super().format_help(ctx, formatter)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))

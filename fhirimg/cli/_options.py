@@ -48,6 +48,10 @@ class FhirVersionOrAuto(StrEnum):
     R5 = "r5"
 
 
+# Help panels of the conversion options, named like docs/cli.md's groups of convert's options.
+MAPPING_PANEL = "Mapping"
+PIXELS_PANEL = "Pixels inside FHIR"
+
 # What to write: the conversion options that `convert` and `watch` share, declared once so that
 # their names, help and defaults cannot drift apart.
 FhirVersionOpt = Annotated[
@@ -66,6 +70,7 @@ EndpointUrlOpt = Annotated[
         "--dicomweb-url",
         help="Base URL of the DICOMweb (WADO-RS) server holding the images; adds an Endpoint "
         "that each ImagingStudy references.",
+        rich_help_panel=MAPPING_PANEL,
     ),
 ]
 
@@ -75,6 +80,7 @@ NoMeasurementsOpt = Annotated[
         "--no-measurements",
         help="Leave SR measurement and radiation dose reports out: no Observations (R5 also no "
         "ImagingSelections) from their content; the SR stays an instance of its study.",
+        rich_help_panel=MAPPING_PANEL,
     ),
 ]
 
@@ -84,6 +90,7 @@ TimezoneOpt = Annotated[
         "--timezone",
         help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
         "Timezone Offset From UTC. Without it such times are left out (date kept).",
+        rich_help_panel=MAPPING_PANEL,
     ),
 ]
 
@@ -93,6 +100,7 @@ PatientIdSystemOpt = Annotated[
         "--patient-id-system",
         help="Identifier system for Patient IDs whose issuer gives none: a URI (default for "
         "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
+        rich_help_panel=MAPPING_PANEL,
     ),
 ]
 
@@ -104,6 +112,7 @@ CodingSystemOpt = Annotated[
         help="Coding.system for codes of this Coding Scheme Designator (0008,0102), e.g. "
         "99ACME=https://acme.example/codes. Default: the DICOM PS3.16 URI, else "
         "urn:dicom:scheme:<designator>. Repeatable.",
+        rich_help_panel=MAPPING_PANEL,
     ),
 ]
 
@@ -155,6 +164,7 @@ BinaryOpt = Annotated[
         "from ImagingStudy.series.instance: 'inline' puts base64 data in the bundle, "
         "'beside' writes <bundle>.binaries/<id>.dcm for push to upload raw. Default: none.",
         case_sensitive=False,
+        rich_help_panel=PIXELS_PANEL,
     ),
 ]
 
@@ -164,6 +174,7 @@ MediaOpt = Annotated[
         "--media",
         help="Also render images (8-bit PNG/JPEG with rescale, window, MONOCHROME1, colour "
         "handled) as Media (R4) or DocumentReference (R5).",
+        rich_help_panel=PIXELS_PANEL,
     ),
 ]
 

@@ -42,8 +42,12 @@ from fhirimg.cli._app import (
     shown,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._deid import PANEL as DEID_PANEL
 from fhirimg.cli._deid import Deid, DeidentifyOpt
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import (
+    MAPPING_PANEL,
+    PIXELS_PANEL,
     AllOrNothingOpt,
     BinaryOpt,
     CodingSystemOpt,
@@ -89,6 +93,7 @@ log = logging.getLogger(__name__)
 
 _PUSH_PANEL = "Convert and push in one pass"
 _SCALE_PANEL = "Scale out (docs/scale-out.md)"
+_INPUT_PANEL = "Input and output"
 _SELECT_PANEL = "Selecting studies, dry run"
 
 
@@ -131,7 +136,24 @@ def parse_patient_id_systems(values: list[str]) -> tuple[str | None, tuple[tuple
     return default, tuple(mapping)
 
 
-@app.command("convert")
+class _ConvertCommand(PanelledCommand):
+    """``convert --help`` in the groups of docs/cli.md#fhirimg-convert."""
+
+    default_panel = _INPUT_PANEL
+    moved = {"no_capability_check": _PUSH_PANEL}  # a check of the --push server
+    panel_order = (
+        _SCALE_PANEL,
+        _SELECT_PANEL,
+        MAPPING_PANEL,
+        PIXELS_PANEL,
+        DEID_PANEL,
+        _dw.PANEL,
+        _dimse.PANEL,
+        _PUSH_PANEL,
+    )
+
+
+@app.command("convert", cls=_ConvertCommand)
 @option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth, deid=Deid)
 def convert_command(
     *,
@@ -217,6 +239,7 @@ def convert_command(
             "--accession-system",
             help="ISSUER=URI: identifier system for Accession Numbers whose Issuer of Accession "
             "Number (0008,0051) has only this local namespace (0040,0031). Repeatable.",
+            rich_help_panel=MAPPING_PANEL,
         ),
     ] = None,
     jobs: JobsOpt = 0,
@@ -241,6 +264,7 @@ def convert_command(
             min=1,
             help="Split a study's Binary/image entries into <stem>.part-N.json files so that no "
             "bundle has more entries (Azure FHIR takes 500). Default: no limit.",
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = None,
     max_bundle_mb: Annotated[
@@ -251,6 +275,7 @@ def convert_command(
             help="Split a study's Binary/image entries into <stem>.part-N.json files so that no "
             "bundle file is larger (MB = 1,000,000 bytes; Google Healthcare takes 50). "
             "Default: no limit.",
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = None,
     media: MediaOpt = False,
@@ -261,6 +286,7 @@ def convert_command(
             help="With --media: an image for every image instance, or one per series (its "
             "middle instance).",
             case_sensitive=False,
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = MediaPer.INSTANCE,
     media_format: Annotated[
@@ -269,6 +295,7 @@ def convert_command(
             "--media-format",
             help="With --media: png (lossless) or jpeg (quality 90, smaller).",
             case_sensitive=False,
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = MediaFormat.PNG,
     media_size: Annotated[
@@ -278,6 +305,7 @@ def convert_command(
             min=1,
             help="With --media: fit images into N x N pixels (thumbnails; never enlarged). "
             "Default: the image's own size.",
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = None,
     media_frame: Annotated[
@@ -287,6 +315,7 @@ def convert_command(
             min=1,
             help="With --media: the frame (1-based) of multi-frame images to render. Default: "
             "the middle frame.",
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = None,
     media_content: Annotated[
@@ -296,6 +325,7 @@ def convert_command(
             help="With --media: 'inline' puts the image in the attachment's data; 'binary' "
             "puts it in a Binary entry the attachment's url names (Binary/<id>).",
             case_sensitive=False,
+            rich_help_panel=PIXELS_PANEL,
         ),
     ] = MediaContent.INLINE,
     group_readable: GroupReadableOpt = False,

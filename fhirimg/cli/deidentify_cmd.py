@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fhirimg import jsonio
-from fhirimg.cli._app import app, configure_logging, err_console, exit_on_error, fail
+from fhirimg.cli._app import (
+    app,
+    configure_logging,
+    err_console,
+    exit_on_error,
+    fail,
+    print_json,
+    require_paths,
+)
 from fhirimg.cli._deid import Deid
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
 
 
-@app.command("deidentify")
+@app.command("deidentify", cls=PanelledCommand)
 @option_groups(deid=Deid)
 def deidentify_command(
     *,
@@ -25,7 +32,6 @@ def deidentify_command(
         typer.Argument(
             help="DICOM files and/or folders (searched recursively; DICOM is recognised by "
             "content).",
-            exists=True,
             metavar="SRC...",
             show_default=False,
         ),
@@ -54,9 +60,11 @@ def deidentify_command(
     The same implementation as convert --deidentify: the same key gives the same pseudonyms,
     UIDs and dates. Every input file ends up written, skipped (not DICOM, DICOMDIR, possible
     burned-in text), duplicate or failed in report.json. Exit codes: 0 all written or skipped,
-    1 some failed, 2 usage error (no key), 3 output cannot be written, 4 no input file.
+    1 some failed, 2 usage error (no key), 3 a missing input path or output that cannot be
+    written, 4 no input file.
     """
     configure_logging(verbose)
+    require_paths(paths)  # exit 3, as every command says it (not click's usage error, 2)
     options = deid.options()
     reid_map = deid.checked_reid_map(out)
     from fhirimg.deid.files import deidentify_files
@@ -67,8 +75,8 @@ def deidentify_command(
         except OSError as exc:
             why = exc.strerror or str(exc)
             raise fail(f"cannot write {out}: {why}", ExitCode.CANNOT_START) from None
-    if json_out:
-        sys.stdout.write(jsonio.dumps(report.summary()).decode())
+    if json_out:  # the envelope of every command (docs/cli.md#json-output)
+        print_json(int(report.exit_code), report.summary())
     if not quiet:
         counts = report.counts()
         err_console.print(

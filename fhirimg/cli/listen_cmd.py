@@ -31,6 +31,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._deid import Deid, DeidentifyOpt
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import (
     BinaryOpt,
     EndpointUrlOpt,
@@ -58,7 +59,7 @@ from fhirimg.watch import DEFAULT_SETTLE, StudyHandled
 _PUSH_PANEL = "Push"
 
 
-@app.command("listen")
+@app.command("listen", cls=PanelledCommand)
 @option_groups(auth=FhirAuth, network=Network, deid=Deid)
 def listen_command(
     *,

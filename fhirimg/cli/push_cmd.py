@@ -24,6 +24,7 @@ from fhirimg.cli._app import (
     server_message,
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import (
     DICOMWEB_PANEL,
     NETWORK_PANEL,
@@ -140,7 +141,7 @@ def _summary(report: PushReport) -> str:
     return text
 
 
-@app.command("push")
+@app.command("push", cls=PanelledCommand)
 @option_groups(auth=FhirAuth, network=Network, dicomweb_auth=DicomwebAuth)
 def push(
     *,

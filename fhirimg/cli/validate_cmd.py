@@ -26,6 +26,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import check_url
 from fhirimg.cli._config import from_command_line
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import FhirAuth, FhirVersionOrAuto, Tls, option_groups
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
@@ -43,7 +44,7 @@ class OutputFormat(StrEnum):
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFORMATION: "dim"}
 
 
-@app.command("validate")
+@app.command("validate", cls=PanelledCommand)
 @option_groups(auth=FhirAuth, tls=Tls)
 def validate_command(
     *,

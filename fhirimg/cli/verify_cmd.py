@@ -26,6 +26,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, check_url
 from fhirimg.cli._config import from_command_line
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import DICOMWEB_PANEL, DicomwebAuth, FhirAuth, Network, option_groups
 from fhirimg.dicomweb.verify import (
     MAX_SEARCH_PAGES,
@@ -41,7 +42,7 @@ from fhirimg.safetext import clean, redact_url
 _SHOWN = 10  # differences printed per study; all of them are in --json
 
 
-@app.command("verify")
+@app.command("verify", cls=PanelledCommand)
 @option_groups(auth=FhirAuth, dicomweb_auth=DicomwebAuth, network=Network)
 def verify_command(
     *,

@@ -37,6 +37,7 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._auth import DICOMWEB, FHIR, check_url
 from fhirimg.cli._deid import Deid, DeidentifyOpt
+from fhirimg.cli._help import PanelledCommand
 from fhirimg.cli._options import (
     AllOrNothingOpt,
     BinaryOpt,
@@ -60,17 +61,25 @@ from fhirimg.cli._options import (
 )
 from fhirimg.cli.convert_cmd import parse_patient_id_systems
 from fhirimg.convert import DEFAULT_OUT, ConvertOptions
-from fhirimg.errors import PushError
+from fhirimg.errors import ConfigError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.images.rendered import MediaOptions
 from fhirimg.mapping import MapOptions
 from fhirimg.safetext import redact_url
+from fhirimg.select import StudySelection
 from fhirimg.watch import DEFAULT_INTERVAL, DEFAULT_SETTLE, StudyHandled, watch
 
 _PUSH_PANEL = "Push"
+_SELECT_PANEL = "Selecting studies"
 
 
-@app.command("watch")
+class _WatchCommand(PanelledCommand):
+    """``watch --help`` in the groups of docs/cli.md#fhirimg-watch."""
+
+    moved = {"no_capability_check": _PUSH_PANEL}  # a check of the --push server
+
+
+@app.command("watch", cls=_WatchCommand)
 @option_groups(auth=FhirAuth, network=Network, deid=Deid)
 def watch_command(
     *,
@@ -127,6 +136,35 @@ def watch_command(
             "--settle ignored, and exit with convert's exit code.",
         ),
     ] = False,
+    modality: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--modality",
+            metavar="CS",
+            help="Only studies with a series of this Modality (0008,0060), e.g. CT; "
+            "repeatable (any matches). A study written once is kept whole.",
+            rich_help_panel=_SELECT_PANEL,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="YYYYMMDD",
+            help="Only studies whose Study Date (0008,0020) is this day or later (YYYY-MM-DD "
+            "too); a study without a date is left out.",
+            rich_help_panel=_SELECT_PANEL,
+        ),
+    ] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option(
+            "--patient",
+            metavar="ID",
+            help="Only studies of this Patient ID (0010,0020), exact match.",
+            rich_help_panel=_SELECT_PANEL,
+        ),
+    ] = None,
     fhir_version: FhirVersionOpt = FhirVersion.R4,
     dicomweb_url: EndpointUrlOpt = None,
     timezone: TimezoneOpt = None,
@@ -172,6 +210,12 @@ def watch_command(
         except (ZoneInfoNotFoundError, ValueError):
             raise fail(f"unknown time zone {timezone!r}", ExitCode.USAGE) from None
     default_system, systems = parse_patient_id_systems(patient_id_system or [])
+    try:
+        # Applied by watch to the headers it reads itself (not de-identified): they work with
+        # --deidentify too, unlike convert's.
+        select = StudySelection.of(modality or [], since, patient)
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
     options = ConvertOptions(
         out_dir=out,
         fhir_version=fhir_version.value,
@@ -192,6 +236,7 @@ def watch_command(
         deid=deid.options() if deidentify else None,
         reid_map=deid.checked_reid_map(out, deidentify),
         invocation=invocation(paths),
+        select=select,
     )
     push = (
         push_options(

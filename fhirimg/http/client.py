@@ -36,7 +36,9 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +67,7 @@ from fhirimg.http.limits import (
     default_deadline,
     read_body,
 )
-from fhirimg.safetext import redact_url
+from fhirimg.safetext import clean, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -472,10 +474,10 @@ class HttpClient:
                 outcome: dict[str, Any] | None = None
             else:
                 if response.is_success or response.status_code in ok_statuses:
-                    log.debug("%s %s -> %d", method, _path_only(url), response.status_code)
+                    _log_request(method, url, response.status_code)
                     return response
                 status = response.status_code
-                log.debug("%s %s -> %d", method, _path_only(url), status)  # -vv: refusals too
+                _log_request(method, url, status)  # -vv: refusals too
                 failure, outcome = self.refusal(response)
                 if status in (401, 403):
                     raise AuthError(
@@ -541,6 +543,38 @@ class HttpClient:
             finally:
                 response.close()
         return response
+
+
+_REQUESTS_FOR: ContextVar[str | None] = ContextVar("fhirimg_requests_for", default=None)
+
+
+@contextmanager
+def requests_for(label: str) -> Iterator[None]:
+    """Name what the requests sent inside are for (the bundle file being pushed) in the ``-vv``
+    request log: ``POST [base] -> 200 (study-….json)``. A context variable, so each push worker
+    thread logs the bundle it sends.
+
+    >>> with requests_for("study-1.json"):
+    ...     _REQUESTS_FOR.get()
+    'study-1.json'
+    >>> print(_REQUESTS_FOR.get())
+    None
+    """
+    token = _REQUESTS_FOR.set(clean(label))
+    try:
+        yield
+    finally:
+        _REQUESTS_FOR.reset(token)
+
+
+def _log_request(method: str, url: str, status: int) -> None:
+    """One line of the ``-vv`` request log: method, path (never the query), status, and the
+    bundle file the request is for (:func:`requests_for`) when there is one."""
+    label = _REQUESTS_FOR.get()
+    if label is None:
+        log.debug("%s %s -> %d", method, _path_only(url), status)
+    else:
+        log.debug("%s %s -> %d (%s)", method, _path_only(url), status, label)
 
 
 def _path_only(url: str) -> str:

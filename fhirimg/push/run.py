@@ -23,6 +23,7 @@ import httpx
 
 from fhirimg import jsonio
 from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
+from fhirimg.http.client import requests_for
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.capability import (
     RELEASE_NAMES,
@@ -208,10 +209,11 @@ def _push_split_study(
     ) -> bool:
         if not journal.bundle_done(server, sha) and name != f.path.name:
             piece = resolve_conditional_references(client, piece, cache)
-        result = push_bundle(
-            client, piece, binaries, name=name, sha256=sha, max_entries=limit(),
-            auto_split=options.auto_split, journal=journal, observer=observer,
-        )  # fmt: skip
+        with requests_for(name):  # a part's requests name the part file (-vv)
+            result = push_bundle(
+                client, piece, binaries, name=name, sha256=sha, max_entries=limit(),
+                auto_split=options.auto_split, journal=journal, observer=observer,
+            )  # fmt: skip
         total.entries += result.entries
         total.pieces += result.pieces
         total.binaries_uploaded += result.binaries_uploaded
@@ -386,6 +388,10 @@ def _push_all(
         observer.advanced(f.size)
         return result
 
+    def named(n: int, f: BundleFile) -> BundleResult:
+        with requests_for(f.path.name):  # the -vv request log names the bundle file
+            return one(n, f)
+
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="push")
     pending: dict[Future[BundleResult], int] = {}
     stream = iter(found)
@@ -403,7 +409,7 @@ def _push_all(
                         break
                     ready.append(item)
                 n, f = ready.popleft()
-                pending[executor.submit(one, n, f)] = n
+                pending[executor.submit(named, n, f)] = n
             while report.aborted is None and more and len(ready) < jobs:
                 item = next(stream, None)
                 if item is None:
