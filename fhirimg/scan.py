@@ -24,19 +24,21 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
-
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
+from typing import TYPE_CHECKING, BinaryIO
 
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer, SrContent
 from fhirimg.srread import content_of, is_sr, read_content
 from fhirimg.walk import NotRegular, not_a_file, open_regular, os_problem, skipped_kind
 from fhirimg.walk import iter_files as iter_files  # re-exported: the walk lived here before
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+# pydicom is imported where it is used: the fast parser reads the common encodings without it, so
+# that a run over ordinary files never pays its start-up (about 0.8 s of CPU per process that
+# reads: numpy, its pixel handlers, requests; ``python -X importtime``). Its charset decoder is
+# needed only for text that is not ASCII, its reader only for what the fast parser leaves alone.
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +131,50 @@ class Header:
             self.encodings = inherited or ["iso8859"]
         else:
             terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
-            with _decoding(0x00080005):  # (0008,0005) Specific Character Set
-                self.encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
+            common = _COMMON_CHARSETS.get(terms[0]) if len(terms) == 1 else None
+            if common is not None:
+                self.encodings = [common]
+            elif any(terms):
+                from pydicom.charset import convert_encodings
+
+                with _decoding(0x00080005):  # (0008,0005) Specific Character Set
+                    self.encodings = convert_encodings(terms)
+            else:
+                self.encodings = ["iso8859"]
         for items in self.items.values():
             for item in items:
                 item.set_encodings(self.encodings)
 
 
+# (0008,0005) values of a single term without code extensions (PS3.3 C.12.1.1.2, Table C.12-2;
+# ISO_IR 192, GB18030, GBK) and the Python codecs pydicom's ``convert_encodings`` gives them, so
+# that the common files need no pydicom to know their character set; any other value (ISO 2022
+# code extensions, misspellings pydicom corrects with a warning) goes through pydicom.
+# tests/test_scan.py checks the table against pydicom's answer.
+_COMMON_CHARSETS = {
+    "ISO_IR 6": "iso8859",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 126": "iso_ir_126",
+    "ISO_IR 127": "iso_ir_127",
+    "ISO_IR 138": "iso_ir_138",
+    "ISO_IR 144": "iso_ir_144",
+    "ISO_IR 148": "iso_ir_148",
+    "ISO_IR 166": "iso_ir_166",
+    "ISO_IR 13": "shift_jis",
+    "ISO_IR 192": "UTF8",
+    "GB18030": "GB18030",
+    "GBK": "GBK",
+}
+
+
 def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
     """The undecoded value bytes of an element (or its text when pydicom already converted it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.multival import MultiValue
+
     elem = ds.get_item(tag)
     if elem is None:
         return None
@@ -382,6 +419,8 @@ def _text(h: Header, tag: int) -> str | None:
     if not raw:
         return None
     if tag in _CHARSET_TEXT and (b"\x1b" in raw or not raw.isascii()):  # ESC: ISO 2022
+        from pydicom.charset import decode_bytes
+
         with _decoding(tag):
             text = decode_bytes(raw, h.encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
     else:
@@ -652,6 +691,8 @@ def _slow(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | FilePro
 
 
 def _slow_read(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | FileProblem:
+    from pydicom.filereader import read_partial
+
     ds = read_partial(fh, _stop, defer_size=_DEFER, force=(kind == "bare"), specific_tags=_WANTED)
     if fh.tell() > size:  # pydicom seeked past the end over a cut value
         return _TRUNCATED
@@ -788,6 +829,8 @@ def record_from_dataset(
 
 def _truncated_at(ds: Dataset) -> str | None:
     """The last element's tag when its value is shorter than its declared length (a cut file)."""
+    from pydicom.dataelem import RawDataElement
+
     if not len(ds):
         return None
     tag = list(ds.keys())[-1]
