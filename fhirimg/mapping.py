@@ -171,6 +171,33 @@ _ISSUER_PARTS = (
 )
 
 
+def _nothing_to_clean(record: InstanceRecord) -> bool:
+    """Whether :func:`clean_text` would give ``record`` back as it is: each of its text values
+    as :func:`fhirimg.values.fhir_text` leaves it, checked a kind at a time in one pass (the
+    value by value path cost ~80 us a record, most of the header path's text cleaning)."""
+    by_kind: dict[TextKind, list[str]] = {_S: [], _C: [], _U: []}
+    for attr, (_, kind) in _TEXT.items():
+        value = getattr(record, attr)
+        if isinstance(value, tuple):
+            by_kind[kind].extend(value)
+        elif value is not None:
+            by_kind[kind].append(value)
+    for attr in _CODE_ITEMS:
+        for code in getattr(record, attr):
+            for part, _, kind in _CODE_PARTS:
+                text = getattr(code, part)
+                if text is not None:
+                    by_kind[kind].append(text)
+    for attr in _ISSUERS:
+        issuer = getattr(record, attr)
+        if issuer is not None:
+            for part, _, kind in _ISSUER_PARTS:
+                text = getattr(issuer, part)
+                if text is not None:
+                    by_kind[kind].append(text)
+    return all(values.as_is(texts, kind) for kind, texts in by_kind.items())
+
+
 def clean_text(record: InstanceRecord) -> tuple[InstanceRecord, tuple[str, ...]]:
     """``record`` with every text value that reaches FHIR made fit for its FHIR type
     (:func:`fhirimg.values.fhir_text`: a NBSP becomes a space, control characters go, ...), and
@@ -184,6 +211,13 @@ def clean_text(record: InstanceRecord) -> tuple[InstanceRecord, tuple[str, ...]]
     >>> clean_text(rec)[0].modality
     'CT'
     """
+    if _nothing_to_clean(record):
+        return record, ()
+    return _clean_each(record)
+
+
+def _clean_each(record: InstanceRecord) -> tuple[InstanceRecord, tuple[str, ...]]:
+    """:func:`clean_text`, value by value."""
     changed: dict[str, object] = {}
     notes: list[str] = []
 
