@@ -556,10 +556,13 @@ def _render_in_pool(
     the pool, rather than a study per process: with ``--media`` and fewer studies than processes
     (one large study used one core of two: rendering is most of the time of ``--media``); the
     same for ``--binary inline``, whose Binary entries the pool then writes while this process
-    checks the study's head (:mod:`fhirimg.images.inline`)."""
+    checks the study's head (:mod:`fhirimg.images.inline`), in the local pool only (its
+    processes write into this machine's output folder; a Dask worker may be elsewhere)."""
     if executor is None or studies >= jobs:
         return False
-    return pixels.media is not None or pixels.binary == BinaryMode.INLINE
+    if pixels.media is not None:
+        return True
+    return pixels.binary == BinaryMode.INLINE and isinstance(executor, ProcessPoolExecutor)
 
 
 def _warm_validator(release: str) -> None:

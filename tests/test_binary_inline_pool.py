@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,11 @@ def _same(item: EncodedEntry, in_first: bool) -> EncodedEntry:
 
 
 def test_the_pool_writes_a_study_only_with_inline_binaries_and_fewer_studies() -> None:
-    pool = ThreadPoolExecutor(1)
     inline = PixelOptions(binary=BinaryMode.INLINE)
-    assert _render_in_pool(pool, inline, studies=1, jobs=2)
-    assert not _render_in_pool(pool, inline, studies=2, jobs=2)
+    with ProcessPoolExecutor(1) as pool:  # no process is started without a task
+        assert _render_in_pool(pool, inline, studies=1, jobs=2)
+        assert not _render_in_pool(pool, inline, studies=2, jobs=2)
+        assert not _render_in_pool(pool, PixelOptions(binary=BinaryMode.BESIDE), 1, 2)
     assert not _render_in_pool(None, inline, studies=1, jobs=1)
-    assert not _render_in_pool(pool, PixelOptions(binary=BinaryMode.BESIDE), studies=1, jobs=2)
-    pool.shutdown()
+    with ThreadPoolExecutor(1) as elsewhere:  # not the local pool (a Dask cluster's, say)
+        assert not _render_in_pool(elsewhere, inline, studies=1, jobs=2)
