@@ -135,7 +135,23 @@ class EncodedEntry:
         return len(self.head) + b64 + len(self.tail)
 
     def write_to(self, fh: BinaryIO) -> None:
-        fh.write(self.head)
+        for piece in self.pieces():
+            fh.write(piece)
+
+    def write_at(self, fd: int, offset: int) -> int:
+        """Write the entry into the open file ``fd`` at ``offset`` (``os.pwrite``: processes
+        writing their entries of one file side by side, :mod:`fhirimg.images.inline`); returns
+        the offset after it."""
+        for piece in self.pieces():
+            view = memoryview(piece)
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view, offset = view[done:], offset + done
+        return offset
+
+    def pieces(self) -> Iterator[bytes]:
+        """The entry's bytes in pieces: the head, the base64 of the source, the tail."""
+        yield self.head
         if self.source is not None:
             # base64 in C, a whole chunk at a time: only the 0-2 bytes that end a chunk off a
             # multiple of 3 are carried into the next, so no chunk is copied to be joined or cut
@@ -146,14 +162,14 @@ class EncodedEntry:
                 chunk = pending + data if pending else data
                 cut = len(chunk) - len(chunk) % 3
                 view = memoryview(chunk)
-                fh.write(binascii.b2a_base64(view[:cut], newline=False))
+                yield binascii.b2a_base64(view[:cut], newline=False)
                 pending = bytes(view[cut:])
                 written += cut
-            fh.write(binascii.b2a_base64(pending, newline=False))
+            yield binascii.b2a_base64(pending, newline=False)
             written += len(pending)
             if written != self.source.length:
                 raise OSError(f"source changed while reading: {written} != {self.source.length}")
-        fh.write(self.tail)
+        yield self.tail
 
 
 def encode_entry(item: JSON, source: DataSource | None = None) -> EncodedEntry:
@@ -176,6 +192,22 @@ def encode_entry(item: JSON, source: DataSource | None = None) -> EncodedEntry:
     return EncodedEntry(head, source, tail)
 
 
+def offsets_after(head: Sequence[EncodedEntry], entries: Sequence[EncodedEntry]) -> list[int]:
+    """Where each of ``entries`` starts in a bundle file that begins with the ``head`` entries
+    (:class:`SplitWriter`'s layout: each entry after a separator).
+
+    >>> offsets_after([EncodedEntry(b"h")], [EncodedEntry(b"ab"), EncodedEntry(b"c")])
+    [71, 75]
+    """
+    offset = len(_HEAD) + sum(len(e.head) for e in head) + len(_SEP) * (len(head) - 1)
+    offsets = []
+    for item in entries:
+        offset += len(_SEP)
+        offsets.append(offset)
+        offset += item.size
+    return offsets
+
+
 class _Part:
     """One bundle file being written (to a temporary file until :meth:`SplitWriter.commit`)."""
 
@@ -194,6 +226,25 @@ class _Part:
         entry.write_to(self.fh)
         self.size += entry.size
         self.entries += 1
+
+    def reserve(self, entries: Sequence[EncodedEntry]) -> list[int]:
+        """Room for ``entries`` after those added: their separators are written, the entries
+        left to others (:meth:`EncodedEntry.write_at`) at the offsets returned; this file goes
+        on after them."""
+        self.fh.flush()
+        offset = self.fh.tell()
+        offsets = []
+        for item in entries:
+            if self.entries:
+                os.pwrite(self.fh.fileno(), _SEP, offset)
+                offset += len(_SEP)
+                self.size += len(_SEP)
+            offsets.append(offset)
+            offset += item.size
+            self.size += item.size
+            self.entries += 1
+        self.fh.seek(offset)
+        return offsets
 
     def size_with(self, entry: EncodedEntry) -> int:
         return self.size + entry.size + (len(_SEP) if self.entries else 0)

@@ -24,19 +24,21 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
-
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
+from typing import TYPE_CHECKING, BinaryIO
 
 from fhirimg.model import Code, FileProblem, FileStatus, InstanceRecord, Issuer, SrContent
 from fhirimg.srread import content_of, is_sr, read_content
 from fhirimg.walk import NotRegular, not_a_file, open_regular, os_problem, skipped_kind
 from fhirimg.walk import iter_files as iter_files  # re-exported: the walk lived here before
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+# pydicom is imported where it is used: the fast parser reads the common encodings without it, so
+# that a run over ordinary files never pays its start-up (about 0.8 s of CPU per process that
+# reads: numpy, its pixel handlers, requests; ``python -X importtime``). Its charset decoder is
+# needed only for text that is not ASCII, its reader only for what the fast parser leaves alone.
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +131,50 @@ class Header:
             self.encodings = inherited or ["iso8859"]
         else:
             terms = [t.strip(" \0") for t in raw.decode("ascii", "replace").split("\\")]
-            with _decoding(0x00080005):  # (0008,0005) Specific Character Set
-                self.encodings = convert_encodings(terms) if any(terms) else ["iso8859"]
+            common = _COMMON_CHARSETS.get(terms[0]) if len(terms) == 1 else None
+            if common is not None:
+                self.encodings = [common]
+            elif any(terms):
+                from pydicom.charset import convert_encodings
+
+                with _decoding(0x00080005):  # (0008,0005) Specific Character Set
+                    self.encodings = convert_encodings(terms)
+            else:
+                self.encodings = ["iso8859"]
         for items in self.items.values():
             for item in items:
                 item.set_encodings(self.encodings)
 
 
+# (0008,0005) values of a single term without code extensions (PS3.3 C.12.1.1.2, Table C.12-2;
+# ISO_IR 192, GB18030, GBK) and the Python codecs pydicom's ``convert_encodings`` gives them, so
+# that the common files need no pydicom to know their character set; any other value (ISO 2022
+# code extensions, misspellings pydicom corrects with a warning) goes through pydicom.
+# tests/test_scan.py checks the table against pydicom's answer.
+_COMMON_CHARSETS = {
+    "ISO_IR 6": "iso8859",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 126": "iso_ir_126",
+    "ISO_IR 127": "iso_ir_127",
+    "ISO_IR 138": "iso_ir_138",
+    "ISO_IR 144": "iso_ir_144",
+    "ISO_IR 148": "iso_ir_148",
+    "ISO_IR 166": "iso_ir_166",
+    "ISO_IR 13": "shift_jis",
+    "ISO_IR 192": "UTF8",
+    "GB18030": "GB18030",
+    "GBK": "GBK",
+}
+
+
 def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
     """The undecoded value bytes of an element (or its text when pydicom already converted it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.multival import MultiValue
+
     elem = ds.get_item(tag)
     if elem is None:
         return None
@@ -179,11 +216,20 @@ def _header_from_dataset(ds: Dataset) -> Header:
 # --- the fast path: a small parser for the common encodings (PS3.5 section 7) ---
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}  # fmt: skip
+_SHORT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
+)  # explicit VRs with a 16-bit length (PS3.5 Table 7.1-2); an unknown upper-case pair too
+_EXPLICIT_ELEMENT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_IMPLICIT_ELEMENT = struct.Struct("<HHHH")  # group, element, 32-bit length in two halves
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _SLOW_SYNTAXES = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflate
 _FIRST_READ = 256 * 1024
+# A local file's first read: a header is a few KB, and one more read costs a local file little. A
+# read is no larger than the file: a 256 KiB buffer for a 10 KB file cost more than its read
+# (mmap'd and released each time: 64 against 23 us a file, in a loop over the header corpus).
+_LOCAL_FIRST_READ = 64 * 1024
 _MAX_HEADER = 16 * 1024 * 1024
 # Sequence items nested deeper than this are stepped over, not parsed: fhirimg reads nothing below
 # the items of top-level sequences, and a parser that recursed per level would hit Python's
@@ -214,31 +260,31 @@ def _parse(
     deep = depth >= _KEEP_DEPTH
     n = len(buf)
     unpack = struct.unpack_from
+    # One unpack a data element header (tag, VR, 16-bit length: PS3.5 7.1.2), the hot loop of
+    # reading headers; the 32-bit length of the long VRs and implicit VR are read apart.
+    element_header = _IMPLICIT_ELEMENT.unpack_from if implicit else _EXPLICIT_ELEMENT.unpack_from
     while end is None or pos < end:
         if pos + 8 > n:
             raise _Short
-        group, element = unpack("<HH", buf, pos)
+        group, element, vr, length = element_header(buf, pos)
         tag = group << 16 | element
         if tag == _ITEM_END and end is None:
             return header, pos + 8
         if top and (tag > _LAST_WANTED or tag in _STOP_TAGS):
             return header, pos
         if implicit:
-            (length,) = unpack("<I", buf, pos + 4)
+            length = vr | length << 16  # the 32-bit length's low half came first
             vr = b""
             pos += 8
+        elif vr in _LONG_VRS:
+            if pos + 12 > n:
+                raise _Short
+            (length,) = unpack("<I", buf, pos + 8)
+            pos += 12
+        elif vr in _SHORT_VRS or (vr.isalpha() and vr.isupper()):
+            pos += 8
         else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    raise _Short
-                (length,) = unpack("<I", buf, pos + 8)
-                pos += 12
-            elif vr.isalpha() and vr.isupper():
-                (length,) = unpack("<H", buf, pos + 6)
-                pos += 8
-            else:
-                raise _Unsupported("not explicit VR where explicit VR was expected")
+            raise _Unsupported("not explicit VR where explicit VR was expected")
         if length == _UNDEFINED:
             if vr not in (b"", b"SQ", b"UN"):
                 raise _Unsupported(f"undefined length for VR {vr!r}")
@@ -382,6 +428,8 @@ def _text(h: Header, tag: int) -> str | None:
     if not raw:
         return None
     if tag in _CHARSET_TEXT and (b"\x1b" in raw or not raw.isascii()):  # ESC: ISO 2022
+        from pydicom.charset import decode_bytes
+
         with _decoding(tag):
             text = decode_bytes(raw, h.encodings, _PN_DELIMS if tag in _PN else _TEXT_DELIMS)
     else:
@@ -463,20 +511,23 @@ def read_file(path: str) -> InstanceRecord | FileProblem:
         if not_regular is not None:
             return not_regular
         with open_regular(path) as (fh, size):
-            return read_header(path, fh, size)
+            return read_header(path, fh, size, _LOCAL_FIRST_READ)
     except NotRegular as exc:
         return skipped_kind(path, str(exc))
     except OSError as exc:
         return os_problem(path, exc)
 
 
-def read_header(path: str, fh: BinaryIO, size: int) -> InstanceRecord | FileProblem:
+def read_header(
+    path: str, fh: BinaryIO, size: int, first_read: int = _FIRST_READ
+) -> InstanceRecord | FileProblem:
     """The header of the DICOM bytes ``fh`` (``size`` bytes long), named ``path``: the one parser
-    for local files and objects. Reads the first ``_FIRST_READ`` bytes (256 KiB), more only
-    when the header goes on (up to 16 MiB), so an object store serves it with one or two ranged
-    GETs. Never raises for bad bytes; an ``OSError`` of ``fh`` is left to the caller."""
+    for local files and objects. Reads the first ``first_read`` bytes (256 KiB, or the whole of a
+    smaller file), more only when the header goes on (up to 16 MiB), so an object store serves
+    it with one or two ranged GETs. Never raises for bad bytes; an ``OSError`` of ``fh`` is left
+    to the caller."""
     try:
-        buf = fh.read(_FIRST_READ)
+        buf = fh.read(min(first_read, size) if size > 0 else first_read)
         kind = sniff(buf[:132])
         if kind is None:
             return FileProblem(path, FileStatus.SKIPPED, "not a DICOM file (no DICM marker)")
@@ -652,6 +703,8 @@ def _slow(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | FilePro
 
 
 def _slow_read(fh: BinaryIO, size: int, kind: str) -> tuple[Header, Header] | FileProblem:
+    from pydicom.filereader import read_partial
+
     ds = read_partial(fh, _stop, defer_size=_DEFER, force=(kind == "bare"), specific_tags=_WANTED)
     if fh.tell() > size:  # pydicom seeked past the end over a cut value
         return _TRUNCATED
@@ -788,6 +841,8 @@ def record_from_dataset(
 
 def _truncated_at(ds: Dataset) -> str | None:
     """The last element's tag when its value is shorter than its declared length (a cut file)."""
+    from pydicom.dataelem import RawDataElement
+
     if not len(ds):
         return None
     tag = list(ds.keys())[-1]

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, BinaryIO
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fhirimg.model import Code, ContentItem, ImageReference, SrContent
+
+if TYPE_CHECKING:  # pydicom is imported to read an SR, never for the header of other files
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def read_content(path: str | BinaryIO) -> SrContent:
 
     Never raises for bad content: what cannot be read becomes a warning of the result.
     """
+    from pydicom import dcmread
+
     try:
         ds = dcmread(path, force=True, stop_before_pixels=True)
         return content_of(ds)
@@ -72,6 +74,7 @@ def read_content(path: str | BinaryIO) -> SrContent:
 def content_of(ds: Dataset) -> SrContent:
     """The content tree of an SR dataset, flattened (module docstring).
 
+    >>> from pydicom.dataset import Dataset
     >>> ds = Dataset()
     >>> ds.ConceptNameCodeSequence = [Dataset()]
     >>> ds.ConceptNameCodeSequence[0].CodeValue = "126000"

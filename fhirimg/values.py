@@ -11,6 +11,7 @@ HumanName) and ``fhir-imaging-spec.md`` "Dates and times".
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -331,6 +332,22 @@ _NOT_ALLOWED = re.compile(
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
     r"\u3000\ud800-\udfff]"
 )
+
+
+def as_is(texts: Sequence[str], kind: TextKind = TextKind.STRING) -> bool:
+    """Whether :func:`fhir_text` gives each of ``texts`` back unchanged and without a note, in
+    one pass over them all (the common case: a header with nothing to clean).
+
+    >>> as_is(["CT", "MR"], TextKind.CODE), as_is(["CT", "M\tR"], TextKind.CODE), as_is([""])
+    (True, False, False)
+    """
+    for text in texts:
+        if not text or text != text.strip():
+            return False
+    joined = "|".join(texts)  # "|" is allowed anywhere and is no space: nothing found across
+    if _NOT_ALLOWED.search(joined) is not None:
+        return False
+    return kind is TextKind.STRING or _INNER_SPACE[kind].search(joined) is None
 
 
 def fhir_text(value: str, kind: TextKind = TextKind.STRING) -> tuple[str | None, tuple[str, ...]]:

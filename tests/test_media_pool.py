@@ -80,5 +80,5 @@ def test_the_pool_renders_only_when_studies_are_fewer_than_processes() -> None:
     with ProcessPoolExecutor(1) as pool:
         assert _render_in_pool(pool, media, studies=1, jobs=2)
         assert not _render_in_pool(pool, media, studies=2, jobs=2)  # a study per process
-        assert not _render_in_pool(pool, PixelOptions(binary=BinaryMode.INLINE), 1, 2)
+        assert not _render_in_pool(pool, PixelOptions(binary=BinaryMode.BESIDE), 1, 2)
     assert not _render_in_pool(None, media, studies=1, jobs=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pydicom
 import pydicom.data
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -119,3 +120,28 @@ def test_unreadable_paths(tmp_path: Path, name: str) -> None:
     result = scan.read_file(str(target))
     assert isinstance(result, FileProblem)
     assert result.status is FileStatus.FAILED
+
+
+def test_common_charsets_are_pydicoms_answer() -> None:
+    """The single-term (0008,0005) values the fast parser knows without pydicom give the codecs
+    pydicom's ``convert_encodings`` gives them, and pydicom says nothing about them."""
+    import warnings
+
+    from pydicom.charset import convert_encodings
+
+    for term, codec in scan._COMMON_CHARSETS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert convert_encodings([term]) == [codec], term
+
+
+def test_header_of_a_common_charset_file_is_read_as_pydicom_would(tmp_path: Path) -> None:
+    """A Latin-1 name in an ISO_IR 100 file decodes through the table's codec like pydicom's."""
+    ds = pydicom.dcmread(SAMPLE / "study_a_ct" / "ct_0001.dcm")
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jürgen"
+    ds.save_as(tmp_path / "latin.dcm", enforce_file_format=True)
+    record = scan.read_file(str(tmp_path / "latin.dcm"))
+    assert isinstance(record, InstanceRecord)
+    assert record.patient_name == "Müller^Jürgen"
+    assert record.warnings == ()

@@ -280,3 +280,26 @@ def test_cleaning_is_shown_with_verbose(tmp_path: Path) -> None:
     assert line not in quiet.stderr
     assert line in loud.stderr
     assert "CT\u00a0Head" not in loud.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_one_pass_check_agrees_with_cleaning_value_by_value(data: st.DataObject) -> None:
+    """``clean_text`` gives a record back as it is when one pass over its values finds nothing
+    to clean (``mapping._nothing_to_clean``): exactly when cleaning value by value changes
+    nothing and says nothing. Mostly plain text, so that both answers occur."""
+    plain = st.text(st.sampled_from("AZaz09^=-.|Ä"), min_size=1, max_size=6)
+    near = st.sampled_from(["A B", "A  B", " A", "A\tB", "A\u00a0B", "", "A\x00", "A\nB"])
+    odd = st.one_of(near, st.text(min_size=0, max_size=4))
+    # all plain (nothing to clean), or one odd value somewhere among plain ones
+    where = data.draw(st.integers(min_value=-1, max_value=60))
+    drawn = iter(range(100))
+    record = _record(lambda: data.draw(odd if next(drawn) == where else plain))
+    from fhirimg import mapping
+
+    quick = mapping._nothing_to_clean(record)
+    assert quick or where >= 0  # all plain: nothing to clean
+    if quick:
+        assert clean_text(record) == (record, ())
+    slow = mapping._clean_each(record)  # value by value: what clean_text did before
+    assert quick == (slow == (record, ()))

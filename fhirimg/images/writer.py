@@ -67,6 +67,7 @@ from fhirimg.validate.validator import resource_error_findings
 
 if TYPE_CHECKING:
     from fhirimg.deid import DeidOptions
+    from fhirimg.images.inline import WrittenAhead
     from fhirimg.images.render import Rendered
 
 
@@ -159,14 +160,28 @@ def write_study(
     study_uid = recs[0].study_instance_uid
     name = ids.bundle_name(study_uid)
 
+    # With a pool: the Binary entries written by its processes while the head is checked here
+    # (fhirimg.images.inline); thrown away when the check changes the head.
+    ahead = _binaries_ahead(
+        recs, mapping, release, options, out_dir, name, render_pool, render_jobs
+    )
     # Instances the head's errors are traced to are left out, with their Binaries and images
     # (fhirimg.partial); the head is built again without them.
-    settled = settle(recs, lambda rs: _head(rs, mapping, release, options), options.all_or_nothing)
+    try:
+        settled = settle(
+            recs, lambda rs: _head(rs, mapping, release, options), options.all_or_nothing
+        )
+    except BaseException:
+        if ahead is not None:
+            ahead.discard()
+        raise
     out.dropped = settled.dropped
     recs = settled.records
     head, notes = settled.attempt.value
     out.warnings.extend(notes.items)
     if settled.errors:
+        if ahead is not None:
+            ahead.discard()
         out.errors.extend(settled.errors)
         return out
     entries = head["entry"]
@@ -176,14 +191,37 @@ def write_study(
         _conditional(entries[-1]["request"]) or entries[-1]["fullUrl"],
     )
 
-    writer = SplitWriter(out_dir, name, options.max_entries, options.max_bytes, options.modes)
+    if (
+        ahead is not None
+        and not settled.dropped
+        and _binary_shape(options, release, first, recs[0].sop_instance_uid)
+    ):
+        writer = ahead.writer
+    else:
+        if ahead is not None:
+            ahead.discard()
+            ahead = None
+        writer = SplitWriter(out_dir, name, options.max_entries, options.max_bytes, options.modes)
     try:
-        for item in entries:
-            writer.add_head(encode_entry(item))
+        encoded = [encode_entry(item) for item in entries]
+        if ahead is not None and not ahead.take(encoded):
+            ahead.discard()
+            ahead = None
+            writer = SplitWriter(
+                out_dir, name, options.max_entries, options.max_bytes, options.modes
+            )
+        if ahead is None:
+            for item in encoded:
+                writer.add_head(item)
         if options.max_bytes is not None and writer.parts[0].size > options.max_bytes:
             out.warnings.append("Patient, Endpoint and ImagingStudy alone exceed --max-bundle-mb")
         shown = [r for r in recs if r.sop_instance_uid not in options.withheld]
-        if options.binary is not None:
+        if ahead is not None:
+            for source in ahead.sources:
+                _note_source(source, out)
+            out.binaries = len(ahead.entries)
+            out.binary_bytes = sum(source.length for source in ahead.sources)
+        elif options.binary is not None:
             folder = out_dir / binaries_folder(name)
             _binaries(shown, options, release, writer, folder, first, later, out)
         if options.media is not None:
@@ -202,17 +240,19 @@ def write_study(
             )
         out.bundles = writer.commit()
     except BaseException:
-        writer.abort()
+        if ahead is not None:
+            ahead.discard()  # its tasks done first: nothing writes into a file once removed
+        else:
+            writer.abort()
         raise
     out.warnings.extend(writer.notes)
     return out
 
 
-def _head(
+def _head_bundle(
     recs: list[InstanceRecord], mapping: MapOptions, release: Release, options: PixelOptions
-) -> Attempt[tuple[JSON, Notes]]:
-    """The head bundle (Patient, Endpoint, ImagingStudy with the Binary links) of ``recs``,
-    validated as :func:`_skeleton` (each Binary entry in it belongs to its instance)."""
+) -> tuple[JSON, Notes]:
+    """The head bundle (Patient, Endpoint, ImagingStudy with the Binary links) of ``recs``."""
     extensions: dict[str, list[JSON]] = {}
     if options.binary is not None:
         by_full_url = options.binary == BinaryMode.INLINE and not options.split
@@ -222,7 +262,15 @@ def _head(
                 continue
             ref = binary_full_url(sop) if by_full_url else f"Binary/{binary_id(sop)}"
             extensions[sop] = [link_extension(ref)]
-    head, notes = study_bundle(recs, mapping, release, extensions)
+    return study_bundle(recs, mapping, release, extensions)
+
+
+def _head(
+    recs: list[InstanceRecord], mapping: MapOptions, release: Release, options: PixelOptions
+) -> Attempt[tuple[JSON, Notes]]:
+    """The head bundle of ``recs`` (:func:`_head_bundle`), validated as :func:`_skeleton` (each
+    Binary entry in it belongs to its instance)."""
+    head, notes = _head_bundle(recs, mapping, release, options)
     skeleton = _skeleton(head, recs, options)
     errors = resource_error_findings(skeleton, release.name, options.strict, _known(recs, options))
     owners = {binary_full_url(r.sop_instance_uid): r for r in recs} if skeleton is not head else {}
@@ -271,17 +319,7 @@ def _binaries(
     shape_errors: list[str] | None = None
     for rec in recs:
         source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
-        if source.mended:
-            out.warnings.append(
-                "a DICOM file whose File Meta (0002,0003)/(0002,0002) named another instance "
-                "than its dataset got a File Meta group naming the dataset's in its Binary "
-                "(dataset bytes unchanged)"
-            )
-        elif not source.exact:
-            out.warnings.append(
-                "a DICOM file without preamble/File Meta got a PS3.10 header in its Binary "
-                "(dataset bytes unchanged)"
-            )
+        _note_source(source, out)
         bid = binary_id(rec.sop_instance_uid)
         if mode == BinaryMode.BESIDE:
             out.binary_bytes += write_beside(folder, bid, source, options.modes)
@@ -290,15 +328,7 @@ def _binaries(
 
         def build(in_first: bool, bid: str = bid, source: DicomSource = source) -> EncodedEntry:
             refs = first if in_first else later
-            item = entry(
-                "urn:uuid:" + bid,
-                _mark(
-                    binary_resource(bid, refs.patient, DATA_PLACEHOLDER), options.deid is not None
-                ),
-                {"method": "PUT", "url": f"Binary/{bid}"},
-            )
-            # A DicomSource is a bundle DataSource: its bytes stream into Binary.data as base64.
-            return encode_entry(item, source)
+            return _binary_entry(bid, source, refs.patient, options.deid is not None)
 
         # The resource is valid by construction except its data, which is base64 we encode.
         # Checked as the release being written: R4 (R4B models) and R5 Binary have the same
@@ -315,6 +345,76 @@ def _binaries(
         writer.place(build)
         out.binaries += 1
         out.binary_bytes += source.length
+
+
+def _note_source(source: DicomSource, out: StudyFiles) -> None:
+    """The warning a Binary's bytes get when they are not the file's bytes exactly."""
+    if source.mended:
+        out.warnings.append(
+            "a DICOM file whose File Meta (0002,0003)/(0002,0002) named another instance "
+            "than its dataset got a File Meta group naming the dataset's in its Binary "
+            "(dataset bytes unchanged)"
+        )
+    elif not source.exact:
+        out.warnings.append(
+            "a DICOM file without preamble/File Meta got a PS3.10 header in its Binary "
+            "(dataset bytes unchanged)"
+        )
+
+
+def _binary_entry(bid: str, source: DicomSource, patient: str, deid: bool) -> EncodedEntry:
+    """The Binary entry of one instance, its data streamed from ``source`` as base64."""
+    item = entry(
+        "urn:uuid:" + bid,
+        _mark(binary_resource(bid, patient, DATA_PLACEHOLDER), deid),
+        {"method": "PUT", "url": f"Binary/{bid}"},
+    )
+    # A DicomSource is a bundle DataSource: its bytes stream into Binary.data as base64.
+    return encode_entry(item, source)
+
+
+def _binary_shape(
+    options: PixelOptions, release: Release, first: _Refs, sop_instance_uid: str
+) -> bool:
+    """Whether a study's Binary entries pass the check :func:`_binaries` makes of the first."""
+    check = binary_resource(binary_id(sop_instance_uid), first.patient, None)
+    return not resource_errors(check, release.name, options.strict)
+
+
+def _binaries_ahead(
+    recs: list[InstanceRecord],
+    mapping: MapOptions,
+    release: Release,
+    options: PixelOptions,
+    out_dir: Path,
+    name: str,
+    pool: Executor | None,
+    jobs: int,
+) -> WrittenAhead | None:
+    """Start the Binary entries of a study written by ``pool`` (:mod:`fhirimg.images.inline`)
+    after the head built from all of ``recs``; None when the study is written the one-process
+    way: no pool, no inline Binaries, a split bundle, de-identification (its copies of the
+    files are made as the study is written)."""
+    if pool is None or options.binary != BinaryMode.INLINE or options.split:
+        return None
+    if options.deid is not None or options.withheld:
+        return None
+    from fhirimg.images.inline import write_ahead
+
+    head, _ = _head_bundle(recs, mapping, release, options)
+    encoded = [encode_entry(item) for item in head["entry"]]
+    patient = head["entry"][0]["fullUrl"]
+    sources = [dicom_source(r.path, r.sop_class_uid, r.sop_instance_uid) for r in recs]
+    entries = [
+        _binary_entry(binary_id(r.sop_instance_uid), source, patient, False)
+        for r, source in zip(recs, sources, strict=True)
+    ]
+    writer = SplitWriter(out_dir, name, None, None, options.modes)
+    try:
+        return write_ahead(writer, encoded, entries, sources, pool, jobs)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _rendered(
