@@ -877,8 +877,15 @@ def convert(
             opts = replace(opts, full=True)
         with Catalog.open(out_dir, full=opts.full) as catalog:
             clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, locked
-            run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
-            report = run.run(on_study)
+            if opts.cluster is not None and opts.deid is None:
+                # the shuffle on the workers; every file read, every study rewritten
+                from fhirimg.convert_cluster import convert_shuffled
+
+                inputs = [Path(p) for p in paths]
+                report = convert_shuffled(catalog, inputs, opts, progress, on_study, bundle_dir)
+            else:
+                run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
+                report = run.run(on_study)
         if read_as or deid_mark.exists():
             jsonio.atomic_write(deid_mark, read_as.encode(), mode=jsonio.PRIVATE)
         return report

@@ -1,0 +1,403 @@
+"""``convert --engine dask`` on files: header records shuffled by Study Instance UID on the
+workers, never through the client (docs/scale-out.md).
+
+Three stages of coarse tasks, each a barrier, joined by files in a scratch folder of the output
+folder's private state (``<out>/.fhirimg/tmp/shuffle-*``, 0700, on the shared file system every
+worker writes the bundles to anyway):
+
+1. **read**: one task per :data:`READ_BATCH` input paths (the client walks the inputs and sends
+   only the paths). It reads the headers (:func:`fhirimg.scan.read_file`) and writes its packed
+   records into one file per *study partition* (a hash of the Study Instance UID), its unreadable
+   files' problems into the partition of their path, and ``(SOP Instance UID, study, path)`` into
+   one file per *SOP partition* (a hash of the SOP Instance UID). It returns two counts.
+2. **SOP UIDs across studies**: one task per SOP partition finds the SOP Instance UIDs that occur
+   in more than one study. Those files are in different study partitions, so the local rule
+   (:meth:`fhirimg.group.StudyIndex.resolve_duplicates`: the first file by path is kept, a later
+   one of another study fails as a UID conflict) is settled here: the losing paths go, with their
+   reason, to their study partition. Every other duplicate is inside one study, so one partition.
+3. **write**: one task per study partition groups its records by study in a SQLite index on disk
+   (:class:`~fhirimg.group.StudyIndex`: memory follows the largest study), drops the losers of
+   stage 2, settles the duplicates inside, writes each study's bundle (``convert._write_study``,
+   the local engine's own), and writes every file's outcome, sorted by path, into an outcome file.
+   It returns the studies' outcomes and counts.
+
+The client merges the outcome files (already sorted) into ``report.json`` as a stream, so it never
+holds every file name; it holds one outcome per study, as the local engine does. Every task's
+output has a name fixed by its inputs and is written atomically: a task run again after a worker
+was lost writes the same bytes to the same names, and the stages are barriers, so nothing reads a
+half-done stage.
+
+The catalog: this engine reads every input file and rewrites every study on every run (an
+incremental run would need the catalog's records, i.e. every record through the client). The
+catalog keeps the history of runs, and its studies are marked dirty (another options
+fingerprint), so a later ``--engine local`` run rewrites every study from what it knows and reads
+what it does not. ``report.json`` of a run into an empty folder is byte for byte the local
+engine's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import os
+import pickle
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fhirimg import jsonio
+from fhirimg.catalog import Catalog
+from fhirimg.convert import (
+    REPORT_NAME,
+    ConvertOptions,
+    ConvertReport,
+    Progress,
+    RunSummary,
+    StudyHook,
+    StudyOutcome,
+    _file_outcomes,
+    _file_warnings,
+    _json_safe,
+    _log_files,
+    _ndjson,
+    _not_written,
+    _printable,
+    _run_json,
+    _stream_report,
+    _write_study,
+)
+from fhirimg.fhir import release as get_release
+from fhirimg.folderlock import work_dir
+from fhirimg.group import PackedRecord, StudyIndex
+from fhirimg.jsonio import JSON
+from fhirimg.mapping import MapOptions
+from fhirimg.model import FileProblem, FileStatus
+from fhirimg.tasks import batched, bounded
+from fhirimg.walk import iter_files
+
+if TYPE_CHECKING:
+    from fhirimg.images.writer import PixelOptions
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 1000
+"""Input paths per read task: coarse, so that the client submits few tasks (each costs tens of
+milliseconds of the scheduler's and client's time) and a worker reads for about a second."""
+OPTIONS_MARK = "written by --engine dask (every study rewritten)"
+"""The catalog's options fingerprint after a Dask run: any other run rewrites every study."""
+_CHUNK = 1000  # outcomes per pickle in an outcome file
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a UID or path: a stable hash (the same on every worker and run).
+
+    >>> partition_of("1.2.3", 8) == partition_of("1.2.3", 8), 0 <= partition_of("x", 3) < 3
+    (True, True)
+    """
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def _key(path: str) -> bytes:
+    """A path as the index sorts it (UTF-8 bytes, undecodable file-name bytes restored)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _dump(path: Path, items: Any) -> None:
+    jsonio.atomic_write(path, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _load(path: Path) -> Any:
+    return pickle.loads(path.read_bytes())
+
+
+def _files(folder: Path) -> list[Path]:
+    """The finished files of a stage in ``folder`` (not an atomic write's temporary file)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+# --- the tasks (run on the workers) ---
+
+
+def read_task(task: int, paths: list[str], scratch: str, partitions: int) -> tuple[int, int]:
+    """Stage 1: read ``paths``; records and problems into the study partitions' files, SOP
+    Instance UIDs into the SOP partitions' files. Returns (files read, files not stat-able)."""
+    from fhirimg.scan import read_file  # pydicom: only in the workers that read
+
+    studies: list[list[PackedRecord | FileProblem]] = [[] for _ in range(partitions)]
+    sops: list[list[tuple[str, str, str]]] = [[] for _ in range(partitions)]
+    unstatable = 0
+    for path in paths:
+        try:
+            os.stat(path)  # as the local engine counts: read all the same, to say why
+        except OSError:
+            unstatable += 1
+        item = read_file(path)
+        if isinstance(item, FileProblem):
+            studies[partition_of(path, partitions)].append(item)
+            continue
+        packed = PackedRecord.of(item)
+        studies[partition_of(packed.study, partitions)].append(packed)
+        sops[partition_of(packed.sop, partitions)].append((packed.sop, packed.study, packed.path))
+    root = Path(scratch)
+    for k in range(partitions):
+        if studies[k]:
+            _dump(root / f"p{k:05d}" / f"r{task:08d}", studies[k])
+        if sops[k]:
+            _dump(root / f"s{k:05d}" / f"r{task:08d}", sops[k])
+    return len(paths), unstatable
+
+
+def sop_task(part: int, scratch: str, partitions: int) -> int:
+    """Stage 2: the files of this SOP partition whose SOP Instance UID the first file by path
+    holds in another study: each goes, failed with the local engine's reason, to its study
+    partition (``x<study partition>/s<part>``). Returns how many."""
+    root = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix=f"sop{part}-", dir=root) as tmp:
+        db = sqlite3.connect(Path(tmp) / "sop.sqlite")  # on disk: flat in the corpus size
+        try:
+            db.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+                "CREATE TABLE t (sop TEXT, study TEXT, path BLOB);"
+            )
+            for name in _files(root / f"s{part:05d}"):
+                rows = _load(name)
+                db.executemany(
+                    "INSERT INTO t VALUES (?, ?, ?)", [(s, st, _key(p)) for s, st, p in rows]
+                )
+            found = db.execute(
+                """
+                SELECT sop, study, path FROM t WHERE sop IN
+                  (SELECT sop FROM t GROUP BY sop HAVING COUNT(DISTINCT study) > 1)
+                ORDER BY sop, path
+                """
+            ).fetchall()
+        finally:
+            db.close()
+    losers: dict[int, list[tuple[str, str]]] = {}
+    kept: tuple[str, str, str] | None = None  # sop, study, path of the file kept
+    for sop, study, raw in found:
+        path = bytes(raw).decode("utf-8", "surrogateescape")
+        if kept is None or kept[0] != sop:
+            kept = (sop, study, path)
+            continue
+        if study != kept[1]:  # the same study: settled in its own partition (stage 3)
+            why = (
+                f"SOP Instance UID conflict: also in {kept[2]} with a different study, series "
+                f"or SOP class; {kept[2]} is kept (the first by path)"
+            )
+            losers.setdefault(partition_of(study, partitions), []).append((path, why))
+    for k, items in losers.items():
+        _dump(root / f"x{k:05d}" / f"s{part:08d}", items)
+    return sum(len(v) for v in losers.values())
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What a write task sends back: small, one outcome per study."""
+
+    studies: list[StudyOutcome]
+    counts: dict[str, int]
+    failures: list[tuple[str, str]]
+    stopped: str | None
+    outcome_file: str
+
+
+def write_task(
+    part: int,
+    scratch: str,
+    files_dir: str,
+    mapping: MapOptions,
+    fhir_version: str,
+    pixels: PixelOptions,
+) -> PartitionResult:
+    """Stage 3: group the partition's records by study, settle its duplicates, write its
+    studies, and its files' outcomes (sorted by path) into ``o<part>``."""
+    root = Path(scratch)
+    losers: dict[str, str] = {}
+    for name in _files(root / f"x{part:05d}"):
+        losers.update(_load(name))
+    outcomes: list[StudyOutcome] = []
+    stopped: str | None = None  # the disk is full: no further study of the partition
+    with StudyIndex(root) as index:
+        for name in _files(root / f"p{part:05d}"):
+            items = _load(name)
+            index.add_many(i for i in items if isinstance(i, FileProblem) or i.path not in losers)
+        for path, why in losers.items():
+            index.add_problem(FileProblem(path, FileStatus.FAILED, why))
+        index.resolve_duplicates()
+        for uid in index.study_uids():
+            blobs = index.blobs(uid)
+            paths = index.study_paths(uid)
+            if stopped is None:
+                outcome = _write_study(blobs, mapping, fhir_version, files_dir, pixels)
+                if outcome.out_of_space:
+                    stopped = outcome.errors[0]
+            else:
+                outcome = _not_written(uid, paths, blobs, stopped)
+            for path, status, detail in _file_outcomes(paths, outcome):
+                index.set_outcome([path], status, detail)
+            outcomes.append(outcome)
+        outcome_file = root / f"o{part:05d}"
+        with jsonio.atomic_writer(outcome_file) as fh:
+            for chunk in batched(index.file_outcomes(), _CHUNK):
+                pickle.dump(chunk, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        return PartitionResult(
+            outcomes, index.counts(), index.failures(100), stopped, str(outcome_file)
+        )
+
+
+# --- the client ---
+
+
+def _outcomes(path: str) -> Iterator[tuple[str, str, str]]:
+    """The (path, status, detail) of an outcome file, in its order (by path)."""
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                chunk: list[tuple[str, str, str]] = pickle.load(fh)
+            except EOFError:
+                return
+            yield from chunk
+
+
+def convert_shuffled(
+    catalog: Catalog,
+    inputs: list[Path],
+    opts: ConvertOptions,
+    progress: Progress | None,
+    on_study: StudyHook | None,
+    bundle_dir: Path | None,
+) -> ConvertReport:
+    """Convert ``inputs`` on the Dask cluster of ``opts.cluster`` (module docstring); the
+    folder's lock is held and ``catalog`` open (for the history of runs)."""
+    from fhirimg.cluster import start
+
+    assert opts.cluster is not None
+    out_dir = Path(opts.out_dir)
+    files_dir = bundle_dir or out_dir
+    cluster = start(opts.cluster)  # a cluster that cannot start: no run
+    scratch = Path(tempfile.mkdtemp(prefix="shuffle-", dir=work_dir(out_dir)))
+    try:
+        catalog.use_options(OPTIONS_MARK)
+        catalog.begin_run(inputs, full=opts.full)
+        threads = cluster.threads
+        partitions = max(4, 4 * threads)
+        for stage in "psx":
+            for k in range(partitions):
+                (scratch / f"{stage}{k:05d}").mkdir(mode=0o700)
+        window = 2 * threads + 2
+
+        # 1. read, on the workers; the client sends paths only
+        total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
+        paths = iter_files(inputs, exclude=[out_dir])
+        jobs = (
+            (i, batch, str(scratch), partitions)
+            for i, batch in enumerate(batched(paths, READ_BATCH))
+        )
+        read = unstatable = 0
+        for n, bad in bounded(cluster, read_task, jobs, window):
+            read, unstatable = read + n, unstatable + bad
+            if progress:
+                progress("read", n, total)
+        # 2. SOP Instance UIDs in more than one study
+        sop_jobs = ((k, str(scratch), partitions) for k in range(partitions))
+        conflicts = sum(bounded(cluster, sop_task, sop_jobs, partitions))
+        log.debug("%d files hold a SOP Instance UID of another study", conflicts)
+        # 3. group by study and write, a partition a task
+        pixels = opts.pixels()
+        write_jobs = (
+            (k, str(scratch), str(files_dir), opts.mapping, opts.fhir_version, pixels)
+            for k in range(partitions)
+        )
+        results: list[PartitionResult] = []
+        for result in bounded(cluster, write_task, write_jobs, partitions):
+            for i, outcome in enumerate(result.studies):
+                if on_study is not None and outcome.ok:
+                    result.studies[i] = on_study(outcome, files_dir)
+                _log_files(result.studies[i])
+            results.append(result)
+            if progress:
+                progress("write", len(result.studies), None)
+        report = _report(out_dir, results, opts, read - unstatable, unstatable)
+        report.ndjson = _ndjson(opts, files_dir, report)
+        catalog.end_run(report.run.counts() if report.run else None)
+        _write_report(out_dir / REPORT_NAME, report, results, catalog, opts)
+        return report
+    finally:
+        cluster.shutdown(cancel_futures=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _report(
+    out_dir: Path, results: list[PartitionResult], opts: ConvertOptions, new: int, unstatable: int
+) -> ConvertReport:
+    studies = sorted((s for r in results for s in r.studies), key=lambda s: s.study_instance_uid)
+    counts = {s.value: 0 for s in FileStatus}
+    for r in results:
+        for status, n in r.counts.items():
+            counts[status] += n
+    failures = list(heapq.merge(*(r.failures for r in results), key=lambda f: _key(f[0])))[:100]
+    stopped = next((r.stopped for r in results if r.stopped), None)
+    summary = RunSummary(
+        full=opts.full,
+        new=new,
+        written=sum(1 for s in studies if s.ok),
+        failed=sum(1 for s in studies if not s.ok),
+        unstatable=unstatable,
+    )
+    return ConvertReport(
+        out_dir,
+        counts,
+        studies,
+        [(_printable(p), _printable(r)) for p, r in failures],
+        run=summary,
+        written=studies,
+        stopped=stopped,
+    )
+
+
+def _write_report(
+    path: Path,
+    report: ConvertReport,
+    results: list[PartitionResult],
+    catalog: Catalog,
+    opts: ConvertOptions,
+) -> None:
+    """``report.json`` in the shape of the local engine's (``convert._write_folder_report``),
+    its ``files`` merged from the partitions' outcome files as a stream."""
+    render_failed = {
+        _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
+    }
+    warned = _file_warnings(report.studies)
+    merged = heapq.merge(*(_outcomes(r.outcome_file) for r in results), key=lambda o: _key(o[0]))
+
+    def files() -> Iterator[JSON]:
+        for file_path, status, detail in merged:
+            shown = _printable(file_path)
+            item: JSON = {"path": shown, "status": status}
+            key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
+            item[key] = _printable(detail)
+            if shown in render_failed:
+                item["renderError"] = render_failed[shown]
+            if shown in warned:
+                item["warnings"] = warned[shown]
+            yield item
+
+    doc: JSON = {
+        "fhirVersion": get_release(opts.fhir_version).fhir_version,
+        "summary": report.summary(),
+        "studies": [_json_safe(s.as_json()) for s in report.studies],
+        "files": [],
+        "history": [_run_json(r) for r in catalog.runs()],
+    }
+    if opts.invocation is not None:
+        from fhirimg.audit import audit_json
+
+        doc["audit"] = audit_json(opts.invocation, report.warning_texts())
+    _stream_report(path, doc, files(), opts.modes)
