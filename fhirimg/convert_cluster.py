@@ -124,20 +124,34 @@ def _files(folder: Path) -> list[Path]:
 # --- the tasks (run on the workers) ---
 
 
-def read_task(task: int, paths: list[str], scratch: str, partitions: int) -> tuple[int, int]:
-    """Stage 1: read ``paths``; records and problems into the study partitions' files, SOP
-    Instance UIDs into the SOP partitions' files. Returns (files read, files not stat-able)."""
+def read_task(
+    task: int,
+    paths: list[str] | str,
+    scratch: str,
+    partitions: int,
+    storage: dict[str, str] | None = None,
+) -> tuple[int, int]:
+    """Stage 1: read ``paths`` (or the URLs of a listing's chunk file, :func:`list_task`): files,
+    or with ``storage`` objects (:func:`fhirimg.objects.read_object`); records and problems into
+    the study partitions' files, SOP Instance UIDs into the SOP partitions' files. Returns
+    (files read, files not stat-able)."""
+    from fhirimg.objects import read_object
     from fhirimg.scan import read_file  # pydicom: only in the workers that read
 
+    if isinstance(paths, str):
+        paths = list(_load(Path(paths)))
     studies: list[list[PackedRecord | FileProblem]] = [[] for _ in range(partitions)]
     sops: list[list[tuple[str, str, str]]] = [[] for _ in range(partitions)]
     unstatable = 0
     for path in paths:
-        try:
-            os.stat(path)  # as the local engine counts: read all the same, to say why
-        except OSError:
-            unstatable += 1
-        item = read_file(path)
+        if storage is not None:
+            item = read_object(path, storage)
+        else:
+            try:
+                os.stat(path)  # as the local engine counts: read all the same, to say why
+            except OSError:
+                unstatable += 1
+            item = read_file(path)
         if isinstance(item, FileProblem):
             studies[partition_of(path, partitions)].append(item)
             continue
@@ -266,6 +280,70 @@ def _outcomes(path: str) -> Iterator[tuple[str, str, str]]:
             yield from chunk
 
 
+class _Shuffle:
+    """One run's scratch folder, partitions and stages on the cluster (module docstring)."""
+
+    def __init__(self, cluster: Any, out_dir: Path) -> None:
+        self.cluster = cluster
+        self.scratch = Path(tempfile.mkdtemp(prefix="shuffle-", dir=work_dir(out_dir)))
+        self.threads: int = cluster.threads
+        self.partitions = max(4, 4 * self.threads)
+        for stage in "psx":
+            for k in range(self.partitions):
+                (self.scratch / f"{stage}{k:05d}").mkdir(mode=0o700)
+        (self.scratch / "l").mkdir(mode=0o700)
+
+    def read(
+        self,
+        batches: Iterator[list[str] | str],
+        storage: dict[str, str] | None,
+        progress: Progress | None,
+        total: int | None,
+    ) -> tuple[int, int]:
+        """Stage 1 over ``batches`` (paths, or a listing's chunk file); (files, unstatable)."""
+        jobs = (
+            (i, batch, str(self.scratch), self.partitions, storage)
+            for i, batch in enumerate(batches)
+        )
+        read = unstatable = 0
+        for n, bad in bounded(self.cluster, read_task, jobs, 2 * self.threads + 2):
+            read, unstatable = read + n, unstatable + bad
+            if progress:
+                progress("read", n, total)
+        return read, unstatable
+
+    def write(
+        self,
+        opts: ConvertOptions,
+        files_dir: Path,
+        progress: Progress | None,
+        on_study: StudyHook | None,
+    ) -> list[PartitionResult]:
+        """Stages 2 and 3: the partitions' studies written, their outcomes returned."""
+        root, partitions = str(self.scratch), self.partitions
+        sop_jobs = ((k, root, partitions) for k in range(partitions))
+        conflicts = sum(bounded(self.cluster, sop_task, sop_jobs, partitions))
+        log.debug("%d files hold a SOP Instance UID of another study", conflicts)
+        pixels = opts.pixels()
+        write_jobs = (
+            (k, root, str(files_dir), opts.mapping, opts.fhir_version, pixels)
+            for k in range(partitions)
+        )
+        results: list[PartitionResult] = []
+        for result in bounded(self.cluster, write_task, write_jobs, partitions):
+            for i, outcome in enumerate(result.studies):
+                if on_study is not None and outcome.ok:
+                    result.studies[i] = on_study(outcome, files_dir)
+                _log_files(result.studies[i])
+            results.append(result)
+            if progress:
+                progress("write", len(result.studies), None)
+        return results
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
 def convert_shuffled(
     catalog: Catalog,
     inputs: list[Path],
@@ -282,83 +360,133 @@ def convert_shuffled(
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
     cluster = start(opts.cluster)  # a cluster that cannot start: no run
-    scratch = Path(tempfile.mkdtemp(prefix="shuffle-", dir=work_dir(out_dir)))
+    shuffle: _Shuffle | None = None
     try:
+        shuffle = _Shuffle(cluster, out_dir)
         catalog.use_options(OPTIONS_MARK)
         catalog.begin_run(inputs, full=opts.full)
-        threads = cluster.threads
-        partitions = max(4, 4 * threads)
-        for stage in "psx":
-            for k in range(partitions):
-                (scratch / f"{stage}{k:05d}").mkdir(mode=0o700)
-        window = 2 * threads + 2
-
         # 1. read, on the workers; the client sends paths only
         total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
-        paths = iter_files(inputs, exclude=[out_dir])
-        jobs = (
-            (i, batch, str(scratch), partitions)
-            for i, batch in enumerate(batched(paths, READ_BATCH))
+        batches = batched(iter_files(inputs, exclude=[out_dir]), READ_BATCH)
+        read, unstatable = shuffle.read(iter(batches), None, progress, total)
+        results = shuffle.write(opts, files_dir, progress, on_study)  # 2. and 3.
+        report = _report(out_dir, results, opts)
+        report.run = RunSummary(
+            full=opts.full,
+            new=read - unstatable,
+            written=sum(1 for s in report.studies if s.ok),
+            failed=sum(1 for s in report.studies if not s.ok),
+            unstatable=unstatable,
         )
-        read = unstatable = 0
-        for n, bad in bounded(cluster, read_task, jobs, window):
-            read, unstatable = read + n, unstatable + bad
-            if progress:
-                progress("read", n, total)
-        # 2. SOP Instance UIDs in more than one study
-        sop_jobs = ((k, str(scratch), partitions) for k in range(partitions))
-        conflicts = sum(bounded(cluster, sop_task, sop_jobs, partitions))
-        log.debug("%d files hold a SOP Instance UID of another study", conflicts)
-        # 3. group by study and write, a partition a task
-        pixels = opts.pixels()
-        write_jobs = (
-            (k, str(scratch), str(files_dir), opts.mapping, opts.fhir_version, pixels)
-            for k in range(partitions)
-        )
-        results: list[PartitionResult] = []
-        for result in bounded(cluster, write_task, write_jobs, partitions):
-            for i, outcome in enumerate(result.studies):
-                if on_study is not None and outcome.ok:
-                    result.studies[i] = on_study(outcome, files_dir)
-                _log_files(result.studies[i])
-            results.append(result)
-            if progress:
-                progress("write", len(result.studies), None)
-        report = _report(out_dir, results, opts, read - unstatable, unstatable)
         report.ndjson = _ndjson(opts, files_dir, report)
-        catalog.end_run(report.run.counts() if report.run else None)
-        _write_report(out_dir / REPORT_NAME, report, results, catalog, opts)
+        catalog.end_run(report.run.counts())
+        history = [_run_json(r) for r in catalog.runs()]
+        _write_report(out_dir / REPORT_NAME, report, results, history, opts)
         return report
     finally:
         cluster.shutdown(cancel_futures=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if shuffle is not None:
+            shuffle.close()
 
 
-def _report(
-    out_dir: Path, results: list[PartitionResult], opts: ConvertOptions, new: int, unstatable: int
+def list_task(prefix: int, url: str, storage: dict[str, str], scratch: str) -> list[str]:
+    """Listing task: the objects under ``url`` (:func:`fhirimg.objects.list_objects`), sorted,
+    into chunk files of :data:`READ_BATCH` URLs; returns the chunk files' paths."""
+    from fhirimg.objects import list_objects
+
+    chunks = []
+    for i, chunk in enumerate(batched(list_objects([url], storage), READ_BATCH)):
+        name = Path(scratch) / "l" / f"{prefix:06d}-{i:08d}"
+        _dump(name, chunk)
+        chunks.append(str(name))
+    return chunks
+
+
+def _prefixes(urls: list[str], storage: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The objects at the top of ``urls`` and the prefixes (folders) under them, each listed by
+    a task of its own. Raises :class:`~fhirimg.errors.StorageError` when a listing fails."""
+    from fhirimg.errors import StorageError
+    from fhirimg.objects import filesystem
+    from fhirimg.safetext import redact_url
+
+    objects: list[str] = []
+    prefixes: list[str] = []
+    for url in urls:
+        fs, root = filesystem(url, storage)
+        protocol = url.partition("://")[0]
+        try:
+            if fs.isfile(root):
+                entries = [{"name": root, "type": "file"}]
+            else:
+                entries = fs.ls(root, detail=True)
+                if not entries and not fs.isdir(root):
+                    raise FileNotFoundError(root)
+        except Exception as exc:  # botocore, aiohttp, OSError: the backend decides the type
+            why = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
+            raise StorageError(f"cannot list {redact_url(url)}: {why}") from None
+        for entry in sorted(entries, key=lambda e: str(e["name"])):
+            full = f"{protocol}://{entry['name']}"  # as list_objects names them
+            (prefixes if entry.get("type") == "directory" else objects).append(full)
+    return objects, prefixes
+
+
+def convert_objects_shuffled(
+    urls: list[str], opts: ConvertOptions, storage: dict[str, str], progress: Progress | None
 ) -> ConvertReport:
+    """Convert the objects under ``urls`` on the Dask cluster of ``opts.cluster``: each top-level
+    prefix listed by a task on the workers, the objects read and shuffled as files are. No
+    catalog (as for object inputs on the local engine): ``report.json`` describes this run."""
+    from fhirimg.catalog import CATALOG_NAME
+    from fhirimg.cluster import start
+    from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers
+
+    assert opts.cluster is not None
+    opts.check()
+    out_dir = Path(opts.out_dir)
+    if not out_dir.is_dir():
+        jsonio.make_folder(out_dir, opts.modes)
+    with FolderLock(out_dir, opts.lock_wait):
+        clean_leftovers(out_dir)
+        if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
+            with Catalog.open(out_dir, full=opts.full) as catalog:
+                catalog.use_options("written by a run without the catalog")
+        objects, prefixes = _prefixes(urls, storage)  # a failed listing: no cluster started
+        cluster = start(opts.cluster)
+        shuffle: _Shuffle | None = None
+        try:
+            shuffle = _Shuffle(cluster, out_dir)
+            root = str(shuffle.scratch)
+            jobs = ((i, url, storage, root) for i, url in enumerate(prefixes))
+            chunks: list[str] = []
+            for listed in bounded(cluster, list_task, jobs, 2 * shuffle.threads + 2):
+                chunks += listed  # chunk names: one per 1,000 objects
+            batches: list[list[str] | str] = [*batched(objects, READ_BATCH), *chunks]
+            shuffle.read(iter(batches), storage, progress, None)
+            results = shuffle.write(opts, out_dir, progress, None)
+            report = _report(out_dir, results, opts)
+            report.ndjson = _ndjson(opts, out_dir, report)
+            _write_report(out_dir / REPORT_NAME, report, results, None, opts)
+            return report
+        finally:
+            cluster.shutdown(cancel_futures=True)
+            if shuffle is not None:
+                shuffle.close()
+
+
+def _report(out_dir: Path, results: list[PartitionResult], opts: ConvertOptions) -> ConvertReport:
     studies = sorted((s for r in results for s in r.studies), key=lambda s: s.study_instance_uid)
     counts = {s.value: 0 for s in FileStatus}
     for r in results:
         for status, n in r.counts.items():
             counts[status] += n
     failures = list(heapq.merge(*(r.failures for r in results), key=lambda f: _key(f[0])))[:100]
-    stopped = next((r.stopped for r in results if r.stopped), None)
-    summary = RunSummary(
-        full=opts.full,
-        new=new,
-        written=sum(1 for s in studies if s.ok),
-        failed=sum(1 for s in studies if not s.ok),
-        unstatable=unstatable,
-    )
     return ConvertReport(
         out_dir,
         counts,
         studies,
         [(_printable(p), _printable(r)) for p, r in failures],
-        run=summary,
         written=studies,
-        stopped=stopped,
+        stopped=next((r.stopped for r in results if r.stopped), None),
     )
 
 
@@ -366,11 +494,12 @@ def _write_report(
     path: Path,
     report: ConvertReport,
     results: list[PartitionResult],
-    catalog: Catalog,
+    history: list[JSON] | None,
     opts: ConvertOptions,
 ) -> None:
-    """``report.json`` in the shape of the local engine's (``convert._write_folder_report``),
-    its ``files`` merged from the partitions' outcome files as a stream."""
+    """``report.json`` in the shape of the local engine's (``convert._write_folder_report``
+    with a ``history``, else ``convert._write_report``), its ``files`` merged from the
+    partitions' outcome files as a stream."""
     render_failed = {
         _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
     }
@@ -394,8 +523,9 @@ def _write_report(
         "summary": report.summary(),
         "studies": [_json_safe(s.as_json()) for s in report.studies],
         "files": [],
-        "history": [_run_json(r) for r in catalog.runs()],
     }
+    if history is not None:
+        doc["history"] = history
     if opts.invocation is not None:
         from fhirimg.audit import audit_json
 

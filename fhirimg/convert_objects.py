@@ -58,6 +58,11 @@ def _run(
     progress: Progress | None,
 ) -> ConvertReport:
     if inputs and all(is_url(i) for i in inputs):
+        if options.cluster is not None and options.deid is None and not options.select.active:
+            # listed per prefix, read and shuffled by study on the workers
+            from fhirimg.convert_cluster import convert_objects_shuffled
+
+            return convert_objects_shuffled(list(inputs), options, dict(storage), progress)
         window = 2 * (options.jobs or 4)
         return _convert_records(object_source(inputs, storage, window), options, progress)
     return convert([Path(i) for i in inputs], options, progress)

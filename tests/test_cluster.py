@@ -24,7 +24,7 @@ from fhirimg import ConvertOptions, convert
 from fhirimg.cli import app
 from fhirimg.cluster import ClusterExecutor, ClusterOptions, start
 from fhirimg.convert import _write_study
-from fhirimg.convert_cluster import partition_of
+from fhirimg.convert_cluster import _prefixes, partition_of
 from fhirimg.group import PackedRecord
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
@@ -257,6 +257,15 @@ def test_s3_objects_read_on_the_workers(
     storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
     storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
     src, out = f"s3://{bucket}/in", tmp_path / "dask"
+    # the objects at the top are read as they are; each folder is listed by a task of its own
+    options = {"endpoint_url": moto_s3, "key": ACCESS_KEY, "secret": SECRET_KEY}
+    objects, prefixes = _prefixes([src], options)
+    folders = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+    assert len(folders) > 1
+    assert [p.removeprefix(src + "/") for p in prefixes] == folders
+    assert [o.removeprefix(src + "/") for o in objects] == sorted(
+        p.name for p in SAMPLE.iterdir() if p.is_file()
+    )
     dask = runner.invoke(
         app,
         ["convert", src, "-o", str(out), "--engine", "dask", "--scheduler", _address(cluster)]
@@ -276,6 +285,22 @@ def test_s3_objects_read_on_the_workers(
         for f in orjson.loads((sample_local / "report.json").read_bytes())["files"]
     }
     assert statuses == local_statuses
+
+
+def test_failed_listing_exits_3_before_any_task(
+    cluster: ClusterExecutor, moto_s3: str, tmp_path: Path
+) -> None:
+    storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
+    storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
+    result = runner.invoke(
+        app,
+        ["convert", "s3://no-such-bucket-fhirimg/in", "-o", str(tmp_path / "out")]
+        + ["--engine", "dask", "--scheduler", _address(cluster), *storage],
+    )
+    assert result.exit_code == 3, result.output
+    assert "cannot list s3://no-such-bucket-fhirimg/in" in result.output
+    assert "Traceback" not in result.output
+    assert SECRET_KEY not in result.output
 
 
 @pytest.mark.server
