@@ -1,7 +1,7 @@
 """``convert --engine dask``: the Dask cluster, and the read and write tasks of
 :mod:`fhirimg.convert` on it instead of the local process pool.
 
-Files go through the shuffle of :mod:`fhirimg.convert_cluster` (records grouped by study on the
+Files go through the shuffle of :mod:`fhirimg.shuffle` (records grouped by study on the
 workers, never through the client), which only uses :func:`start` and the client. What follows
 is the earlier way, still taken with ``--deidentify``, the study filters and object-storage
 inputs: the cluster as an executor.

@@ -24,11 +24,11 @@ from fhirimg import ConvertOptions, convert
 from fhirimg.cli import app
 from fhirimg.cluster import ClusterExecutor, ClusterOptions, start
 from fhirimg.convert import _write_study
-from fhirimg.convert_cluster import _prefixes, partition_of
 from fhirimg.group import PackedRecord
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
+from fhirimg.shuffle import partition_of, top_level
 from tests.conftest import count
 from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
 from tests.servers.fhir_server import FhirTestServer
@@ -81,7 +81,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A SOP Instance UID of study 1 in another study, of another partition of the shuffle: the
     # first by path (study 1's) is kept, this one fails as a conflict, as with the local engine.
     moved = pydicom.dcmread(root / "study-00001" / "00002.dcm")
-    partitions = 4 * 2  # convert_cluster: 4 partitions a worker thread
+    partitions = 4 * 2  # fhirimg.shuffle: 4 partitions a worker thread
     for other in sorted(root.glob("study-*")):
         target = pydicom.dcmread(other / "00000.dcm")
         if partition_of(target.StudyInstanceUID, partitions) != partition_of(
@@ -259,7 +259,7 @@ def test_s3_objects_read_on_the_workers(
     src, out = f"s3://{bucket}/in", tmp_path / "dask"
     # the objects at the top are read as they are; each folder is listed by a task of its own
     options = {"endpoint_url": moto_s3, "key": ACCESS_KEY, "secret": SECRET_KEY}
-    objects, prefixes = _prefixes([src], options)
+    objects, prefixes = top_level([src], options)
     folders = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
     assert len(folders) > 1
     assert [p.removeprefix(src + "/") for p in prefixes] == folders
