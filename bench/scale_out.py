@@ -146,14 +146,17 @@ def main() -> None:
         print(
             f"  dask, cluster already up ({startup:4.1f} s start): {n / t_lib:7.0f} files/s  {t_lib:6.1f} s  ratio {t_local / t_lib:4.2f}"
         )
+        print(
+            f"    fixed cost of a fresh run (process, imports, cluster start): {t_dask - t_lib:5.1f} s"
+        )
         for address, peak in sorted(peaks.items()):
             print(f"    worker {address}: peak RSS {peak:5.0f} MiB")
         print(f"    client (this process): peak RSS {_peak_rss_mib():5.0f} MiB")
         per_worker = n / t_lib / 2
         print(
             f"  10 nodes x 2 workers, if the rate per worker held: {per_worker * 20:7.0f} files/s "
-            f"({50e6 / (per_worker * 20) / 3600:5.1f} h for 50 million); the client's SQLite "
-            "index and the shared file system are what would stop it holding (docs/scale-out.md)"
+            f"({50e6 / (per_worker * 20) / 3600:5.1f} h for 50 million); the shared file "
+            "system and the client's walk are what would stop it holding (docs/scale-out.md)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,10 @@
-"""``convert --engine dask``: the read and write tasks of :mod:`fhirimg.convert` on a Dask
-distributed cluster instead of the local process pool.
+"""``convert --engine dask``: the Dask cluster, and the read and write tasks of
+:mod:`fhirimg.convert` on it instead of the local process pool.
+
+Files go through the shuffle of :mod:`fhirimg.shuffle` (records grouped by study on the
+workers, never through the client), which only uses :func:`start` and the client. What follows
+is the earlier way, still taken with ``--deidentify``, the study filters and object-storage
+inputs: the cluster as an executor.
 
 Reading a file (:func:`fhirimg.scan.read_file`) is a pure function of its path, and writing a study
 (``convert._write_study``) a pure function of its records, with an atomic write to a name derived

@@ -405,6 +405,9 @@ class ConvertReport:
     credentials); ``summary.output`` then names it."""
     ndjson: dict[str, int] | None = None
     """Lines per resource type of the NDJSON file set (``output_format="ndjson"``), else None."""
+    partitions: list[Any] = field(default_factory=list, repr=False)
+    """``--engine dask``: the partitions' results (:class:`fhirimg.shuffle.PartitionResult`),
+    whose outcome files ``report.json`` is merged from."""
 
     @property
     def render_failures(self) -> list[tuple[str, str]]:
@@ -902,11 +905,165 @@ def convert(
             opts = replace(opts, full=True)
         with Catalog.open(out_dir, full=opts.full) as catalog:
             clean_leftovers(out_dir, keep=bundle_dir)  # of a run killed before: ours, locked
-            run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
-            report = run.run(on_study)
+            if opts.cluster is not None and opts.deid is None:
+                # the shuffle on the workers (fhirimg.shuffle): every file read, every study
+                # rewritten; the catalog keeps the history and its studies are marked dirty
+                inputs = [Path(p) for p in paths]
+                report = _convert_shuffled(catalog, inputs, opts, progress, on_study, bundle_dir)
+            else:
+                run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
+                report = run.run(on_study)
         if read_as or deid_mark.exists():
             jsonio.atomic_write(deid_mark, read_as.encode(), mode=jsonio.PRIVATE)
         return report
+
+
+SHUFFLED_MARK = "written by --engine dask (every study rewritten)"
+"""The catalog's options fingerprint after a Dask run: any other run rewrites every study."""
+
+
+def _convert_shuffled(
+    catalog: Catalog,
+    inputs: list[Path],
+    opts: ConvertOptions,
+    progress: Progress | None,
+    on_study: StudyHook | None,
+    bundle_dir: Path | None,
+) -> ConvertReport:
+    """``--engine dask`` on files: the records shuffled by study on the workers, never through
+    this process (:mod:`fhirimg.shuffle`, docs/scale-out.md); the folder's lock is held and
+    ``catalog`` open. Every file is read and every study written: the catalog keeps the history
+    of runs, and its studies are marked dirty, so a later local run rewrites every study.
+    ``report.json`` of a run into an empty folder is byte for byte the local engine's."""
+    from fhirimg.cluster import start
+    from fhirimg.shuffle import READ_BATCH, Shuffle
+
+    assert opts.cluster is not None
+    out_dir = Path(opts.out_dir)
+    files_dir = bundle_dir or out_dir
+    cluster = start(opts.cluster)  # a cluster that cannot start: no run
+    shuffle: Shuffle | None = None
+    try:
+        shuffle = Shuffle(cluster, out_dir)
+        catalog.use_options(SHUFFLED_MARK)
+        catalog.begin_run(inputs, full=opts.full)
+        total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
+        batches = batched(iter_files(inputs, exclude=[out_dir]), READ_BATCH)
+        read, unstatable = shuffle.read(iter(batches), None, progress, total)
+        report = shuffled_report(shuffle, opts, files_dir, progress, on_study)
+        report.run = RunSummary(
+            full=opts.full,
+            new=read - unstatable,
+            written=sum(1 for s in report.studies if s.ok),
+            failed=sum(1 for s in report.studies if not s.ok),
+            unstatable=unstatable,
+        )
+        report.ndjson = _ndjson(opts, files_dir, report)
+        catalog.end_run(report.run.counts())
+        history = [_run_json(r) for r in catalog.runs()]
+        write_shuffled_report(report, opts, history)
+        return report
+    finally:
+        cluster.shutdown(cancel_futures=True)
+        if shuffle is not None:
+            shuffle.close()
+
+
+def _shuffled_study(
+    blobs: list[bytes],
+    paths: list[str],
+    stopped: str | None,
+    mapping: MapOptions,
+    fhir_version: str,
+    files_dir: str,
+    pixels: PixelOptions,
+) -> tuple[StudyOutcome, list[tuple[str, FileStatus, str]], str | None]:
+    """Worker task of :mod:`fhirimg.shuffle` (its ``study_task``): write one study as
+    :func:`_write_study` does, unless the partition stopped writing (the disk is full)."""
+    if stopped is None:
+        outcome = _write_study(blobs, mapping, fhir_version, files_dir, pixels)
+    else:
+        uid = unpack(blobs[:1])[0].study_instance_uid
+        outcome = _not_written(uid, paths, blobs, stopped)
+    stop = outcome.errors[0] if outcome.out_of_space else None
+    return outcome, _file_outcomes(paths, outcome), stop
+
+
+def shuffled_report(
+    shuffle: Any,
+    opts: ConvertOptions,
+    files_dir: Path,
+    progress: Progress | None,
+    on_study: StudyHook | None,
+) -> ConvertReport:
+    """Stages 2 and 3 of ``shuffle`` (a :class:`fhirimg.shuffle.Shuffle` whose inputs are read):
+    the studies written on the workers, each passed to ``on_study`` here as its partition comes
+    back; the report of the run (without ``run``: the caller's)."""
+    args = (opts.mapping, opts.fhir_version, str(files_dir), opts.pixels())
+    results = []
+    for result in shuffle.write(_shuffled_study, args):
+        for i, outcome in enumerate(result.studies):
+            if on_study is not None and outcome.ok:
+                result.studies[i] = on_study(outcome, files_dir)
+            _log_files(result.studies[i])
+        results.append(result)
+        if progress:
+            progress("write", len(result.studies), None)
+    from fhirimg.shuffle import merged_failures
+
+    studies = sorted((s for r in results for s in r.studies), key=lambda s: s.study_instance_uid)
+    counts = {s.value: 0 for s in FileStatus}
+    for r in results:
+        for status, n in r.counts.items():
+            counts[status] += n
+    report = ConvertReport(
+        Path(opts.out_dir),
+        counts,
+        studies,
+        [(_printable(p), _printable(r)) for p, r in merged_failures(results, 100)],
+        written=studies,
+        stopped=next((r.stopped for r in results if r.stopped), None),
+    )
+    report.partitions = results
+    return report
+
+
+def write_shuffled_report(
+    report: ConvertReport, opts: ConvertOptions, history: list[JSON] | None
+) -> None:
+    """``report.json`` of a shuffled run, in the shape of the local engine's (that of
+    :func:`_write_folder_report` with a ``history``, else of :func:`_write_report`), its
+    ``files`` merged from the partitions' outcome files as a stream."""
+    from fhirimg.shuffle import merged_outcomes
+
+    render_failed = {
+        _printable(p): _printable(r) for s in report.studies for p, r in s.media_failures
+    }
+    warned = _file_warnings(report.studies)
+
+    def files() -> Iterator[JSON]:
+        for file_path, status, detail in merged_outcomes(report.partitions):
+            shown = _printable(file_path)
+            item: JSON = {"path": shown, "status": status}
+            key = "bundle" if status == FileStatus.CONVERTED.value else "reason"
+            item[key] = _printable(detail)
+            if shown in render_failed:
+                item["renderError"] = render_failed[shown]
+            if shown in warned:
+                item["warnings"] = warned[shown]
+            yield item
+
+    doc: JSON = {
+        "fhirVersion": get_release(opts.fhir_version).fhir_version,
+        "summary": report.summary(),
+        "studies": [_json_safe(s.as_json()) for s in report.studies],
+        "files": [],
+    }
+    if history is not None:
+        doc["history"] = history
+    if opts.invocation is not None:
+        doc["audit"] = audit_json(opts.invocation, report.warning_texts())
+    _stream_report(Path(opts.out_dir) / REPORT_NAME, doc, files(), opts.modes)
 
 
 def read_files(

@@ -21,10 +21,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from fhirimg import jsonio
-from fhirimg.convert import REPORT_NAME, ConvertOptions, ConvertReport, Progress, convert
+from fhirimg.convert import (
+    REPORT_NAME,
+    ConvertOptions,
+    ConvertReport,
+    Progress,
+    _ndjson,
+    convert,
+    shuffled_report,
+    write_shuffled_report,
+)
 from fhirimg.convert import convert_records as _convert_records
 from fhirimg.objects import StorageOptions, is_url, object_source, upload_folder
 from fhirimg.safetext import redact_url
+from fhirimg.tasks import batched, bounded
 
 
 def convert_objects(
@@ -58,6 +68,9 @@ def _run(
     progress: Progress | None,
 ) -> ConvertReport:
     if inputs and all(is_url(i) for i in inputs):
+        if options.cluster is not None and options.deid is None and not options.select.active:
+            # listed per prefix, read and shuffled by study on the workers
+            return _objects_shuffled(list(inputs), options, dict(storage), progress)
         window = 2 * (options.jobs or 4)
         return _convert_records(object_source(inputs, storage, window), options, progress)
     return convert([Path(i) for i in inputs], options, progress)
@@ -69,3 +82,46 @@ def _name_output(report: Path, output: str, modes: jsonio.Modes) -> None:
     doc = jsonio.loads(report.read_bytes())
     doc["summary"]["output"] = output
     jsonio.atomic_write(report, jsonio.dumps(doc), mode=modes)
+
+
+def _objects_shuffled(
+    urls: list[str], opts: ConvertOptions, storage: dict[str, str], progress: Progress | None
+) -> ConvertReport:
+    """Convert the objects under ``urls`` on the Dask cluster of ``opts.cluster``: each top-level
+    prefix listed by a task on the workers, the objects read and shuffled as files are. No
+    catalog (as for object inputs on the local engine): ``report.json`` describes this run."""
+    from fhirimg.catalog import CATALOG_NAME, Catalog
+    from fhirimg.cluster import start
+    from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers
+    from fhirimg.shuffle import READ_BATCH, Shuffle, list_task, top_level
+
+    assert opts.cluster is not None
+    opts.check()
+    out_dir = Path(opts.out_dir)
+    if not out_dir.is_dir():
+        jsonio.make_folder(out_dir, opts.modes)
+    with FolderLock(out_dir, opts.lock_wait):
+        clean_leftovers(out_dir)
+        if (out_dir / STATE_DIR / CATALOG_NAME).is_file():
+            with Catalog.open(out_dir, full=opts.full) as catalog:
+                catalog.use_options("written by a run without the catalog")
+        objects, prefixes = top_level(urls, storage)  # a failed listing: no cluster started
+        cluster = start(opts.cluster)
+        shuffle: Shuffle | None = None
+        try:
+            shuffle = Shuffle(cluster, out_dir)
+            root = str(shuffle.scratch)
+            jobs = ((i, url, storage, root) for i, url in enumerate(prefixes))
+            chunks: list[str] = []
+            for listed in bounded(cluster, list_task, jobs, 2 * shuffle.threads + 2):
+                chunks += listed  # chunk names: one per 1,000 objects
+            batches: list[list[str] | str] = [*batched(objects, READ_BATCH), *chunks]
+            shuffle.read(iter(batches), storage, progress, None)
+            report = shuffled_report(shuffle, opts, out_dir, progress, None)
+            report.ndjson = _ndjson(opts, out_dir, report)
+            write_shuffled_report(report, opts, None)
+            return report
+        finally:
+            cluster.shutdown(cancel_futures=True)
+            if shuffle is not None:
+                shuffle.close()

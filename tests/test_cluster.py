@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -27,6 +28,7 @@ from fhirimg.group import PackedRecord
 from fhirimg.mapping import MapOptions
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
+from fhirimg.shuffle import partition_of, top_level
 from tests.conftest import count
 from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
 from tests.servers.fhir_server import FhirTestServer
@@ -76,6 +78,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = bytearray((root / "study-00004" / "00001.dcm").read_bytes())
     data[-1] ^= 0xFF  # other content, same UIDs and size
     (extra / "edited.dcm").write_bytes(bytes(data))
+    # A SOP Instance UID of study 1 in another study, of another partition of the shuffle: the
+    # first by path (study 1's) is kept, this one fails as a conflict, as with the local engine.
+    moved = pydicom.dcmread(root / "study-00001" / "00002.dcm")
+    partitions = 4 * 2  # fhirimg.shuffle: 4 partitions a worker thread
+    for other in sorted(root.glob("study-*")):
+        target = pydicom.dcmread(other / "00000.dcm")
+        if partition_of(target.StudyInstanceUID, partitions) != partition_of(
+            moved.StudyInstanceUID, partitions
+        ):
+            break
+    moved.StudyInstanceUID = target.StudyInstanceUID
+    moved.SeriesInstanceUID = target.SeriesInstanceUID
+    moved.save_as(extra / "moved.dcm")
     return root
 
 
@@ -116,9 +131,31 @@ def test_multi_study_corpus_duplicates_across_workers(
     opts = ConvertOptions(out_dir=tmp_path / "dask", cluster=ClusterOptions(_address(cluster)))
     report = convert([corpus], opts)
     assert report.files["duplicate"] == 1
-    assert report.files["failed"] == 1  # the edited copy: a conflict, named
+    assert report.files["failed"] == 2  # the edited copy and the moved one: conflicts, named
     assert len([s for s in report.studies if s.ok]) == 12
+    failed = dict(report.failures)
+    assert "also in " in failed[str(corpus / "zz-copies" / "moved.dcm")]
+    assert "different content" in failed[str(corpus / "zz-copies" / "edited.dcm")]
     _same(corpus_local, tmp_path / "dask")
+
+
+def test_dask_rewrites_every_study_and_a_local_run_after_it_too(
+    cluster: ClusterExecutor, corpus: Path, corpus_local: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    dask = ConvertOptions(out_dir=out, cluster=ClusterOptions(_address(cluster)))
+    convert([corpus], dask)
+    again = convert([corpus], dask)  # no catalog of records: every file read, every study written
+    assert again.run is not None
+    assert (again.run.new, again.run.unchanged, again.run.written) == (99, 0, 12)
+    local = convert([corpus], ConvertOptions(out_dir=out, jobs=2))
+    assert local.run is not None
+    # the Dask runs left the catalog's studies dirty: the local run rewrites them all, reading
+    # only the files it had not recorded (all of them here), with the same bundles
+    assert local.run.written == 12
+    first = {p.name: p.read_bytes() for p in corpus_local.glob("study-*.json")}
+    assert first == {p.name: p.read_bytes() for p in out.glob("study-*.json")}
+    assert len(orjson.loads((out / "report.json").read_bytes())["history"]) == 3
 
 
 def test_worker_killed_mid_run_same_output(
@@ -220,6 +257,15 @@ def test_s3_objects_read_on_the_workers(
     storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
     storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
     src, out = f"s3://{bucket}/in", tmp_path / "dask"
+    # the objects at the top are read as they are; each folder is listed by a task of its own
+    options = {"endpoint_url": moto_s3, "key": ACCESS_KEY, "secret": SECRET_KEY}
+    objects, prefixes = top_level([src], options)
+    folders = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+    assert len(folders) > 1
+    assert [p.removeprefix(src + "/") for p in prefixes] == folders
+    assert [o.removeprefix(src + "/") for o in objects] == sorted(
+        p.name for p in SAMPLE.iterdir() if p.is_file()
+    )
     dask = runner.invoke(
         app,
         ["convert", src, "-o", str(out), "--engine", "dask", "--scheduler", _address(cluster)]
@@ -239,6 +285,22 @@ def test_s3_objects_read_on_the_workers(
         for f in orjson.loads((sample_local / "report.json").read_bytes())["files"]
     }
     assert statuses == local_statuses
+
+
+def test_failed_listing_exits_3_before_any_task(
+    cluster: ClusterExecutor, moto_s3: str, tmp_path: Path
+) -> None:
+    storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
+    storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
+    result = runner.invoke(
+        app,
+        ["convert", "s3://no-such-bucket-fhirimg/in", "-o", str(tmp_path / "out")]
+        + ["--engine", "dask", "--scheduler", _address(cluster), *storage],
+    )
+    assert result.exit_code == 3, result.output
+    assert "cannot list s3://no-such-bucket-fhirimg/in" in result.output
+    assert "Traceback" not in result.output
+    assert SECRET_KEY not in result.output
 
 
 @pytest.mark.server
