@@ -99,6 +99,12 @@ print(elapsed, use.ru_maxrss, use.ru_utime + use.ru_stime)
 """
 
 
+# Bytecode as a pip install has it: written once (by each path's first run) into a cache of the
+# bench's own, even where PYTHONDONTWRITEBYTECODE is set (it would make every run compile fhirimg).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="fhirimg-paths-pycache-")
+
+
 def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, float]:
     """(seconds, peak RSS MiB, CPU seconds) of one whole process (and its children)."""
     done = subprocess.run(
@@ -106,6 +112,7 @@ def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, f
         capture_output=True,
         text=True,
         check=False,
+        env=ENV,
     )
     if done.returncode:
         sys.exit(f"{' '.join(cmd[:6])}: {done.stderr.strip()}")
