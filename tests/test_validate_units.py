@@ -123,3 +123,31 @@ def test_split_parts_are_found_by_their_literal_names(tmp_path: Path) -> None:
     assert sibling_binaries(tmp_path / f"{base}.part-2.json") == {"a"}
     (tmp_path / f"{base}.part-10.json").write_text('{"request": {"url": "Binary/d"}}')
     assert sibling_binaries(tmp_path / f"{base}.json") == {"b", "c", "d"}  # listed again
+
+
+_json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", " ", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "_a", "b", "_b", "id", "", "_"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_json_trees)
+def test_the_json_layer_shortcut_agrees_with_its_walk(tree: object) -> None:
+    from fhirimg.validate.findings import Collector, Layer
+    from fhirimg.validate.json_layer import _clean, _walk
+
+    out = Collector("x", Layer.JSON)
+    _walk(tree, "X", out, nulls_ok=False)
+    assert _clean(tree) == (out.findings == [])
+
+
+@given(_json_trees, st.integers(min_value=1, max_value=4))
+def test_the_depth_shortcut_agrees_with_the_walk(tree: object, limit: int) -> None:
+    from fhirimg.validate.json_layer import _deep_location, _within
+
+    if isinstance(tree, dict | list):
+        assert _within(tree, limit - 1) == (_deep_location(tree, "X", limit) is None)
