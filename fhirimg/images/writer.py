@@ -46,6 +46,7 @@ from fhirimg.bundle import (
 from fhirimg.errors import RenderError
 from fhirimg.fhir import Release
 from fhirimg.fhir import release as get_release
+from fhirimg.fhir.base import ImageParts
 from fhirimg.images import rendered as media
 from fhirimg.images.binary import (
     BinaryMode,
@@ -59,7 +60,7 @@ from fhirimg.images.binary import (
     write_beside,
 )
 from fhirimg.jsonio import JSON
-from fhirimg.mapping import MapOptions, Notes, sort_records
+from fhirimg.mapping import DCM, MapOptions, Notes, sort_records
 from fhirimg.measurements import entry_owners
 from fhirimg.model import InstanceRecord
 from fhirimg.partial import Attempt, settle
@@ -500,6 +501,35 @@ def _in_order(
     finally:
         for fut in pending:  # the study stopped early (an error, a full disk): drop the rest
             fut.cancel()
+
+
+def warm_render(fhir_version: str, opts: media.MediaOptions) -> None:
+    """Load in this process what rendering and checking an image needs (Pillow's plugins,
+    pydicom's pixel handlers, the release's models and the datatypes fhir.resources imports on
+    first use), before the run's pool is forked: its processes then start with them instead of
+    each loading them for its first image (~0.5 s a process, most of it the models, which this
+    process loads anyway for the head; ``convert --media`` on two processes).
+    """
+    import PIL.Image
+    import pydicom.pixels.processing  # noqa: F401 - what render_file imports on first use
+    import pydicom.pixels.utils  # noqa: F401
+
+    from fhirimg.images.render import FORMATS, Rendered
+
+    PIL.Image.preinit()  # the common image plugins, PNG and JPEG among them
+    release = get_release(fhir_version)
+    sample = Rendered(b"\x00", FORMATS[opts.fmt], 1, 1, 1, 1)
+    parts = ImageParts(
+        identifiers=media.identifiers("1.2.3", 1),
+        subject_ref="urn:uuid:00000000-0000-0000-0000-000000000000",
+        study_ref="urn:uuid:00000000-0000-0000-0000-000000000001",
+        modality={"system": DCM, "code": "OT"},
+        attachment=media.attachment(sample, "warm-up", None),
+        height=1,
+        width=1,
+        frames=None,
+    )
+    resource_errors(release.rendered_image(parts), release.name)
 
 
 def render_one(path: str, frame: int | None, size: int | None, fmt: str) -> Rendered | str | None:
