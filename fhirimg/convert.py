@@ -832,6 +832,10 @@ def _executor(opts: ConvertOptions, jobs: int) -> tuple[Executor | None, int]:
 
         cluster = start(opts.cluster)
         return cluster, cluster.threads
+    if opts.media is not None and jobs > 1:
+        from fhirimg.images.writer import warm_render
+
+        warm_render(opts.fhir_version, opts.media)  # before the fork: once, not once per process
     return _pool(jobs), jobs
 
 

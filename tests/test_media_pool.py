@@ -15,8 +15,14 @@ from fhirimg import ConvertOptions, convert
 from fhirimg.convert import _render_in_pool
 from fhirimg.images.binary import BinaryMode
 from fhirimg.images.render import Rendered
-from fhirimg.images.rendered import MediaOptions
-from fhirimg.images.writer import PixelOptions, rendered_in_order
+from fhirimg.images.rendered import MediaContent, MediaOptions
+from fhirimg.images.writer import (
+    PixelOptions,
+    Prepared,
+    _ImageContext,
+    prepared_in_order,
+    rendered_in_order,
+)
 from fhirimg.model import InstanceRecord
 from fhirimg.scan import read_file
 from tests.helpers import REPO, load
@@ -56,12 +62,17 @@ def test_one_study_on_two_processes_writes_what_one_process_writes(
     assert "cannot decode" in bad["renderError"]
 
 
-def test_pool_renders_in_order_with_failures_and_non_images(one_study: Path) -> None:
+def _records(folder: Path) -> list[InstanceRecord]:
     recs = []
-    for path in sorted(one_study.iterdir()):
+    for path in sorted(folder.iterdir()):
         rec = read_file(str(path))
         assert isinstance(rec, InstanceRecord), rec
         recs.append(rec)
+    return recs
+
+
+def test_pool_renders_in_order_with_failures_and_non_images(one_study: Path) -> None:
+    recs = _records(one_study)
     opts = MediaOptions(size=32)
     alone = list(rendered_in_order(recs, opts, None))
     with ProcessPoolExecutor(2) as pool:
@@ -82,3 +93,27 @@ def test_the_pool_renders_only_when_studies_are_fewer_than_processes() -> None:
         assert not _render_in_pool(pool, media, studies=2, jobs=2)  # a study per process
         assert not _render_in_pool(pool, PixelOptions(binary=BinaryMode.BESIDE), 1, 2)
     assert not _render_in_pool(None, media, studies=1, jobs=1)
+
+
+@pytest.mark.parametrize("content", [MediaContent.INLINE, MediaContent.BINARY])
+def test_the_pool_builds_and_checks_the_image_resources(
+    one_study: Path, content: MediaContent
+) -> None:
+    recs = _records(one_study)
+    # strict: every layer; the study reference is one the check cannot resolve, so each
+    # rendered-image resource has an error, found in the pool as in this process
+    context = _ImageContext(
+        MediaOptions(size=16, content=content), "r4", True, "urn:uuid:p", "not a reference", None
+    )
+    alone = list(prepared_in_order(recs, context, None))
+    with ProcessPoolExecutor(2) as pool:
+        pooled = list(prepared_in_order(recs, context, pool, jobs=2))
+    assert pooled == alone
+    done = [p for p in pooled if isinstance(p, Prepared)]
+    assert len(done) == 4
+    assert all(p.errors and len(p.errors) <= 3 for p in done)
+    assert all("partOf" in e for p in done for e in p.errors), done[0].errors
+    if content == MediaContent.INLINE:  # the bytes travel once, in the Attachment
+        assert all(p.rendered.data == b"" and p.attachment["data"] for p in done)
+    else:  # the image Binary is written from the bytes
+        assert all(p.rendered.data and "data" not in p.attachment for p in done)

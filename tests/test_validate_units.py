@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,7 @@ def test_other_resource_types_get_information_not_errors() -> None:
 
 
 def test_validate_paths_parallel_equals_serial() -> None:
+    # with two processes, the first file is checked in the main process before the fork
     files = sorted(str(p) for p in CORPUS.glob("imaging_*.json"))
     serial = validate_paths(files, jobs=1)
     parallel = validate_paths(files, jobs=2)
@@ -105,3 +107,47 @@ def test_outcome_mapping_defaults() -> None:
         (Severity.WARNING, "Patient.name", "x"),
         (Severity.INFORMATION, "$", "ok"),
     ]
+
+
+def test_split_parts_are_found_by_their_literal_names(tmp_path: Path) -> None:
+    from fhirimg.validate.runner import sibling_binaries
+
+    # glob characters in a name are taken as they are; the folder is listed once per process
+    base = "st[1]*"
+    for name, ids in ((f"{base}.json", ["a"]), (f"{base}.part-2.json", ["b", "c"])):
+        urls = ",".join(f'{{"request": {{"url": "Binary/{i}"}}}}' for i in ids)
+        (tmp_path / name).write_text(f'{{"entry": [{urls}]}}')
+    (tmp_path / "st[1]x.part-3.json").write_text('{"request": {"url": "Binary/z"}}')
+    os.utime(tmp_path, (1e9, 1e9))  # a settled folder: its listing is kept
+    assert sibling_binaries(tmp_path / f"{base}.json") == {"b", "c"}
+    assert sibling_binaries(tmp_path / f"{base}.part-2.json") == {"a"}
+    (tmp_path / f"{base}.part-10.json").write_text('{"request": {"url": "Binary/d"}}')
+    assert sibling_binaries(tmp_path / f"{base}.json") == {"b", "c", "d"}  # listed again
+
+
+_json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", " ", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "_a", "b", "_b", "id", "", "_"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_json_trees)
+def test_the_json_layer_shortcut_agrees_with_its_walk(tree: object) -> None:
+    from fhirimg.validate.findings import Collector, Layer
+    from fhirimg.validate.json_layer import _clean, _walk
+
+    out = Collector("x", Layer.JSON)
+    _walk(tree, "X", out, nulls_ok=False)
+    assert _clean(tree) == (out.findings == [])
+
+
+@given(_json_trees, st.integers(min_value=1, max_value=4))
+def test_the_depth_shortcut_agrees_with_the_walk(tree: object, limit: int) -> None:
+    from fhirimg.validate.json_layer import _deep_location, _within
+
+    if isinstance(tree, dict | list):
+        assert _within(tree, limit - 1) == (_deep_location(tree, "X", limit) is None)

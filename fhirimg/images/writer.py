@@ -25,13 +25,14 @@ instance for rendering, never the study.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fhirimg import ids, jsonio
 from fhirimg.bundle import (
@@ -45,6 +46,7 @@ from fhirimg.bundle import (
 from fhirimg.errors import RenderError
 from fhirimg.fhir import Release
 from fhirimg.fhir import release as get_release
+from fhirimg.fhir.base import ImageParts
 from fhirimg.images import rendered as media
 from fhirimg.images.binary import (
     BinaryMode,
@@ -58,7 +60,7 @@ from fhirimg.images.binary import (
     write_beside,
 )
 from fhirimg.jsonio import JSON
-from fhirimg.mapping import MapOptions, Notes, sort_records
+from fhirimg.mapping import DCM, MapOptions, Notes, sort_records
 from fhirimg.measurements import entry_owners
 from fhirimg.model import InstanceRecord
 from fhirimg.partial import Attempt, settle
@@ -437,21 +439,23 @@ def _rendered(
     rtype = release.rendered_image_type
     spool: list[Callable[[bool], EncodedEntry]] = []  # image resources after their Binaries
     reps = media.representatives(recs, opts.per)
-    for rec, rendered in zip(
-        reps, rendered_in_order(reps, opts, render_pool, render_jobs), strict=True
+    context = _ImageContext(
+        opts, release.name, strict, first.patient, first.study, mapping.timezone
+    )
+    for rec, done in zip(
+        reps, prepared_in_order(reps, context, render_pool, render_jobs), strict=True
     ):
-        if isinstance(rendered, str):
-            out.media_failures.append((rec.path, rendered))
+        if isinstance(done, str):
+            out.media_failures.append((rec.path, done))
             continue
-        if rendered is None:  # no pixel data: not an image, not an error
+        if done is None:  # no pixel data: not an image, not an error
             continue
+        rendered, att = done.rendered, done.attachment
         out.warnings.extend(rendered.notes)
         frame = rendered.frame
-        url = None
-        if opts.content == media.MediaContent.BINARY:
-            url = f"Binary/{media.image_binary_id(rec.sop_instance_uid, frame)}"
+        url = att.get("url")
+        if url is not None:
             writer.place(_image_binary(rec, rendered, first, later, mapping.pseudonymised))
-        att = media.attachment(rendered, media.title(rec, rendered), url)
 
         def build(
             in_first: bool, rec: InstanceRecord = rec, r: Rendered = rendered, att: JSON = att
@@ -466,13 +470,9 @@ def _rendered(
             )
             return encode_entry(item)
 
-        parts, warns = media.image_parts(
-            rec, rendered, att, first.patient, first.study, mapping.timezone
-        )
-        out.warnings.extend(warns)
-        errors = resource_errors(release.rendered_image(parts), release.name, strict)
-        if errors:
-            out.media_failures.append((rec.path, f"{rtype} not valid: {'; '.join(errors[:3])}"))
+        out.warnings.extend(done.warnings)
+        if done.errors:
+            out.media_failures.append((rec.path, f"{rtype} not valid: {'; '.join(done.errors)}"))
             continue
         if url is None:
             writer.place(build)  # inline data: written now, the rendered bytes are dropped after
@@ -502,6 +502,67 @@ RENDER_AHEAD = 2
 every process busy, few enough that memory follows a handful of images, not the study."""
 
 
+@dataclass(frozen=True)
+class _ImageContext:
+    """What a render process needs to build and check a study's rendered-image resources."""
+
+    opts: media.MediaOptions
+    release: str
+    strict: bool
+    patient: str  # the first bundle's references, those the resource is checked with
+    study: str
+    timezone: str | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One rendered frame, its Attachment, and what checking its resource found."""
+
+    rendered: Rendered
+    """The image; its bytes dropped when the Attachment holds them (inline data)."""
+    attachment: JSON
+    warnings: tuple[str, ...]
+    errors: tuple[str, ...]
+    """The first three errors of the rendered-image resource (none: it is valid)."""
+
+
+def prepare_one(rec: InstanceRecord, context: _ImageContext) -> Prepared | str | None:
+    """Render one instance and build and check its rendered-image resource (a pool task): what
+    :func:`render_one` answers, with the Attachment and the check's findings.
+
+    Done where the image is rendered: building and checking a Media (its few hundred KB of
+    base64 data decoded by three layers) cost ~7 ms an image in the process writing the study,
+    one process for all the study's images (profile of ``convert --media``, 300 CT slices).
+    """
+    opts = context.opts
+    rendered = render_one(rec.path, opts.frame, opts.size, opts.fmt)
+    if rendered is None or isinstance(rendered, str):
+        return rendered
+    url = None
+    if opts.content == media.MediaContent.BINARY:
+        url = f"Binary/{media.image_binary_id(rec.sop_instance_uid, rendered.frame)}"
+    att = media.attachment(rendered, media.title(rec, rendered), url)
+    parts, warnings = media.image_parts(
+        rec, rendered, att, context.patient, context.study, context.timezone
+    )
+    release = get_release(context.release)
+    errors = resource_errors(release.rendered_image(parts), release.name, context.strict)
+    if url is None:  # the Attachment holds the bytes as base64: not sent back twice
+        rendered = dataclasses.replace(rendered, data=b"")
+    return Prepared(rendered, att, tuple(warnings), tuple(errors[:3]))
+
+
+def prepared_in_order(
+    recs: Sequence[InstanceRecord],
+    context: _ImageContext,
+    pool: Executor | None,
+    jobs: int = 1,
+) -> Iterator[Prepared | str | None]:
+    """:func:`prepare_one` of each of ``recs``, in order, in ``pool`` as
+    :func:`rendered_in_order` renders."""
+    return _in_order(prepare_one, [(rec, context) for rec in recs], pool, jobs)
+
+
 def rendered_in_order(
     recs: Sequence[InstanceRecord],
     opts: media.MediaOptions,
@@ -513,15 +574,26 @@ def rendered_in_order(
     :data:`RENDER_AHEAD` per process in flight (rendering is most of the time of ``--media``: PNG encoding above all,
     then decoding and windowing; profile of 300 CT slices)."""
     args = [(rec.path, opts.frame, opts.size, opts.fmt) for rec in recs]
+    return _in_order(render_one, args, pool, jobs)
+
+
+_T = TypeVar("_T")
+
+
+def _in_order(
+    task: Callable[..., _T], args: list[tuple[Any, ...]], pool: Executor | None, jobs: int
+) -> Iterator[_T]:
+    """``task(*a)`` for each of ``args``, in order; in ``pool``, :data:`RENDER_AHEAD` per
+    process in flight."""
     if pool is None:
         for item in args:
-            yield render_one(*item)
+            yield task(*item)
         return
     ahead = RENDER_AHEAD * max(1, jobs)
-    pending: deque[Future[Rendered | str | None]] = deque()
+    pending: deque[Future[_T]] = deque()
     try:
         for item in args:
-            pending.append(pool.submit(render_one, *item))
+            pending.append(pool.submit(task, *item))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
@@ -529,6 +601,35 @@ def rendered_in_order(
     finally:
         for fut in pending:  # the study stopped early (an error, a full disk): drop the rest
             fut.cancel()
+
+
+def warm_render(fhir_version: str, opts: media.MediaOptions) -> None:
+    """Load in this process what rendering and checking an image needs (Pillow's plugins,
+    pydicom's pixel handlers, the release's models and the datatypes fhir.resources imports on
+    first use), before the run's pool is forked: its processes then start with them instead of
+    each loading them for its first image (~0.5 s a process, most of it the models, which this
+    process loads anyway for the head; ``convert --media`` on two processes).
+    """
+    import PIL.Image
+    import pydicom.pixels.processing  # noqa: F401 - what render_file imports on first use
+    import pydicom.pixels.utils  # noqa: F401
+
+    from fhirimg.images.render import FORMATS, Rendered
+
+    PIL.Image.preinit()  # the common image plugins, PNG and JPEG among them
+    release = get_release(fhir_version)
+    sample = Rendered(b"\x00", FORMATS[opts.fmt], 1, 1, 1, 1)
+    parts = ImageParts(
+        identifiers=media.identifiers("1.2.3", 1),
+        subject_ref="urn:uuid:00000000-0000-0000-0000-000000000000",
+        study_ref="urn:uuid:00000000-0000-0000-0000-000000000001",
+        modality={"system": DCM, "code": "OT"},
+        attachment=media.attachment(sample, "warm-up", None),
+        height=1,
+        width=1,
+        frames=None,
+    )
+    resource_errors(release.rendered_image(parts), release.name)
 
 
 def render_one(path: str, frame: int | None, size: int | None, fmt: str) -> Rendered | str | None:

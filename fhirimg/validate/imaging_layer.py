@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fhirimg.validate import measurement_checks, rules
+from fhirimg.validate._base64 import strict_decode
 from fhirimg.validate.findings import Finding, Layer, Severity
 from fhirimg.validate.rules import RuleCollector
 from fhirimg.values import NON_ACQUISITION_MODALITIES
@@ -716,6 +717,12 @@ def _mime(value: str) -> str:
 
 
 def _decoded(data: str, limit: int | None = None) -> bytes | None:
+    if limit is None:
+        # Well-formed base64 decodes to the same bytes strictly or not; the schema layer's
+        # check decoded it already (the same string: its bytes are reused).
+        raw = strict_decode(data)
+        if raw is not None:
+            return raw
     try:
         text = data if limit is None else data[: (limit + 2) // 3 * 4]
         return base64.b64decode(text, validate=False)

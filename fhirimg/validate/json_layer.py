@@ -48,8 +48,13 @@ def too_deep(obj: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
     >>> too_deep({"a": [1]}, "X", limit=2) is None
     True
     """
-    if not isinstance(obj, dict | list):
-        return None
+    if not isinstance(obj, dict | list) or _within(obj, limit - 1):
+        return None  # most files: no location to find
+    return _deep_location(obj, root, limit)
+
+
+def _deep_location(obj: dict[str, Any] | list[Any], root: str, limit: int) -> str | None:
+    """:func:`too_deep`'s answer, found by a walk that can name the location."""
     keys: list[str | int] = []  # the keys leading to the level on top of ``stack``
     stack = [_children(obj)]
     while stack:
@@ -70,6 +75,16 @@ def too_deep(obj: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
     return None
 
 
+def _within(node: dict[str, Any] | list[Any], levels: int) -> bool:
+    """Whether the objects and arrays inside ``node`` nest at most ``levels`` deeper than it.
+    Recursive, but never deeper than ``levels`` (:data:`MAX_DEPTH`): about 1.5x faster than the
+    iterative walk, which then only runs to name the location."""
+    for value in node.values() if isinstance(node, dict) else node:
+        if isinstance(value, dict | list) and (levels == 0 or not _within(value, levels - 1)):
+            return False
+    return True
+
+
 def too_deep_finding(file: str, location: str) -> Finding:
     """The one finding of a file refused by :func:`too_deep`."""
     return Finding(
@@ -84,8 +99,49 @@ def too_deep_finding(file: str, location: str) -> Finding:
 def check(obj: Any, file: str, root: str) -> list[Finding]:
     """Report nulls, empty arrays/objects/strings and id-only elements anywhere in ``obj``."""
     out = Collector(file, Layer.JSON)
-    _walk(obj, root, out, nulls_ok=False)
+    if not _clean(obj):  # most files are: the walk that words the findings is then not needed
+        _walk(obj, root, out, nulls_ok=False)
     return out.findings
+
+
+def _clean(node: Any, nulls_ok: bool = False) -> bool:
+    """Whether :func:`_walk` finds nothing in ``node``: the same checks, without building a
+    location for every node (half the layer's time on clean bundles; profile of validate)."""
+    if isinstance(node, dict):
+        if not node or (len(node) == 1 and "id" in node):
+            return False
+        for key, value in node.items():
+            if value is None:
+                return False
+            if isinstance(value, list):
+                if key.startswith("_"):
+                    values = node.get(key[1:])
+                    if isinstance(values, list) and (
+                        len(values) != len(value)
+                        or any(v is None and e is None for v, e in zip(values, value, strict=False))
+                    ):
+                        return False
+                    twin = key[1:]
+                else:
+                    twin = f"_{key}"
+                if not _clean(value, twin in node):
+                    return False
+            elif isinstance(value, dict | str) and not _clean(value):
+                return False
+        return True
+    if isinstance(node, list):
+        if not node:
+            return False
+        for item in node:
+            if item is None:
+                if not nulls_ok:
+                    return False
+            elif isinstance(item, dict | list | str) and not _clean(item):
+                return False
+        return True
+    if isinstance(node, str):
+        return bool(node) and not node.isspace()
+    return True
 
 
 def _walk(node: Any, path: str, out: Collector, *, nulls_ok: bool) -> None:

@@ -25,6 +25,7 @@ from functools import cache
 from typing import Any
 
 from fhirimg.validate import _data
+from fhirimg.validate._base64 import strict_decode
 from fhirimg.validate.findings import Collector, Finding, Layer
 
 # Integer ranges of the FHIR primitives (http://hl7.org/fhir/R4/datatypes.html#primitive).
@@ -262,20 +263,18 @@ def _hint(ptype: str) -> str:
 
 def _is_base64(value: str) -> bool:
     if not value.isascii():
-        return False  # binascii raises ValueError, not binascii.Error, on other characters
+        return False
+    if strict_decode(value) is not None:
+        return True
+    # FHIR's base64Binary regex tolerates whitespace between the groups.
+    squeezed = "".join(value.split())
+    if squeezed == value:
+        return False
     try:
-        binascii.a2b_base64(value, strict_mode=True)
+        binascii.a2b_base64(squeezed, strict_mode=True)
         return True
     except binascii.Error:
-        # FHIR's base64Binary regex tolerates whitespace between the groups.
-        squeezed = "".join(value.split())
-        if squeezed == value:
-            return False
-        try:
-            binascii.a2b_base64(squeezed, strict_mode=True)
-            return True
-        except binascii.Error:
-            return False
+        return False
 
 
 def _jtype(value: Any) -> str:
