@@ -22,13 +22,13 @@ from typing import Any
 import httpx
 
 from fhirimg import jsonio
-from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
+from fhirimg.errors import AuthError, FhirimgError, InputError, JournalError, PushError
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.capability import (
     RELEASE_NAMES,
     check_release,
+    read_capabilities,
     server_release,
-    server_version,
 )
 from fhirimg.push.files import (
     DEFAULT_FOLDER,
@@ -44,6 +44,7 @@ from fhirimg.push.files import (
 from fhirimg.push.journal import Journal
 from fhirimg.push.results import BundleResult, PushObserver, PushOptions, PushReport
 from fhirimg.push.transaction import (
+    CreateFirst,
     CreateGate,
     conditional_keys,
     push_bundle,
@@ -155,11 +156,13 @@ def push_paths(
         transport=transport,
     )
     try:
+        create_first: CreateFirst | None = None
         if options.check_server:
             # Before the first bundle: the base URL is a FHIR server of the bundles' release.
-            _match_release(client, found)
+            if _match_release(client, found):
+                create_first = CreateFirst()
         with journal:
-            _push_all(client, found, options, journal, report, observer)
+            _push_all(client, found, options, journal, report, observer, create_first)
         found.correct_totals(observer, listing)
     finally:
         report.requests = client.stats_requests
@@ -169,17 +172,20 @@ def push_paths(
     return report
 
 
-def _match_release(client: FhirClient, found: _Found) -> None:
+def _match_release(client: FhirClient, found: _Found) -> bool:
     """Read the server's FHIR release, then read ahead to the first bundle of that release
     (nothing is sent meanwhile). When there is none and some bundle is of another release, the
     run stops here (:class:`PushError`, as :func:`~fhirimg.push.capability.check_server`);
-    otherwise the bundles of another release (a mixed folder) are refused one by one."""
-    version = server_version(client)
+    otherwise the bundles of another release (a mixed folder) are refused one by one. Returns
+    whether the server declares conditional create for ImagingStudy (:class:`CreateFirst`)."""
+    capabilities = read_capabilities(client)
+    version = capabilities.fhir_version
     takes = server_release(version)
     looked = found.look_ahead(lambda f: f.problem is None and f.release == takes)
     if not any(f.problem is None and f.release == takes for f in looked):
         check_release(client, version, _releases(looked))
     found.refuse = lambda f: _other_release(f, version) if f.release != takes else f
+    return "ImagingStudy" in capabilities.conditional_create
 
 
 def _push_split_study(
@@ -330,6 +336,7 @@ def _push_all(
     journal: Journal,
     report: PushReport,
     observer: PushObserver,
+    create_first: CreateFirst | None = None,
 ) -> None:
     gate = CreateGate()
     learned: list[int | None] = [options.max_entries]
@@ -377,6 +384,8 @@ def _push_all(
             observer=observer,
             _gate=gate,
             _limit=limit,
+            _commit_later=True,
+            _create_first=create_first,
         )
         if result.learned_limit and result.status == "pushed":
             # Only a limit the pieces were then accepted at: a refusal that merely read like
@@ -386,13 +395,37 @@ def _push_all(
         observer.advanced(f.size)
         return result
 
+    def finish(n: int, result: BundleResult) -> None:
+        results[n] = result
+        observer.finished(result)
+        if result.unreachable and report.aborted is None:
+            # The server went away: the remaining bundles would each wait out the retries.
+            report.aborted = f"the server stopped answering: {result.error}"
+        if journal.error is not None and report.aborted is None:
+            # Nothing more can be recorded as confirmed: stop rather than redo it all later.
+            report.aborted = f"the journal cannot be written: {journal.error}"
+            client.stop()
+
+    def commit(written: list[tuple[int, BundleResult]]) -> None:
+        """Report the bundles whose journal lines the workers wrote, once one fsync covers them
+        all (the workers are on their next bundles meanwhile): only then are they pushed."""
+        try:
+            journal.commit(max(r.journal_ticket or 0 for _, r in written))
+        except JournalError as exc:
+            for _, result in written:
+                result.status, result.error = "failed", f"the server confirmed it, but {exc}"
+        for n, result in written:
+            result.journal_ticket = None
+            finish(n, result)
+
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="push")
     pending: dict[Future[BundleResult], int] = {}
     stream = iter(found)
     ready: deque[tuple[int, BundleFile]] = deque()
+    written: list[tuple[int, BundleResult]] = []
     more = True
     try:
-        while more or ready or pending:
+        while more or ready or pending or written:
             # Discovery runs here, in step with the workers: ``jobs`` bundles in flight and as
             # many read ahead, so memory holds a few bundles, never the folder.
             while report.aborted is None and (ready or more) and len(pending) < jobs:
@@ -415,6 +448,11 @@ def _push_all(
                 for _ in stream:  # every file left is accounted for (results below)
                     pass
                 more = False
+            if written:
+                # The freed workers have their next bundles (above) while this fsync runs.
+                commit(written)
+                written = []
+                continue
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -429,15 +467,10 @@ def _push_all(
                     )  # fmt: skip
                     report.aborted = f"the server refused the credentials: {exc}"
                     client.stop()
-                results[n] = result
-                observer.finished(result)
-                if result.unreachable and report.aborted is None:
-                    # The server went away: the remaining bundles would each wait out the retries.
-                    report.aborted = f"the server stopped answering: {result.error}"
-                if journal.error is not None and report.aborted is None:
-                    # Nothing more can be recorded as confirmed: stop rather than redo it all later.
-                    report.aborted = f"the journal cannot be written: {journal.error}"
-                    client.stop()
+                if result.journal_ticket is not None:
+                    written.append((n, result))
+                else:
+                    finish(n, result)
     except BaseException:
         client.stop()
         executor.shutdown(wait=True, cancel_futures=True)
