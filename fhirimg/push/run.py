@@ -406,26 +406,31 @@ def _push_all(
             report.aborted = f"the journal cannot be written: {journal.error}"
             client.stop()
 
-    def commit(written: list[tuple[int, BundleResult]]) -> None:
-        """Report the bundles whose journal lines the workers wrote, once one fsync covers them
-        all (the workers are on their next bundles meanwhile): only then are they pushed."""
+    def committed(future: Future[None], batch: list[tuple[int, BundleResult]]) -> None:
+        """Report a batch of bundles whose journal lines the workers wrote, now that the fsync
+        covering them all is over: pushed, or failed when it did not succeed."""
         try:
-            journal.commit(max(r.journal_ticket or 0 for _, r in written))
+            future.result()
         except JournalError as exc:
-            for _, result in written:
+            for _, result in batch:
                 result.status, result.error = "failed", f"the server confirmed it, but {exc}"
-        for n, result in written:
+        for n, result in batch:
             result.journal_ticket = None
             finish(n, result)
 
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="push")
+    # The journal's fsyncs run on a thread of their own: neither the workers (on to their next
+    # bundles) nor this loop (handing them out) wait for the disk; each fsync covers every line
+    # written before it started, so the lines of the bundles done meanwhile share the next one.
+    committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-journal")
     pending: dict[Future[BundleResult], int] = {}
     stream = iter(found)
     ready: deque[tuple[int, BundleFile]] = deque()
-    written: list[tuple[int, BundleResult]] = []
+    written: list[tuple[int, BundleResult]] = []  # lines written, no fsync started for them
+    syncing: tuple[Future[None], list[tuple[int, BundleResult]]] | None = None
     more = True
     try:
-        while more or ready or pending or written:
+        while more or ready or pending or written or syncing:
             # Discovery runs here, in step with the workers: ``jobs`` bundles in flight and as
             # many read ahead, so memory holds a few bundles, never the folder.
             while report.aborted is None and (ready or more) and len(pending) < jobs:
@@ -448,15 +453,21 @@ def _push_all(
                 for _ in stream:  # every file left is accounted for (results below)
                     pass
                 more = False
-            if written:
-                # The freed workers have their next bundles (above) while this fsync runs.
-                commit(written)
-                written = []
-                continue
-            if not pending:
+            if written and syncing is None:
+                ticket = max(r.journal_ticket or 0 for _, r in written)
+                syncing, written = (committer.submit(journal.commit, ticket), written), []
+            waiting: set[Future[Any]] = set(pending)
+            if syncing is not None:
+                waiting.add(syncing[0])
+            if not waiting:
                 break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+            if syncing is not None and syncing[0] in done:
+                committed(*syncing)
+                syncing = None
             for future in done:
+                if future not in pending:
+                    continue
                 n = pending.pop(future)
                 try:
                     result = future.result()
@@ -474,8 +485,10 @@ def _push_all(
     except BaseException:
         client.stop()
         executor.shutdown(wait=True, cancel_futures=True)
+        committer.shutdown(wait=True)
         raise
     executor.shutdown(wait=True)
+    committer.shutdown(wait=True)
     for n, f in enumerate(found.files):
         if n not in results:
             results[n] = BundleResult(
