@@ -8,7 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import subprocess
+import sys
 import threading
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from fhirimg.push.capability import conditional_create_types
 from tests.conftest import search, study_bundle, write_bundle
 
 REAL_FSYNC = os.fsync
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Recording(httpx.BaseTransport):
@@ -286,3 +291,32 @@ def test_a_plain_http_client_reads_no_ca_bundle_and_trusts_nothing() -> None:
     assert with_token.tls_context.cert_store_stats()["x509_ca"] > 0
     for client in (plain, tls, with_token):
         client.close()
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_push_json_imports_neither_package_metadata_nor_toml(tmp_path: Path) -> None:
+    """``fhirimg push --json`` (here: a folder without bundles, exit 4, no request) gives its
+    version from fhirimg._version, without importlib.metadata, and reads no TOML without a
+    config file; the version is pyproject's."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['fhirimg', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('fhirimg', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "loaded = [m for m in ('importlib.metadata', 'tomllib') if m in sys.modules]\n"
+        "sys.stderr.write(f'{code} {loaded}')\n"
+    )
+    args = ["push", str(tmp_path), "--server", "http://127.0.0.1:9/fhir", "--json", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FHIRIMG_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, env=env, cwd=tmp_path, check=False
+    )
+    assert done.stderr.decode().splitlines()[-1] == "4 []"
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        version = tomllib.load(fh)["project"]["version"]
+    assert jsonio.loads(done.stdout)["fhirimg"] == version == metadata.version("fhirimg")
