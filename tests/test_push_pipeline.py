@@ -328,7 +328,7 @@ def test_push_json_imports_neither_package_metadata_nor_toml(tmp_path: Path) -> 
 def test_only_a_bundle_that_may_link_binaries_is_walked_for_them(tmp_path: Path) -> None:
     """Discovery walks a study's instances for instance-binary extensions only when the bytes
     may hold one: written as is, or with \\u escapes (which the walk must still find)."""
-    from fhirimg.push.files import iter_discover
+    from fhirimg.push.files import BundleFile, iter_discover
 
     plain, _ = study_bundle("2.25.1", "MRN1", instances=3)
     write_bundle(tmp_path, "a-plain", plain, {})
@@ -337,7 +337,7 @@ def test_only_a_bundle_that_may_link_binaries_is_walked_for_them(tmp_path: Path)
     escaped_path = write_bundle(tmp_path, "c-escaped", linked, binaries)
     text = escaped_path.read_bytes().replace(b"instance-binary", b"\\u0069nstance-binary")
     escaped_path.write_bytes(text)
-    found = {f.path.name: f for f in iter_discover([tmp_path]) if hasattr(f, "binaries")}
+    found = {f.path.name: f for f in iter_discover([tmp_path]) if isinstance(f, BundleFile)}
     assert found["a-plain.json"].binaries == ()
     assert {i for i, _ in found["b-linked.json"].binaries} == set(binaries)
     assert {i for i, _ in found["c-escaped.json"].binaries} == set(binaries)
