@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -341,3 +342,29 @@ def test_only_a_bundle_that_may_link_binaries_is_walked_for_them(tmp_path: Path)
     assert found["a-plain.json"].binaries == ()
     assert {i for i, _ in found["b-linked.json"].binaries} == set(binaries)
     assert {i for i, _ in found["c-escaped.json"].binaries} == set(binaries)
+
+
+@pytest.mark.server
+def test_fsyncs_are_spaced_while_bundles_fly_and_the_last_does_not_wait(
+    clean_fhir: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync per SYNC_INTERVAL at most while bundles are in flight (here 5 s: the first
+    bundle's at once, then one for all the others), and none waits once the run is done."""
+    from fhirimg.push import run
+
+    monkeypatch.setattr(run, "SYNC_INTERVAL", 5.0)
+    starts: list[float] = []
+
+    def timed_fsync(fd: int) -> None:
+        starts.append(time.monotonic())
+        REAL_FSYNC(fd)
+
+    monkeypatch.setattr(os, "fsync", timed_fsync)
+    folder = _folder(tmp_path, "a", [1, 2, 3, 4], 2)
+    options = PushOptions(server=clean_fhir.base_url, journal=tmp_path / "j.jsonl", jobs=1)
+    began = time.monotonic()
+    report = push_paths([folder], options)
+    took = time.monotonic() - began
+    assert report.pushed == 4, report.to_json()
+    assert len(starts) == 2  # the first bundle's, then the other three's at the end
+    assert took < 4.0  # the last fsync did not wait out the 5 s
