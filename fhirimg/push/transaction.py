@@ -36,6 +36,7 @@ from fhirimg.push.files import check_id, transaction_problem
 from fhirimg.push.journal import Journal
 from fhirimg.push.merge import (
     SERVER_META,
+    create_study_entry,
     current_from_search,
     imaging_study_problem,
     merge_bundle,
@@ -605,8 +606,11 @@ def _created(
     without reading the server's first (:class:`CreateFirst`); whether the server created it.
     False when it holds the study already (``200 OK`` for the entry: nothing of it written) or
     refused the condition (412: several studies match; the read that follows says which)."""
-    merged = merge_bundle(bundle, None, detect_version(bundle))
-    sent = merged["entry"]
+    # The bundle as merge_bundle(bundle, None, ...) gives it, without its copy of the study:
+    # nothing here changes the resource, and copying 100 instances was most of this step.
+    sent = list(bundle["entry"])
+    sent[index] = create_study_entry(sent[index])
+    merged = {**bundle, "entry": sent}
     try:
         statuses = _send_entries(client, merged, sent, max_entries, auto_split, result, observer)
     except PushError as exc:
