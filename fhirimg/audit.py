@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 
 from fhirimg.jsonio import JSON
 
@@ -93,11 +92,10 @@ def now_utc() -> str:
 
 
 def fhirimg_version() -> str:
-    """The installed fhirimg's version (``unknown`` in a source tree without install)."""
-    try:
-        return metadata.version("fhirimg")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without install
-        return "unknown"
+    """fhirimg's version (:data:`fhirimg._version.__version__`, ``project.version``)."""
+    from fhirimg._version import __version__
+
+    return __version__
 
 
 @dataclass(frozen=True)

@@ -505,9 +505,9 @@ JsonOpt = Annotated[
 
 def _show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version as _v
+        from fhirimg._version import __version__
 
-        typer.echo(_v("fhirimg"))
+        typer.echo(__version__)
         raise typer.Exit(0)
 
 

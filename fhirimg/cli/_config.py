@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +288,8 @@ def _all_keys(table: Mapping[str, Any]) -> list[str]:
 def load_table(path: Path, warnings: list[str] | None = None) -> dict[str, Any]:
     """The TOML table in ``path``; :class:`ConfigFileError` when unreadable or not TOML, or
     when it exposes a secret (a group-readable one adds to ``warnings``)."""
+    import tomllib  # here: only a run with a config file reads TOML (issue 19, start-up)
+
     try:
         with path.open("rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode

@@ -232,6 +232,36 @@ def ssl_context(
     return context
 
 
+def _may_use_tls(base_url: str, auth: httpx.Auth | None) -> bool:
+    """Whether a client of ``base_url`` may open a TLS connection: its requests stay at its
+    origin (:meth:`HttpClient.under_base`), so only an ``https://`` base URL or an OAuth2 token
+    URL that is not plain ``http://`` (:class:`ClientCredentialsAuth`) may.
+
+    >>> _may_use_tls("http://127.0.0.1:8080/fhir", None), _may_use_tls("https://f.example", None)
+    (False, True)
+    >>> _may_use_tls("http://fhir.local", ClientCredentialsAuth(
+    ...     "https://auth.example/token", "id", "secret"))
+    True
+    """
+    if urlsplit(base_url).scheme.lower() != "http":
+        return True
+    if isinstance(auth, OriginBoundAuth):
+        auth = auth.auth
+    if isinstance(auth, ClientCredentialsAuth):
+        return urlsplit(auth.token_url).scheme.lower() != "http"
+    return False
+
+
+def _refusing_tls() -> ssl.SSLContext:
+    """A TLS context for a client that never opens a TLS connection (:func:`_may_use_tls`):
+    it verifies like every other (certificate required, host name checked) but trusts no CA,
+    so if a TLS connection were ever made it would fail, never go unverified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def _tls_failure(exc: BaseException, server: str) -> str | None:
     """What to tell about a TLS failure in ``exc``'s causes, or None when it is not one that
     retrying could not fix (a dropped TLS connection is retried like any other)."""
@@ -318,7 +348,14 @@ class HttpClient:
             if isinstance(auth, ClientCredentialsAuth):
                 check_cleartext(auth.token_url, allow_insecure_http, "the OAuth2 client secret")
             auth = OriginBoundAuth(auth, self.origin)
-        context = ssl_context(verify, client_cert)
+        if verify is True and client_cert is None and not _may_use_tls(self.base_url, auth):
+            # Plain http:// and no request can leave its origin (above): reading the CA bundle
+            # (certifi's, the largest cost of building a client, issue 19) would buy nothing.
+            context = _refusing_tls()
+        else:
+            context = ssl_context(verify, client_cert)
+        self.tls_context = context
+        """The TLS settings of this client's connections (see :func:`ssl_context`)."""
         limits = httpx.Limits(max_connections=max_connections)
         self._http = httpx.Client(
             base_url=self.base_url + "/",

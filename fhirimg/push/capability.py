@@ -26,12 +26,23 @@ other pairing is refused, naming the server, its ``fhirVersion`` and the bundles
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from fhirimg.errors import AuthError, PushError, ServerUnreachableError
 from fhirimg.http.fhir import FhirClient
 from fhirimg.safetext import clean
 
-__all__ = ["RELEASE_NAMES", "check_release", "check_server", "server_release", "server_version"]
+__all__ = [
+    "RELEASE_NAMES",
+    "Capabilities",
+    "check_release",
+    "check_server",
+    "conditional_create_types",
+    "read_capabilities",
+    "server_release",
+    "server_version",
+]
 
 RELEASE_NAMES = {"r4": "FHIR R4 (4.0.1)", "r5": "FHIR R5 (5.0.0)"}
 """How messages name the releases fhirimg writes."""
@@ -70,6 +81,46 @@ def server_version(client: FhirClient) -> str:
     first half of :func:`check_server`: push reads it before the first bundle and matches the
     bundles' releases as it finds them (:func:`check_release`). Raises as :func:`check_server`.
     """
+    return read_capabilities(client).fhir_version
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What push uses of a server's CapabilityStatement: its ``fhirVersion``, and the resource
+    types whose ``rest.resource.conditionalCreate`` is true (the server honours
+    ``Bundle.entry.request.ifNoneExist`` for them, FHIR R4/R5 http.html "Conditional create")."""
+
+    fhir_version: str
+    conditional_create: frozenset[str] = frozenset()
+
+
+def conditional_create_types(statement: Mapping[str, Any]) -> frozenset[str]:
+    """The resource types a CapabilityStatement declares conditional create for (its
+    ``rest`` of ``mode`` server); anything of another shape declares nothing.
+
+    >>> sorted(conditional_create_types({"rest": [{"mode": "server", "resource": [
+    ...     {"type": "ImagingStudy", "conditionalCreate": True},
+    ...     {"type": "Binary", "conditionalCreate": False}, {"type": "Patient"}, "odd"]}]}))
+    ['ImagingStudy']
+    >>> conditional_create_types({"rest": "odd"})
+    frozenset()
+    """
+    found: set[str] = set()
+    rest = statement.get("rest")
+    for part in rest if isinstance(rest, list) else []:
+        if not isinstance(part, dict) or part.get("mode") != "server":
+            continue
+        resources = part.get("resource")
+        for resource in resources if isinstance(resources, list) else []:
+            if isinstance(resource, dict) and resource.get("conditionalCreate") is True:
+                if isinstance(resource.get("type"), str):
+                    found.add(resource["type"])
+    return frozenset(found)
+
+
+def read_capabilities(client: FhirClient) -> Capabilities:
+    """The server's :class:`Capabilities` from one ``GET [base]/metadata``; raises as
+    :func:`check_server` when it is no CapabilityStatement with a ``fhirVersion``."""
     where = f"the FHIR server {client.server}"
     try:
         statement = client.capabilities()
@@ -95,7 +146,7 @@ def server_version(client: FhirClient) -> str:
             f"{where} sent a CapabilityStatement without fhirVersion, so the FHIR release of "
             f"the server is unknown ({_SKIP})"
         )
-    return clean(version.strip())[:40]
+    return Capabilities(clean(version.strip())[:40], conditional_create_types(statement))
 
 
 def check_release(client: FhirClient, version: str, releases: Mapping[str, str]) -> None:

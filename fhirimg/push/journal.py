@@ -11,7 +11,10 @@ line written before it started, or waits for the one under way and, if its line 
 for it, starts the next. So with ``--jobs 4`` one fsync commonly confirms several bundles, and a
 slow disk never blocks :meth:`Journal.bundle_done` lookups. A record counts (in this process and in
 what :meth:`Journal.record_bundle` returns to its caller) only after an fsync that covers it
-succeeded. An fsync that fails leaves the journal broken: that append and every later one raise
+succeeded. :meth:`Journal.write_bundle` and :meth:`Journal.commit` are the two halves of
+:meth:`Journal.record_bundle`: ``push`` writes a bundle's line from the worker, which goes on to
+the next bundle at once, and commits it (one fsync for all the lines written meanwhile) before it
+reports the bundle done. An fsync that fails leaves the journal broken: that append and every later one raise
 :class:`~fhirimg.errors.JournalError`, so no work is reported done without being on disk.
 Records::
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -113,6 +117,7 @@ class Journal:
         self._written_count = 0
         self._synced_count = 0
         self._syncing = False
+        self._unsynced: deque[tuple[int, dict[str, Any]]] = deque()  # (ticket, record)
         self.error: OSError | None = None
         self._bundles: set[tuple[str, str]] = set()
         self._binaries: set[tuple[str, str, str]] = set()
@@ -197,9 +202,13 @@ class Journal:
         return self
 
     def close(self) -> None:
+        """Close the journal, after one last fsync of lines written but not yet committed (a
+        run stopped between :meth:`write_bundle` and :meth:`commit`: they are durable then)."""
         with self._lock:
             while self._syncing:  # an fsync of another thread still uses the descriptor
                 self._synced.wait()
+            if self._fd is not None and self.error is None and self._unsynced:
+                self._sync_locked()
             if self._fd is not None:
                 os.close(self._fd)  # also releases the flock
                 self._fd = None
@@ -218,44 +227,66 @@ class Journal:
     def _append(self, record: dict[str, Any]) -> None:
         """Write the record's line and return once an fsync covering it succeeded (group commit,
         module docstring); only then does the record count. Raises :class:`JournalError`."""
+        self.commit(self._write(record))
+
+    def _write(self, record: dict[str, Any]) -> int:
+        """Write the record's line (one ``write``, no fsync) and return its ticket for
+        :meth:`commit`; the record counts only once an fsync covering it succeeded."""
         line = orjson.dumps(record) + b"\n"
         with self._lock:
             if self._fd is None:
-                self._add(record)
-                return
+                self._add(record)  # in memory only: nothing to wait for
+                return 0
             self._raise_if_broken()
-            fd = self._fd
             try:
                 # One write of a whole line on an O_APPEND descriptor: lines never interleave.
-                os.write(fd, line)
+                os.write(self._fd, line)
             except OSError as exc:
                 self.error = exc
                 self._raise_if_broken()
             self._written_count += 1
-            mine = self._written_count
-            while self._synced_count < mine:
+            self._unsynced.append((self._written_count, record))
+            return self._written_count
+
+    def commit(self, ticket: int) -> None:
+        """Return once an fsync covering line ``ticket`` (from :meth:`write_bundle`, or any
+        later one) succeeded: one fsync confirms every line written before it started. Raises
+        :class:`JournalError` when the journal broke before that."""
+        with self._lock:
+            while self._synced_count < ticket:
                 self._raise_if_broken()
                 if self._syncing:
                     self._synced.wait()  # an fsync is under way; it may cover this line
                     continue
-                self._syncing = True
-                covers = self._written_count  # every line written so far, this one included
-                self._lock.release()
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    failed: OSError | None = exc
-                else:
-                    failed = None
-                finally:
-                    self._lock.acquire()
-                    self._syncing = False
-                    self._synced.notify_all()
-                if failed is not None:
-                    self.error = failed
-                else:
-                    self._synced_count = max(self._synced_count, covers)
-            self._add(record)
+                if self._fd is None:  # closed meanwhile (close() synced what it could)
+                    self._raise_if_broken()
+                    break
+                self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        """One fsync of every line written so far, without holding the lock during it; the
+        records it covers count from then on. Called, and returns, with the lock held."""
+        fd = self._fd
+        assert fd is not None
+        self._syncing = True
+        covers = self._written_count  # every line written so far
+        self._lock.release()
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            failed: OSError | None = exc
+        else:
+            failed = None
+        finally:
+            self._lock.acquire()
+            self._syncing = False
+            self._synced.notify_all()
+        if failed is not None:
+            self.error = failed
+            return
+        self._synced_count = max(self._synced_count, covers)
+        while self._unsynced and self._unsynced[0][0] <= covers:
+            self._add(self._unsynced.popleft()[1])
 
     def _raise_if_broken(self) -> None:
         if self.error is not None:
@@ -265,7 +296,14 @@ class Journal:
             )
 
     def record_bundle(self, server: str, sha256: str, *, file: str, entries: int) -> None:
-        self._append(
+        """Record a bundle the server confirmed; returns once the line is on disk."""
+        self.commit(self.write_bundle(server, sha256, file=file, entries=entries))
+
+    def write_bundle(self, server: str, sha256: str, *, file: str, entries: int) -> int:
+        """Write a confirmed bundle's line and return its ticket without waiting for the disk:
+        the bundle counts as done (here and for the caller) only once :meth:`commit` of the
+        ticket returned. So a worker goes on to the next bundle while the fsync is pending."""
+        return self._write(
             {
                 "v": _VERSION,
                 "kind": "bundle",

@@ -72,6 +72,7 @@ from fhirimg.push.split import rewrite_references
 
 __all__ = [
     "SERVER_META",
+    "create_study_entry",
     "current_from_search",
     "imaging_study_problem",
     "merge_bundle",
@@ -242,14 +243,11 @@ def merged_study_entry(
     resource = entry.get("resource")
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "ImagingStudy":
         raise InputError("the entry to merge holds no ImagingStudy")
-    request = entry.get("request") or {}
-    out: JSON = {}
-    if "fullUrl" in entry:
-        out["fullUrl"] = entry["fullUrl"]
     if current is None:
+        out = create_study_entry(entry)
         out["resource"] = _copy(resource)
-        out["request"] = _create_request(request)
         return out
+    out = {"fullUrl": entry["fullUrl"]} if "fullUrl" in entry else {}
     incoming = rewrite_references(resource, resolved) if resolved else resource
     merged = merge_imaging_study(current, incoming, release, newer=newer)
     study_id = current.get("id")
@@ -261,6 +259,27 @@ def merged_study_entry(
     if isinstance(version, str) and version:
         put["ifMatch"] = f'W/"{version}"'
     out["request"] = put
+    return out
+
+
+def create_study_entry(entry: JSONMapping) -> JSON:
+    """:func:`merged_study_entry` for a server without the study (``current`` None), sharing
+    the entry's resource instead of copying it (for a caller that changes neither): its
+    ``fullUrl``, its resource, and the conditional create matching its conditional update.
+
+    >>> entry = {"fullUrl": "urn:uuid:s", "resource": {"resourceType": "ImagingStudy"},
+    ...     "request": {"method": "PUT", "url": "ImagingStudy?identifier=urn:dicom:uid|urn:oid:1.2"}}
+    >>> created = create_study_entry(entry)
+    >>> created["request"]["method"], created["request"]["ifNoneExist"]
+    ('POST', 'identifier=urn:dicom:uid|urn:oid:1.2')
+    >>> created["resource"] is entry["resource"], created == merged_study_entry(entry, None, "r4")
+    (True, True)
+    """
+    out: JSON = {}
+    if "fullUrl" in entry:
+        out["fullUrl"] = entry["fullUrl"]
+    out["resource"] = entry.get("resource")
+    out["request"] = _create_request(entry.get("request") or {})
     return out
 
 

@@ -91,18 +91,32 @@ class BundleResult:
     (into the server's), ``unchanged`` (the server's already held all of it); None without one."""
     conflicts: int = 0
     """Version conflicts met (and retried) writing the merged ImagingStudy."""
+    journal_ticket: int | None = None
+    """The journal line of a bundle the server confirmed, written but not yet known to be on
+    disk (:meth:`~fhirimg.push.journal.Journal.write_bundle`): ``push_paths`` reports the bundle
+    only after committing it."""
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("references")
-        out.pop("learned_limit")
-        out.pop("unreachable")
-        if self.merge is None:
-            out.pop("merge")
-        if not self.conflicts:
-            out.pop("conflicts")
-        if self.status != "planned":
-            out.pop("planned")
+        # Field by field, not dataclasses.asdict: its deep copy of every result was the largest
+        # cost of writing the --json summary (issue 19).
+        out: dict[str, Any] = {
+            "file": self.file,
+            "status": self.status,
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "pieces": self.pieces,
+            "binaries_uploaded": self.binaries_uploaded,
+            "binaries_skipped": self.binaries_skipped,
+            "http_status": self.http_status,
+            "error": self.error,
+            "issues": list(self.issues),
+        }
+        if self.status == "planned":
+            out["planned"] = [asdict(p) for p in self.planned]
+        if self.merge is not None:
+            out["merge"] = self.merge
+        if self.conflicts:
+            out["conflicts"] = self.conflicts
         return out
 
 

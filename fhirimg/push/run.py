@@ -22,14 +22,14 @@ from typing import Any
 import httpx
 
 from fhirimg import jsonio
-from fhirimg.errors import AuthError, FhirimgError, InputError, PushError
+from fhirimg.errors import AuthError, FhirimgError, InputError, JournalError, PushError
 from fhirimg.http.client import requests_for
 from fhirimg.http.fhir import FhirClient, outcome_issues
 from fhirimg.push.capability import (
     RELEASE_NAMES,
     check_release,
+    read_capabilities,
     server_release,
-    server_version,
 )
 from fhirimg.push.files import (
     DEFAULT_FOLDER,
@@ -45,6 +45,7 @@ from fhirimg.push.files import (
 from fhirimg.push.journal import Journal
 from fhirimg.push.results import BundleResult, PushObserver, PushOptions, PushReport
 from fhirimg.push.transaction import (
+    CreateFirst,
     CreateGate,
     conditional_keys,
     push_bundle,
@@ -55,6 +56,10 @@ from fhirimg.safetext import refuse_url_credentials
 
 __all__ = ["push_paths"]
 
+
+SYNC_INTERVAL = 0.05
+"""Seconds between the starts of two journal fsyncs while bundles are in flight; the bundles
+a fsync covers are reported pushed when it is over (workers never wait for it)."""
 
 _CREDENTIALS = "give credentials with --token, --user or --token-url (PushOptions.auth)"
 
@@ -156,11 +161,13 @@ def push_paths(
         transport=transport,
     )
     try:
+        create_first: CreateFirst | None = None
         if options.check_server:
             # Before the first bundle: the base URL is a FHIR server of the bundles' release.
-            _match_release(client, found)
+            if _match_release(client, found):
+                create_first = CreateFirst()
         with journal:
-            _push_all(client, found, options, journal, report, observer)
+            _push_all(client, found, options, journal, report, observer, create_first)
         found.correct_totals(observer, listing)
     finally:
         report.requests = client.stats_requests
@@ -170,17 +177,20 @@ def push_paths(
     return report
 
 
-def _match_release(client: FhirClient, found: _Found) -> None:
+def _match_release(client: FhirClient, found: _Found) -> bool:
     """Read the server's FHIR release, then read ahead to the first bundle of that release
     (nothing is sent meanwhile). When there is none and some bundle is of another release, the
     run stops here (:class:`PushError`, as :func:`~fhirimg.push.capability.check_server`);
-    otherwise the bundles of another release (a mixed folder) are refused one by one."""
-    version = server_version(client)
+    otherwise the bundles of another release (a mixed folder) are refused one by one. Returns
+    whether the server declares conditional create for ImagingStudy (:class:`CreateFirst`)."""
+    capabilities = read_capabilities(client)
+    version = capabilities.fhir_version
     takes = server_release(version)
     looked = found.look_ahead(lambda f: f.problem is None and f.release == takes)
     if not any(f.problem is None and f.release == takes for f in looked):
         check_release(client, version, _releases(looked))
     found.refuse = lambda f: _other_release(f, version) if f.release != takes else f
+    return "ImagingStudy" in capabilities.conditional_create
 
 
 def _push_split_study(
@@ -332,6 +342,7 @@ def _push_all(
     journal: Journal,
     report: PushReport,
     observer: PushObserver,
+    create_first: CreateFirst | None = None,
 ) -> None:
     gate = CreateGate()
     learned: list[int | None] = [options.max_entries]
@@ -379,6 +390,8 @@ def _push_all(
             observer=observer,
             _gate=gate,
             _limit=limit,
+            _commit_later=True,
+            _create_first=create_first,
         )
         if result.learned_limit and result.status == "pushed":
             # Only a limit the pieces were then accepted at: a refusal that merely read like
@@ -392,13 +405,52 @@ def _push_all(
         with requests_for(f.path.name):  # the -vv request log names the bundle file
             return one(n, f)
 
+    def finish(n: int, result: BundleResult) -> None:
+        results[n] = result
+        observer.finished(result)
+        if result.unreachable and report.aborted is None:
+            # The server went away: the remaining bundles would each wait out the retries.
+            report.aborted = f"the server stopped answering: {result.error}"
+        if journal.error is not None and report.aborted is None:
+            # Nothing more can be recorded as confirmed: stop rather than redo it all later.
+            report.aborted = f"the journal cannot be written: {journal.error}"
+            client.stop()
+
+    def committed(future: Future[None], batch: list[tuple[int, BundleResult]]) -> None:
+        """Report a batch of bundles whose journal lines the workers wrote, now that the fsync
+        covering them all is over: pushed, or failed when it did not succeed."""
+        try:
+            future.result()
+        except JournalError as exc:
+            for _, result in batch:
+                result.status, result.error = "failed", f"the server confirmed it, but {exc}"
+        for n, result in batch:
+            result.journal_ticket = None
+            finish(n, result)
+
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="push")
+    # The journal's fsyncs run on a thread of their own: neither the workers (on to their next
+    # bundles) nor this loop (handing them out) wait for the disk; each fsync covers every line
+    # written before it started, so the lines of the bundles done meanwhile share the next one.
+    committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-journal")
+    # At most one fsync per SYNC_INTERVAL while bundles are in flight (each covers more lines:
+    # less disk and kernel time); none waits once the run is winding down.
+    winding_down = threading.Event()
+    last_sync = [float("-inf")]
+
+    def sync(ticket: int) -> None:
+        winding_down.wait(last_sync[0] + SYNC_INTERVAL - time.monotonic())
+        last_sync[0] = time.monotonic()
+        journal.commit(ticket)
+
     pending: dict[Future[BundleResult], int] = {}
     stream = iter(found)
     ready: deque[tuple[int, BundleFile]] = deque()
+    written: list[tuple[int, BundleResult]] = []  # lines written, no fsync started for them
+    syncing: tuple[Future[None], list[tuple[int, BundleResult]]] | None = None
     more = True
     try:
-        while more or ready or pending:
+        while more or ready or pending or written or syncing:
             # Discovery runs here, in step with the workers: ``jobs`` bundles in flight and as
             # many read ahead, so memory holds a few bundles, never the folder.
             while report.aborted is None and (ready or more) and len(pending) < jobs:
@@ -421,10 +473,23 @@ def _push_all(
                 for _ in stream:  # every file left is accounted for (results below)
                     pass
                 more = False
-            if not pending:
+            if written and syncing is None:
+                ticket = max(r.journal_ticket or 0 for _, r in written)
+                syncing, written = (committer.submit(sync, ticket), written), []
+            if not pending and not more and not ready:
+                winding_down.set()  # the last lines: commit them now
+            waiting: set[Future[Any]] = set(pending)
+            if syncing is not None:
+                waiting.add(syncing[0])
+            if not waiting:
                 break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+            if syncing is not None and syncing[0] in done:
+                committed(*syncing)
+                syncing = None
             for future in done:
+                if future not in pending:
+                    continue
                 n = pending.pop(future)
                 try:
                     result = future.result()
@@ -435,20 +500,18 @@ def _push_all(
                     )  # fmt: skip
                     report.aborted = f"the server refused the credentials: {exc}"
                     client.stop()
-                results[n] = result
-                observer.finished(result)
-                if result.unreachable and report.aborted is None:
-                    # The server went away: the remaining bundles would each wait out the retries.
-                    report.aborted = f"the server stopped answering: {result.error}"
-                if journal.error is not None and report.aborted is None:
-                    # Nothing more can be recorded as confirmed: stop rather than redo it all later.
-                    report.aborted = f"the journal cannot be written: {journal.error}"
-                    client.stop()
+                if result.journal_ticket is not None:
+                    written.append((n, result))
+                else:
+                    finish(n, result)
     except BaseException:
         client.stop()
+        winding_down.set()
         executor.shutdown(wait=True, cancel_futures=True)
+        committer.shutdown(wait=True)
         raise
     executor.shutdown(wait=True)
+    committer.shutdown(wait=True)
     for n, f in enumerate(found.files):
         if n not in results:
             results[n] = BundleResult(
