@@ -21,6 +21,7 @@ them); the workers hold them in memory while they run.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import shutil
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 
 from fhirimg import jsonio
 from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
-from fhirimg.errors import FhirimgError
+from fhirimg.errors import ConfigError, FhirimgError
 from fhirimg.folderlock import work_dir
 from fhirimg.http import FhirClient
 from fhirimg.http.client import requests_for
@@ -134,6 +135,14 @@ def convert_and_push(
     refuse_url_credentials(
         push.server, "the FHIR server URL", "give credentials with --token, --user or --token-url"
     )
+    if concurrency is not None and options.cluster is not None:
+        try:
+            pickle.dumps(push)  # as the tasks' arguments travel (cloudpickle pickles these so)
+        except (pickle.PicklingError, TypeError) as exc:
+            raise ConfigError(
+                f"--push-concurrency: these credentials cannot be sent to the workers "
+                f"({type(exc).__name__}); leave it out and this process pushes"
+            ) from None
     out_dir = Path(options.out_dir)
     if not out_dir.is_dir():
         jsonio.make_folder(out_dir, options.modes)

@@ -383,3 +383,27 @@ def test_push_from_the_workers_under_the_semaphore(
         assert not [s for s in proxy.log if s.method == "POST"]
     assert count(base, "ImagingStudy") == 5  # no duplicates
     assert count(base, "Patient") == 4
+
+
+@pytest.mark.server
+def test_push_from_the_workers_with_client_credentials(
+    cluster: ClusterExecutor, clean_fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    """The OAuth client (its lock and token left behind) reaches the workers; each fetches its
+    own token with the secret the task carried."""
+    secret = "cs-SECRET-w0rk3rs"
+    with FaultProxy(clean_fhir.base_url) as proxy:
+        proxy.enable_oauth("fhirimg", secret)
+        result = runner.invoke(
+            app,
+            ["convert", str(SAMPLE), "-o", str(tmp_path), "--engine", "dask", "--scheduler"]
+            + [_address(cluster), "--push", proxy.base_url, "--push-concurrency", "2"]
+            + ["--token-url", proxy.token_url, "--client-id", "fhirimg", "--json", "-q"],
+            env={"FHIRIMG_CLIENT_SECRET": secret},
+        )
+        assert result.exit_code == 1, result.output
+        assert orjson.loads(result.stdout)["summary"]["pushed"]["pushed"] == 5
+        assert secret not in result.output
+        assert proxy.max_posts_in_flight <= 2
+        assert proxy.tokens_issued >= 2  # the client's (capability check), the workers'
+    assert count(clean_fhir.base_url, "ImagingStudy") == 5
