@@ -407,3 +407,28 @@ def test_push_from_the_workers_with_client_credentials(
         assert proxy.max_posts_in_flight <= 2
         assert proxy.tokens_issued >= 2  # the client's (capability check), the workers'
     assert count(clean_fhir.base_url, "ImagingStudy") == 5
+
+
+def test_push_concurrency_with_a_jwt_key_exits_2(tmp_path: Path) -> None:
+    """A signing key cannot travel to the workers: refused before anything is converted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key = tmp_path / "key.pem"
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--engine", "dask"]
+        + ["--workers", "1", "--push", "http://127.0.0.1:9/fhir", "--push-concurrency", "1"]
+        + ["--token-url", "http://127.0.0.1:9/t", "--client-id", "c", "--jwt-key", str(key)],
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot be sent to the workers" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.json").exists()
