@@ -71,6 +71,7 @@ from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
+    from fhirimg.convert_push import WorkerPush
     from fhirimg.deid import DeidOptions
     from fhirimg.deid.files import ReidEntry, ReidMap
 
@@ -243,6 +244,9 @@ class StudyOutcome:
     """With ``convert --push``: "pushed", "skipped" (the journal had it) or "failed: <why>"."""
     push_issues: tuple[str, ...] = ()
     """The server's OperationOutcome issues when the push failed."""
+    journal_lines: tuple[tuple[str, str, int], ...] = ()
+    """(sha256, file, entries) of the bundles a Dask worker pushed (``--push-concurrency``): the
+    client writes them into its journal (:mod:`fhirimg.convert_push`). Not kept in the report."""
     out_of_space: bool = False
     """Writing the study's files failed for lack of space (ENOSPC, EDQUOT) or an I/O error
     (EIO): the run writes no further study (:func:`disk_error`). Not kept in the report."""
@@ -878,8 +882,13 @@ def convert(
     *,
     on_study: StudyHook | None = None,
     bundle_dir: Path | None = None,
+    worker_push: WorkerPush | None = None,
 ) -> ConvertReport:
     """Convert DICOM files/folders to per-study transaction Bundles in ``options.out_dir``.
+
+    ``worker_push`` (``convert --push --push-concurrency``): with the records shuffled on a Dask
+    cluster, each study is pushed by the worker that wrote it (:mod:`fhirimg.convert_push`);
+    ``on_study`` then sees outcomes whose ``push`` is set.
 
     Incremental: only new and changed files are read, and only the studies they touch are
     rewritten, each with everything the output folder's catalog knows of it (module docstring).
@@ -913,7 +922,9 @@ def convert(
                 # the shuffle on the workers (fhirimg.shuffle): every file read, every study
                 # rewritten; the catalog keeps the history and its studies are marked dirty
                 inputs = [Path(p) for p in paths]
-                report = _convert_shuffled(catalog, inputs, opts, progress, on_study, bundle_dir)
+                report = _convert_shuffled(
+                    catalog, inputs, opts, progress, on_study, bundle_dir, worker_push
+                )
             else:
                 run = _IncrementalRun(catalog, [Path(p) for p in paths], opts, progress, bundle_dir)
                 report = run.run(on_study)
@@ -933,6 +944,7 @@ def _convert_shuffled(
     progress: Progress | None,
     on_study: StudyHook | None,
     bundle_dir: Path | None,
+    worker_push: WorkerPush | None = None,
 ) -> ConvertReport:
     """``--engine dask`` on files: the records shuffled by study on the workers, never through
     this process (:mod:`fhirimg.shuffle`, docs/scale-out.md); the folder's lock is held and
@@ -954,7 +966,7 @@ def _convert_shuffled(
         total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
         batches = batched(iter_files(inputs, exclude=[out_dir]), READ_BATCH)
         read, unstatable = shuffle.read(iter(batches), None, progress, total)
-        report = shuffled_report(shuffle, opts, files_dir, progress, on_study)
+        report = shuffled_report(shuffle, opts, files_dir, progress, on_study, worker_push)
         report.run = RunSummary(
             full=opts.full,
             new=read - unstatable,
@@ -981,11 +993,17 @@ def _shuffled_study(
     fhir_version: str,
     files_dir: str,
     pixels: PixelOptions,
+    worker_push: WorkerPush | None = None,
 ) -> tuple[StudyOutcome, list[tuple[str, FileStatus, str]], str | None]:
     """Worker task of :mod:`fhirimg.shuffle` (its ``study_task``): write one study as
-    :func:`_write_study` does, unless the partition stopped writing (the disk is full)."""
+    :func:`_write_study` does, unless the partition stopped writing (the disk is full); with
+    ``worker_push``, push it from here and delete its files (:func:`fhirimg.convert_push.push_here`)."""
     if stopped is None:
         outcome = _write_study(blobs, mapping, fhir_version, files_dir, pixels)
+        if worker_push is not None and outcome.ok:
+            from fhirimg.convert_push import push_here
+
+            outcome = push_here(worker_push, outcome, Path(files_dir))
     else:
         uid = unpack(blobs[:1])[0].study_instance_uid
         outcome = _not_written(uid, paths, blobs, stopped)
@@ -999,11 +1017,12 @@ def shuffled_report(
     files_dir: Path,
     progress: Progress | None,
     on_study: StudyHook | None,
+    worker_push: WorkerPush | None = None,
 ) -> ConvertReport:
     """Stages 2 and 3 of ``shuffle`` (a :class:`fhirimg.shuffle.Shuffle` whose inputs are read):
     the studies written on the workers, each passed to ``on_study`` here as its partition comes
     back; the report of the run (without ``run``: the caller's)."""
-    args = (opts.mapping, opts.fhir_version, str(files_dir), opts.pixels())
+    args = (opts.mapping, opts.fhir_version, str(files_dir), opts.pixels(), worker_push)
     results = []
     for result in shuffle.write(_shuffled_study, args):
         for i, outcome in enumerate(result.studies):

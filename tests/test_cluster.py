@@ -31,6 +31,7 @@ from fhirimg.scan import read_file
 from fhirimg.shuffle import partition_of, top_level
 from tests.conftest import count
 from tests.helpers import SAMPLE, pydicom_file, report_bytes, synthetic_tree
+from tests.servers.faultproxy import FaultProxy
 from tests.servers.fhir_server import FhirTestServer
 from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
 
@@ -237,6 +238,8 @@ def test_without_dask_one_line_naming_pip(tmp_path: Path, monkeypatch: pytest.Mo
         (["--engine", "dask", "--scheduler", "http://host:8786"], "needs tcp://HOST:PORT"),
         (["--engine", "dask", "--scheduler", "tcp://h:1", "--workers", "2"], "not with"),
         (["--engine", "dask", "--from-dicomweb", "http://pacs.example/dw"], "not with"),
+        (["--push", "http://127.0.0.1:9/fhir", "--push-concurrency", "2"], "--engine dask"),
+        (["--engine", "dask", "--workers", "1", "--push-concurrency", "2"], "needs --push"),
     ],
 )
 def test_engine_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -323,3 +326,109 @@ def test_push_with_the_dask_engine(
     assert count(base, "Patient") == 4
     assert (tmp_path / ".fhirimg-push-journal.jsonl").is_file()  # the client's, as ever
     assert not list(tmp_path.glob("study-*.json"))
+
+
+_TOKEN = "tok-SECRET-w0rk3rs"
+
+
+@pytest.mark.server
+def test_push_from_the_workers_under_the_semaphore(
+    cluster: ClusterExecutor,
+    clean_fhir: FhirTestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--push-concurrency 1``: the workers push (with the token shipped in the tasks), never
+    more than one transaction at once; the client journals; a re-run skips every study."""
+    import fhirimg.convert_push
+
+    def client_push(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the client pushed a study")
+
+    # fault injection in this (the client's) process only: the workers push
+    monkeypatch.setattr(fhirimg.convert_push, "_push_study", client_push)
+    base = clean_fhir.base_url
+    with FaultProxy(base) as proxy:
+        proxy.require_bearer(_TOKEN)
+        proxy.delay_all = 0.2  # each transaction lasts long enough to overlap another
+        args = ["convert", str(SAMPLE), "-o", str(tmp_path), "--engine", "dask", "--scheduler"]
+        args += [_address(cluster), "--push", proxy.base_url, "--token", _TOKEN]
+        args += ["--push-concurrency", "1", "--json", "-q"]
+        first = runner.invoke(app, args)
+        assert first.exit_code == 1, first.output  # the sample's truncated file
+        assert orjson.loads(first.stdout)["summary"]["pushed"] == {
+            "pushed": 5,
+            "skipped": 0,
+            "failed": 0,
+        }
+        assert _TOKEN not in first.output
+        posts = [s for s in proxy.log if s.method == "POST"]
+        assert len(posts) == 5  # one transaction per study, each once
+        assert all(s.authorization == f"Bearer {_TOKEN}" for s in proxy.log)
+        assert proxy.max_posts_in_flight == 1
+        assert count(base, "ImagingStudy") == 5
+        assert count(base, "Patient") == 4
+        journal = (tmp_path / ".fhirimg-push-journal.jsonl").read_bytes().splitlines()
+        assert sum(1 for line in journal if orjson.loads(line)["kind"] == "bundle") == 5
+        assert not list(tmp_path.rglob("study-*.json"))  # pushed, not kept
+
+        proxy.clear()
+        again = runner.invoke(app, args)
+        assert again.exit_code == 1, again.output
+        assert orjson.loads(again.stdout)["summary"]["pushed"] == {
+            "pushed": 0,
+            "skipped": 5,
+            "failed": 0,
+        }
+        assert not [s for s in proxy.log if s.method == "POST"]
+    assert count(base, "ImagingStudy") == 5  # no duplicates
+    assert count(base, "Patient") == 4
+
+
+@pytest.mark.server
+def test_push_from_the_workers_with_client_credentials(
+    cluster: ClusterExecutor, clean_fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    """The OAuth client (its lock and token left behind) reaches the workers; each fetches its
+    own token with the secret the task carried."""
+    secret = "cs-SECRET-w0rk3rs"
+    with FaultProxy(clean_fhir.base_url) as proxy:
+        proxy.enable_oauth("fhirimg", secret)
+        result = runner.invoke(
+            app,
+            ["convert", str(SAMPLE), "-o", str(tmp_path), "--engine", "dask", "--scheduler"]
+            + [_address(cluster), "--push", proxy.base_url, "--push-concurrency", "2"]
+            + ["--token-url", proxy.token_url, "--client-id", "fhirimg", "--json", "-q"],
+            env={"FHIRIMG_CLIENT_SECRET": secret},
+        )
+        assert result.exit_code == 1, result.output
+        assert orjson.loads(result.stdout)["summary"]["pushed"]["pushed"] == 5
+        assert secret not in result.output
+        assert proxy.max_posts_in_flight <= 2
+        assert proxy.tokens_issued >= 2  # the client's (capability check), the workers'
+    assert count(clean_fhir.base_url, "ImagingStudy") == 5
+
+
+def test_push_concurrency_with_a_jwt_key_exits_2(tmp_path: Path) -> None:
+    """A signing key cannot travel to the workers: refused before anything is converted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key = tmp_path / "key.pem"
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLE), "-o", str(tmp_path / "out"), "--engine", "dask"]
+        + ["--workers", "1", "--push", "http://127.0.0.1:9/fhir", "--push-concurrency", "1"]
+        + ["--token-url", "http://127.0.0.1:9/t", "--client-id", "c", "--jwt-key", str(key)],
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot be sent to the workers" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -229,6 +229,18 @@ def convert_command(
             rich_help_panel=_SCALE_PANEL,
         ),
     ] = None,
+    push_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--push-concurrency",
+            min=1,
+            metavar="N",
+            help="With --engine dask and --push: the workers push the studies they write, at "
+            "most N transactions in flight across the cluster (they then hold the "
+            "credentials). Default: this process pushes.",
+            rich_help_panel=_SCALE_PANEL,
+        ),
+    ] = None,
     timezone: TimezoneOpt = None,
     no_measurements: NoMeasurementsOpt = False,
     patient_id_system: PatientIdSystemOpt = None,
@@ -556,6 +568,8 @@ def convert_command(
         cluster=_cluster(engine, scheduler, workers, from_dicomweb or from_pacs),
         invocation=invocation(paths or [from_dicomweb or from_pacs or ""]),
     )
+    if push_concurrency is not None and (not push_url or engine is not Engine.DASK):
+        raise fail("--push-concurrency needs --push and --engine dask", ExitCode.USAGE)
     if output_format is OutputFormat.NDJSON and push_url:
         raise fail("--format ndjson writes files for $import: not with --push", ExitCode.USAGE)
     if output_format is OutputFormat.NDJSON and binary == BinaryMode.BESIDE:
@@ -634,7 +648,7 @@ def convert_command(
                 raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)
             report = _from_objects(paths, options, storage, out_url)
         else:
-            report = _from_files([Path(p) for p in paths], options, push, quiet)
+            report = _from_files([Path(p) for p in paths], options, push, quiet, push_concurrency)
     if json_out:
         print_json(int(report.exit_code), report.summary())
     if not quiet:
@@ -749,10 +763,15 @@ def _from_objects(
 
 
 def _from_files(
-    paths: list[Path], options: ConvertOptions, push: PushOptions | None, quiet: bool
+    paths: list[Path],
+    options: ConvertOptions,
+    push: PushOptions | None,
+    quiet: bool,
+    concurrency: int | None = None,
 ) -> ConvertReport:
-    """``convert PATH...``, and with ``push`` (``--push``) each study pushed as it is written."""
-    run = _streaming(push) if push is not None else convert
+    """``convert PATH...``, and with ``push`` (``--push``) each study pushed as it is written
+    (with ``concurrency``, ``--push-concurrency``: by the Dask workers)."""
+    run = _streaming(push, concurrency) if push is not None else convert
 
     def message(exc: BaseException) -> str:
         if isinstance(exc, FhirimgError) and push is not None:
@@ -774,14 +793,14 @@ def _from_files(
 Runner = Callable[..., ConvertReport]
 
 
-def _streaming(push: PushOptions) -> Runner:
+def _streaming(push: PushOptions, concurrency: int | None = None) -> Runner:
     """``convert --push``: each study pushed as soon as it is written (fhirimg.convert_push)."""
     from fhirimg.convert_push import convert_and_push
 
     def run(
         paths: list[Path], options: ConvertOptions, progress: ProgressCallback | None = None
     ) -> ConvertReport:
-        return convert_and_push(paths, options, push, progress)
+        return convert_and_push(paths, options, push, progress, concurrency)
 
     return run
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -201,6 +201,18 @@ class ClientCredentialsAuth(httpx.Auth):
             f"ClientCredentialsAuth(token_url={self.token_url!r}, client_id={self.client_id!r}, "
             "secret=***)"
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a Dask worker, ``convert --push-concurrency``) without the lock and the
+        token: its expiry is on this process's monotonic clock; the copy fetches its own."""
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state["_token"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _token_request(self) -> httpx.Request:
         data = {"grant_type": "client_credentials"}

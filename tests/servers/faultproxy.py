@@ -103,6 +103,8 @@ class FaultProxy:
         self._oauth: tuple[str, str, int] | None = None
         self._token_counter = itertools.count(1)
         self.tokens_issued = 0
+        self.posts_in_flight = 0
+        self.max_posts_in_flight = 0  # the most POSTs (transactions) it held at once
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -307,6 +309,19 @@ class FaultProxy:
                 finally:
                     conn.close()
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle  # noqa: N815
+            def _post(self) -> None:
+                with proxy._lock:
+                    proxy.posts_in_flight += 1
+                    proxy.max_posts_in_flight = max(
+                        proxy.max_posts_in_flight, proxy.posts_in_flight
+                    )
+                try:
+                    self._handle()
+                finally:
+                    with proxy._lock:
+                        proxy.posts_in_flight -= 1
+
+            do_GET = do_PUT = do_DELETE = do_PATCH = _handle  # noqa: N815
+            do_POST = _post  # noqa: N815
 
         return Handler
