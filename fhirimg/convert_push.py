@@ -109,12 +109,6 @@ def push_here(wp: WorkerPush, outcome: StudyOutcome, folder: Path) -> StudyOutco
         client.close()
 
 
-def _journaled(journal: Journal, server: str) -> frozenset[str]:
-    """The bundle digests ``journal`` holds for ``server`` (as :meth:`Journal.bundle_done`)."""
-    with journal._lock:
-        return frozenset(sha for where, sha in journal._bundles if where == server)
-
-
 def convert_and_push(
     paths: Iterable[str | Path],
     options: ConvertOptions,
@@ -163,7 +157,7 @@ def convert_and_push(
             worker_push = None
             if concurrency is not None and options.cluster is not None:
                 name = f"fhirimg-push-{uuid.uuid4().hex}"  # names no server, holds no secret
-                known = _journaled(journal, client.base_url)
+                known = journal.bundle_digests(client.base_url)
                 worker_push = WorkerPush(push, concurrency, name, known)
 
             def send(outcome: StudyOutcome, folder: Path) -> StudyOutcome:

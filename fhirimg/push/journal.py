@@ -159,6 +159,12 @@ class Journal:
         with self._lock:
             return (server, sha256) in self._bundles
 
+    def bundle_digests(self, server: str) -> frozenset[str]:
+        """The digests of every bundle journaled as pushed to ``server`` (for tasks that check
+        :meth:`bundle_done` elsewhere, such as the Dask workers that push)."""
+        with self._lock:
+            return frozenset(sha for where, sha in self._bundles if where == server)
+
     def binary_done(self, server: str, binary_id: str, sha256: str) -> bool:
         with self._lock:
             return (server, binary_id, sha256) in self._binaries
