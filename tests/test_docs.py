@@ -79,13 +79,16 @@ def test_readme_links_resolve() -> None:
 
 @pytest.mark.parametrize("name", sorted(COMMAND_DOCS))
 def test_help_is_readable(name: str) -> None:
-    """Readable metavars (PATH, URL, N; never typer's <str> or <list[str]>), one usage style,
+    """Readable metavars (PATH, URL, N; never typer's <str> or <list[str]>, nor TEXT), one usage style,
     and the command's first sentence whole in `fhirimg --help` (not cut with '...')."""
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert not re.search(r"<(str|int|float|path|list|bool)", result.output), result.output
+    # click's type names say nothing of what to give: every option names its value
+    generic = re.findall(r"^ +(-[-\w, ]+?) (TEXT|INTEGER|FLOAT)\b", result.output, re.MULTILINE)
+    assert not generic, generic
     assert result.output.startswith("Usage: ")
     assert f" {name} [OPTIONS]" in result.output.splitlines()[0]
     top = CliRunner().invoke(app, ["--help"])

@@ -88,6 +88,7 @@ TimezoneOpt = Annotated[
     str | None,
     typer.Option(
         "--timezone",
+        metavar="ZONE",
         help="IANA time zone (e.g. Europe/Berlin) for DICOM times without (0008,0201) "
         "Timezone Offset From UTC. Without it such times are left out (date kept).",
         rich_help_panel=MAPPING_PANEL,
@@ -98,6 +99,7 @@ PatientIdSystemOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--patient-id-system",
+        metavar="[ISSUER=]URI",
         help="Identifier system for Patient IDs whose issuer gives none: a URI (default for "
         "all), or ISSUER=URI to map an Issuer of Patient ID (0010,0021). Repeatable.",
         rich_help_panel=MAPPING_PANEL,
@@ -205,6 +207,7 @@ TokenOpt = Annotated[
     str | None,
     typer.Option(
         "--token",
+        metavar="TOKEN",
         envvar="FHIRIMG_TOKEN",
         help="Bearer token. A value here is visible in ps and shell history (warned): prefer "
         "--token-file or the env var FHIRIMG_TOKEN.",
@@ -224,6 +227,7 @@ UserOpt = Annotated[
     str | None,
     typer.Option(
         "--user",
+        metavar="USER",
         help="HTTP basic auth user; password from --password-file, env FHIRIMG_PASSWORD, "
         "else asked for.",
         rich_help_panel=AUTH_PANEL,
@@ -258,7 +262,10 @@ ClientSecretFileOpt = Annotated[
 ClientIdOpt = Annotated[
     str | None,
     typer.Option(
-        "--client-id", help="OAuth2 client id (with --token-url).", rich_help_panel=AUTH_PANEL
+        "--client-id",
+        metavar="ID",
+        help="OAuth2 client id (with --token-url).",
+        rich_help_panel=AUTH_PANEL,
     ),
 ]
 ScopeOpt = Annotated[
@@ -294,6 +301,7 @@ DicomwebTokenOpt = Annotated[
     str | None,
     typer.Option(
         "--dicomweb-token",
+        metavar="TOKEN",
         envvar="FHIRIMG_DICOMWEB_TOKEN",
         show_envvar=False,
         help="Bearer token for the DICOMweb server (visible in ps, warned): prefer "
@@ -313,6 +321,7 @@ DicomwebUserOpt = Annotated[
     str | None,
     typer.Option(
         "--dicomweb-user",
+        metavar="USER",
         help="HTTP basic auth user for the DICOMweb server; password from "
         "--dicomweb-password-file or env FHIRIMG_DICOMWEB_PASSWORD.",
         rich_help_panel=DICOMWEB_PANEL,
@@ -367,6 +376,7 @@ DicomwebClientIdOpt = Annotated[
     str | None,
     typer.Option(
         "--dicomweb-client-id",
+        metavar="ID",
         help="OAuth2 client id for the DICOMweb server (with --dicomweb-token-url).",
         rich_help_panel=DICOMWEB_PANEL,
     ),

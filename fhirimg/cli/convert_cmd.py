@@ -172,6 +172,7 @@ def convert_command(
         typer.Option(
             "--out",
             "-o",
+            metavar="PATH_OR_URL",
             help="Folder for the bundles and report.json, or an object-storage URL "
             "(s3://bucket/prefix) they are put under at the end.",
         ),
@@ -249,6 +250,7 @@ def convert_command(
         list[str] | None,
         typer.Option(
             "--accession-system",
+            metavar="ISSUER=URI",
             help="ISSUER=URI: identifier system for Accession Numbers whose Issuer of Accession "
             "Number (0008,0051) has only this local namespace (0040,0031). Repeatable.",
             rich_help_panel=MAPPING_PANEL,
@@ -424,6 +426,7 @@ def convert_command(
         str | None,
         typer.Option(
             "--accession",
+            metavar="NUMBER",
             help="With --from-dicomweb or --from-pacs: only studies of this Accession Number.",
             rich_help_panel=_dw.PANEL,
         ),
@@ -443,6 +446,7 @@ def convert_command(
         list[str] | None,
         typer.Option(
             "--qido",
+            metavar="KEY=VALUE",
             help="With --from-dicomweb or --from-pacs: any QIDO-RS study matching key, KEY=VALUE (repeatable), "
             "e.g. StudyDescription=*HEAD*.",
             rich_help_panel=_dw.PANEL,
@@ -463,6 +467,7 @@ def convert_command(
         str,
         typer.Option(
             "--calling-aet",
+            metavar="AET",
             help="With --from-pacs: fhirimg's own AE title, as the PACS knows it.",
             rich_help_panel=_dimse.PANEL,
         ),

@@ -41,6 +41,7 @@ def deidentify_command(
         typer.Option(
             "--out",
             "-o",
+            metavar="DIR",
             help="Folder for the de-identified files (<study>/<series>/<instance>.dcm) and "
             "report.json.",
             file_okay=False,

@@ -69,11 +69,17 @@ def listen_command(
     ] = 11112,
     ae_title: Annotated[
         str,
-        typer.Option("--ae-title", help="fhirimg's AE title (the called AE title senders use)."),
+        typer.Option(
+            "--ae-title",
+            metavar="AET",
+            help="fhirimg's AE title (the called AE title senders use).",
+        ),
     ] = "FHIRIMG",
     bind: Annotated[
         str,
-        typer.Option("--bind", help="Address to listen on. Default: every interface."),
+        typer.Option(
+            "--bind", metavar="ADDRESS", help="Address to listen on. Default: every interface."
+        ),
     ] = "",
     allow: Annotated[
         list[str] | None,
@@ -121,6 +127,7 @@ def listen_command(
         typer.Option(
             "--out",
             "-o",
+            metavar="DIR",
             help="Folder for the bundles, report.json and the catalog.",
             file_okay=False,
         ),

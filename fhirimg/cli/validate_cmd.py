@@ -82,6 +82,7 @@ def validate_command(
         str,
         typer.Option(
             "--layers",
+            metavar="LAYERS",
             help="fast (no FHIRPath invariants), all, or a list: json,model,schema,invariant,"
             "bundle,imaging.",
         ),

@@ -101,7 +101,7 @@ def verify_command(
     ] = None,
     calling_aet: Annotated[
         str,
-        typer.Option("--calling-aet", help="With --pacs: fhirimg's own AE title."),
+        typer.Option("--calling-aet", metavar="AET", help="With --pacs: fhirimg's own AE title."),
     ] = "FHIRIMG",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

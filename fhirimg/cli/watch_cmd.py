@@ -97,6 +97,7 @@ def watch_command(
         typer.Option(
             "--out",
             "-o",
+            metavar="DIR",
             help="Folder for the bundles, report.json, the catalog and the push journal: all the "
             "state a restarted watch continues from.",
             file_okay=False,
