@@ -108,6 +108,9 @@ class ConvertOptions:
     (``<bundle stem>.binaries/<id>.dcm``); None = no Binary."""
     media: MediaOptions | None = None
     """A rendered image per instance or series (R4 Media, R5 DocumentReference); None = none."""
+    storage: tuple[tuple[str, str], ...] = ()
+    """fsspec options of object inputs, for the pixel writers reading their bytes
+    (:func:`fhirimg.objects.open_input`); set by :mod:`fhirimg.convert_objects`."""
     max_entries: int | None = None
     """Split a study's Binary/image entries so that no bundle file has more entries."""
     max_bundle_mb: float | None = None
@@ -221,6 +224,7 @@ class ConvertOptions:
             modes=self.modes,
             all_or_nothing=self.all_or_nothing,
             deid=self.deid,
+            storage=self.storage,
         )
 
 

@@ -68,6 +68,8 @@ def _run(
     progress: Progress | None,
 ) -> ConvertReport:
     if inputs and all(is_url(i) for i in inputs):
+        # the pixel writers (--binary, --media) read the objects' bytes with the same options
+        options = replace(options, storage=tuple(sorted(storage.items())))
         if options.cluster is not None and options.deid is None and not options.select.active:
             # listed per prefix, read and shuffled by study on the workers
             return _objects_shuffled(list(inputs), options, dict(storage), progress)

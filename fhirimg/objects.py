@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fhirimg.errors import StorageError
 from fhirimg.group import PackedRecord
@@ -70,6 +70,18 @@ def filesystem(url: str, options: StorageOptions) -> tuple[Any, str]:
     except ValueError as exc:  # an unknown protocol, a bad option
         raise StorageError(f"cannot use {redact_url(url)}: {exc}") from None
     return fs, str(path)
+
+
+def open_input(path: str, storage: Sequence[tuple[str, str]] = ()) -> IO[bytes]:
+    """A source file's bytes, streamed: a local path opened as it is, an object URL through
+    fsspec with the run's storage options (ranged GETs as the reader asks, never the whole
+    object at once). Raises ``OSError`` (a missing object: ``FileNotFoundError``) or the
+    backend's error; callers turn either into a failed study or image."""
+    if not is_url(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path, dict(storage))
+    fh: IO[bytes] = fs.open(inner, "rb", block_size=_FIRST_READ, cache_type="readahead")
+    return fh
 
 
 def list_objects(urls: Sequence[str], options: StorageOptions) -> Iterator[str]:

@@ -54,8 +54,10 @@ def test_a_file_that_changes_fails_the_study_as_on_one_process(
     """Fault injection: one file's source claims more bytes than the file holds (as when it is
     cut while the study is written): the study fails with the same error, no file is left."""
 
-    def longer(path: str, sop_class_uid: str, sop_instance_uid: str) -> DicomSource:
-        source = dicom_source(path, sop_class_uid, sop_instance_uid)
+    def longer(
+        path: str, sop_class_uid: str, sop_instance_uid: str, storage: Any = ()
+    ) -> DicomSource:
+        source = dicom_source(path, sop_class_uid, sop_instance_uid, storage)
         if path.endswith("us_rgb.dcm"):
             return DicomSource(source.path, source.header, source.file_size + 7, source.skip)
         return source

@@ -432,3 +432,46 @@ def test_push_concurrency_with_a_jwt_key_exits_2(tmp_path: Path) -> None:
     assert "cannot be sent to the workers" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_s3_pixels_read_on_the_workers(
+    cluster: ClusterExecutor, moto_s3: str, tmp_path: Path
+) -> None:
+    """--binary and --media with object inputs on Dask: the workers read the objects' bytes
+    through fsspec; the same files as the local engine from the folder."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=moto_s3, key=ACCESS_KEY, secret=SECRET_KEY)
+    bucket = f"fhirimg-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    fs.put(str(SAMPLE) + "/", f"{bucket}/in/", recursive=True)
+    storage = ["--storage-option", f"endpoint_url={moto_s3}", "--storage-option"]
+    storage += [f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}"]
+    pixels = ["--quiet", "--binary", "beside", "--media"]
+    src, local, dask = f"s3://{bucket}/in", tmp_path / "local", tmp_path / "dask"
+    ran = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(local), "--jobs", "2", *pixels])
+    assert ran.exit_code == 1, ran.output  # a truncated file, on purpose
+    ran = runner.invoke(
+        app,
+        ["convert", src, "-o", str(dask), "--engine", "dask", "--scheduler", _address(cluster)]
+        + [*storage, *pixels],
+    )
+    assert ran.exit_code == 1, ran.output
+
+    def written(out: Path) -> dict[str, bytes]:
+        return {
+            p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "report.json" and ".fhirimg" not in p.parts
+        }
+
+    mine, theirs = written(dask), written(local)
+    assert any(name.endswith(".dcm") for name in mine)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        assert mine[name] == theirs[name], name
+    report = orjson.loads((dask / "report.json").read_bytes())
+    assert (
+        report["summary"]["files"]
+        == orjson.loads((local / "report.json").read_bytes())["summary"]["files"]
+    )

@@ -87,6 +87,78 @@ def test_s3_in_and_out_same_as_a_folder_run(s3: tuple[Any, str], moto_s3: str, l
     assert orjson.loads(result.stdout)["summary"]["output"] == f"s3://{bucket}/out"
 
 
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every file a run wrote but report.json (it names the inputs) and its private state."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "report.json" and ".fhirimg" not in p.parts
+    }
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [["--binary", "inline"], ["--binary", "beside", "--jobs", "1"], ["--media"]],
+    ids=["inline", "beside", "media"],
+)
+def test_pixels_from_objects_same_as_from_a_folder(
+    s3: tuple[Any, str], moto_s3: str, tmp_path: Path, pixels: list[str]
+) -> None:
+    """--binary and --media read the objects' bytes through fsspec: the same files as from the
+    folder (inline: the pool writing Binaries at offsets; beside: one process)."""
+    _, bucket = s3
+    folder, objs = tmp_path / "folder", tmp_path / "objects"
+    result = runner.invoke(app, ["convert", str(SAMPLE), "-o", str(folder), "--quiet", *pixels])
+    assert result.exit_code == 1, result.output  # the truncated file, on purpose
+    src = f"s3://{bucket}/in"
+    result = runner.invoke(
+        app, ["convert", src, "-o", str(objs), "--quiet", *pixels] + _options(moto_s3)
+    )
+    assert result.exit_code == 1, result.output
+    mine, theirs = _tree(objs), _tree(folder)
+    assert any(n.endswith((".dcm", ".json")) and "study-" in n for n in mine)
+    if "beside" in pixels:
+        assert any(n.endswith(".dcm") for n in mine)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        assert mine[name] == theirs[name], name
+    report = orjson.loads((objs / "report.json").read_bytes())
+    local = orjson.loads((folder / "report.json").read_bytes())
+    assert _statuses(report, src + "/") == _statuses(local, f"{SAMPLE}/")
+    assert report["summary"]["files"] == local["summary"]["files"]
+
+
+def test_object_deleted_before_its_bytes_are_read_fails_its_files(
+    s3: tuple[Any, str], moto_s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs, bucket = s3
+    gone = f"{bucket}/gone/ct.dcm"
+    fs.put_file(
+        str(next(p for p in sorted((SAMPLE / "study_a_ct").rglob("*")) if p.is_file())), gone
+    )
+    read = objects.read_object
+
+    def then_deleted(url: str, options: objects.StorageOptions) -> Any:
+        # Fault injection: the object goes away after its header was read, before --binary.
+        record = read(url, options)
+        fs.rm(gone)
+        return record
+
+    monkeypatch.setattr(objects, "read_object", then_deleted)
+    result = runner.invoke(
+        app,
+        ["convert", f"s3://{gone}", "-o", str(tmp_path / "out"), "--jobs", "1"]
+        + ["--binary", "inline", *_options(moto_s3)],
+    )
+    assert result.exit_code not in (0, 70), result.output
+    assert "Traceback" not in result.output
+    report = orjson.loads((tmp_path / "out" / "report.json").read_bytes())
+    assert [(f["path"], f["status"]) for f in report["files"]] == [(f"s3://{gone}", "failed")]
+    assert not list((tmp_path / "out").glob("study-*.json"))
+    assert "FileNotFoundError" in str(report["files"][0]) or "NoSuchKey" in str(report)
+    assert SECRET_KEY not in result.output + str(report["files"])
+
+
 def test_credentials_from_the_environment(
     s3: tuple[Any, str], moto_s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,11 +254,12 @@ def test_without_the_extra_one_line_naming_pip(
     [
         (["s3://b/in", str(SAMPLE)], "not both"),
         (["s3://b/in", "--storage-option", "novalue"], "KEY=VALUE"),
-        (["s3://b/in", "--binary", "inline"], "not with URL inputs"),
+        (["s3://b/in", "--deidentify"], "not with URL inputs"),
     ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
-    result = runner.invoke(app, ["convert", *args, "-o", str(tmp_path / "o")])
+    key = {"FHIRIMG_DEID_KEY": "k" * 32}  # --deidentify refused for URLs, not for its key
+    result = runner.invoke(app, ["convert", *args, "-o", str(tmp_path / "o")], env=key)
     assert result.exit_code == 2, result.output
     assert message in result.output
 

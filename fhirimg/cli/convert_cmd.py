@@ -644,10 +644,6 @@ def convert_command(
         if out_url or any(is_url(p) for p in paths):
             if push is not None:
                 raise fail("--push converts files: not with URL inputs or --out", ExitCode.USAGE)
-            if (binary or media) and any(is_url(p) for p in paths):
-                raise fail(
-                    "--binary and --media read local files: not with URL inputs", ExitCode.USAGE
-                )
             if deidentify and any(is_url(p) for p in paths):
                 # Objects are read by fhirimg.objects, which does not de-identify (yet).
                 raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)

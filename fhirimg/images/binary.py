@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fhirimg import ids, jsonio
 from fhirimg.jsonio import JSON
+from fhirimg.objects import is_url, open_input
 
 EXTENSION_URL = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
 DICOM_MIME = "application/dicom"  # RFC 3240: a DICOM PS3.10 file
@@ -83,6 +84,8 @@ class DicomSource:
     skip: int = 0
     """Bytes of the file left out: its own preamble and File Meta group, when ``header``
     replaces them (a File Meta that names another instance than the dataset)."""
+    storage: tuple[tuple[str, str], ...] = ()
+    """fsspec options when ``path`` is an object URL (:func:`fhirimg.objects.open_input`)."""
 
     @property
     def exact(self) -> bool:
@@ -101,6 +104,14 @@ class DicomSource:
     def chunks(self, size: int = 3 * (1 << 20)) -> Iterator[bytes]:
         if self.header:
             yield self.header
+        if is_url(self.path):  # an object: streamed through fsspec, one ranged GET per chunk
+            with open_input(self.path, self.storage) as obj:
+                left = max(0, self.file_size - self.skip)
+                obj.seek(self.skip)
+                while left > 0 and (chunk := obj.read(min(size, left))):
+                    left -= len(chunk)
+                    yield chunk
+            return
         # unbuffered, each read no larger than what is left: a file is read in one call when it
         # fits a chunk (a 3 MiB buffer per read for a 0.5 MB slice cost more than the read)
         with open(self.path, "rb", buffering=0) as fh:
@@ -111,7 +122,12 @@ class DicomSource:
                 yield chunk
 
 
-def dicom_source(path: str, sop_class_uid: str, sop_instance_uid: str) -> DicomSource:
+def dicom_source(
+    path: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    storage: tuple[tuple[str, str], ...] = (),
+) -> DicomSource:
     """The :class:`DicomSource` of one file (reads its first bytes, up to its File Meta group).
 
     A Part 10 file whose File Meta (0002,0003) Media Storage SOP Instance UID or (0002,0002)
@@ -124,23 +140,28 @@ def dicom_source(path: str, sop_class_uid: str, sop_instance_uid: str) -> DicomS
     """
     from fhirimg.validate.imaging_layer import meta_span  # a leaf parser of group 0002
 
-    with open(path, "rb") as fh:
-        head = fh.read(_META_READ)
-        size = os.fstat(fh.fileno()).st_size
+    if is_url(path):
+        with open_input(path, storage) as obj:
+            head = obj.read(_META_READ)
+            size = int(obj.size)  # type: ignore[attr-defined]  # fsspec's file: from its HEAD
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(_META_READ)
+            size = os.fstat(fh.fileno()).st_size
     if len(head) < 132 or head[128:132] != b"DICM":
-        return DicomSource(path, part10_header(sop_class_uid, sop_instance_uid), size)
+        return DicomSource(path, part10_header(sop_class_uid, sop_instance_uid), size, 0, storage)
     span = meta_span(head)
     if span is None:
-        return DicomSource(path, b"", size)
+        return DicomSource(path, b"", size, 0, storage)
     meta, end = span
     instance, sop_class = _uid(meta.get(0x0003)), _uid(meta.get(0x0002))
     if instance == sop_instance_uid and sop_class in (None, sop_class_uid):
-        return DicomSource(path, b"", size)
+        return DicomSource(path, b"", size, 0, storage)
     syntax = _uid(meta.get(0x0010))
     if syntax is None or end >= size:
-        return DicomSource(path, b"", size)  # nothing to put a header in front of: as it is
+        return DicomSource(path, b"", size, 0, storage)  # nothing to put a header in front of
     header = part10_header(sop_class_uid, sop_instance_uid, syntax)
-    return DicomSource(path, header, size, skip=end)
+    return DicomSource(path, header, size, end, storage)
 
 
 _META_READ = 16384  # File Meta groups are a few hundred bytes

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -256,7 +256,7 @@ def has_pixel_data(ds: Any) -> bool:
 
 
 def render_file(
-    path: str, *, frame: int | None = None, size: int | None = None, fmt: str = "png"
+    path: str | IO[bytes], *, frame: int | None = None, size: int | None = None, fmt: str = "png"
 ) -> Rendered | None:
     """Render one frame of the DICOM file at ``path``.
 

@@ -63,7 +63,9 @@ from fhirimg.jsonio import JSON
 from fhirimg.mapping import DCM, MapOptions, Notes, sort_records
 from fhirimg.measurements import entry_owners
 from fhirimg.model import InstanceRecord
+from fhirimg.objects import is_url, open_input
 from fhirimg.partial import Attempt, settle
+from fhirimg.safetext import redact_url
 from fhirimg.validate import resource_errors
 from fhirimg.validate.validator import resource_error_findings
 
@@ -94,6 +96,8 @@ class PixelOptions:
     """De-identify (:mod:`fhirimg.deid.pixels` makes the files this writer reads)."""
     withheld: frozenset[str] = frozenset()
     """SOP Instance UIDs that get no Binary and no rendered image (burned-in text, :mod:`fhirimg.deid`)."""
+    storage: tuple[tuple[str, str], ...] = ()
+    """fsspec options of object inputs (``s3://...`` record paths, :func:`fhirimg.objects.open_input`)."""
 
     @property
     def active(self) -> bool:
@@ -239,6 +243,7 @@ def write_study(
                 options.strict,
                 render_pool,
                 render_jobs,
+                options.storage,
             )
         out.bundles = writer.commit()
     except BaseException:
@@ -320,7 +325,7 @@ def _binaries(
     mode, strict = options.binary, options.strict
     shape_errors: list[str] | None = None
     for rec in recs:
-        source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid)
+        source = dicom_source(rec.path, rec.sop_class_uid, rec.sop_instance_uid, options.storage)
         _note_source(source, out)
         bid = binary_id(rec.sop_instance_uid)
         if mode == BinaryMode.BESIDE:
@@ -406,7 +411,9 @@ def _binaries_ahead(
     head, _ = _head_bundle(recs, mapping, release, options)
     encoded = [encode_entry(item) for item in head["entry"]]
     patient = head["entry"][0]["fullUrl"]
-    sources = [dicom_source(r.path, r.sop_class_uid, r.sop_instance_uid) for r in recs]
+    sources = [
+        dicom_source(r.path, r.sop_class_uid, r.sop_instance_uid, options.storage) for r in recs
+    ]
     entries = [
         _binary_entry(binary_id(r.sop_instance_uid), source, patient, False)
         for r, source in zip(recs, sources, strict=True)
@@ -431,6 +438,7 @@ def _rendered(
     strict: bool,
     render_pool: Executor | None = None,
     render_jobs: int = 1,
+    storage: tuple[tuple[str, str], ...] = (),
 ) -> None:
     # numpy, Pillow and pydicom's pixel handlers: imported once rendering is asked for, so that
     # the options of a run without --media (PixelOptions, this module) cost nothing at start-up
@@ -440,7 +448,7 @@ def _rendered(
     spool: list[Callable[[bool], EncodedEntry]] = []  # image resources after their Binaries
     reps = media.representatives(recs, opts.per)
     context = _ImageContext(
-        opts, release.name, strict, first.patient, first.study, mapping.timezone
+        opts, release.name, strict, first.patient, first.study, mapping.timezone, storage
     )
     for rec, done in zip(
         reps, prepared_in_order(reps, context, render_pool, render_jobs), strict=True
@@ -512,6 +520,7 @@ class _ImageContext:
     patient: str  # the first bundle's references, those the resource is checked with
     study: str
     timezone: str | None
+    storage: tuple[tuple[str, str], ...] = ()  # fsspec options of object inputs
 
 
 @dataclass(frozen=True)
@@ -535,7 +544,7 @@ def prepare_one(rec: InstanceRecord, context: _ImageContext) -> Prepared | str |
     one process for all the study's images (profile of ``convert --media``, 300 CT slices).
     """
     opts = context.opts
-    rendered = render_one(rec.path, opts.frame, opts.size, opts.fmt)
+    rendered = render_one(rec.path, opts.frame, opts.size, opts.fmt, context.storage)
     if rendered is None or isinstance(rendered, str):
         return rendered
     url = None
@@ -568,12 +577,13 @@ def rendered_in_order(
     opts: media.MediaOptions,
     pool: Executor | None,
     jobs: int = 1,
+    storage: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Rendered | str | None]:
     """The rendering of each of ``recs``, in order: a :class:`Rendered`, None (no pixel data) or
     the reason it failed. With ``pool`` (of ``jobs`` processes), in its processes, at most
     :data:`RENDER_AHEAD` per process in flight (rendering is most of the time of ``--media``: PNG encoding above all,
     then decoding and windowing; profile of 300 CT slices)."""
-    args = [(rec.path, opts.frame, opts.size, opts.fmt) for rec in recs]
+    args = [(rec.path, opts.frame, opts.size, opts.fmt, storage) for rec in recs]
     return _in_order(render_one, args, pool, jobs)
 
 
@@ -632,11 +642,25 @@ def warm_render(fhir_version: str, opts: media.MediaOptions) -> None:
     resource_errors(release.rendered_image(parts), release.name)
 
 
-def render_one(path: str, frame: int | None, size: int | None, fmt: str) -> Rendered | str | None:
-    """Render one file (a pool task): the image, None without pixel data, or why not."""
+def render_one(
+    path: str,
+    frame: int | None,
+    size: int | None,
+    fmt: str,
+    storage: tuple[tuple[str, str], ...] = (),
+) -> Rendered | str | None:
+    """Render one file (a pool task): the image, None without pixel data, or why not. An object
+    URL is read through fsspec (:func:`fhirimg.objects.open_input`), one object at a time."""
     from fhirimg.images.render import render_file
 
     try:
+        if is_url(path):
+            try:
+                obj = open_input(path, storage)
+            except Exception as exc:  # the backend decides the type (botocore, aiohttp)
+                return f"cannot read: {type(exc).__name__}: {exc}".replace(path, redact_url(path))
+            with obj:
+                return render_file(obj, frame=frame, size=size, fmt=fmt)
         return render_file(path, frame=frame, size=size, fmt=fmt)
     except RenderError as exc:
         return str(exc)
