@@ -147,3 +147,25 @@ def test_the_not_rendered_list_is_capped_too(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert sum(1 for line in lines if line.startswith("  not rendered ")) == 10, result.stderr
     assert "  ... and 3 more image(s) not rendered: see report.json" in lines
+
+
+def test_storage_option_credentials_are_not_in_the_audit(tmp_path: Path) -> None:
+    """fsspec options mix settings and credentials: only the known settings keep their value
+    (a URL one without its user info); every other key's value is ``***``."""
+    out = tmp_path / "out"
+    secret = "S3CRET-" + tmp_path.name
+    result = runner.invoke(
+        app,
+        [
+            "convert", str(SAMPLE), "-o", str(out), "-q",
+            "--storage-option", f"secret={secret}",
+            "--storage-option", f"endpoint_url=http://user:{secret}@127.0.0.1:9",
+            "--storage-option", "region_name=eu-west-1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    report = (out / "report.json").read_text()
+    assert secret not in report
+    assert secret not in result.output
+    given = json.loads(report)["audit"]["options"]["--storage-option"]["value"]
+    assert given == ["secret=***", "endpoint_url=http://127.0.0.1:9", "region_name=eu-west-1"]

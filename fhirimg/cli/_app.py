@@ -425,9 +425,22 @@ SECRET_PARAMS = frozenset({"token", "dicomweb_token"})
 _SOURCES = {"COMMANDLINE": "commandLine", "ENVIRONMENT": "environment", "DEFAULT_MAP": "config"}
 
 
+PLAIN_STORAGE_OPTIONS = frozenset(
+    {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "project"}
+)
+"""``--storage-option`` keys whose value is shown in the audit; any other key's value (``key``,
+``secret``, ``token``, a credentials file's content ...) is ``***``: fsspec's options mix
+settings and credentials, so only the known settings are shown."""
+
+
 def _audit_value(name: str, value: Any) -> Any:
     if name in SECRET_PARAMS:
         return "***"
+    if name == "storage_option" and isinstance(value, str):
+        key, sep, setting = value.partition("=")
+        if sep and key.strip() not in PLAIN_STORAGE_OPTIONS:
+            return f"{key}=***"
+        return f"{key}{sep}{redact_url(setting)}" if "://" in setting else value
     if isinstance(value, list | tuple):
         return [_audit_value(name, v) for v in value]
     if isinstance(value, bool | int | float) or value is None:
