@@ -71,7 +71,6 @@ from fhirimg.validate.validator import resource_error_findings
 from fhirimg.walk import iter_files
 
 if TYPE_CHECKING:
-    from fhirimg.convert_push import WorkerPush
     from fhirimg.deid import DeidOptions
     from fhirimg.deid.files import ReidEntry, ReidMap
 
@@ -886,13 +885,14 @@ def convert(
     *,
     on_study: StudyHook | None = None,
     bundle_dir: Path | None = None,
-    worker_push: WorkerPush | None = None,
+    worker_push: StudyHook | None = None,
 ) -> ConvertReport:
     """Convert DICOM files/folders to per-study transaction Bundles in ``options.out_dir``.
 
     ``worker_push`` (``convert --push --push-concurrency``): with the records shuffled on a Dask
-    cluster, each study is pushed by the worker that wrote it (:mod:`fhirimg.convert_push`);
-    ``on_study`` then sees outcomes whose ``push`` is set.
+    cluster, called by the worker that wrote each study, with its outcome and files folder (it
+    pushes the study: :func:`fhirimg.convert_push.push_here`); ``on_study`` then sees outcomes
+    whose ``push`` is set.
 
     Incremental: only new and changed files are read, and only the studies they touch are
     rewritten, each with everything the output folder's catalog knows of it (module docstring).
@@ -948,7 +948,7 @@ def _convert_shuffled(
     progress: Progress | None,
     on_study: StudyHook | None,
     bundle_dir: Path | None,
-    worker_push: WorkerPush | None = None,
+    worker_push: StudyHook | None = None,
 ) -> ConvertReport:
     """``--engine dask`` on files: the records shuffled by study on the workers, never through
     this process (:mod:`fhirimg.shuffle`, docs/scale-out.md); the folder's lock is held and
@@ -997,17 +997,15 @@ def _shuffled_study(
     fhir_version: str,
     files_dir: str,
     pixels: PixelOptions,
-    worker_push: WorkerPush | None = None,
+    worker_push: StudyHook | None = None,
 ) -> tuple[StudyOutcome, list[tuple[str, FileStatus, str]], str | None]:
     """Worker task of :mod:`fhirimg.shuffle` (its ``study_task``): write one study as
     :func:`_write_study` does, unless the partition stopped writing (the disk is full); with
-    ``worker_push``, push it from here and delete its files (:func:`fhirimg.convert_push.push_here`)."""
+    ``worker_push``, hand it the study written here (it pushes it and deletes its files)."""
     if stopped is None:
         outcome = _write_study(blobs, mapping, fhir_version, files_dir, pixels)
         if worker_push is not None and outcome.ok:
-            from fhirimg.convert_push import push_here
-
-            outcome = push_here(worker_push, outcome, Path(files_dir))
+            outcome = worker_push(outcome, Path(files_dir))
     else:
         uid = unpack(blobs[:1])[0].study_instance_uid
         outcome = _not_written(uid, paths, blobs, stopped)
@@ -1021,7 +1019,7 @@ def shuffled_report(
     files_dir: Path,
     progress: Progress | None,
     on_study: StudyHook | None,
-    worker_push: WorkerPush | None = None,
+    worker_push: StudyHook | None = None,
 ) -> ConvertReport:
     """Stages 2 and 3 of ``shuffle`` (a :class:`fhirimg.shuffle.Shuffle` whose inputs are read):
     the studies written on the workers, each passed to ``on_study`` here as its partition comes

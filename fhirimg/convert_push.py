@@ -20,6 +20,7 @@ them); the workers hold them in memory while they run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import shutil
@@ -33,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from fhirimg import jsonio
-from fhirimg.convert import ConvertOptions, ConvertReport, Progress, StudyOutcome, convert
+from fhirimg.convert import (
+    ConvertOptions,
+    ConvertReport,
+    Progress,
+    StudyHook,
+    StudyOutcome,
+    convert,
+)
 from fhirimg.errors import ConfigError, FhirimgError
 from fhirimg.folderlock import work_dir
 from fhirimg.http import FhirClient
@@ -154,11 +162,13 @@ def convert_and_push(
             # the next run to remove (fhirimg.folderlock.clean_leftovers), not in the folder.
             tempfile.TemporaryDirectory(prefix="stream-", dir=work_dir(out_dir)) as tmp,
         ):
-            worker_push = None
+            worker_push: StudyHook | None = None
             if concurrency is not None and options.cluster is not None:
                 name = f"fhirimg-push-{uuid.uuid4().hex}"  # names no server, holds no secret
                 known = journal.bundle_digests(client.base_url)
-                worker_push = WorkerPush(push, concurrency, name, known)
+                worker_push = functools.partial(
+                    push_here, WorkerPush(push, concurrency, name, known)
+                )
 
             def send(outcome: StudyOutcome, folder: Path) -> StudyOutcome:
                 if outcome.push is None:  # not pushed by a worker (e.g. --deidentify runs)
