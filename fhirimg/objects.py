@@ -7,6 +7,7 @@ source of ``convert``, and an output folder uploaded to object storage.
 - :func:`read_object` reads one object's header with the parser of local files
   (:func:`fhirimg.scan.read_header`), fed by ranged reads: the first 256 KiB in one GET, more only
   when the header is longer. An object that cannot be read is a failed file, with the reason.
+  :func:`read_many` keeps several such reads in flight (threads), in order.
 - :func:`object_source` is the :data:`fhirimg.convert.RecordSource` of ``convert_records``:
   objects read in batches, in the run's executor (the local pool or the Dask cluster), at most a
   window of batches in flight.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,13 +122,32 @@ def read_object(url: str, options: StorageOptions) -> InstanceRecord | FileProbl
         return FileProblem(url, FileStatus.FAILED, f"cannot read object: {why}")
 
 
+READS_IN_FLIGHT = 16
+"""Object reads one task keeps in flight: an object store answers each ranged GET after tens of
+milliseconds, which one read at a time would spend waiting (issue 13: many reads per worker)."""
+
+
+def read_many(
+    urls: Sequence[str], options: StorageOptions
+) -> Iterator[InstanceRecord | FileProblem]:
+    """:func:`read_object` of each of ``urls``, in their order, with up to
+    :data:`READS_IN_FLIGHT` of them at a time on threads (the GIL is released while a read waits
+    on the network; parsing a header is short)."""
+    if len(urls) < 2:
+        yield from (read_object(url, options) for url in urls)
+        return
+    with ThreadPoolExecutor(
+        max_workers=min(READS_IN_FLIGHT, len(urls)), thread_name_prefix="fhirimg-read"
+    ) as pool:
+        yield from pool.map(lambda url: read_object(url, options), urls)
+
+
 def read_objects(urls: list[str], options: dict[str, str]) -> list[PackedRecord | FileProblem]:
     """Worker task: read a batch of objects; records come back packed (pickled once, here)."""
-    out: list[PackedRecord | FileProblem] = []
-    for url in urls:
-        item = read_object(url, options)
-        out.append(item if isinstance(item, FileProblem) else PackedRecord.of(item))
-    return out
+    return [
+        item if isinstance(item, FileProblem) else PackedRecord.of(item)
+        for item in read_many(urls, options)
+    ]
 
 
 def object_source(urls: Sequence[str], options: StorageOptions, window: int = 8) -> Any:

@@ -51,7 +51,7 @@ from typing import Any
 from fhirimg import jsonio
 from fhirimg.folderlock import work_dir
 from fhirimg.group import PackedRecord, StudyIndex
-from fhirimg.model import FileProblem, FileStatus
+from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.tasks import batched, bounded
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def read_task(
     or with ``storage`` objects (:func:`fhirimg.objects.read_object`); records and problems into
     the study partitions' files, SOP Instance UIDs into the SOP partitions' files. Returns
     (files read, files not stat-able)."""
-    from fhirimg.objects import read_object
+    from fhirimg.objects import read_many
     from fhirimg.scan import read_file  # pydicom: only in the workers that read
 
     if isinstance(paths, str):
@@ -112,15 +112,17 @@ def read_task(
     studies: list[list[PackedRecord | FileProblem]] = [[] for _ in range(partitions)]
     sops: list[list[tuple[str, str, str]]] = [[] for _ in range(partitions)]
     unstatable = 0
-    for path in paths:
-        if storage is not None:
-            item = read_object(path, storage)
-        else:
-            try:
-                os.stat(path)  # as the local engine counts: read all the same, to say why
-            except OSError:
-                unstatable += 1
-            item = read_file(path)
+
+    def local(path: str) -> InstanceRecord | FileProblem:
+        nonlocal unstatable
+        try:
+            os.stat(path)  # as the local engine counts: read all the same, to say why
+        except OSError:
+            unstatable += 1
+        return read_file(path)
+
+    items = read_many(paths, storage) if storage is not None else map(local, paths)
+    for path, item in zip(paths, items, strict=True):
         if isinstance(item, FileProblem):
             studies[partition_of(path, partitions)].append(item)
             continue

@@ -8,6 +8,8 @@ object that cannot be read is a failed file; headers are read with ranged GETs.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 
 from fhirimg import objects
 from fhirimg.cli import app
-from fhirimg.model import InstanceRecord
+from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from tests.helpers import SAMPLE, pydicom_file
 from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
 
@@ -212,6 +214,29 @@ def test_unreadable_object_is_a_failed_file(
     assert gone[0]["status"] == "failed"
     assert gone[0]["reason"].startswith("cannot read object: FileNotFoundError")
     assert report["summary"]["files"]["converted"] >= 1
+
+
+def test_many_reads_in_flight_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch keeps several object reads waiting on the store at once (fault injection: each
+    read is made slow here), never more than READS_IN_FLIGHT, and answers in the batch's order."""
+    lock = threading.Lock()
+    now = [0]
+    most = [0]
+
+    def slow(url: str, options: Any) -> Any:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.05)
+        with lock:
+            now[0] -= 1
+        return FileProblem(url, FileStatus.FAILED, "slow")
+
+    monkeypatch.setattr(objects, "read_object", slow)
+    urls = [f"s3://bucket/{n:03d}.dcm" for n in range(40)]
+    got = list(objects.read_many(urls, {}))
+    assert [p.path for p in got] == urls
+    assert 2 < most[0] <= objects.READS_IN_FLIGHT
 
 
 def test_header_read_with_ranged_gets(
