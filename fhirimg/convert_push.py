@@ -93,24 +93,11 @@ def _lease(wp: WorkerPush) -> AbstractContextManager[Any]:
         return sem
 
 
-def _client(push: PushOptions) -> FhirClient:
-    return FhirClient(
-        push.server,
-        auth=push.auth,
-        timeout=push.timeout,
-        retry=push.retry,
-        verify=push.verify,
-        client_cert=push.client_cert,
-        deadline=push.deadline,
-        allow_insecure_http=push.allow_insecure_http,
-    )
-
-
 def push_here(wp: WorkerPush, outcome: StudyOutcome, folder: Path) -> StudyOutcome:
     """On a Dask worker: push one written study (its bundle, then its parts), each transaction
     under a lease of the run's semaphore, then delete its files. The outcome carries the
     digests pushed (``journal_lines``) for the client's journal."""
-    client = _client(wp.push)
+    client = wp.push.client()
     try:
         return _push_study(client, None, wp.push, outcome, folder, wp.journaled, _lease(wp))
     finally:
@@ -149,7 +136,7 @@ def convert_and_push(
     if not out_dir.is_dir():
         jsonio.make_folder(out_dir, options.modes)
     journal_path = push.journal or out_dir / DEFAULT_JOURNAL_NAME
-    client = _client(push)
+    client = push.client()
     try:
         if push.check_server:
             # Before converting anything: unreachable server, refused credentials, a wrong base

@@ -62,7 +62,6 @@ from fhirimg.convert import ConvertOptions, ConvertReport, StudyOutcome, convert
 from fhirimg.errors import FhirimgError, InputError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.folderlock import STATE_DIR, FolderLock, FolderLockedError
-from fhirimg.http import FhirClient
 from fhirimg.jsonio import JSON
 from fhirimg.model import FileProblem, FileStatus, InstanceRecord
 from fhirimg.push import PushOptions, push_paths
@@ -259,16 +258,7 @@ def _check_server(push: PushOptions, release: str) -> None:
     """Fail at the start, not at the first settled study, when the server cannot be used: not
     reachable, credentials refused, no FHIR server at the URL, or one of another release than
     ``release``, the one the studies are converted to (:mod:`fhirimg.push.capability`)."""
-    client = FhirClient(
-        push.server,
-        auth=push.auth,
-        timeout=push.timeout,
-        retry=push.retry,
-        verify=push.verify,
-        client_cert=push.client_cert,
-        deadline=push.deadline,
-        allow_insecure_http=push.allow_insecure_http,
-    )
+    client = push.client()
     try:
         check_server(client, {release: f"watch --fhir-version {release}"})
     finally:

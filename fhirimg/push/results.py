@@ -14,6 +14,7 @@ import httpx
 
 from fhirimg.exitcodes import ExitCode
 from fhirimg.http.client import ClientCert, RetryPolicy
+from fhirimg.http.fhir import FhirClient
 
 __all__ = [
     "BundleResult",
@@ -55,6 +56,21 @@ class PushOptions:
     dry_run: bool = False
     check_server: bool = True
     group_readable: bool = False
+
+    def client(self, **extra: Any) -> FhirClient:
+        """A client of ``server`` with these credentials, TLS settings, timeouts and retries;
+        ``extra`` (a connection limit, a transport) goes to :class:`FhirClient` as it is."""
+        return FhirClient(
+            self.server,
+            auth=self.auth,
+            timeout=self.timeout,
+            retry=self.retry,
+            verify=self.verify,
+            client_cert=self.client_cert,
+            deadline=self.deadline,
+            allow_insecure_http=self.allow_insecure_http,
+            **extra,
+        )
 
 
 @dataclass(frozen=True)

@@ -148,18 +148,7 @@ def push_paths(
         report.elapsed_s = time.monotonic() - started
         return report
 
-    client = FhirClient(
-        options.server,
-        auth=options.auth,
-        timeout=options.timeout,
-        retry=options.retry,
-        verify=options.verify,
-        client_cert=options.client_cert,
-        deadline=options.deadline,
-        allow_insecure_http=options.allow_insecure_http,
-        max_connections=max(options.jobs, 1) + 2,
-        transport=transport,
-    )
+    client = options.client(max_connections=max(options.jobs, 1) + 2, transport=transport)
     try:
         create_first: CreateFirst | None = None
         if options.check_server:
