@@ -138,6 +138,27 @@ def test_version_loads_no_command(tmp_path: Path) -> None:
     assert loaded == "[]"
 
 
+def test_push_loads_no_dicom_record_model(tmp_path: Path) -> None:
+    """``push`` reads bundles, never DICOM: the record model, object storage and the SQLite
+    grouping stay unloaded (they cost ~25 ms of every push's start; the CLI's option modules
+    import fhirimg.images.binary for its enums, which must not pull them in)."""
+    probe = (
+        "import sys\n"
+        "from fhirimg.cli import main\n"
+        f"sys.argv = ['fhirimg', 'push', {str(tmp_path)!r}, '--server', "
+        "'http://127.0.0.1:9/fhir', '-q', '--json']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('fhirimg.model', 'fhirimg.objects', 'fhirimg.group', "
+        "'sqlite3', 'fhirimg.scan') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
+
+
 def test_convert_stays_the_function_after_the_module_is_imported() -> None:
     """``fhirimg.convert`` is the library function whatever was imported first (the package's
     lazy attributes must not let the submodule shadow it)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from fhirimg import ids, jsonio
 from fhirimg.jsonio import JSON
-from fhirimg.objects import is_url, open_input
 
 EXTENSION_URL = "https://fhirimg.dev/fhir/StructureDefinition/instance-binary"
 DICOM_MIME = "application/dicom"  # RFC 3240: a DICOM PS3.10 file
@@ -102,6 +101,10 @@ class DicomSource:
         return len(self.header) + self.file_size - self.skip
 
     def chunks(self, size: int = 3 * (1 << 20)) -> Iterator[bytes]:
+        # Here, not at the top: the CLI's option modules import this module for its enums, and
+        # objects brings the record model (issue 19: push and validate start without it).
+        from fhirimg.objects import is_url, open_input
+
         if self.header:
             yield self.header
         if is_url(self.path):  # an object: streamed through fsspec, one ranged GET per chunk
@@ -138,6 +141,7 @@ def dicom_source(
     unchanged: the Binary linked from an instance then holds that instance
     (validate's img-binary-sop-instance).
     """
+    from fhirimg.objects import is_url, open_input  # see DicomSource.chunks
     from fhirimg.validate.imaging_layer import meta_span  # a leaf parser of group 0002
 
     if is_url(path):
