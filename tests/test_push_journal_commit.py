@@ -130,33 +130,41 @@ def test_a_bundle_is_done_only_after_its_fsync_and_a_failure_stops_the_run(
     folder = make_folder(n, patients=3, instances=3)
     journal = tmp_path / "j.jsonl"
     observer = _Recorder()
-    fsyncs = [0]
+    failed_once = [False]
 
-    def fsync_failing_at_the_third(fd: int) -> None:
-        # Each fsync covers at most one line per worker: two good ones confirm at most 8 of 20.
-        fsyncs[0] += 1
-        if fsyncs[0] == 3:
+    def fsync_failing_once_a_bundle_is_on_disk(fd: int) -> None:
+        # The first fsync after a bundle's line is on disk fails: some bundles are confirmed,
+        # and (each request held 50 ms by the proxy, fsyncs at most every 50 ms: run.SYNC_INTERVAL)
+        # most are still to come, however the fsyncs group the lines.
+        with observer.lock:
+            on_disk = bool(observer.durable)
+        if on_disk and not failed_once[0]:
+            failed_once[0] = True
             raise OSError(errno.EIO, "Input/output error")
         REAL_FSYNC(fd)
         with observer.lock:  # what is on disk now
             observer.durable.update(_journal_files(journal))
 
-    monkeypatch.setattr(os, "fsync", fsync_failing_at_the_third)
-    options = PushOptions(server=clean_fhir.base_url, journal=journal, jobs=4)
-    report = push_paths([folder], options, observer)
+    monkeypatch.setattr(os, "fsync", fsync_failing_once_a_bundle_is_on_disk)
+    # The journal names the server by its URL: both runs go through the same proxy.
+    with FaultProxy(clean_fhir.base_url) as proxy:
+        proxy.delay_all = 0.05
+        options = PushOptions(server=proxy.base_url, journal=journal, jobs=4)
+        report = push_paths([folder], options, observer)
 
-    assert observer.early == []  # "pushed" was never reported before the line was on disk
-    assert report.aborted is not None
-    assert "journal" in report.aborted
-    assert 0 < report.pushed < n
-    failed = [r for r in report.results if r.status == "failed"]
-    assert any("the server confirmed it, but the journal" in (r.error or "") for r in failed)
-    assert len(report.results) == n  # every bundle accounted for
-    assert report.ignored == [(str(folder / "report.json"), report.ignored[0][1])]
+        assert observer.early == []  # "pushed" was never reported before the line was on disk
+        assert report.aborted is not None
+        assert "journal" in report.aborted
+        assert 0 < report.pushed < n
+        failed = [r for r in report.results if r.status == "failed"]
+        assert any("the server confirmed it, but the journal" in (r.error or "") for r in failed)
+        assert len(report.results) == n  # every bundle accounted for
+        assert report.ignored == [(str(folder / "report.json"), report.ignored[0][1])]
 
-    # Resume with a working disk: the rest is pushed, nothing twice.
-    monkeypatch.setattr(os, "fsync", REAL_FSYNC)
-    again = push_paths([folder], options)
+        # Resume with a working disk: the rest is pushed, nothing twice.
+        monkeypatch.setattr(os, "fsync", REAL_FSYNC)
+        proxy.delay_all = 0
+        again = push_paths([folder], options)
     assert again.ok, again.to_json()
     assert again.pushed + again.skipped == n
     assert again.skipped >= report.pushed
