@@ -9,6 +9,7 @@ them. Each case runs the real CLI entry point in a fresh interpreter and lists t
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -118,45 +119,44 @@ def test_unchanged_incremental_rerun_reads_nothing_and_loads_no_dicom_stack(
     assert run["studies"]["written"] == 0
 
 
-def test_version_loads_no_command(tmp_path: Path) -> None:
-    """``fhirimg --version`` (and scripts probing for fhirimg) load no command module."""
+def _loaded_by_cli(argv: list[str], which: str) -> tuple[str, list[str]]:
+    """Run ``fhirimg ARGV`` in a fresh interpreter; its stdout before the last line, and the
+    modules of ``sys.modules`` the expression ``which`` (over ``m``) selects afterwards."""
     probe = (
         "import sys\n"
         "from fhirimg.cli import main\n"
-        "sys.argv = ['fhirimg', '--version']\n"
+        f"sys.argv = {['fhirimg', *argv]!r}\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.startswith('fhirimg.') and "
-        "(m.endswith('_cmd') or m in ('fhirimg.convert', 'fhirimg.push', 'fhirimg.validate'))))\n"
+        f"print(sorted(m for m in sys.modules if {which}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    version, loaded = proc.stdout.splitlines()
+    *printed, loaded = proc.stdout.splitlines()
+    return "\n".join(printed), ast.literal_eval(loaded)
+
+
+def test_version_loads_no_command() -> None:
+    """``fhirimg --version`` (and scripts probing for fhirimg) load no command module."""
+    version, loaded = _loaded_by_cli(
+        ["--version"],
+        "m.startswith('fhirimg.') and (m.endswith('_cmd') or "
+        "m in ('fhirimg.convert', 'fhirimg.push', 'fhirimg.validate'))",
+    )
     assert version.strip()
-    assert loaded == "[]"
+    assert loaded == []
 
 
 def test_push_loads_no_dicom_record_model(tmp_path: Path) -> None:
     """``push`` reads bundles, never DICOM: the record model, object storage and the SQLite
     grouping stay unloaded (they cost ~25 ms of every push's start; the CLI's option modules
     import fhirimg.images.binary for its enums, which must not pull them in)."""
-    probe = (
-        "import sys\n"
-        "from fhirimg.cli import main\n"
-        f"sys.argv = ['fhirimg', 'push', {str(tmp_path)!r}, '--server', "
-        "'http://127.0.0.1:9/fhir', '-q', '--json']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('fhirimg.model', 'fhirimg.objects', 'fhirimg.group', "
-        "'sqlite3', 'fhirimg.scan') if m in sys.modules))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
+    args = ["push", str(tmp_path), "--server", "http://127.0.0.1:9/fhir", "-q", "--json"]
+    which = "m in ('fhirimg.model', 'fhirimg.objects', 'fhirimg.group', 'sqlite3', 'fhirimg.scan')"
+    _, loaded = _loaded_by_cli(args, which)
+    assert loaded == []
 
 
 def test_convert_stays_the_function_after_the_module_is_imported() -> None:
