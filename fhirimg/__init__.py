@@ -19,10 +19,11 @@ finds it).
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from fhirimg._lazy import exports
 
 if TYPE_CHECKING:
     from fhirimg.convert import ConvertOptions, ConvertReport, StudyOutcome, convert
@@ -56,17 +57,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'fhirimg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value  # once: later lookups find it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = exports(globals(), _WHERE)
 
 
 class _Package(types.ModuleType):

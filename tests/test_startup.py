@@ -190,3 +190,25 @@ def test_convert_of_plain_files_with_binaries_loads_no_dicom_stack(tmp_path: Pat
     assert code == 0
     assert loaded == [], f"convert --binary inline imported {loaded}"
     assert len(list(out.glob("study-*.json"))) == 1
+
+
+def test_convert_and_validate_load_no_http_client(tmp_path: Path) -> None:
+    """A run that talks to no server imports no HTTP client: httpx, the push engine and the
+    DICOMweb client cost ~0.25 s of every ``convert`` and ``validate`` start when the CLI's
+    option modules and the package ``__init__`` files imported them (issue 15). The options
+    they parse (TLS, retries, PushOptions) are plain values from :mod:`fhirimg.http.settings`."""
+    out = tmp_path / "out"
+    which = (
+        "m == 'httpx' or m.startswith(('fhirimg.http.', 'fhirimg.dicomweb.', 'fhirimg.push.run'))"
+        " and m != 'fhirimg.http.settings'"
+    )
+    args = ["convert", str(SAMPLE / "study_a_ct"), "--out", str(out), "-q", "-j", "1"]
+    _, loaded = _loaded_by_cli([*args, "--binary", "inline"], which)
+    assert loaded == [], f"convert imported {loaded}"
+    _, loaded = _loaded_by_cli(["validate", str(out), "-q"], which)
+    assert loaded == [], f"validate imported {loaded}"
+    # the probe can fail: a run that does talk to a server loads them
+    _, loaded = _loaded_by_cli(
+        ["validate", str(out), "-q", "--server", "http://127.0.0.1:9"], which
+    )
+    assert "httpx" in loaded

@@ -25,19 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import typer
 
 from fhirimg.cli._app import err_console, fail
 from fhirimg.cli._config import from_command_line
 from fhirimg.errors import ConfigError
 from fhirimg.exitcodes import ExitCode
-from fhirimg.http import BasicAuth, BearerAuth, ClientCredentialsAuth, PrivateKeyJwtAuth
 from fhirimg.safetext import refuse_url_credentials
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import BinaryIO
+
+    import httpx
 
     from fhirimg.http.jwt import SigningKey
 
@@ -230,6 +230,11 @@ def build_auth(
             f"in shell history; use {names.token_file} FILE or the environment variable "
             f"{names.token_env}",
         )
+    if not chosen and not client_id:
+        return None
+    # The auth classes import httpx: a run without credentials (most) does not load it here.
+    from fhirimg.http.auth import BasicAuth, BearerAuth, ClientCredentialsAuth, PrivateKeyJwtAuth
+
     if token_file:
         token = read_secret_file(token_file, names.token_file)
     if token:

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
 import typer
 
 from fhirimg.cli._app import (
@@ -25,15 +24,17 @@ from fhirimg.cli._app import (
 )
 from fhirimg.cli._options import DICOMWEB_PANEL, Network
 from fhirimg.convert import ConvertOptions, ConvertReport
-from fhirimg.dicomweb.client import DicomwebClient
-from fhirimg.dicomweb.records import StudyQuery, convert_from_dicomweb
-from fhirimg.dicomweb.store import store_and_push
-from fhirimg.dicomweb.store_results import DicomwebPushReport, StoreOptions
 from fhirimg.errors import ConfigError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.http import ClientCert
 from fhirimg.push import PushOptions
 from fhirimg.safetext import redact_url
+
+if TYPE_CHECKING:  # these import httpx: loaded by the DICOMweb runs below, not by every convert
+    import httpx
+
+    from fhirimg.dicomweb.records import StudyQuery
+    from fhirimg.dicomweb.store_results import DicomwebPushReport
 
 PANEL = DICOMWEB_PANEL
 
@@ -104,6 +105,9 @@ def run_push_dicomweb(
 ) -> NoReturn:
     """``push --dicomweb``: STOW-RS the studies' instances, then (``with_fhir``) push the bundles.
     The PACS gets ``push_options``' network settings, but its own ``client_cert``."""
+    from fhirimg.dicomweb.store import store_and_push
+    from fhirimg.dicomweb.store_results import StoreOptions
+
     store_options = StoreOptions(
         dicomweb_url,
         auth=auth,
@@ -192,6 +196,9 @@ def run_convert_from_dicomweb(
     of studies read and bundles written (pass ``not quiet``; it stays off when stderr is not a
     terminal).
     """
+    from fhirimg.dicomweb.client import DicomwebClient
+    from fhirimg.dicomweb.records import convert_from_dicomweb
+
     network = network or Network()
     with (
         exit_on_error(
@@ -238,6 +245,8 @@ def study_query(
         if not sep or not key:
             raise fail(f"--qido wants KEY=VALUE, got {pair!r}", ExitCode.USAGE)
         filters.append((key, value))
+    from fhirimg.dicomweb.records import StudyQuery
+
     query = StudyQuery(
         study_uids=tuple(study or ()),
         since=since,

@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhirimg.cli._app import RESUMABLE, exit_on_error, fail
 from fhirimg.cli._dicomweb import progress_bar
 from fhirimg.convert import ConvertOptions, ConvertReport
-from fhirimg.dicomweb.records import StudyQuery
-from fhirimg.dicomweb.verify import VerifyReport
 from fhirimg.errors import ConfigError, FhirimgError, PushError
 from fhirimg.exitcodes import ExitCode
+
+if TYPE_CHECKING:  # httpx comes with them: only a PACS run needs it
+    from fhirimg.dicomweb.records import StudyQuery
+    from fhirimg.dicomweb.verify import VerifyReport
 
 PANEL = "Classic PACS (DIMSE)"
 

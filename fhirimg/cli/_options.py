@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
-import httpx
 import typer
 
 from fhirimg.cli._app import fail
@@ -30,6 +29,9 @@ from fhirimg.exitcodes import ExitCode
 from fhirimg.http import ClientCert, RetryPolicy, TlsSettings
 from fhirimg.images.binary import BinaryMode
 from fhirimg.push import PushOptions
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class FhirVersion(StrEnum):

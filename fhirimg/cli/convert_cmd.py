@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,7 +78,6 @@ from fhirimg.convert import (
     convert,
 )
 from fhirimg.convert import Progress as ProgressCallback
-from fhirimg.dicomweb import StudyQuery
 from fhirimg.errors import ConfigError, FhirimgError
 from fhirimg.exitcodes import ExitCode
 from fhirimg.images.binary import BinaryMode
@@ -88,6 +87,9 @@ from fhirimg.objects import is_url
 from fhirimg.push import PushOptions
 from fhirimg.safetext import redact_url
 from fhirimg.select import StudySelection
+
+if TYPE_CHECKING:  # httpx comes with it: only a DICOMweb or PACS run needs it
+    from fhirimg.dicomweb import StudyQuery
 
 log = logging.getLogger(__name__)
 

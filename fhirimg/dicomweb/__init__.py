@@ -12,18 +12,34 @@ HTTP, retries and authentication are :mod:`fhirimg.http`'s, shared with ``push``
 
 from __future__ import annotations
 
-from fhirimg.dicomweb.client import (
-    DicomwebClient,
-    StowResult,
-    decode_multipart,
-    encode_multipart,
-)
-from fhirimg.dicomweb.records import (
-    StudyQuery,
-    convert_from_dicomweb,
-    find_studies,
-    record_from_json,
-)
+from typing import TYPE_CHECKING
+
+from fhirimg._lazy import exports
+
+if TYPE_CHECKING:
+    from fhirimg.dicomweb.client import (
+        DicomwebClient,
+        StowResult,
+        decode_multipart,
+        encode_multipart,
+    )
+    from fhirimg.dicomweb.records import (
+        StudyQuery,
+        convert_from_dicomweb,
+        find_studies,
+        record_from_json,
+    )
+
+_WHERE = {
+    "DicomwebClient": "fhirimg.dicomweb.client",
+    "StowResult": "fhirimg.dicomweb.client",
+    "StudyQuery": "fhirimg.dicomweb.records",
+    "convert_from_dicomweb": "fhirimg.dicomweb.records",
+    "decode_multipart": "fhirimg.dicomweb.client",
+    "encode_multipart": "fhirimg.dicomweb.client",
+    "find_studies": "fhirimg.dicomweb.records",
+    "record_from_json": "fhirimg.dicomweb.records",
+}
 
 __all__ = [
     "DicomwebClient",
@@ -35,3 +51,5 @@ __all__ = [
     "find_studies",
     "record_from_json",
 ]
+
+__getattr__, __dir__ = exports(globals(), _WHERE)

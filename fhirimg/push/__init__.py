@@ -22,25 +22,50 @@ authentication are :mod:`fhirimg.http`, shared with ``dicomweb`` and ``validate 
 
 from __future__ import annotations
 
-from fhirimg.push.files import (
-    BINARY_EXTENSION_URL,
-    DEFAULT_FOLDER,
-    BundleFile,
-    binaries_beside,
-    default_journal_path,
-    discover,
-)
-from fhirimg.push.journal import DEFAULT_JOURNAL_NAME, Journal
-from fhirimg.push.results import (
-    BundleResult,
-    PlannedRequest,
-    PushObserver,
-    PushOptions,
-    PushReport,
-)
-from fhirimg.push.run import push_paths
-from fhirimg.push.split import plan_pieces, too_large_limit
-from fhirimg.push.transaction import push_bundle
+from typing import TYPE_CHECKING
+
+from fhirimg._lazy import exports
+
+if TYPE_CHECKING:
+    from fhirimg.push.files import (
+        BINARY_EXTENSION_URL,
+        DEFAULT_FOLDER,
+        BundleFile,
+        binaries_beside,
+        default_journal_path,
+        discover,
+    )
+    from fhirimg.push.journal import DEFAULT_JOURNAL_NAME, Journal
+    from fhirimg.push.results import (
+        BundleResult,
+        PlannedRequest,
+        PushObserver,
+        PushOptions,
+        PushReport,
+    )
+    from fhirimg.push.run import push_paths
+    from fhirimg.push.split import plan_pieces, too_large_limit
+    from fhirimg.push.transaction import push_bundle
+
+_WHERE = {
+    "BINARY_EXTENSION_URL": "fhirimg.push.files",
+    "BundleFile": "fhirimg.push.files",
+    "BundleResult": "fhirimg.push.results",
+    "DEFAULT_FOLDER": "fhirimg.push.files",
+    "DEFAULT_JOURNAL_NAME": "fhirimg.push.journal",
+    "Journal": "fhirimg.push.journal",
+    "PlannedRequest": "fhirimg.push.results",
+    "PushObserver": "fhirimg.push.results",
+    "PushOptions": "fhirimg.push.results",
+    "PushReport": "fhirimg.push.results",
+    "binaries_beside": "fhirimg.push.files",
+    "default_journal_path": "fhirimg.push.files",
+    "discover": "fhirimg.push.files",
+    "plan_pieces": "fhirimg.push.split",
+    "push_bundle": "fhirimg.push.transaction",
+    "push_paths": "fhirimg.push.run",
+    "too_large_limit": "fhirimg.push.split",
+}
 
 __all__ = [
     "BINARY_EXTENSION_URL",
@@ -61,3 +86,5 @@ __all__ = [
     "push_paths",
     "too_large_limit",
 ]
+
+__getattr__, __dir__ = exports(globals(), _WHERE)

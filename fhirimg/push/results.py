@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from fhirimg.exitcodes import ExitCode
-from fhirimg.http.client import ClientCert, RetryPolicy
-from fhirimg.http.fhir import FhirClient
+from fhirimg.http.settings import ClientCert, RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
+
+    from fhirimg.http.fhir import FhirClient
 
 __all__ = [
     "BundleResult",
@@ -60,6 +62,8 @@ class PushOptions:
     def client(self, **extra: Any) -> FhirClient:
         """A client of ``server`` with these credentials, TLS settings, timeouts and retries;
         ``extra`` (a connection limit, a transport) goes to :class:`FhirClient` as it is."""
+        from fhirimg.http.fhir import FhirClient  # httpx: only once a client is wanted
+
         return FhirClient(
             self.server,
             auth=self.auth,

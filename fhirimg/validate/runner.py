@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fhirimg.errors import ConfigError, InputError
-from fhirimg.http.client import TlsSettings
+from fhirimg.http.settings import TlsSettings
 from fhirimg.validate import invariant_layer, json_layer, model_layer, schema_layer
 from fhirimg.validate.findings import CANNOT_CHECK, Finding, Layer, Severity, cannot_check
 from fhirimg.validate.validator import ALL_LAYERS, detect_version, run_layers
