@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -573,23 +572,6 @@ def _render_in_pool(
     if pixels.media is not None:
         return True
     return pixels.binary == BinaryMode.INLINE and isinstance(executor, ProcessPoolExecutor)
-
-
-def _warm_validator(release: str) -> None:
-    """Load what the first check of a study's head needs (the release's JSON Schema, the FHIR
-    models of the resource types fhirimg writes): about 0.4 s of CPU on a process's first check,
-    which, with one study written in this process (:func:`_render_in_pool`), is otherwise spent
-    after the files are read, on the way to the bundle. Run in a thread while the pool reads."""
-    try:
-        from fhirimg.validate import schema_layer
-
-        schema_layer.schema_for(release)
-        rel = get_release(release)
-        for rtype in ("Bundle", "Patient", "Endpoint", "ImagingStudy", "Binary"):
-            rel.model_class(rtype)
-        rel.model_class(rel.rendered_image_type)
-    except Exception:  # the check itself meets (and reports) whatever failed here
-        log.debug("loading the validator ahead failed", exc_info=True)
 
 
 def _study_writer(pixels: PixelOptions) -> StudyWriter:
@@ -1205,7 +1187,6 @@ class _IncrementalRun:
         self.jobs = resolve_jobs(opts.jobs)
         self.pruned = self.removed = self.studies_unchanged = self.unstatable = 0
         self.stopped: str | None = None  # why writing stopped (the disk is full)
-        self.warming: threading.Thread | None = None  # _warm_validator, while files are read
         self.reid: ReidMap | None = None
         if opts.reid_map is not None:
             from fhirimg.deid.files import ReidMap
@@ -1227,8 +1208,6 @@ class _IncrementalRun:
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
-            if self.warming is not None and self.warming.is_alive():
-                self.warming.join()  # never alive past the run (watch forks a pool per run)
         seen = catalog.run_counts()
         summary = RunSummary(
             full=opts.full,
@@ -1280,8 +1259,6 @@ class _IncrementalRun:
                 yield (paths, deid, reid)
 
         for results, entries in bounded(executor, _read_batch, batches(), window=self.jobs * 4):
-            if self.warming is None:
-                self._warm(executor)
             if self.reid is not None:
                 for entry in entries:
                     self.reid.add(entry)
@@ -1290,25 +1267,6 @@ class _IncrementalRun:
             if progress:
                 progress("read", len(results), total)
         catalog.commit()  # the marks of the files seen unchanged
-
-    def _warm(self, executor: Executor | None) -> None:
-        """With files being read and the pixel writer likely to write a study in this process
-        (``--binary inline`` or ``--media`` with a local pool), load the validator in a thread
-        meanwhile (:func:`_warm_validator`); this thread mostly waits for the pool.
-
-        Called once the first batch is back: the pool has started its processes by then (all
-        at its first task, when it forks), and no process may be forked while the thread runs
-        (a fork copies the locks the thread holds, the import lock among them, held forever in
-        the child)."""
-        self.warming = threading.Thread()  # tried once, whatever follows
-        if executor is None or self.opts.cluster is not None:
-            return
-        if self.opts.media is None and self.opts.binary != BinaryMode.INLINE:
-            return
-        self.warming = threading.Thread(
-            target=_warm_validator, args=(self.opts.fhir_version,), daemon=True
-        )
-        self.warming.start()
 
     def _to_read(self, exclude: list[Path]) -> Iterator[_ToRead]:
         """The files to read, each with its stat taken *before* reading (a change while it is
@@ -1362,8 +1320,6 @@ class _IncrementalRun:
         self, executor: Executor | None, on_study: StudyHook | None
     ) -> list[StudyOutcome]:
         catalog, opts, progress = self.catalog, self.opts, self.progress
-        if self.warming is not None and self.warming.is_alive():
-            self.warming.join()  # no study is checked while the validator is being loaded
         changed = catalog.studies_changed()
         total_studies = len(catalog.studies())
         written: list[StudyOutcome] = []
