@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from fhirimg.errors import RenderError
-from fhirimg.images.render import render_file, window
+from fhirimg.images.render import per_stored_value, render_file, window
 
 
 def test_window_linear_formula() -> None:
@@ -30,6 +32,46 @@ def test_window_linear_exact_and_sigmoid() -> None:
     assert sig[0] == 0
     assert sig[1] == 128
     assert sig[2] == 255
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(["int16", "uint16", "int8", "uint8"]),
+    seed=st.integers(0, 2**32 - 1),
+    slope=st.sampled_from([None, 1.0, 0.5, 2.0, -1.0, 1e-3]),
+    intercept=st.sampled_from([0.0, -1024.0, 7.25]),
+    center=st.floats(-3000, 3000),
+    width=st.floats(0.5, 5000),
+    function=st.sampled_from(["LINEAR", "LINEAR_EXACT", "SIGMOID"]),
+)
+def test_the_stored_value_table_gives_the_direct_bytes(
+    dtype: str,
+    seed: int,
+    slope: float | None,
+    intercept: float,
+    center: float,
+    width: float,
+    function: str,
+) -> None:
+    """Rescale + window through a table of every stored value is the direct computation, value
+    for value, whatever the type, parameters, function (and its refusals of a width)."""
+    info = np.iinfo(dtype)
+    frame = np.random.default_rng(seed).integers(info.min, info.max, (512, 300), dtype=dtype)
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        values = x if slope is None else x.astype(np.float64) * slope + intercept
+        return window(values, center, width, function)
+
+    try:
+        with np.errstate(all="ignore"):  # a SIGMOID overflows to 0 or 255
+            direct = transform(frame)
+    except ValueError:
+        with pytest.raises(ValueError, match="window width"):
+            per_stored_value(frame, transform)
+        return
+    looked_up = per_stored_value(frame, transform)
+    assert looked_up.dtype == np.uint8
+    assert np.array_equal(looked_up, direct)
 
 
 def test_window_width_one_is_a_threshold() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -141,6 +142,7 @@ def grayscale(ds: Any, frame: NDArray[Any], index: int = 0) -> NDArray[np.uint8]
     """Modality LUT, VOI and presentation for one grayscale frame (see the module docstring)."""
     from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+    rescale: Callable[[NDArray[Any]], NDArray[Any]] | None = None
     if "ModalityLUTSequence" in ds:  # (0028,3000)
         values: NDArray[Any] = apply_modality_lut(frame, ds)
     else:
@@ -152,19 +154,29 @@ def grayscale(ds: Any, frame: NDArray[Any], index: int = 0) -> NDArray[np.uint8]
         )
         values = frame
         if (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0):
-            values = frame.astype(np.float64) * (1.0 if slope is None else slope) + (
-                intercept or 0.0
-            )
+            factor, offset = 1.0 if slope is None else slope, intercept or 0.0
+
+            def rescale(x: NDArray[Any]) -> NDArray[Any]:
+                return x.astype(np.float64) * factor + offset
+
+        else:
+            rescale = _same
 
     center = _first_number(_frame_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
     width = _first_number(_frame_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
     function = _frame_value(ds, index, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR"
     out: NDArray[np.uint8] | None = None
     if center is not None and width is not None:
+        c, w, f = center, width, str(function)
         try:
-            out = window(values, center, width, str(function))
+            if rescale is None:
+                out = window(values, c, w, f)
+            else:
+                out = per_stored_value(frame, _rescale_window(rescale, c, w, f))
         except ValueError:  # an unusable (0028,1051) Window Width: try the next VOI source
             out = None
+    if out is None and rescale is not None:
+        values = rescale(frame)
     if out is None and "VOILUTSequence" in ds:  # (0028,3010)
         item = ds.VOILUTSequence[0]
         bits = int(item.LUTDescriptor[2]) or 16
@@ -179,6 +191,55 @@ def grayscale(ds: Any, frame: NDArray[Any], index: int = 0) -> NDArray[np.uint8]
     if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
         out = 255 - out
     return out
+
+
+def _same(x: NDArray[Any]) -> NDArray[Any]:
+    return x
+
+
+def _rescale_window(
+    rescale: Callable[[NDArray[Any]], NDArray[Any]], center: float, width: float, function: str
+) -> Callable[[NDArray[Any]], NDArray[np.uint8]]:
+    return lambda x: window(rescale(x), center, width, function)
+
+
+# Stored values of 8 or 16 bits: (table index type, entries); a table costs 65,536 values at most.
+_TABLE_TYPES: dict[int, tuple[type[np.unsignedinteger[Any]], int]] = {
+    1: (np.uint8, 256),
+    2: (np.uint16, 65536),
+}
+
+
+def per_stored_value(
+    frame: NDArray[Any], transform: Callable[[NDArray[Any]], NDArray[np.uint8]]
+) -> NDArray[np.uint8]:
+    """``transform(frame)`` for an elementwise ``transform`` (each output value depends on the
+    input value at the same place only: rescale and window are), computed once per possible
+    stored value and looked up: the same bytes as applying it to the frame, for a 512 x 512
+    frame of 16-bit values ~1 ms instead of ~9 ms (float64 arrays of the frame, made 5 times).
+
+    The table is made of the frame's own type (the values go through the same conversions);
+    frames of other types, or too small for the table to pay (fewer than twice its entries),
+    are transformed directly.
+
+    >>> frame = np.array([[-1000, 40], [240, 1000]] * 20000, dtype=np.int16)
+    >>> f = lambda x: window(x.astype(np.float64) * 1.0 - 0.5, 40, 400)
+    >>> bool((per_stored_value(frame, f) == f(frame)).all())
+    True
+    """
+    index_type, entries = _TABLE_TYPES.get(frame.dtype.itemsize, (None, 0))
+    if (
+        index_type is None
+        or frame.dtype.kind not in "iu"
+        or not frame.dtype.isnative
+        or frame.size < 2 * entries
+    ):
+        return transform(frame)
+    every = np.arange(entries, dtype=index_type).view(frame.dtype)
+    with np.errstate(all="ignore"):  # values the frame does not hold may overflow a SIGMOID
+        table: NDArray[np.uint8] = np.asarray(transform(every), dtype=np.uint8)
+    looked_up: NDArray[np.uint8] = table[frame.view(index_type)]
+    return looked_up
 
 
 def colour(ds: Any, frame: NDArray[Any]) -> NDArray[np.uint8]:
