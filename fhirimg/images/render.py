@@ -203,42 +203,39 @@ def _rescale_window(
     return lambda x: window(rescale(x), center, width, function)
 
 
-# Stored values of 8 or 16 bits: (table index type, entries); a table costs 65,536 values at most.
-_TABLE_TYPES: dict[int, tuple[type[np.unsignedinteger[Any]], int]] = {
-    1: (np.uint8, 256),
-    2: (np.uint16, 65536),
-}
+# Stored values of 8 or 16 bits, the type their offsets from the frame's minimum are read as.
+_OFFSET_TYPES: dict[int, type[np.unsignedinteger[Any]]] = {1: np.uint8, 2: np.uint16}
 
 
 def per_stored_value(
     frame: NDArray[Any], transform: Callable[[NDArray[Any]], NDArray[np.uint8]]
 ) -> NDArray[np.uint8]:
     """``transform(frame)`` for an elementwise ``transform`` (each output value depends on the
-    input value at the same place only: rescale and window are), computed once per possible
-    stored value and looked up: the same bytes as applying it to the frame, for a 512 x 512
-    frame of 16-bit values ~1 ms instead of ~9 ms (float64 arrays of the frame, made 5 times).
+    input value at the same place only: rescale and window are), computed once for each value
+    between the frame's minimum and maximum and looked up: the same bytes as applying it to the
+    frame; for a 512 x 512 CT slice ~0.8 ms instead of ~9 ms (the direct way makes five float64
+    arrays of the frame).
 
-    The table is made of the frame's own type (the values go through the same conversions);
-    frames of other types, or too small for the table to pay (fewer than twice its entries),
-    are transformed directly.
+    The table is made of the frame's own type (its values go through the same conversions);
+    frames of other types, or with more distinct possible values than half their pixels, are
+    transformed directly.
 
     >>> frame = np.array([[-1000, 40], [240, 1000]] * 20000, dtype=np.int16)
     >>> f = lambda x: window(x.astype(np.float64) * 1.0 - 0.5, 40, 400)
     >>> bool((per_stored_value(frame, f) == f(frame)).all())
     True
     """
-    index_type, entries = _TABLE_TYPES.get(frame.dtype.itemsize, (None, 0))
-    if (
-        index_type is None
-        or frame.dtype.kind not in "iu"
-        or not frame.dtype.isnative
-        or frame.size < 2 * entries
-    ):
+    offset_type = _OFFSET_TYPES.get(frame.dtype.itemsize)
+    if offset_type is None or frame.dtype.kind not in "iu" or frame.size < 4096:
         return transform(frame)
-    every = np.arange(entries, dtype=index_type).view(frame.dtype)
-    with np.errstate(all="ignore"):  # values the frame does not hold may overflow a SIGMOID
-        table: NDArray[np.uint8] = np.asarray(transform(every), dtype=np.uint8)
-    looked_up: NDArray[np.uint8] = table[frame.view(index_type)]
+    lo, hi = int(frame.min()), int(frame.max())
+    if 2 * (hi - lo + 1) > frame.size:
+        return transform(frame)
+    table = transform(np.arange(lo, hi + 1, dtype=np.int64).astype(frame.dtype))
+    # frame - lo in the frame's own type wraps modulo 2**bits; read unsigned it is exact, since
+    # 0 <= frame - lo <= hi - lo < 2**bits.
+    offsets = (frame - frame.dtype.type(lo)).view(offset_type)
+    looked_up: NDArray[np.uint8] = np.take(np.asarray(table, dtype=np.uint8), offsets)
     return looked_up
 
 
