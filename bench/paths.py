@@ -12,9 +12,12 @@ media: ``--media`` (PNG)   ``pixel_array``, window to 8 bits, Pillow PNG save, e
 validate (all layers)      fhir.resources R4B ``Bundle.model_validate_json`` of every file
 =========================  =====================================================================
 
-Each figure is the best of two runs (``--runs``); the ratio is floor time / fhirimg time (higher
-is faster, 1.0 = as fast as the floor) and the peak RSS is that of the largest process of the run
-(``ru_maxrss`` of the waited-for children). ``--large`` adds ``--binary inline`` on one study of
+The floor and fhirimg run in turns (``--runs`` pairs, 3 by default): a shared machine's speed
+drifts by tens of percent within a minute, and a pair sees the same drift. Each time printed is
+the best of its runs; ``ratio`` is best floor time / best fhirimg time (higher is faster, 1.0 = as
+fast as the floor) and ``pairs`` the median of the ratios of the pairs, the figure that noise
+moves least. The peak RSS is that of the largest process of the run (``ru_maxrss`` of the
+waited-for children). ``--large`` adds ``--binary inline`` on one study of
 50 MB and of 1 GB: the peak RSS must stay flat (one instance at a time, never the study).
 
 Corpora are made with committed code (``bench/convert.py``, ``bench/binary_media.py``,
@@ -120,17 +123,33 @@ def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, f
     return float(seconds), int(rss_kb) / 1024, float(cpu)
 
 
-def best(
-    cmd: Callable[[], list[str]], runs: int, ok: tuple[int, ...] = (0,), clean: Path | None = None
-) -> tuple[float, float, float]:
-    """Best time of ``runs`` runs, the largest peak RSS seen, and the CPU time of the best run."""
-    results = []
-    for _ in range(runs):
-        if clean is not None:
-            shutil.rmtree(clean, ignore_errors=True)
-        results.append(measure(cmd(), ok))
+Figure = tuple[float, float, float]  # seconds (best), peak RSS MiB (largest), CPU s (best run)
+
+
+def best(results: list[Figure]) -> Figure:
+    """Best time of the runs, the largest peak RSS seen, and the CPU time of the best run."""
     fastest = min(results)
     return fastest[0], max(r[1] for r in results), fastest[2]
+
+
+def paired(
+    floor: Callable[[], list[str]],
+    run: Callable[[], list[str]],
+    runs: int,
+    ok: tuple[int, ...] = (0,),
+    clean: Path | None = None,
+) -> tuple[Figure, Figure, float]:
+    """``runs`` pairs (floor, then fhirimg): the floor's figure, fhirimg's, and the median of the
+    pairs' ratios."""
+    floors: list[Figure] = []
+    ours: list[Figure] = []
+    for _ in range(runs):
+        for cmd, results, codes in ((floor, floors, (0,)), (run, ours, ok)):
+            if clean is not None:
+                shutil.rmtree(clean, ignore_errors=True)
+            results.append(measure(cmd(), codes))
+    ratios = sorted(f[0] / r[0] for f, r in zip(floors, ours, strict=True))
+    return best(floors), best(ours), ratios[len(ratios) // 2]
 
 
 def fhirimg(*args: str) -> list[str]:
@@ -192,7 +211,7 @@ def main() -> None:
     )
     parser.add_argument("--corpus", type=Path, help="folder for the corpora (kept and reused)")
     parser.add_argument("--only", default="header,binary,media,validate")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3, help="pairs of runs per figure")
     parser.add_argument("--slices", type=int, default=300, help="CT slices of ~0.5 MB")
     parser.add_argument("--studies", type=int, default=200, help="header corpus studies")
     parser.add_argument("--per-study", type=int, default=100, help="header corpus files/study")
@@ -205,16 +224,16 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fhirimg-paths-out-"))
     slice_mb = 512 * 512 * 2 / 1e6
-    rows: list[tuple[str, tuple[float, float, float], tuple[float, float, float]]] = []
-    print(f"cores: {os.cpu_count()}, runs per figure: best of {args.runs}", flush=True)
+    rows: list[tuple[str, Figure, Figure, float]] = []
+    print(f"cores: {os.cpu_count()}, runs per figure: {args.runs} pairs", flush=True)
 
-    def compare(
-        name: str, floor: tuple[float, float, float], run: tuple[float, float, float]
-    ) -> None:
-        rows.append((name, floor, run))
+    def compare(name: str, figures: tuple[Figure, Figure, float]) -> None:
+        floor, run, pairs = figures
+        rows.append((name, floor, run, pairs))
         print(
             f"{name:36} floor {floor[0]:6.2f} s  fhirimg {run[0]:6.2f} s  "
-            f"ratio {floor[0] / run[0]:5.2f}x  peak RSS {floor[1]:4.0f} / {run[1]:4.0f} MiB  "
+            f"ratio {floor[0] / run[0]:5.2f}x  pairs {pairs:5.2f}x  "
+            f"peak RSS {floor[1]:4.0f} / {run[1]:4.0f} MiB  "
             f"CPU {floor[2]:6.2f} / {run[2]:6.2f} s",
             flush=True,
         )
@@ -229,8 +248,8 @@ def main() -> None:
             n, size = files_in(src)
             compare(
                 f"header: convert ({n} files)",
-                best(lambda: [PYTHON, "-c", FLOOR_HEADER, str(src)], args.runs),
-                best(
+                paired(
+                    lambda: [PYTHON, "-c", FLOOR_HEADER, str(src)],
                     lambda: fhirimg("convert", str(src), "--out", str(out), "-q"),
                     args.runs,
                     clean=out,
@@ -242,12 +261,8 @@ def main() -> None:
             if "binary" in only:
                 compare(
                     f"binary: --binary inline ({size / 1e6:.0f} MB)",
-                    best(
+                    paired(
                         lambda: [PYTHON, "-c", FLOOR_BINARY, str(ct), str(out)],
-                        args.runs,
-                        clean=out,
-                    ),
-                    best(
                         lambda: fhirimg(
                             "convert", str(ct), "--out", str(out), "-q", "--binary", "inline"
                         ),
@@ -258,10 +273,8 @@ def main() -> None:
             if "media" in only:
                 compare(
                     f"media: --media png ({n} images)",
-                    best(
-                        lambda: [PYTHON, "-c", FLOOR_MEDIA, str(ct), str(out)], args.runs, clean=out
-                    ),
-                    best(
+                    paired(
+                        lambda: [PYTHON, "-c", FLOOR_MEDIA, str(ct), str(out)],
                         lambda: fhirimg("convert", str(ct), "--out", str(out), "-q", "--media"),
                         args.runs,
                         clean=out,
@@ -275,23 +288,30 @@ def main() -> None:
             n, size = files_in(vb)
             compare(
                 f"validate: all layers ({n} bundles)",
-                best(lambda: [PYTHON, "-c", FLOOR_VALIDATE, str(vb)], args.runs),
                 # exit 1 would mean errors found: the bundles are valid, so only 0 is right
-                best(lambda: fhirimg("validate", str(vb), "-q"), args.runs),
+                paired(
+                    lambda: [PYTHON, "-c", FLOOR_VALIDATE, str(vb)],
+                    lambda: fhirimg("validate", str(vb), "-q"),
+                    args.runs,
+                ),
             )
         if args.large:
-            print("\n--binary inline, peak RSS as the study grows:", flush=True)
+            print(
+                "\n--binary inline as the study grows (peak RSS flat; the floor beside it, 2 pairs):"
+            )
             for mb in (50, 1024):
                 src = ensure(root / f"large-{mb}", ct_study(mb))
                 n, size = files_in(src)
-                t, rss, _ = best(
-                    lambda src=src: fhirimg(
-                        "convert", str(src), "--out", str(out), "-q", "--binary", "inline"
-                    ),
-                    1,
-                    clean=out,
+                floor_cmd = [PYTHON, "-c", FLOOR_BINARY, str(src), str(out)]
+                run_cmd = fhirimg(
+                    "convert", str(src), "--out", str(out), "-q", "--binary", "inline"
                 )
-                print(f"  {size / 1e6:6.0f} MB, {n:5d} files: {t:7.2f} s  peak RSS {rss:5.0f} MiB")
+                floor, run, pairs = paired(floor_cmd.copy, run_cmd.copy, 2, clean=out)
+                print(
+                    f"  {size / 1e6:6.0f} MB, {n:5d} files: {run[0]:7.2f} s  peak RSS "
+                    f"{run[1]:5.0f} MiB  (floor {floor[0]:6.2f} s, ratio {pairs:4.2f}x)",
+                    flush=True,
+                )
         figures = {
             name: {
                 "floor_s": floor[0],
@@ -301,8 +321,9 @@ def main() -> None:
                 "fhirimg_rss_mib": run[1],
                 "floor_cpu_s": floor[2],
                 "fhirimg_cpu_s": run[2],
+                "pairs_ratio": pairs,
             }
-            for name, floor, run in rows
+            for name, floor, run, pairs in rows
         }
         print(json.dumps(figures))
     finally:
