@@ -87,17 +87,19 @@ def _references(
     node: Any, loc: str, element: str
 ) -> Iterator[tuple[str, str, dict[str, Any], str]]:
     """(location, element path, Reference object, reference string) for every reference."""
+    # Scalars hold no reference: not walked into (two thirds of the calls on a bundle).
     if isinstance(node, dict):
         ref = node.get("reference")
         if isinstance(ref, str):
             yield f"{loc}.reference", element, node, ref
         for key, value in node.items():
-            if key == "contained":
+            if key == "contained" or not isinstance(value, dict | list):
                 continue  # contained resources are walked on their own
             yield from _references(value, f"{loc}.{key}", f"{element}.{key}")
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _references(item, f"{loc}[{i}]", element)
+            if isinstance(item, dict | list):
+                yield from _references(item, f"{loc}[{i}]", element)
 
 
 def check_resource_references(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -140,13 +140,20 @@ def schema_for(release: str) -> Schema:
 
 
 class _Walk:
-    __slots__ = ("schema", "json", "out", "visit")
+    __slots__ = ("schema", "json", "out", "visit", "visit_only")
 
-    def __init__(self, schema: Schema, file: str, visit: Visitor | None) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        file: str,
+        visit: Visitor | None,
+        visit_only: Container[str] | None = None,
+    ) -> None:
         self.schema = schema
         self.json = Collector(file, Layer.JSON)
         self.out = Collector(file, Layer.SCHEMA)
         self.visit = visit
+        self.visit_only = visit_only
 
     def resource(self, node: Any, path: str, root: dict[str, Any] | None) -> None:
         if not isinstance(node, dict):
@@ -172,7 +179,7 @@ class _Walk:
     ) -> None:
         definition = self.schema.definitions[dname]
         props = definition.props
-        if self.visit is not None:
+        if self.visit is not None and (self.visit_only is None or dname in self.visit_only):
             self.visit(TypedNode(dname, node, path, res, root, element_path))
         for key, value in node.items():
             if key == "resourceType" and definition.resource_type is not None:
@@ -297,10 +304,18 @@ def _show(value: Any) -> str:
 
 
 def check(
-    obj: Any, file: str, release: str, *, visit: Visitor | None = None
+    obj: Any,
+    file: str,
+    release: str,
+    *,
+    visit: Visitor | None = None,
+    visit_only: Container[str] | None = None,
 ) -> tuple[list[Finding], list[Finding]]:
-    """Walk ``obj`` against the schema of ``release``; return (json findings, schema findings)."""
-    walk = _Walk(schema_for(release), file, visit)
+    """Walk ``obj`` against the schema of ``release``; return (json findings, schema findings).
+
+    ``visit`` gets every typed node whose definition is in ``visit_only`` (every node when None).
+    """
+    walk = _Walk(schema_for(release), file, visit, visit_only)
     root = obj.get("resourceType", "$") if isinstance(obj, dict) else "$"
     walk.resource(obj, root if isinstance(root, str) and root else "$", None)
     return walk.json.findings, walk.out.findings

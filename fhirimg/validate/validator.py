@@ -135,7 +135,12 @@ def run_layers(
     if Layer.SCHEMA in wanted or Layer.JSON in wanted or visit is not None:
 
         def schema() -> list[Finding]:
-            json_found, schema_found = schema_layer.check(obj, source, release, visit=visit)
+            # Only the nodes of a type with invariants are handed on (12 of 230 in a bundle of a
+            # 100-instance study: Codings and instances have none but ele-1, checked as JSON).
+            only = invariant_layer.invariants_for(release) if visit is not None else None
+            json_found, schema_found = schema_layer.check(
+                obj, source, release, visit=visit, visit_only=only
+            )
             return (json_found if Layer.JSON in wanted else []) + (
                 schema_found if Layer.SCHEMA in wanted else []
             )
