@@ -105,3 +105,23 @@ def test_unexpected_exception_is_exit_70_in_one_line(
     assert err.startswith("internal error (RuntimeError): please report it")
     assert "Traceback" not in err
     assert "secret patient detail" not in err
+
+
+def test_deidentify_of_url_inputs_is_refused_before_the_key_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Object inputs are not de-identified: the refusal says so, with or without a key (without
+    one, "needs a key" came first and sent the user after the wrong fix)."""
+    monkeypatch.delenv("FHIRIMG_DEID_KEY", raising=False)
+    args = ["convert", "s3://bucket/study/", "--deidentify", "--out", str(tmp_path / "out"), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == ExitCode.USAGE
+    assert "--deidentify reads local files: not with URL inputs" in result.output
+    assert "needs a key" not in result.output
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    result = runner.invoke(app, [*args, "--deid-key-file", str(key)])
+    assert result.exit_code == ExitCode.USAGE
+    assert "--deidentify reads local files" in result.output
+    assert not (tmp_path / "out").exists()

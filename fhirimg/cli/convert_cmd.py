@@ -534,6 +534,10 @@ def convert_command(
         )
     storage = _storage_options(storage_option or [])
     out_url = out if is_url(out) else None
+    if deidentify and any(is_url(p) for p in paths):
+        # Objects are read by fhirimg.objects, which does not de-identify (yet). Said before the
+        # key is asked for: without one, "needs a key" would send the user after the wrong fix.
+        raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)
     if out_url is None and Path(out).is_file():
         raise fail(f"--out {out!r} is a file, not a folder", ExitCode.USAGE)
     options = ConvertOptions(
@@ -646,9 +650,6 @@ def convert_command(
         if out_url or any(is_url(p) for p in paths):
             if push is not None:
                 raise fail("--push converts files: not with URL inputs or --out", ExitCode.USAGE)
-            if deidentify and any(is_url(p) for p in paths):
-                # Objects are read by fhirimg.objects, which does not de-identify (yet).
-                raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)
             report = _from_objects(paths, options, storage, out_url)
         else:
             report = _from_files([Path(p) for p in paths], options, push, quiet, push_concurrency)
