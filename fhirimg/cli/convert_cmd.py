@@ -534,7 +534,7 @@ def convert_command(
         )
     storage = _storage_options(storage_option or [])
     out_url = out if is_url(out) else None
-    if deidentify and any(is_url(p) for p in paths):
+    if deidentify and any(is_url(p) for p in paths or []):
         # Objects are read by fhirimg.objects, which does not de-identify (yet). Said before the
         # key is asked for: without one, "needs a key" would send the user after the wrong fix.
         raise fail("--deidentify reads local files: not with URL inputs", ExitCode.USAGE)
