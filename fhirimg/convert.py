@@ -938,15 +938,12 @@ def _convert_shuffled(
     of runs, and its studies are marked dirty, so a later local run rewrites every study.
     ``report.json`` of a run into an empty folder is byte for byte the local engine's."""
     from fhirimg.cluster import start
-    from fhirimg.shuffle import READ_BATCH, Shuffle
+    from fhirimg.shuffle import READ_BATCH, shuffled_on
 
     assert opts.cluster is not None
     out_dir = Path(opts.out_dir)
     files_dir = bundle_dir or out_dir
-    cluster = start(opts.cluster)  # a cluster that cannot start: no run
-    shuffle: Shuffle | None = None
-    try:
-        shuffle = Shuffle(cluster, out_dir)
+    with shuffled_on(start(opts.cluster), out_dir) as shuffle:  # no cluster: no run
         catalog.use_options(SHUFFLED_MARK)
         catalog.begin_run(inputs, full=opts.full)
         total = sum(1 for _ in iter_files(inputs, exclude=[out_dir])) if progress else None
@@ -965,10 +962,6 @@ def _convert_shuffled(
         history = [_run_json(r) for r in catalog.runs()]
         write_shuffled_report(report, opts, history)
         return report
-    finally:
-        cluster.shutdown(cancel_futures=True)
-        if shuffle is not None:
-            shuffle.close()
 
 
 def _shuffled_study(

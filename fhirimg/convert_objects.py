@@ -95,7 +95,7 @@ def _objects_shuffled(
     from fhirimg.catalog import CATALOG_NAME, Catalog
     from fhirimg.cluster import start
     from fhirimg.folderlock import STATE_DIR, FolderLock, clean_leftovers
-    from fhirimg.shuffle import READ_BATCH, Shuffle, list_task, top_level
+    from fhirimg.shuffle import READ_BATCH, list_task, shuffled_on, top_level
 
     assert opts.cluster is not None
     opts.check()
@@ -108,14 +108,11 @@ def _objects_shuffled(
             with Catalog.open(out_dir, full=opts.full) as catalog:
                 catalog.use_options("written by a run without the catalog")
         objects, prefixes = top_level(urls, storage)  # a failed listing: no cluster started
-        cluster = start(opts.cluster)
-        shuffle: Shuffle | None = None
-        try:
-            shuffle = Shuffle(cluster, out_dir)
+        with shuffled_on(start(opts.cluster), out_dir) as shuffle:
             root = str(shuffle.scratch)
             jobs = ((i, url, storage, root) for i, url in enumerate(prefixes))
             chunks: list[str] = []
-            for listed in bounded(cluster, list_task, jobs, 2 * shuffle.threads + 2):
+            for listed in bounded(shuffle.cluster, list_task, jobs, 2 * shuffle.threads + 2):
                 chunks += listed  # chunk names: one per 1,000 objects
             batches: list[list[str] | str] = [*batched(objects, READ_BATCH), *chunks]
             shuffle.read(iter(batches), storage, progress, None)
@@ -123,7 +120,3 @@ def _objects_shuffled(
             report.ndjson = _ndjson(opts, out_dir, report)
             write_shuffled_report(report, opts, None)
             return report
-        finally:
-            cluster.shutdown(cancel_futures=True)
-            if shuffle is not None:
-                shuffle.close()

@@ -44,6 +44,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,18 @@ class Shuffle:
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+@contextmanager
+def shuffled_on(cluster: Any, out_dir: Path) -> Iterator[Shuffle]:
+    """A :class:`Shuffle` of one run on ``cluster`` (started by the caller); on leaving, however
+    the run ends (a :class:`Shuffle` that could not be made too), the cluster is shut down and the
+    scratch folder removed: the teardown of every Dask run, files or objects."""
+    shuffle: Shuffle | None = None
+    try:
+        shuffle = Shuffle(cluster, out_dir)
+        yield shuffle
+    finally:
+        cluster.shutdown(cancel_futures=True)
+        if shuffle is not None:
+            shuffle.close()
