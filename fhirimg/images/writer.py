@@ -166,17 +166,19 @@ def write_study(
     study_uid = recs[0].study_instance_uid
     name = ids.bundle_name(study_uid)
 
+    # The head of all the records: laid out for the pool below, checked by the first attempt.
+    built = [_head_bundle(recs, mapping, release, options)]
     # With a pool: the Binary entries written by its processes while the head is checked here
     # (fhirimg.images.inline); thrown away when the check changes the head.
-    ahead = _binaries_ahead(
-        recs, mapping, release, options, out_dir, name, render_pool, render_jobs
-    )
+    ahead = _binaries_ahead(recs, built[0][0], options, out_dir, name, render_pool, render_jobs)
+
     # Instances the head's errors are traced to are left out, with their Binaries and images
     # (fhirimg.partial); the head is built again without them.
+    def head_of(rs: list[InstanceRecord]) -> Attempt[tuple[JSON, Notes]]:
+        return _head(rs, mapping, release, options, built.pop() if built else None)
+
     try:
-        settled = settle(
-            recs, lambda rs: _head(rs, mapping, release, options), options.all_or_nothing
-        )
+        settled = settle(recs, head_of, options.all_or_nothing)
     except BaseException:
         if ahead is not None:
             ahead.discard()
@@ -273,11 +275,16 @@ def _head_bundle(
 
 
 def _head(
-    recs: list[InstanceRecord], mapping: MapOptions, release: Release, options: PixelOptions
+    recs: list[InstanceRecord],
+    mapping: MapOptions,
+    release: Release,
+    options: PixelOptions,
+    built: tuple[JSON, Notes] | None = None,
 ) -> Attempt[tuple[JSON, Notes]]:
-    """The head bundle of ``recs`` (:func:`_head_bundle`), validated as :func:`_skeleton` (each
-    Binary entry in it belongs to its instance)."""
-    head, notes = _head_bundle(recs, mapping, release, options)
+    """The head bundle of ``recs`` (:func:`_head_bundle`, or ``built`` when that is made of
+    them already), validated as :func:`_skeleton` (each Binary entry in it belongs to its
+    instance)."""
+    head, notes = built or _head_bundle(recs, mapping, release, options)
     skeleton = _skeleton(head, recs, options)
     errors = resource_error_findings(skeleton, release.name, options.strict, _known(recs, options))
     owners = {binary_full_url(r.sop_instance_uid): r for r in recs} if skeleton is not head else {}
@@ -390,8 +397,7 @@ def _binary_shape(
 
 def _binaries_ahead(
     recs: list[InstanceRecord],
-    mapping: MapOptions,
-    release: Release,
+    head: JSON,
     options: PixelOptions,
     out_dir: Path,
     name: str,
@@ -399,7 +405,7 @@ def _binaries_ahead(
     jobs: int,
 ) -> WrittenAhead | None:
     """Start the Binary entries of a study written by ``pool`` (:mod:`fhirimg.images.inline`)
-    after the head built from all of ``recs``; None when the study is written the one-process
+    after ``head``, the head bundle of all of ``recs``; None when the study is written the one-process
     way: no pool, no inline Binaries, a split bundle, de-identification (its copies of the
     files are made as the study is written)."""
     if pool is None or options.binary != BinaryMode.INLINE or options.split:
@@ -408,7 +414,6 @@ def _binaries_ahead(
         return None
     from fhirimg.images.inline import write_ahead
 
-    head, _ = _head_bundle(recs, mapping, release, options)
     encoded = [encode_entry(item) for item in head["entry"]]
     patient = head["entry"][0]["fullUrl"]
     sources = [
